@@ -1,0 +1,1 @@
+//! allspark library: every piece the `allspark` binary dispatches to.

@@ -1,0 +1,2 @@
+//! allspark: Docker volume plugin, companion agent and operator CLI (entry point).
+fn main() {}
