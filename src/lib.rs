@@ -1,1 +1,3 @@
 //! allspark library: every piece the `allspark` binary dispatches to.
+
+pub mod archive;
