@@ -18,7 +18,11 @@ fn build(root: &Path) {
         let dir = root.join(format!("dir{d}"));
         fs::create_dir_all(dir.join("sub")).expect("mkdir");
         for f in 0..20 {
-            fs::write(dir.join(format!("f{f:02}")), text(2000 + f * 10, d * 100 + f)).expect("write");
+            fs::write(
+                dir.join(format!("f{f:02}")),
+                text(2000 + f * 10, d * 100 + f),
+            )
+            .expect("write");
         }
         fs::write(dir.join("sub/inner"), b"inner").expect("write");
     }
@@ -90,9 +94,16 @@ fn incremental_stores_only_changes_and_restores_the_new_tree() {
     // Nothing changed: an incremental holds directories only.
     let noop = work.path().join("noop.tar.gz");
     let r0 = snapshot_to(&src, &noop, Some(&parent));
-    assert!(non_dir_entries(&noop).is_empty(), "{:?}", non_dir_entries(&noop));
+    assert!(
+        non_dir_entries(&noop).is_empty(),
+        "{:?}",
+        non_dir_entries(&noop)
+    );
     assert!(r0.deleted.is_empty());
-    assert_eq!(r0.unchanged_skipped, r1.files + r1.hardlinks + r1.symlinks + r1.specials);
+    assert_eq!(
+        r0.unchanged_skipped,
+        r1.files + r1.hardlinks + r1.symlinks + r1.specials
+    );
 
     // About 1 % of the files change, some go, some come.
     fs::write(src.join("dir3/f07"), b"changed content").expect("write");
@@ -133,11 +144,20 @@ fn incremental_stores_only_changes_and_restores_the_new_tree() {
     .collect();
     assert_eq!(non_dir_entries(&incr), expected);
     let deleted: BTreeSet<&str> = r2.deleted.iter().map(String::as_str).collect();
-    let expected_deleted: BTreeSet<&str> =
-        ["dir1/f00", "dir1/f01", "dir9", "becomes-dir", "becomes-file"].into();
+    let expected_deleted: BTreeSet<&str> = [
+        "dir1/f00",
+        "dir1/f01",
+        "dir9",
+        "becomes-dir",
+        "becomes-file",
+    ]
+    .into();
     assert_eq!(deleted, expected_deleted);
     // Every directory is in the incremental, with its current metadata.
-    let dirs = gnu_list(&incr).into_iter().filter(|n| n.ends_with('/')).count();
+    let dirs = gnu_list(&incr)
+        .into_iter()
+        .filter(|n| n.ends_with('/'))
+        .count();
     assert_eq!(dirs as u64, r2.dirs);
     assert_eq!(r2.index.len(), snapshot(&src).len());
 
@@ -145,10 +165,20 @@ fn incremental_stores_only_changes_and_restores_the_new_tree() {
 
     // Restore the chain with our reader.
     let ours = work.path().join("ours");
-    extract(File::open(&full).expect("open"), &ours, &ExtractOptions::default()).expect("full");
+    extract(
+        File::open(&full).expect("open"),
+        &ours,
+        &ExtractOptions::default(),
+    )
+    .expect("full");
     let d = apply_deletions(&ours, &r2.deleted).expect("deletions");
     assert_eq!(d.removed, 5);
-    extract(File::open(&incr).expect("open"), &ours, &ExtractOptions::default()).expect("incr");
+    extract(
+        File::open(&incr).expect("open"),
+        &ours,
+        &ExtractOptions::default(),
+    )
+    .expect("incr");
     assert_same_tree(&want, &snapshot(&ours), "full + incremental (ours)");
 
     // And with plain tools, as the README documents.
@@ -174,8 +204,17 @@ fn incremental_stores_only_changes_and_restores_the_new_tree() {
     );
     assert_eq!(r3.deleted, vec!["new-dir/inside".to_string()]);
     apply_deletions(&ours, &r3.deleted).expect("deletions 2");
-    extract(File::open(&incr2).expect("open"), &ours, &ExtractOptions::default()).expect("incr2");
-    assert_same_tree(&snapshot(&src), &snapshot(&ours), "chain of two incrementals");
+    extract(
+        File::open(&incr2).expect("open"),
+        &ours,
+        &ExtractOptions::default(),
+    )
+    .expect("incr2");
+    assert_same_tree(
+        &snapshot(&src),
+        &snapshot(&ours),
+        "chain of two incrementals",
+    );
 }
 
 #[test]
@@ -188,7 +227,14 @@ fn apply_deletions_refuses_unsafe_paths_and_removes_nothing() {
     fs::write(outside.join("precious"), b"keep").expect("write");
     fs::write(dest.join("d/ok"), b"x").expect("write");
     symlink(&outside, dest.join("escape")).expect("symlink");
-    for bad in ["../outside/precious", "/etc/passwd", "escape/precious", "", "./", "\0zz"] {
+    for bad in [
+        "../outside/precious",
+        "/etc/passwd",
+        "escape/precious",
+        "",
+        "./",
+        "\0zz",
+    ] {
         let list = vec!["d/ok".to_string(), bad.to_string()];
         let err = apply_deletions(&dest, &list).expect_err(bad);
         assert!(err.to_string().contains("refusing to delete"), "{err}");

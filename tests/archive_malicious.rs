@@ -18,7 +18,11 @@ use util::*;
 fn hdr(name: &[u8], ty: EntryType, size: u64) -> Header {
     let mut h = Header::new_gnu();
     h.as_old_mut().name[..name.len()].copy_from_slice(name);
-    h.set_mode(if ty == EntryType::Directory { 0o755 } else { 0o644 });
+    h.set_mode(if ty == EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
     h.set_uid(0);
     h.set_gid(0);
     h.set_mtime(1_500_000_000);
@@ -127,20 +131,36 @@ impl Scene {
     fn assert_outside_untouched(&self) {
         let mut names: Vec<String> = fs::read_dir(&self.work)
             .expect("read work")
-            .map(|e| e.expect("dirent").file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                e.expect("dirent")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         names.sort();
-        assert_eq!(names, ["dest", "outside"], "something was written next to dest");
+        assert_eq!(
+            names,
+            ["dest", "outside"],
+            "something was written next to dest"
+        );
         let out: Vec<String> = fs::read_dir(&self.outside)
             .expect("read outside")
-            .map(|e| e.expect("dirent").file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                e.expect("dirent")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         assert_eq!(out, ["precious"], "something was written outside");
         let m = fs::metadata(self.outside.join("precious")).expect("stat");
         assert_eq!(m.nlink(), 1, "precious got hard-linked");
         assert_eq!(read_all(&self.outside.join("precious")), b"keep me");
         assert_eq!(
-            fs::read_to_string("/etc/passwd").map(|s| s.contains("root")).ok(),
+            fs::read_to_string("/etc/passwd")
+                .map(|s| s.contains("root"))
+                .ok(),
             Some(true)
         );
     }
@@ -180,7 +200,10 @@ fn both_modes(s: &Scene, archive: &[u8], entry: &str, reason: &str) {
 #[test]
 fn dotdot_paths_are_refused() {
     let s = scene();
-    let a = Raw::new().file(b"ok", b"fine").file(b"../evil", b"pwned").end();
+    let a = Raw::new()
+        .file(b"ok", b"fine")
+        .file(b"../evil", b"pwned")
+        .end();
     both_modes(&s, &a, "../evil", "..");
     let a = Raw::new().file(b"./a/../../outside/evil", b"pwned").end();
     both_modes(&s, &a, "../../outside/evil", "..");
@@ -206,7 +229,11 @@ fn pax_and_gnu_long_names_are_checked_too() {
     both_modes(&s, &a, "../evil", "..");
     let mut long = b"a/".repeat(60);
     long.extend_from_slice(b"../../../../../../../../../../../../../../../../../../../../../../../../../../../../../../../../evil");
-    let mut l = hdr(b"././@LongLink", EntryType::GNULongName, long.len() as u64 + 1);
+    let mut l = hdr(
+        b"././@LongLink",
+        EntryType::GNULongName,
+        long.len() as u64 + 1,
+    );
     l.set_cksum();
     let mut data = long.clone();
     data.push(0);
@@ -219,7 +246,10 @@ fn writing_through_a_symlink_is_refused() {
     let s = scene();
     let target = s.outside.to_string_lossy().into_owned();
     let a = Raw::new()
-        .entry(&link_hdr(b"link", EntryType::Symlink, target.as_bytes()), &[])
+        .entry(
+            &link_hdr(b"link", EntryType::Symlink, target.as_bytes()),
+            &[],
+        )
         .file(b"link/evil", b"pwned")
         .end();
     both_modes(&s, &a, "link/evil", "symlink");
@@ -233,7 +263,10 @@ fn writing_through_a_symlink_is_refused() {
     // A later directory entry of the same name replaces the symlink: safe.
     let s = scene();
     let a = Raw::new()
-        .entry(&link_hdr(b"link", EntryType::Symlink, target.as_bytes()), &[])
+        .entry(
+            &link_hdr(b"link", EntryType::Symlink, target.as_bytes()),
+            &[],
+        )
         .entry(&hdr(b"link/", EntryType::Directory, 0), &[])
         .file(b"link/inside", b"stays inside")
         .end();
@@ -254,7 +287,10 @@ fn hardlinks_leaving_the_tree_are_refused() {
         .end();
     both_modes(&s, &a, "hl", "absolute");
     let a = Raw::new()
-        .entry(&link_hdr(b"hl", EntryType::Link, b"../outside/precious"), &[])
+        .entry(
+            &link_hdr(b"hl", EntryType::Link, b"../outside/precious"),
+            &[],
+        )
         .end();
     both_modes(&s, &a, "hl", "..");
     // Through a symlink that points outside.
@@ -307,11 +343,19 @@ fn huge_headers_are_refused_without_allocating() {
         .entry(&pax_hdr(data.len() as u64), &data)
         .file(b"f", b"x")
         .end();
-    let msg = expect_refused(s.run(&a, &ExtractOptions::default()), "", "PAX extended header");
+    let msg = expect_refused(
+        s.run(&a, &ExtractOptions::default()),
+        "",
+        "PAX extended header",
+    );
     assert!(msg.contains("exceeds"), "{msg}");
     // A PAX header claiming 8 GiB with nothing behind it.
     let a = Raw::new().header_only(&pax_hdr(8 << 30)).end_raw();
-    expect_refused(s.run(&a, &ExtractOptions::default()), "", "PAX extended header");
+    expect_refused(
+        s.run(&a, &ExtractOptions::default()),
+        "",
+        "PAX extended header",
+    );
     // A GNU long name claiming 1 GiB.
     let l = hdr(b"././@LongLink", EntryType::GNULongName, 1 << 30);
     let a = Raw::new().header_only(&l).end_raw();
@@ -368,7 +412,9 @@ fn damaged_archives_are_reported_as_corrupt() {
             );
             match r {
                 Err(ArchiveError::Corrupt { .. }) => {}
-                other => panic!("{what} (verify_only={verify_only}): expected Corrupt, got {other:?}"),
+                other => {
+                    panic!("{what} (verify_only={verify_only}): expected Corrupt, got {other:?}")
+                }
             }
         }
     }
@@ -394,7 +440,11 @@ fn skip_refused_extracts_the_rest_and_lists_refusals() {
         .expect("extract with skip_refused");
     assert_eq!(r.refused, 2);
     assert_eq!(r.refused_entries.len(), 2);
-    assert!(r.refused_entries[0].starts_with("../evil"), "{:?}", r.refused_entries);
+    assert!(
+        r.refused_entries[0].starts_with("../evil"),
+        "{:?}",
+        r.refused_entries
+    );
     assert_eq!(read_all(&s.dest.join("good")), b"good data");
     assert!(!s.dest.join("abs").exists());
     s.assert_outside_untouched();

@@ -32,7 +32,11 @@ fn build_torture(root: &Path) -> bool {
     fs::create_dir(p(root, "日本語")).expect("mkdir");
     fs::write(p(root, "日本語/ファイル.txt"), "こんにちは".as_bytes()).expect("write");
     fs::write(p(root, "ünïcödé-😀.txt"), b"unicode").expect("write");
-    fs::write(root.join(OsStr::from_bytes(b"bad-\xff\xfe.bin")), b"not utf8").expect("write");
+    fs::write(
+        root.join(OsStr::from_bytes(b"bad-\xff\xfe.bin")),
+        b"not utf8",
+    )
+    .expect("write");
     fs::write(p(root, "name with spaces & %percent"), b"x").expect("write");
 
     // Empty dirs.
@@ -71,8 +75,7 @@ fn build_torture(root: &Path) -> bool {
     // Modes, including setuid/setgid/sticky.
     fs::create_dir(p(root, "modes")).expect("mkdir");
     for mode in [
-        0o000, 0o400, 0o644, 0o755, 0o777, 0o4755, 0o2755, 0o1777, 0o6750, 0o7777, 0o4000,
-        0o1000,
+        0o000, 0o400, 0o644, 0o755, 0o777, 0o4755, 0o2755, 0o1777, 0o6750, 0o7777, 0o4000, 0o1000,
     ] {
         let f = p(root, &format!("modes/m{mode:04o}"));
         fs::write(&f, format!("{mode:o}")).expect("write");
@@ -151,15 +154,28 @@ fn torture_tree_roundtrips_with_our_reader_and_gnu_tar() {
     let xattrs_ok = build_torture(&src);
     let before = snapshot(&src);
     // The fixture is what we think it is (so the comparisons below mean something).
-    let get = |k: &[u8]| before.get(k).unwrap_or_else(|| panic!("fixture lacks {k:?}"));
-    assert_eq!((get(b"").mode, get(b"").uid, get(b"").gid), (0o750, 1234, 5678));
+    let get = |k: &[u8]| {
+        before
+            .get(k)
+            .unwrap_or_else(|| panic!("fixture lacks {k:?}"))
+    };
+    assert_eq!(
+        (get(b"").mode, get(b"").uid, get(b"").gid),
+        (0o750, 1234, 5678)
+    );
     assert_eq!(get(b"modes/m4755").mode, 0o4755);
     assert_eq!(get(b"modes/m7777").mode, 0o7777);
     assert_eq!(get(b"modes/dir-setgid").mode, 0o2750);
     assert_eq!(get(b"owned/link").uid, 4321);
-    assert_eq!(get(b"hl/sub/three").link_group.as_deref(), Some(&b"hl/one"[..]));
+    assert_eq!(
+        get(b"hl/sub/three").link_group.as_deref(),
+        Some(&b"hl/one"[..])
+    );
     assert_eq!(get(b"sparse-2g").size, TWO_GIB);
-    assert_eq!(get(b"link-abs").link_target.as_deref(), Some(&b"/etc/passwd"[..]));
+    assert_eq!(
+        get(b"link-abs").link_target.as_deref(),
+        Some(&b"/etc/passwd"[..])
+    );
     assert_eq!(get(b"pipe").kind, "fifo");
     assert_eq!(get(b"dev-null").kind, "char");
     assert_eq!(get(b"empty").mtime % 86_400, 1_000_000_000 % 86_400);
@@ -187,11 +203,20 @@ fn torture_tree_roundtrips_with_our_reader_and_gnu_tar() {
     let size = fs::metadata(&archive).expect("stat archive").len();
     assert_eq!(size, gz.bytes_out);
     assert!(size < 8 << 20, "archive is {size} bytes");
-    assert!(gz.bytes_in < 16 << 20, "tar stream is {} bytes", gz.bytes_in);
-    assert!(gz.stored_members >= 2, "random data should be stored: {gz:?}");
+    assert!(
+        gz.bytes_in < 16 << 20,
+        "tar stream is {} bytes",
+        gz.bytes_in
+    );
+    assert!(
+        gz.stored_members >= 2,
+        "random data should be stored: {gz:?}"
+    );
     assert_eq!(
         gz.sha256,
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(fs::read(&archive).expect("read")))
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            fs::read(&archive).expect("read")
+        ))
     );
 
     // Entry names: root first, deterministic order.
@@ -222,8 +247,16 @@ fn torture_tree_roundtrips_with_our_reader_and_gnu_tar() {
     assert_same_tree(&before, &after, "our extract");
     // The comparison can fail: a directory mtime or an xattr off is noticed.
     set_times(&ours.join("modes/dir-setgid"), 1_600_000_000, 0);
-    assert_ne!(snapshot(&ours), after, "comparator missed a directory mtime");
-    set_times(&ours.join("modes/dir-setgid"), before[&b"modes/dir-setgid"[..]].mtime, 0);
+    assert_ne!(
+        snapshot(&ours),
+        after,
+        "comparator missed a directory mtime"
+    );
+    set_times(
+        &ours.join("modes/dir-setgid"),
+        before[&b"modes/dir-setgid"[..]].mtime,
+        0,
+    );
     if xattrs_ok {
         xattr::remove(ours.join("hl/sub"), "user.dir").expect("remove xattr");
         assert_ne!(snapshot(&ours), after, "comparator missed an xattr");
@@ -231,7 +264,10 @@ fn torture_tree_roundtrips_with_our_reader_and_gnu_tar() {
     }
     assert_same_tree(&after, &snapshot(&ours), "after undoing the tampering");
     let restored_sparse = fs::metadata(ours.join("sparse-2g")).expect("stat");
-    assert!(restored_sparse.blocks() * 512 < 1 << 20, "restored 2 GiB file is not sparse");
+    assert!(
+        restored_sparse.blocks() * 512 < 1 << 20,
+        "restored 2 GiB file is not sparse"
+    );
 
     // GNU tar, as documented.
     let gnu = work.path().join("gnu");
@@ -314,7 +350,8 @@ fn progress_is_reported_and_options_are_honoured() {
         ..WriteOptions::default()
     };
     let archive = work.path().join("a.tar.gz");
-    let report = write_tree_gz(&src, File::create(&archive).expect("create"), &opts).expect("write");
+    let report =
+        write_tree_gz(&src, File::create(&archive).expect("create"), &opts).expect("write");
     assert_eq!(seen.load(Ordering::SeqCst), 20 << 20);
     assert!(calls.load(Ordering::SeqCst) >= 3);
     assert_eq!(report.bytes_in, 20 << 20);

@@ -136,15 +136,23 @@ pub fn snapshot(root: &Path) -> Tree {
         xattrs.sort();
         let meta = Meta {
             kind: kind(&ft),
-            mode: if ft.is_symlink() { 0 } else { m.mode() & 0o7777 },
+            mode: if ft.is_symlink() {
+                0
+            } else {
+                m.mode() & 0o7777
+            },
             uid: m.uid(),
             gid: m.gid(),
             mtime: m.mtime(),
             size: if ft.is_file() { m.len() } else { 0 },
             content: ft.is_file().then(|| content_fingerprint(&p)),
-            link_target: ft
-                .is_symlink()
-                .then(|| fs::read_link(&p).expect("readlink").as_os_str().as_bytes().to_vec()),
+            link_target: ft.is_symlink().then(|| {
+                fs::read_link(&p)
+                    .expect("readlink")
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec()
+            }),
             rdev: if ft.is_char_device() || ft.is_block_device() {
                 m.rdev()
             } else {
@@ -319,6 +327,9 @@ pub fn p(root: &Path, rel: &str) -> PathBuf {
 
 pub fn read_all(p: &Path) -> Vec<u8> {
     let mut v = Vec::new();
-    File::open(p).expect("open").read_to_end(&mut v).expect("read");
+    File::open(p)
+        .expect("open")
+        .read_to_end(&mut v)
+        .expect("read");
     v
 }

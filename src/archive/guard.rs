@@ -251,8 +251,11 @@ fn pax_size(data: &[u8]) -> Option<u64> {
     None
 }
 
+/// One PAX record: key and value bytes.
+pub(crate) type PaxRecord<'a> = (&'a [u8], &'a [u8]);
+
 /// Parse PAX records properly (length-prefixed, values may contain newlines).
-pub(crate) fn parse_pax(mut data: &[u8]) -> Result<Vec<(&[u8], &[u8])>, String> {
+pub(crate) fn parse_pax(mut data: &[u8]) -> Result<Vec<PaxRecord<'_>>, String> {
     let mut out = Vec::new();
     while !data.is_empty() {
         if data.iter().all(|&b| b == 0) {

@@ -491,8 +491,8 @@ mod tests {
 
     #[test]
     fn roundtrip_several_mib_default_chunks_one_and_many_threads() {
-        let mut data = texty(3 << 20);
-        data.extend(pseudo_random((2 << 20) + 12345, 7));
+        let mut data = texty(2 << 20);
+        data.extend(pseudo_random((1 << 20) + 12345, 7));
         for threads in [1, 3] {
             let opts = PgzOptions {
                 threads,
@@ -500,15 +500,15 @@ mod tests {
             };
             let (gz, stats) = compress(&data, &opts, 100_003);
             assert_eq!(decode(&gz), data);
-            assert_eq!(stats.members, 6);
-            assert!(stats.stored_members >= 2, "{stats:?}");
+            assert_eq!(stats.members, 4);
+            assert!(stats.stored_members >= 1, "{stats:?}");
             assert!(gz.len() < data.len(), "text part must compress");
         }
     }
 
     #[test]
     fn random_data_is_stored_and_barely_grows() {
-        let data = pseudo_random(4 << 20, 42);
+        let data = pseudo_random(2 << 20, 42);
         let (gz, stats) = compress(&data, &PgzOptions::default(), 1 << 16);
         assert_eq!(stats.stored_members, stats.members);
         // Stored blocks cost 5 bytes per 64 KiB plus the member framing.

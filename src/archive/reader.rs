@@ -732,7 +732,7 @@ impl Extractor<'_> {
             return Ok(());
         }
         let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by(|a, b| b.depth.cmp(&a.depth));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.depth));
         for d in &dirs {
             match fs::symlink_metadata(&d.path) {
                 Ok(m) if m.is_dir() => {}

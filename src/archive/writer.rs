@@ -49,6 +49,7 @@ const MAX_LISTED_PROBLEMS: usize = 1000;
 const MAX_SPARSE_SEGMENTS: usize = 1 << 20;
 
 /// Options of [`write_tree`] / [`write_tree_gz`].
+#[derive(Default)]
 pub struct WriteOptions<'a> {
     /// Index of the parent snapshot: write only what changed since.
     pub parent: Option<&'a Index>,
@@ -62,18 +63,6 @@ pub struct WriteOptions<'a> {
     /// Testing aid, see [`FileHook`]. Leave `None`.
     #[doc(hidden)]
     pub before_file_read: Option<FileHook>,
-}
-
-impl Default for WriteOptions<'_> {
-    fn default() -> Self {
-        WriteOptions {
-            parent: None,
-            progress: None,
-            one_file_system: false,
-            gzip: PgzOptions::default(),
-            before_file_read: None,
-        }
-    }
 }
 
 impl std::fmt::Debug for WriteOptions<'_> {
