@@ -17,6 +17,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 # shellcheck source=plugin/rootfs.sh
 source "$here/rootfs.sh"
+# shellcheck source=plugin/lib.sh
+source "$here/lib.sh"
 
 die() { echo "agent-image.sh: $*" >&2; exit 1; }
 
@@ -33,18 +35,8 @@ while [[ $# -gt 0 ]]; do
 done
 image="${image:-allspark-agent:latest}"
 
-docker info >/dev/null 2>&1 || die "the Docker daemon does not answer ('docker info' failed); start dockerd first"
-
-if [[ -z "$binary" ]]; then
-    echo "agent-image.sh: cargo build --release" >&2
-    (cd "$repo" && cargo build --release --bin allspark) || die "cargo build --release failed"
-    target_dir="${CARGO_TARGET_DIR:-}"
-    if [[ -z "$target_dir" ]]; then
-        target_dir="$(cd "$repo" && cargo metadata --no-deps --format-version 1 |
-            sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-    fi
-    binary="${target_dir:-$repo/target}/release/allspark"
-fi
+allspark_require_docker agent-image.sh || exit 1
+[[ -n "$binary" ]] || binary="$(allspark_release_binary "$repo")" || exit 1
 [[ -x "$binary" ]] || die "no executable at '$binary'"
 version="$("$binary" --version 2>/dev/null | head -n1 || true)"
 

@@ -31,6 +31,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 # shellcheck source=plugin/rootfs.sh
 source "$here/rootfs.sh"
+# shellcheck source=plugin/lib.sh
+source "$here/lib.sh"
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -53,18 +55,8 @@ name="${name:-allspark:latest}"
 # A tag is a ':' after the last '/' (a registry host may carry a port: 127.0.0.1:5000/x).
 [[ "${name##*/}" == *:* ]] || name="$name:latest"
 
-docker info >/dev/null 2>&1 || die "the Docker daemon does not answer ('docker info' failed); start dockerd first"
-
-if [[ -z "$binary" ]]; then
-    echo "build.sh: cargo build --release" >&2
-    (cd "$repo" && cargo build --release --bin allspark) || die "cargo build --release failed"
-    target_dir="${CARGO_TARGET_DIR:-}"
-    if [[ -z "$target_dir" ]]; then
-        target_dir="$(cd "$repo" && cargo metadata --no-deps --format-version 1 |
-            sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-    fi
-    binary="${target_dir:-$repo/target}/release/allspark"
-fi
+allspark_require_docker build.sh || exit 1
+[[ -n "$binary" ]] || binary="$(allspark_release_binary "$repo")" || exit 1
 [[ -x "$binary" ]] || die "no executable at '$binary'"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/allspark-plugin.XXXXXX")"
@@ -77,14 +69,8 @@ settable_env="ALLSPARK_LOG ALLSPARK_BIND_ROOTS ALLSPARK_SNAPSHOT_WAIT"
 keep_settings=()
 was_enabled=""
 if was_enabled="$(docker plugin inspect --format '{{.Enabled}}' "$name" 2>/dev/null)"; then
-    # Running containers using a volume of this plugin?
     users=()
-    while IFS= read -r vol; do
-        [[ -n "$vol" ]] || continue
-        while IFS= read -r c; do
-            [[ -n "$c" ]] && users+=("$c (volume $vol)")
-        done < <(docker ps --filter "volume=$vol" --format '{{.Names}}')
-    done < <(docker volume ls -q --filter "driver=$name" 2>/dev/null)
+    while IFS= read -r u; do users+=("$u"); done < <(allspark_plugin_users "$name")
     if [[ ${#users[@]} -gt 0 ]]; then
         if [[ "$force" != 1 ]]; then
             printf 'build.sh: refusing to replace plugin %s: running containers use its volumes:\n' "$name" >&2
@@ -99,15 +85,16 @@ if was_enabled="$(docker plugin inspect --format '{{.Enabled}}' "$name" 2>/dev/n
     while IFS= read -r kv; do
         [[ -n "$kv" ]] || continue
         for k in $settable_env; do
-            [[ "$kv" == "$k="* ]] && keep_settings+=("$kv")
+            if [[ "$kv" == "$k="* ]]; then keep_settings+=("$kv"); fi
         done
     done < <(docker plugin inspect --format '{{range .Settings.Env}}{{println .}}{{end}}' "$name")
-    state_source="$(docker plugin inspect --format \
-        '{{range .Settings.Mounts}}{{if eq .Name "state"}}{{.Source}}{{end}}{{end}}' "$name")"
-    [[ -n "$state_source" ]] && keep_settings+=("state.source=$state_source")
+    state_source="$(allspark_plugin_state_source "$name")"
+    if [[ -n "$state_source" ]]; then keep_settings+=("state.source=$state_source"); fi
 
     if [[ "$was_enabled" == true ]]; then
-        echo "build.sh: disabling $name (no running container uses its volumes; they survive on the host)" >&2
+        # -f: volumes of the plugin hold references to it. Their records and data
+        # live on the host and the new plugin serves them again.
+        echo "build.sh: disabling $name (its volumes and their data stay on the host)" >&2
         docker plugin disable -f "$name" >/dev/null
     fi
     docker plugin rm -f "$name" >/dev/null
@@ -123,8 +110,7 @@ fi
 
 if [[ "$enable" == 1 || "$was_enabled" == true ]]; then
     # The state mount's source must exist on the host before the plugin starts.
-    src="$(docker plugin inspect --format \
-        '{{range .Settings.Mounts}}{{if eq .Name "state"}}{{.Source}}{{end}}{{end}}' "$name")"
+    src="$(allspark_plugin_state_source "$name")"
     mkdir -p "${src:-/var/lib/allspark}"
     docker plugin enable "$name" >/dev/null || die "docker plugin enable $name failed; see the dockerd log for the plugin's output"
     echo "build.sh: enabled $name" >&2
