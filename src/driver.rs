@@ -377,6 +377,7 @@ impl Driver {
             kind: EventKind::Mount,
             volume: name.to_string(),
             at: Utc::now(),
+            container: None,
         };
         let file =
             spool::write(&self.layout, &event).map_err(io_ctx("cannot write the spool event"))?;
@@ -441,6 +442,7 @@ impl Driver {
                 kind: EventKind::Unmount,
                 volume: name.to_string(),
                 at: Utc::now(),
+                container: None,
             };
             if let Err(e) = spool::write(&self.layout, &event) {
                 tracing::error!(volume = name, %e, "cannot spool the unmount event; no automatic snapshot will be taken");

@@ -19,6 +19,8 @@ pub enum EventKind {
     Mount,
     /// The last mount is gone.
     Unmount,
+    /// A container labelled `allspark.snapshot=on-stop` stopped (written by the agent itself).
+    Stop,
 }
 
 /// One spooled event.
@@ -27,6 +29,9 @@ pub struct Event {
     pub kind: EventKind,
     pub volume: String,
     pub at: DateTime<Utc>,
+    /// The container that stopped (for `Stop` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
