@@ -1,6 +1,7 @@
 //! allspark library: every piece the `allspark` binary dispatches to.
 
 pub mod api;
+pub mod archive;
 pub mod callstats;
 pub mod cli;
 pub mod config;
