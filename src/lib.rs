@@ -1,5 +1,6 @@
 //! allspark library: every piece the `allspark` binary dispatches to.
 
+pub mod agent;
 pub mod api;
 pub mod archive;
 pub mod callstats;
@@ -16,9 +17,11 @@ pub mod options;
 pub mod plugin;
 pub mod protocol;
 pub mod server;
+pub mod snapshot;
 pub mod snapshot_id;
 pub mod spool;
 pub mod status;
 pub mod store;
 pub mod template;
+pub mod usage;
 pub mod volref;

@@ -123,6 +123,7 @@ impl Sys for LinuxSys {
 /// Mount points listed in a mountinfo text (field 5, with `\040`-style escapes decoded).
 pub fn parse_mountinfo(text: &str) -> Vec<PathBuf> {
     text.lines()
+        .rev()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|p| PathBuf::from(unescape(p)))
         .collect()
@@ -131,13 +132,14 @@ pub fn parse_mountinfo(text: &str) -> Vec<PathBuf> {
 /// The mount options (field 6) of the mount at `point`, the last one listed winning.
 pub fn mount_options(text: &str, point: &Path) -> Option<String> {
     text.lines()
+        .rev()
         .filter_map(|l| {
             let mut f = l.split(' ');
             let p = f.nth(4)?;
             let o = f.next()?;
             (Path::new(&unescape(p)) == point).then(|| o.to_string())
         })
-        .last()
+        .next()
 }
 
 fn unescape(s: &str) -> String {

@@ -412,7 +412,7 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
     };
     let n: f64 = num.parse().map_err(|_| ACCEPTED.to_string())?;
     let bytes = n * mult as f64;
-    if !(bytes >= 1.0 && bytes < 1.0e19) {
+    if !(1.0..1.0e19).contains(&bytes) {
         return Err(ACCEPTED.into());
     }
     Ok(bytes as u64)

@@ -104,6 +104,7 @@ mod tests {
                     kind: EventKind::Unmount,
                     volume: v.to_string(),
                     at,
+                    container: None,
                 },
             )
             .unwrap();
