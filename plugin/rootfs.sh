@@ -54,8 +54,9 @@ allspark_rootfs() {
     #   /lib64/ld-linux-x86-64.so.2 (0x...)
     #   linux-vdso.so.1 (0x...)            (no file: skipped)
     # or "not a dynamic executable" / "statically linked" (nothing to copy).
+    # ldd the copy, not $bin: the copy is what ships, even if $bin is rebuilt meanwhile.
     local ldd_out
-    if ldd_out=$(ldd "$bin" 2>&1); then
+    if ldd_out=$(ldd "$dir/allspark" 2>&1); then
         local line path
         while IFS= read -r line; do
             path=""
@@ -72,8 +73,17 @@ allspark_rootfs() {
             cp -L "$path" "$dir$path"
         done <<<"$ldd_out"
     elif [[ "$ldd_out" != *"not a dynamic executable"* && "$ldd_out" != *"statically linked"* ]]; then
-        echo "rootfs.sh: ldd $bin failed: $ldd_out" >&2
+        echo "rootfs.sh: ldd of $bin failed: $ldd_out" >&2
         return 1
+    fi
+
+    # Prove the layout runs: a missing library shows here, not when dockerd starts the plugin.
+    if [[ "$(id -u)" == 0 ]] && command -v chroot >/dev/null 2>&1; then
+        local out
+        if ! out=$(chroot "$dir" /allspark --version 2>&1); then
+            echo "rootfs.sh: /allspark does not run inside $dir: $out" >&2
+            return 1
+        fi
     fi
 
     # Name resolution files some libraries read; harmless when unused.

@@ -14,7 +14,6 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -199,22 +198,30 @@ fn check_volumes(image: &str, plugin: &str, managed: &str, bound: &str, when: &s
     }
 }
 
-/// How this machine runs dockerd, and a restart that keeps it that way.
+/// Restarts dockerd the way this machine runs it: systemd, the Debian init
+/// script (start-stop-daemon pid file), or a dockerd started by hand / by an
+/// init without either, which is stopped and started again with the same
+/// command line, environment and log file.
 fn restart_dockerd() {
-    let systemd = Command::new("systemctl")
-        .args(["is-active", "--quiet", "docker"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if systemd {
+    let quiet = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if quiet("systemctl", &["is-active", "--quiet", "docker"]) {
         sh_ok("systemctl restart docker");
+    } else if Path::new("/var/run/docker-ssd.pid").exists()
+        && Path::new("/etc/init.d/docker").exists()
+    {
+        sh_ok("/etc/init.d/docker restart");
     } else {
-        // Started by hand or by an init without systemd: stop it and start it
-        // again with the same command line, environment and log file.
         let pid = fs::read_to_string("/var/run/docker.pid")
-            .expect("read /var/run/docker.pid")
+            .expect("read /var/run/docker.pid (is dockerd running?)")
             .trim()
             .to_string();
         let proc_dir = PathBuf::from("/proc").join(&pid);
@@ -240,21 +247,29 @@ fn restart_dockerd() {
             .append(true)
             .open(&log)
             .expect("open the dockerd log");
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
+        // `setsid --fork` returns at once and leaves dockerd a child of init,
+        // in its own session, outliving the test as before.
+        let mut cmd = Command::new("setsid");
+        cmd.arg("--fork")
+            .args(&argv)
             .env_clear()
             .current_dir(cwd)
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
         for kv in &env {
             if let Some((k, v)) = kv.split_once('=') {
                 cmd.env(k, v);
             }
         }
-        cmd.stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .process_group(0);
-        // Not waited for: dockerd outlives the test, as before.
-        cmd.spawn().expect("start dockerd again");
+        if !env.iter().any(|kv| kv.starts_with("PATH=")) {
+            cmd.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+        }
+        let status = cmd.status().expect("run setsid --fork dockerd");
+        assert!(status.success(), "starting dockerd again failed: {status}");
     }
     wait_until("dockerd answers again", Duration::from_secs(120), || {
         docker(&["info"]).status.success()
