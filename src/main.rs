@@ -1,2 +1,5 @@
 //! allspark: Docker volume plugin, companion agent and operator CLI (entry point).
-fn main() {}
+
+fn main() {
+    std::process::exit(allspark::cli::main());
+}

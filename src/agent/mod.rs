@@ -1,0 +1,71 @@
+//! The `allspark agent` process: spool consumer, Docker events, schedules, usage and metrics, until SIGTERM.
+
+pub mod events;
+pub mod spool_worker;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::fsutil::{FileLock, LockKind};
+use crate::snapshot::ops::Ctx;
+
+/// Everything `allspark agent` needs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub ctx: Ctx,
+    pub backup_root: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    /// Follow Docker events (label-triggered snapshots).
+    pub docker_events: bool,
+    pub spool_poll: Duration,
+}
+
+/// Run the agent until SIGTERM/SIGINT.
+pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let layout = cfg.ctx.layout.clone();
+    layout
+        .ensure()
+        .with_context(|| format!("cannot create the state root {}", layout.root.display()))?;
+    let lock_path = layout.root.join("agent.lock");
+    let Some(_lock) = FileLock::try_acquire(&lock_path, LockKind::Exclusive)? else {
+        bail!(
+            "another allspark agent already serves {}; stop it first",
+            layout.root.display()
+        );
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let spool_cfg = cfg.clone();
+        let mut spool_stop = stop_rx.clone();
+        let spool_task = tokio::task::spawn_blocking(move || {
+            let mut worker = spool_worker::SpoolWorker::default();
+            tracing::info!(root = %spool_cfg.ctx.layout.root.display(), "agent consuming the spool");
+            while !*spool_stop.borrow_and_update() {
+                worker.run_once(&spool_cfg.ctx);
+                std::thread::sleep(spool_cfg.spool_poll);
+            }
+        });
+        if cfg.docker_events {
+            tokio::spawn(events::watch(layout.clone(), cfg.ctx.docker_url.clone()));
+        }
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::info!("signal received: finishing the current work");
+        let _ = stop_tx.send(true);
+        let _ = spool_task.await;
+        tracing::info!("allspark agent stopped");
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,128 @@
+//! Maps VolumeDriver calls onto the `Driver`: decode the wire types, call, log one line, encode.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::driver::{Driver, DriverError};
+use crate::protocol::*;
+use crate::server::{Handler, Reply};
+
+/// The driver behind the socket.
+pub struct DriverApi {
+    pub driver: Arc<Driver>,
+}
+
+fn decode<T: DeserializeOwned>(call: &str, body: &[u8]) -> Result<T, Reply> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        Reply::err(
+            StatusCode::BAD_REQUEST,
+            format!("malformed JSON for /{call}: {e}"),
+        )
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Reply {
+    match serde_json::to_vec(value) {
+        Ok(b) => Reply::ok(b),
+        Err(e) => Reply::err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the reply: {e}"),
+        ),
+    }
+}
+
+fn failure(e: &DriverError) -> Reply {
+    let status = match e {
+        DriverError::NotFound(_) => StatusCode::NOT_FOUND,
+        DriverError::Invalid(_) => StatusCode::BAD_REQUEST,
+        DriverError::Conflict(_) | DriverError::Busy(_) => StatusCode::CONFLICT,
+        DriverError::Io { .. } | DriverError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Reply::err(status, e.to_string())
+}
+
+impl DriverApi {
+    fn dispatch(&self, call: &str, body: &[u8]) -> (Reply, Option<String>) {
+        let d = &self.driver;
+        macro_rules! run {
+            ($req:ty, |$r:ident| $volume:expr, $work:expr) => {{
+                let $r: $req = match decode(call, body) {
+                    Ok(r) => r,
+                    Err(reply) => return (reply, None),
+                };
+                let volume = Some($volume.to_string());
+                let reply = match $work {
+                    Ok(v) => encode(&v),
+                    Err(e) => failure(&e),
+                };
+                (reply, volume)
+            }};
+        }
+        let empty = || ErrResponse { err: String::new() };
+        match call {
+            "Plugin.Activate" => (encode(&ActivateResponse { implements: vec!["VolumeDriver"] }), None),
+            "VolumeDriver.Capabilities" => {
+                (encode(&CapabilitiesResponse { capabilities: Capability { scope: "local" } }), None)
+            }
+            "VolumeDriver.Create" => run!(CreateRequest, |r| r.name, d.create(&r.name, r.opts.as_ref()).map(|_| empty())),
+            "VolumeDriver.Remove" => run!(NameRequest, |r| r.name, d.remove(&r.name).map(|_| empty())),
+            "VolumeDriver.Mount" => run!(MountRequest, |r| r.name, d.mount(&r.name, &r.id).map(|p| MountpointResponse {
+                mountpoint: p.to_string_lossy().into_owned(),
+                err: String::new()
+            })),
+            "VolumeDriver.Unmount" => run!(MountRequest, |r| r.name, d.unmount(&r.name, &r.id).map(|_| empty())),
+            "VolumeDriver.Path" => run!(NameRequest, |r| r.name, d.path(&r.name).map(|p| MountpointResponse {
+                mountpoint: p.to_string_lossy().into_owned(),
+                err: String::new()
+            })),
+            "VolumeDriver.Get" => run!(NameRequest, |r| r.name, d.get(&r.name).map(|v| GetResponse { volume: v, err: String::new() })),
+            "VolumeDriver.List" => {
+                let reply = match d.list() {
+                    Ok(volumes) => encode(&ListResponse { volumes, err: String::new() }),
+                    Err(e) => failure(&e),
+                };
+                (reply, None)
+            }
+            _ => (
+                Reply::err(
+                    StatusCode::NOT_FOUND,
+                    format!("unknown call /{call}; this plugin implements Plugin.Activate and VolumeDriver.*"),
+                ),
+                None,
+            ),
+        }
+    }
+}
+
+impl Handler for DriverApi {
+    fn handle(&self, call: &str, body: &[u8]) -> Reply {
+        let started = Instant::now();
+        let (reply, volume) = self.dispatch(call, body);
+        let micros = started.elapsed().as_micros() as u64;
+        let volume = volume.unwrap_or_default();
+        if reply.status.is_success() {
+            tracing::info!(call, volume, micros, outcome = "ok");
+        } else {
+            let err = String::from_utf8_lossy(&reply.body).into_owned();
+            tracing::warn!(
+                call,
+                volume,
+                micros,
+                outcome = "error",
+                status = reply.status.as_u16(),
+                err
+            );
+        }
+        crate::callstats::record(call, reply.status.is_success(), micros);
+        reply
+    }
+}

@@ -1,0 +1,82 @@
+//! Command-line parsing and dispatch only: one file per command group.
+
+mod agent_cmd;
+mod plugin_cmd;
+mod progress;
+mod snapshot_cmd;
+mod volume_cmd;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_ROOT;
+
+/// allspark: Docker volume plugin, snapshots, backups.
+#[derive(Parser, Debug)]
+#[command(name = "allspark", version, about, propagate_version = true)]
+pub struct Cli {
+    /// State root shared by the plugin, the agent and the CLI.
+    #[arg(long, global = true, env = "ALLSPARK_ROOT", default_value = DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// Where the host's `/` is visible to this process (the managed plugin and agent container use /host).
+    #[arg(
+        long,
+        global = true,
+        env = "ALLSPARK_HOST_PREFIX",
+        hide_env_values = true
+    )]
+    pub host_prefix: Option<PathBuf>,
+    /// Docker endpoint (for foreign volumes, labels, dumps).
+    #[arg(long, global = true, env = "ALLSPARK_DOCKER", default_value = crate::docker::DEFAULT_DOCKER)]
+    pub docker: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The shared context of snapshot and backup work.
+    pub fn ctx(&self) -> crate::snapshot::ops::Ctx {
+        crate::snapshot::ops::Ctx {
+            layout: crate::config::Layout::new(&self.root),
+            view: crate::config::HostView::new(self.host_prefix.as_deref()),
+            docker_url: self.docker.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the volume driver on a Unix socket.
+    Plugin(plugin_cmd::PluginArgs),
+    /// Run the companion agent: snapshots on hooks and labels, schedules, metrics.
+    Agent(agent_cmd::AgentArgs),
+    /// Snapshots: create, ls, verify, restore, rm, prune.
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCmd),
+    /// Volumes: list, inspect.
+    #[command(subcommand)]
+    Volume(volume_cmd::VolumeCmd),
+}
+
+/// Parse, run, and return the exit status (0 done, 1 failed, 2 usage error).
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    crate::logging::init();
+    let result = match cli.command {
+        Command::Plugin(ref a) => plugin_cmd::run(&cli, a),
+        Command::Volume(ref c) => volume_cmd::run(&cli, c),
+        Command::Agent(ref a) => agent_cmd::run(cli.ctx(), a),
+        Command::Snapshot(ref c) => snapshot_cmd::run(&cli.ctx(), c),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("allspark: {e:#}");
+            1
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! `allspark snapshot create|ls|verify|restore|rm|prune`.
+
+use anyhow::bail;
+use clap::Subcommand;
+
+use super::progress::bytes_bar;
+use crate::snapshot::ops::{self, Ctx};
+use crate::snapshot::{catalog, retention, verify, CreateOutcome, Manifest, Trigger};
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Snapshot a volume now (incremental to its last snapshot); prints the new id.
+    Create {
+        volume: String,
+        /// Write a full snapshot instead of an incremental one.
+        #[arg(long)]
+        full: bool,
+    },
+    /// List snapshots (of one volume, or of all), oldest first.
+    Ls {
+        volume: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check checksums and test-read archives (one snapshot's chain, or every snapshot).
+    Verify { volume: String, id: Option<String> },
+    /// Restore a snapshot over the volume (refused while mounted), or into a new volume.
+    Restore {
+        volume: String,
+        id: String,
+        /// Restore into this new volume instead of over the source.
+        #[arg(long)]
+        into: Option<String>,
+        /// Confirm that the volume's current content is replaced.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Delete one snapshot (refused while a later snapshot needs it).
+    Rm { volume: String, id: String },
+    /// Apply the volume's retention (`keep=`) now.
+    Prune { volume: String },
+}
+
+pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
+    match cmd {
+        SnapshotCmd::Create { volume, full } => {
+            let bar = bytes_bar(None, &format!("snapshot {volume}"));
+            let tick = bar.clone().map(|b| {
+                std::sync::Arc::new(move |n: u64| b.set_position(n))
+                    as crate::snapshot::create::Progress
+            });
+            let out = ops::take(ctx, volume, Trigger::Manual, None, *full, tick)?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            match out {
+                CreateOutcome::Created(m) | CreateOutcome::AlreadyDone(m) => {
+                    eprintln!(
+                        "snapshot {} of {}: {} entries, {} bytes read, {} bytes stored ({}), {} ms",
+                        m.id,
+                        volume,
+                        m.files,
+                        m.bytes_in,
+                        m.bytes_stored,
+                        if m.parent.is_some() {
+                            "incremental"
+                        } else {
+                            "full"
+                        },
+                        m.duration_ms
+                    );
+                    println!("{}", m.id);
+                }
+                CreateOutcome::Skipped(why) => bail!("no snapshot taken: {why}"),
+            }
+        }
+        SnapshotCmd::Ls { volume, json } => {
+            let volumes = match volume {
+                Some(v) => {
+                    crate::names::validate(v).map_err(anyhow::Error::msg)?;
+                    vec![v.clone()]
+                }
+                None => catalog::volumes(&ctx.layout),
+            };
+            let mut all: Vec<Manifest> = Vec::new();
+            for v in &volumes {
+                all.extend(catalog::list(&ctx.layout, v)?);
+            }
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                println!(
+                    "{:<24} {:<24} {:<9} {:<11} {:>8} {:>12} {:>12}",
+                    "VOLUME", "ID", "TRIGGER", "KIND", "FILES", "BYTES IN", "STORED"
+                );
+                for m in &all {
+                    println!(
+                        "{:<24} {:<24} {:<9} {:<11} {:>8} {:>12} {:>12}",
+                        m.volume,
+                        m.id,
+                        format!("{:?}", m.trigger).to_lowercase(),
+                        if m.parent.is_some() {
+                            "incremental"
+                        } else {
+                            "full"
+                        },
+                        m.files,
+                        m.bytes_in,
+                        m.bytes_stored
+                    );
+                }
+            }
+        }
+        SnapshotCmd::Verify { volume, id } => {
+            crate::names::validate(volume).map_err(anyhow::Error::msg)?;
+            let all = catalog::list(&ctx.layout, volume)?;
+            let targets: Vec<Manifest> = match id {
+                Some(id) => catalog::chain(&all, &catalog::get(&ctx.layout, volume, id)?.id)?,
+                None => {
+                    for m in &all {
+                        catalog::chain(&all, &m.id)?;
+                    }
+                    all.clone()
+                }
+            };
+            if targets.is_empty() {
+                bail!("volume {volume} has no snapshots to verify");
+            }
+            let total = targets.iter().map(|m| m.bytes_in).sum();
+            let bar = bytes_bar(Some(total), &format!("verify {volume}"));
+            let tick = |n: u64| {
+                if let Some(b) = &bar {
+                    b.set_position(n)
+                }
+            };
+            let r = verify::verify_chain(&ctx.layout, &targets, Some(&tick))?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            println!(
+                "ok: {} archive(s), {} entries, {} bytes verified",
+                r.archives, r.entries, r.bytes
+            );
+        }
+        SnapshotCmd::Restore {
+            volume,
+            id,
+            into,
+            yes,
+        } => {
+            crate::names::validate(volume).map_err(anyhow::Error::msg)?;
+            let m = catalog::get(&ctx.layout, volume, id)?;
+            if into.is_none() && !yes {
+                bail!(
+                    "this replaces the whole content of volume {volume} with snapshot {} (taken {}); run again with --yes to do it, or use --into NEW",
+                    m.id,
+                    m.created_at.to_rfc3339()
+                );
+            }
+            let bar = bytes_bar(None, &format!("restore {volume}@{id}"));
+            let tick = |n: u64| {
+                if let Some(b) = &bar {
+                    b.set_position(n)
+                }
+            };
+            let r = match into {
+                Some(new) => ops::restore_into_new(ctx, volume, id, new, Some(&tick))?,
+                None => ops::restore_over(ctx, volume, id, Some(&tick))?,
+            };
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            println!(
+                "restored {volume}@{id} into {}: {} archive(s), {} entries, {} bytes",
+                into.as_deref().unwrap_or(volume),
+                r.archives,
+                r.entries,
+                r.bytes
+            );
+        }
+        SnapshotCmd::Rm { volume, id } => {
+            crate::names::validate(volume).map_err(anyhow::Error::msg)?;
+            let _lock = crate::fsutil::FileLock::acquire(
+                &ctx.layout.snapshot_lock(volume),
+                crate::fsutil::LockKind::Exclusive,
+            )?;
+            catalog::get(&ctx.layout, volume, id)?;
+            let all = catalog::list(&ctx.layout, volume)?;
+            let children: Vec<&str> = all
+                .iter()
+                .filter(|m| m.parent.as_deref() == Some(id))
+                .map(|m| m.id.as_str())
+                .collect();
+            if !children.is_empty() {
+                bail!("snapshot {id} is the parent of {}; remove those first (newest first), or use `allspark snapshot prune {volume}`", children.join(", "));
+            }
+            catalog::remove_dir(&ctx.layout, volume, id)?;
+            println!("removed {volume}@{id}");
+        }
+        SnapshotCmd::Prune { volume } => {
+            let vref = crate::volref::resolve(&ctx.layout, &ctx.view, &ctx.docker_url, volume)
+                .ok()
+                .map(|v| ops::keep_of(&v))
+                .unwrap_or_default();
+            let removed = retention::prune(&ctx.layout, volume, &vref)?;
+            println!(
+                "removed {} snapshot(s){}",
+                removed.len(),
+                if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", removed.join(", "))
+                }
+            );
+        }
+    }
+    Ok(())
+}

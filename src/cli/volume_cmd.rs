@@ -1,0 +1,69 @@
+//! `allspark volume ls|inspect`: the records as operators see them.
+
+use clap::Subcommand;
+
+use super::Cli;
+use crate::config::Layout;
+use crate::status;
+use crate::store::Store;
+
+#[derive(Subcommand, Debug)]
+pub enum VolumeCmd {
+    /// List volumes.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one volume's record and status.
+    Inspect { name: String },
+}
+
+pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
+    let layout = Layout::new(&cli.root);
+    let store = Store::new(layout.clone());
+    match cmd {
+        VolumeCmd::Ls { json } => {
+            let (records, bad) = store.all()?;
+            for e in &bad {
+                eprintln!("allspark: {e}");
+            }
+            if *json {
+                let rows: Vec<_> = records
+                    .iter()
+                    .map(|r| serde_json::json!({"name": r.name, "created_at": r.created_at, "status": status::status(&layout, r)}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<32} {:<10} {:<8} {:>7}  DATA",
+                    "NAME", "CLASS", "BACKUP", "MOUNTED"
+                );
+                for r in &records {
+                    println!(
+                        "{:<32} {:<10} {:<8} {:>7}  {}",
+                        r.name,
+                        format!("{:?}", r.spec.class).to_lowercase(),
+                        format!("{:?}", r.spec.backup).to_lowercase(),
+                        r.mount_count(),
+                        r.data.local_path(&layout, &Default::default()).display()
+                    );
+                }
+            }
+            if !bad.is_empty() {
+                anyhow::bail!(
+                    "{} volume record(s) could not be read (see above)",
+                    bad.len()
+                );
+            }
+        }
+        VolumeCmd::Inspect { name } => {
+            crate::names::validate(name).map_err(anyhow::Error::msg)?;
+            let r = store
+                .load(name)?
+                .ok_or_else(|| anyhow::anyhow!("no such volume: {name}"))?;
+            let out = serde_json::json!({"record": *r, "status": status::status(&layout, &r)});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The Docker API through bollard: connecting, volume mount points, containers using a volume, labels.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bollard::container::ListContainersOptions;
+use bollard::Docker;
+
+/// Default Docker endpoint.
+pub const DEFAULT_DOCKER: &str = "unix:///var/run/docker.sock";
+
+/// Connect to `url` (`unix:///path`) and agree on an API version with the daemon.
+pub async fn connect(url: &str) -> anyhow::Result<Docker> {
+    let path = url.strip_prefix("unix://").unwrap_or(url);
+    let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
+        .with_context(|| format!("cannot connect to Docker at {url}"))?;
+    docker
+        .negotiate_version()
+        .await
+        .with_context(|| format!("Docker at {url} does not answer; is dockerd running?"))
+}
+
+/// A Docker volume as the daemon describes it.
+#[derive(Debug, Clone)]
+pub struct DockerVolume {
+    pub name: String,
+    pub driver: String,
+    pub mountpoint: PathBuf,
+}
+
+/// Look a volume up in Docker; `None` when Docker has no such volume.
+pub async fn volume(docker: &Docker, name: &str) -> anyhow::Result<Option<DockerVolume>> {
+    match docker.inspect_volume(name).await {
+        Ok(v) => Ok(Some(DockerVolume {
+            name: v.name,
+            driver: v.driver,
+            mountpoint: PathBuf::from(v.mountpoint),
+        })),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect Docker volume {name}")),
+    }
+}
+
+/// A container, as much as we need of it.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub running: bool,
+    pub labels: HashMap<String, String>,
+    /// Names of the named volumes it mounts.
+    pub volumes: Vec<String>,
+}
+
+/// All containers (running or not), optionally only those using `volume`.
+pub async fn containers(
+    docker: &Docker,
+    volume: Option<&str>,
+) -> anyhow::Result<Vec<ContainerInfo>> {
+    let mut filters = HashMap::new();
+    if let Some(v) = volume {
+        filters.insert("volume".to_string(), vec![v.to_string()]);
+    }
+    let list = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters,
+            ..Default::default()
+        }))
+        .await
+        .context("cannot list containers")?;
+    Ok(list
+        .into_iter()
+        .map(|c| ContainerInfo {
+            id: c.id.unwrap_or_default(),
+            name: c
+                .names
+                .and_then(|n| n.first().cloned())
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            running: c.state.as_deref() == Some("running"),
+            labels: c.labels.unwrap_or_default(),
+            volumes: c
+                .mounts
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.typ == Some(bollard::models::MountPointTypeEnum::VOLUME))
+                .filter_map(|m| m.name)
+                .collect(),
+        })
+        .collect())
+}
+
+/// Named volumes of one container (by inspect; works for stopped containers too).
+pub async fn container_volumes(
+    docker: &Docker,
+    id: &str,
+) -> anyhow::Result<Option<(String, HashMap<String, String>, Vec<String>)>> {
+    match docker.inspect_container(id, None).await {
+        Ok(c) => {
+            let name = c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
+            let labels = c.config.and_then(|cfg| cfg.labels).unwrap_or_default();
+            let vols = c
+                .mounts
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.typ == Some(bollard::models::MountPointTypeEnum::VOLUME))
+                .filter_map(|m| m.name)
+                .collect();
+            Ok(Some((name, labels, vols)))
+        }
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect container {id}")),
+    }
+}
+
+/// Run a future to completion on a small runtime (for the synchronous CLI).
+pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    Ok(rt.block_on(f))
+}

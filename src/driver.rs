@@ -1,0 +1,591 @@
+//! The volume logic behind the VolumeDriver calls: create, remove, mount, unmount, get, list.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use crate::config::{HostView, Layout};
+use crate::fsutil::{self, FileLock, LockKind};
+use crate::hostpath;
+use crate::mounts::Sys;
+use crate::names;
+use crate::options::{self, VolumeSpec};
+use crate::spool::{self, Event, EventKind};
+use crate::status;
+use crate::store::{DataLocation, Store, StoreError, VolumeRecord, RECORD_VERSION};
+
+/// What the driver needs to know besides the root.
+#[derive(Clone, Debug)]
+pub struct DriverSettings {
+    pub mount_dir: PathBuf,
+    /// Allowed bind roots, as host paths.
+    pub bind_roots: Vec<PathBuf>,
+    pub view: HostView,
+    pub snapshot_wait: Duration,
+}
+
+/// A refused or failed call; the text is what `docker` prints.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("no such volume: {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> DriverError {
+    let context = context.into();
+    move |source| DriverError::Io { context, source }
+}
+
+pub type Result<T> = std::result::Result<T, DriverError>;
+
+/// The volume driver. Every call re-reads the records on disk under the volume's lock.
+pub struct Driver {
+    store: Store,
+    layout: Layout,
+    sys: Arc<dyn Sys>,
+    settings: DriverSettings,
+}
+
+impl Driver {
+    pub fn new(layout: Layout, sys: Arc<dyn Sys>, settings: DriverSettings) -> io::Result<Driver> {
+        layout.ensure()?;
+        fsutil::ensure_dir(&settings.mount_dir, 0o755)?;
+        Ok(Driver {
+            store: Store::new(layout.clone()),
+            layout,
+            sys,
+            settings,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Where a volume is mounted for containers.
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        self.settings.mount_dir.join(name)
+    }
+
+    /// Create a volume, or accept a repeated Create with the same options.
+    pub fn create(&self, name: &str, opts: Option<&BTreeMap<String, String>>) -> Result<()> {
+        names::validate(name).map_err(DriverError::Invalid)?;
+        let spec = options::parse(opts).map_err(|e| DriverError::Invalid(e.to_string()))?;
+        let _lock = self.store.lock(name)?;
+        if let Some(existing) = self.store.load(name)? {
+            if existing.spec == spec {
+                return Ok(());
+            }
+            return Err(DriverError::Conflict(format!(
+                "volume {name} already exists with other options ({}); remove it first, or create it with the same options",
+                describe_options(&existing.options)
+            )));
+        }
+        let data = self.locate(name, &spec)?;
+        let local = data.local_path(&self.layout, &self.settings.view);
+        let created =
+            create_dirs(&local).map_err(io_ctx(format!("cannot create {}", local.display())))?;
+        let result = self.fill_and_record(name, opts, spec, data, &local);
+        if result.is_err() {
+            if let Some(top) = created {
+                let _ = fs::remove_dir_all(&top);
+            }
+        }
+        result
+    }
+
+    fn locate_managed(&self, name: &str) -> DataLocation {
+        DataLocation::Managed {
+            volume: name.to_string(),
+            subdir: None,
+        }
+    }
+
+    fn fill_and_record(
+        &self,
+        name: &str,
+        opts: Option<&BTreeMap<String, String>>,
+        spec: VolumeSpec,
+        data: DataLocation,
+        local: &Path,
+    ) -> Result<()> {
+        if let Some(template) = &spec.template {
+            crate::template::fill(&self.layout, &self.settings.view, template, local).map_err(
+                |e| DriverError::Invalid(format!("template={}: {e}", template_text(opts))),
+            )?;
+        }
+        self.sys
+            .set_owner_mode(local, spec.uid, spec.gid, spec.mode)
+            .map_err(io_ctx(format!(
+                "cannot set owner/mode of {}",
+                local.display()
+            )))?;
+        let record = VolumeRecord {
+            version: RECORD_VERSION,
+            name: name.to_string(),
+            created_at: Utc::now(),
+            options: opts.cloned().unwrap_or_default(),
+            spec,
+            data,
+            mounts: BTreeMap::new(),
+            last_mounted_at: None,
+            last_unmounted_at: None,
+            previous_data: None,
+        };
+        self.store.save(&record)?;
+        Ok(())
+    }
+
+    /// Decide where a new volume's data lives, refusing paths outside the rules.
+    fn locate(&self, name: &str, spec: &VolumeSpec) -> Result<DataLocation> {
+        if let Some(parent) = &spec.parent {
+            let p = self.store.load(parent)?.ok_or_else(|| {
+                DriverError::Invalid(format!("parent={parent}: no such volume; create it first"))
+            })?;
+            return Ok(p.data.child(name));
+        }
+        let Some(device) = &spec.device else {
+            let data = self.layout.managed_data(name);
+            if fs::read_dir(&data)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+            {
+                return Err(DriverError::Conflict(format!(
+                    "{} already holds data but no volume {name} exists; move that directory away (nothing was deleted) and try again",
+                    data.display()
+                )));
+            }
+            return Ok(self.locate_managed(name));
+        };
+        let host = self.check_device(device)?;
+        Ok(DataLocation::Host { path: host })
+    }
+
+    /// Resolve a `device` path and check it against the allowed roots and our own directories.
+    pub fn check_device(&self, device: &str) -> Result<PathBuf> {
+        let view = &self.settings.view;
+        let resolved = hostpath::resolve(view, Path::new(device)).map_err(|e| {
+            DriverError::Invalid(format!("device={device}: cannot resolve the path: {e}"))
+        })?;
+        let roots: Vec<PathBuf> = self
+            .settings
+            .bind_roots
+            .iter()
+            .map(|r| hostpath::resolve(view, r).unwrap_or_else(|_| r.clone()))
+            .collect();
+        if !roots.iter().any(|r| hostpath::is_within(&resolved, r)) {
+            let via = if resolved != Path::new(device) {
+                format!(" (it resolves to {})", resolved.display())
+            } else {
+                String::new()
+            };
+            return Err(DriverError::Invalid(format!(
+                "device={device}{via} is outside the allowed bind roots ({}); use a directory below one of them, or add a root with --bind-root / ALLSPARK_BIND_ROOTS",
+                roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let local = view.local(&resolved);
+        let existing = nearest_existing(&local);
+        for own in self
+            .layout
+            .own_dirs()
+            .iter()
+            .chain([&self.settings.mount_dir])
+        {
+            if hostpath::is_inside_dir(&existing, own) || hostpath::is_inside_dir(own, &local) {
+                return Err(DriverError::Invalid(format!(
+                    "device={device} overlaps allspark's own directory {}; choose a directory outside state/, volumes/, mounts/, spool/, locks/, snapshots/",
+                    own.display()
+                )));
+            }
+        }
+        if local.exists() && !local.is_dir() {
+            return Err(DriverError::Invalid(format!(
+                "device={device} exists and is not a directory"
+            )));
+        }
+        Ok(resolved)
+    }
+
+    /// Remove a volume: refused while mounted; deletes managed data, never a device's data.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        names::validate(name).map_err(DriverError::Invalid)?;
+        let _lock = self.store.lock(name)?;
+        let Some(rec) = self.store.load(name)? else {
+            tracing::info!(volume = name, "remove of an unknown volume: nothing to do");
+            return Ok(());
+        };
+        let n = rec.mount_count();
+        if n > 0 {
+            return Err(DriverError::Busy(format!(
+                "volume {name} is mounted by {n} container(s); stop them before removing it"
+            )));
+        }
+        if self.is_live_mount(&self.mountpoint(name)) {
+            return Err(DriverError::Busy(format!(
+                "volume {name} is still bind-mounted at {}; unmount it before removing the volume",
+                self.mountpoint(name).display()
+            )));
+        }
+        let children: Vec<String> = self
+            .store
+            .all()?
+            .0
+            .iter()
+            .filter(|r| r.spec.parent.as_deref() == Some(name))
+            .map(|r| r.name.clone())
+            .collect();
+        if !children.is_empty() {
+            return Err(DriverError::Busy(format!(
+                "volume {name} is the parent of {}; remove those volumes first",
+                children.join(", ")
+            )));
+        }
+        if rec.data.owned() {
+            let dir = match &rec.data {
+                DataLocation::Managed { subdir: None, .. } => self.layout.volumes_dir().join(name),
+                other => other.local_path(&self.layout, &self.settings.view),
+            };
+            self.discard(name, &dir)?;
+        }
+        self.store.delete(name)?;
+        self.empty_trash();
+        Ok(())
+    }
+
+    /// Move a directory into the trash (atomic), to be deleted once the record is gone.
+    fn discard(&self, name: &str, dir: &Path) -> Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        let stamp = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        let trash = self.layout.trash_dir().join(format!("{name}.{stamp}"));
+        fs::rename(dir, &trash).map_err(io_ctx(format!(
+            "cannot move {} to the trash",
+            dir.display()
+        )))?;
+        fsutil::fsync_dir(&self.layout.trash_dir())
+            .map_err(io_ctx("cannot sync the trash directory"))?;
+        Ok(())
+    }
+
+    /// Delete what removed volumes left in the trash.
+    pub fn empty_trash(&self) {
+        let Ok(entries) = fs::read_dir(self.layout.trash_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if let Err(err) = fs::remove_dir_all(e.path()) {
+                tracing::warn!(path = %e.path().display(), %err, "cannot empty the trash");
+            }
+        }
+    }
+
+    /// Mount a volume for a container (reference counted per mount ID).
+    pub fn mount(&self, name: &str, id: &str) -> Result<PathBuf> {
+        names::validate(name).map_err(DriverError::Invalid)?;
+        let rec = self
+            .store
+            .load(name)?
+            .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
+        if rec.mount_count() == 0 && rec.spec.snapshot.on_mount() {
+            self.wait_for_mount_snapshot(name)?;
+        }
+        let _snap = self.wait_for_snapshot_lock(name)?;
+        let _lock = self.store.lock(name)?;
+        let rec = self
+            .store
+            .load(name)?
+            .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
+        let target = self.mountpoint(name);
+        let mut rec = (*rec).clone();
+        if rec.mount_count() == 0 || !self.is_live_mount(&target) {
+            self.bind(&rec, &target)?;
+            rec.last_mounted_at = Some(Utc::now());
+        }
+        *rec.mounts.entry(id.to_string()).or_insert(0) += 1;
+        if let Err(e) = self.store.save(&rec) {
+            if rec.mount_count() == 1 {
+                let _ = self.sys.unmount(&target);
+            }
+            return Err(e.into());
+        }
+        Ok(target)
+    }
+
+    fn bind(&self, rec: &VolumeRecord, target: &Path) -> Result<()> {
+        let src = self.source_dir(rec)?;
+        self.sys
+            .set_owner_mode(&src, rec.spec.uid, rec.spec.gid, rec.spec.mode)
+            .map_err(io_ctx(format!(
+                "cannot set owner/mode of {}",
+                src.display()
+            )))?;
+        fsutil::ensure_dir(target, 0o755)
+            .map_err(io_ctx(format!("cannot create {}", target.display())))?;
+        self.sys
+            .bind_mount(&src, target, &rec.spec.flags)
+            .map_err(io_ctx(format!(
+                "cannot bind-mount {} on {}",
+                src.display(),
+                target.display()
+            )))
+    }
+
+    /// The backing directory, re-checked against the bind roots (a symlink may have been swapped in).
+    fn source_dir(&self, rec: &VolumeRecord) -> Result<PathBuf> {
+        if let DataLocation::Host { path } = &rec.data {
+            let device = path.to_string_lossy().into_owned();
+            let now = self.check_device(&device)?;
+            if &now != path {
+                return Err(DriverError::Invalid(format!(
+                    "the backing directory of {} moved: {} now resolves to {}; refusing to mount",
+                    rec.name,
+                    path.display(),
+                    now.display()
+                )));
+            }
+        }
+        let local = rec.data.local_path(&self.layout, &self.settings.view);
+        if !local.is_dir() {
+            fsutil::ensure_dir(&local, 0o755).map_err(io_ctx(format!(
+                "the backing directory {} of volume {} is missing and cannot be created",
+                local.display(),
+                rec.name
+            )))?;
+        }
+        Ok(local)
+    }
+
+    fn wait_for_mount_snapshot(&self, name: &str) -> Result<()> {
+        let event = Event {
+            kind: EventKind::Mount,
+            volume: name.to_string(),
+            at: Utc::now(),
+            container: None,
+        };
+        let file =
+            spool::write(&self.layout, &event).map_err(io_ctx("cannot write the spool event"))?;
+        let deadline = Instant::now() + self.settings.snapshot_wait;
+        while file.exists() {
+            if Instant::now() >= deadline {
+                tracing::warn!(volume = name, "the on-mount snapshot did not finish within the snapshot wait; mounting anyway (the agent will take it when it runs)");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn wait_for_snapshot_lock(&self, name: &str) -> Result<FileLock> {
+        let p = self.layout.snapshot_lock(name);
+        FileLock::acquire_within(&p, LockKind::Shared, self.settings.snapshot_wait)
+            .map_err(io_ctx(format!("cannot take the snapshot lock {}", p.display())))?
+            .ok_or_else(|| {
+                DriverError::Busy(format!(
+                    "volume {name}: a snapshot is in progress and did not finish within {} s; try again shortly (see `allspark snapshot ls {name}`)",
+                    self.settings.snapshot_wait.as_secs()
+                ))
+            })
+    }
+
+    /// Drop one reference of a mount ID; the last one removes the bind mount. Unknown IDs are harmless.
+    pub fn unmount(&self, name: &str, id: &str) -> Result<()> {
+        names::validate(name).map_err(DriverError::Invalid)?;
+        let _lock = self.store.lock(name)?;
+        let Some(rec) = self.store.load(name)? else {
+            tracing::info!(volume = name, "unmount of an unknown volume: nothing to do");
+            return Ok(());
+        };
+        let mut rec = (*rec).clone();
+        match rec.mounts.get_mut(id) {
+            None => {
+                tracing::info!(
+                    volume = name,
+                    id,
+                    "unmount of an unknown mount ID: nothing to do"
+                );
+                return Ok(());
+            }
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                rec.mounts.remove(id);
+            }
+        }
+        let last = rec.mounts.is_empty();
+        if last {
+            let target = self.mountpoint(name);
+            self.sys
+                .unmount(&target)
+                .map_err(io_ctx(format!("cannot unmount {}", target.display())))?;
+            let _ = fs::remove_dir(&target);
+            rec.last_unmounted_at = Some(Utc::now());
+        }
+        self.store.save(&rec)?;
+        if last && rec.spec.snapshot.on_unmount() {
+            let event = Event {
+                kind: EventKind::Unmount,
+                volume: name.to_string(),
+                at: Utc::now(),
+                container: None,
+            };
+            if let Err(e) = spool::write(&self.layout, &event) {
+                tracing::error!(volume = name, %e, "cannot spool the unmount event; no automatic snapshot will be taken");
+            }
+        }
+        Ok(())
+    }
+
+    /// The mountpoint of an existing volume.
+    pub fn path(&self, name: &str) -> Result<PathBuf> {
+        self.store
+            .load(name)?
+            .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
+        Ok(self.mountpoint(name))
+    }
+
+    /// One volume with its status; an error for an unknown volume (Docker relies on it).
+    pub fn get(&self, name: &str) -> Result<crate::protocol::Volume> {
+        names::validate(name).map_err(DriverError::Invalid)?;
+        let rec = self
+            .store
+            .load(name)?
+            .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
+        Ok(crate::protocol::Volume {
+            name: name.to_string(),
+            mountpoint: self.mountpoint(name).to_string_lossy().into_owned(),
+            created_at: Some(rec.created_at.to_rfc3339()),
+            status: Some(status::status(&self.layout, &rec)),
+        })
+    }
+
+    /// Every volume (name, mountpoint, creation time).
+    pub fn list(&self) -> Result<Vec<crate::protocol::Volume>> {
+        let (records, bad) = self.store.all()?;
+        for e in &bad {
+            tracing::error!(%e, "a volume record cannot be read");
+        }
+        Ok(records
+            .iter()
+            .map(|r| crate::protocol::Volume {
+                name: r.name.clone(),
+                mountpoint: self.mountpoint(&r.name).to_string_lossy().into_owned(),
+                created_at: Some(r.created_at.to_rfc3339()),
+                status: None,
+            })
+            .collect())
+    }
+
+    fn is_live_mount(&self, target: &Path) -> bool {
+        self.sys
+            .mount_points()
+            .map(|pts| pts.iter().any(|p| p == target))
+            .unwrap_or(false)
+    }
+
+    /// Bring records and mounts back into agreement after a restart (see README: Durability).
+    pub fn reconcile(&self) -> Result<()> {
+        let live: Vec<PathBuf> = self
+            .sys
+            .mount_points()
+            .map_err(io_ctx("cannot read /proc/self/mountinfo"))?
+            .into_iter()
+            .filter(|p| p.parent() == Some(self.settings.mount_dir.as_path()))
+            .collect();
+        let (records, _) = self.store.all()?;
+        for rec in &records {
+            let _lock = self.store.lock(&rec.name)?;
+            let Some(rec) = self.store.load(&rec.name)? else {
+                continue;
+            };
+            let target = self.mountpoint(&rec.name);
+            if rec.mount_count() > 0 && !live.contains(&target) {
+                tracing::warn!(volume = %rec.name, refs = rec.mount_count(), "references without a live mount: cleared");
+                let mut r = (*rec).clone();
+                r.mounts.clear();
+                r.last_unmounted_at = Some(Utc::now());
+                self.store.save(&r)?;
+            }
+        }
+        for target in &live {
+            let name = target
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let referenced = names::validate(&name).is_ok()
+                && self
+                    .store
+                    .load(&name)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| r.mount_count() > 0);
+            if !referenced {
+                tracing::warn!(mount = %target.display(), "stale bind mount without a reference: removed");
+                if let Err(e) = self.sys.unmount(target) {
+                    tracing::error!(mount = %target.display(), %e, "cannot remove a stale bind mount");
+                } else {
+                    let _ = fs::remove_dir(target);
+                }
+            }
+        }
+        self.empty_trash();
+        Ok(())
+    }
+}
+
+/// Create `dir` and missing parents; returns the topmost directory created, if any.
+fn create_dirs(dir: &Path) -> io::Result<Option<PathBuf>> {
+    let mut top = None;
+    let mut cur = Some(dir);
+    while let Some(c) = cur {
+        if c.exists() {
+            break;
+        }
+        top = Some(c.to_path_buf());
+        cur = c.parent();
+    }
+    fsutil::ensure_dir(dir, 0o755)?;
+    Ok(top)
+}
+
+fn nearest_existing(p: &Path) -> PathBuf {
+    let mut cur = p;
+    while !cur.exists() {
+        match cur.parent() {
+            Some(parent) => cur = parent,
+            None => break,
+        }
+    }
+    cur.to_path_buf()
+}
+
+fn describe_options(opts: &BTreeMap<String, String>) -> String {
+    if opts.is_empty() {
+        return "no options".into();
+    }
+    opts.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn template_text(opts: Option<&BTreeMap<String, String>>) -> String {
+    opts.and_then(|o| o.get("template"))
+        .cloned()
+        .unwrap_or_default()
+}

@@ -1,0 +1,104 @@
+//! The `allspark plugin` process: one server per root, listen first, recover after, stop on SIGTERM/SIGINT.
+
+use std::io::{Read, Seek, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::api::DriverApi;
+use crate::config::Layout;
+use crate::driver::{Driver, DriverSettings};
+use crate::fsutil::{FileLock, LockKind};
+use crate::mounts::LinuxSys;
+use crate::server;
+
+/// Everything `allspark plugin` needs.
+pub struct PluginConfig {
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub settings: DriverSettings,
+}
+
+/// Hold the root's plugin lock, or say who holds it.
+pub fn lock_root(layout: &Layout) -> anyhow::Result<FileLock> {
+    let path = layout.plugin_lock();
+    match FileLock::try_acquire(&path, LockKind::Exclusive)
+        .with_context(|| format!("cannot open {}", path.display()))?
+    {
+        Some(lock) => {
+            let mut f = lock.file();
+            f.set_len(0)?;
+            f.rewind()?;
+            writeln!(f, "{}", std::process::id())?;
+            f.sync_all()?;
+            Ok(lock)
+        }
+        None => {
+            let mut holder = String::new();
+            let _ = std::fs::File::open(&path).and_then(|mut f| f.read_to_string(&mut holder));
+            bail!(
+                "another allspark plugin (pid {}) already serves {}; stop it first (only one plugin may own a root)",
+                holder.trim(),
+                layout.root.display()
+            )
+        }
+    }
+}
+
+/// Run the plugin until a signal asks it to stop.
+pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
+    let layout = Layout::new(&cfg.root);
+    layout
+        .ensure()
+        .with_context(|| format!("cannot create the state root {}", cfg.root.display()))?;
+    let _root_lock = lock_root(&layout)?;
+    let driver = Arc::new(
+        Driver::new(layout.clone(), Arc::new(LinuxSys), cfg.settings.clone()).with_context(
+            || {
+                format!(
+                    "cannot prepare the mount directory {}",
+                    cfg.settings.mount_dir.display()
+                )
+            },
+        )?,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = server::bind(&cfg.socket).with_context(|| format!("cannot listen on {}", cfg.socket.display()))?;
+        tracing::info!(socket = %cfg.socket.display(), root = %cfg.root.display(), "allspark plugin listening");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let recover = driver.clone();
+        tokio::task::spawn_blocking(move || match recover.reconcile() {
+            Ok(()) => tracing::info!("recovery done: references match the live mounts"),
+            Err(e) => tracing::error!(%e, "recovery failed"),
+        });
+        let stats_path = layout.root.join("state").join("plugin-stats.json");
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let p = stats_path.clone();
+                let _ = tokio::task::spawn_blocking(move || crate::callstats::flush(&p)).await;
+            }
+        });
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            tracing::info!("signal received: finishing calls in flight");
+            let _ = tx.send(true);
+        });
+        server::serve(listener, Arc::new(DriverApi { driver }), rx).await;
+        let _ = std::fs::remove_file(&cfg.socket);
+        tracing::info!("allspark plugin stopped");
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,195 @@
+//! Taking a snapshot: under the volume's snapshot lock, incremental to the last one, visible only when complete.
+
+use std::fs::{self, File};
+use std::path::Path;
+use std::time::Instant;
+
+use chrono::Utc;
+
+use crate::archive::{self, Index, WriteOptions};
+use crate::config::Layout;
+use crate::fsutil::{self, FileLock, LockKind};
+use crate::snapshot::catalog;
+use crate::snapshot::manifest::{
+    Manifest, Trigger, ARCHIVE_NAME, INDEX_NAME, MANIFEST_FORMAT, MANIFEST_NAME,
+};
+use crate::snapshot::SnapshotError;
+use crate::snapshot_id;
+use crate::store::Store;
+
+/// A shared progress callback (bytes so far).
+pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Default number of snapshots in a chain before the next one is full again.
+pub const DEFAULT_FULL_EVERY: usize = 10;
+
+/// What to snapshot and why.
+pub struct CreateRequest<'a> {
+    pub volume: &'a str,
+    /// The volume's data directory as this process reaches it.
+    pub source: &'a Path,
+    pub trigger: Trigger,
+    /// Spool event name, so a redo after a crash is recognised and not done twice.
+    pub event: Option<String>,
+    pub driver: Option<String>,
+    /// Start a new full snapshot when the chain is this long.
+    pub full_every: usize,
+    /// Skip when the volume (an allspark volume) is mounted by then.
+    pub skip_if_mounted: bool,
+    /// Always write a full snapshot.
+    pub force_full: bool,
+    /// Called with bytes read so far.
+    pub progress: Option<Progress>,
+}
+
+/// What `create` did.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created(Manifest),
+    /// The event was already handled before a crash; its snapshot is this one.
+    AlreadyDone(Manifest),
+    Skipped(String),
+}
+
+/// Take a snapshot. Holds the snapshot lock for the whole walk, so Mounts of the volume wait.
+pub fn create(layout: &Layout, req: &CreateRequest) -> Result<CreateOutcome, SnapshotError> {
+    crate::names::validate(req.volume).map_err(SnapshotError::Invalid)?;
+    if !req.source.is_dir() {
+        return Err(SnapshotError::NotFound(format!(
+            "the data directory {} of volume {} does not exist",
+            req.source.display(),
+            req.volume
+        )));
+    }
+    let vol_dir = layout.volume_snapshots(req.volume);
+    fsutil::ensure_dir(&vol_dir, 0o700)
+        .map_err(|e| SnapshotError::io(format!("cannot create {}", vol_dir.display()), e))?;
+    let lock_path = layout.snapshot_lock(req.volume);
+    let _lock = FileLock::acquire(&lock_path, LockKind::Exclusive)
+        .map_err(|e| SnapshotError::io(format!("cannot take {}", lock_path.display()), e))?;
+    if req.skip_if_mounted {
+        if let Some(rec) = Store::new(layout.clone()).load(req.volume)? {
+            if rec.mount_count() > 0 {
+                return Ok(CreateOutcome::Skipped(format!(
+                    "volume {} is mounted again by {} container(s); the next unmount will snapshot it",
+                    req.volume,
+                    rec.mount_count()
+                )));
+            }
+        }
+    }
+    catalog::clean_leftovers(&vol_dir);
+    let existing = catalog::list(layout, req.volume)?;
+    if let Some(ev) = &req.event {
+        if let Some(done) = existing.iter().find(|m| m.event.as_ref() == Some(ev)) {
+            return Ok(CreateOutcome::AlreadyDone(done.clone()));
+        }
+    }
+    let (parent, parent_index) = pick_parent(layout, req, &existing);
+    let id = next_id(existing.last().map(|m| m.id.as_str()));
+    let tmp = vol_dir.join(format!(".tmp-{id}"));
+    let result = write_snapshot(layout, req, &id, &tmp, parent, parent_index.as_ref());
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result.map(CreateOutcome::Created)
+}
+
+fn pick_parent(
+    layout: &Layout,
+    req: &CreateRequest,
+    existing: &[Manifest],
+) -> (Option<String>, Option<Index>) {
+    if req.force_full {
+        return (None, None);
+    }
+    let Some(last) = existing.last() else {
+        return (None, None);
+    };
+    let chain_len = catalog::chain(existing, &last.id)
+        .map(|c| c.len())
+        .unwrap_or(usize::MAX);
+    if chain_len >= req.full_every.max(1) {
+        return (None, None);
+    }
+    let index_path = catalog::snapshot_dir(layout, req.volume, &last.id).join(INDEX_NAME);
+    match Index::load(&index_path) {
+        Ok(index) => (Some(last.id.clone()), Some(index)),
+        Err(e) => {
+            tracing::warn!(volume = req.volume, %e, "the last snapshot's index is unreadable; taking a full snapshot");
+            (None, None)
+        }
+    }
+}
+
+/// A new id, strictly after the last one even if the clock went back.
+fn next_id(last: Option<&str>) -> String {
+    let mut at = Utc::now();
+    if let Some(prev) = last.and_then(|l| snapshot_id::parse(l).ok()) {
+        if at <= prev {
+            at = prev + chrono::Duration::microseconds(1);
+        }
+    }
+    snapshot_id::new_id(at)
+}
+
+fn write_snapshot(
+    layout: &Layout,
+    req: &CreateRequest,
+    id: &str,
+    tmp: &Path,
+    parent: Option<String>,
+    parent_index: Option<&Index>,
+) -> Result<Manifest, SnapshotError> {
+    let started = Instant::now();
+    let created_at = Utc::now();
+    fsutil::ensure_dir(tmp, 0o700)
+        .map_err(|e| SnapshotError::io(format!("cannot create {}", tmp.display()), e))?;
+    let archive_path = tmp.join(ARCHIVE_NAME);
+    let file = File::create(&archive_path)
+        .map_err(|e| SnapshotError::io(format!("cannot create {}", archive_path.display()), e))?;
+    let progress = req
+        .progress
+        .clone()
+        .map(|p| Box::new(move |n: u64| p(n)) as archive::writer::ProgressFn);
+    let opts = WriteOptions {
+        parent: parent_index,
+        progress,
+        ..Default::default()
+    };
+    let report = archive::write_tree_gz(req.source, file, &opts)?;
+    report.index.save(&tmp.join(INDEX_NAME))?;
+    let gz = report.gz.as_ref();
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        id: id.to_string(),
+        volume: req.volume.to_string(),
+        parent,
+        trigger: req.trigger,
+        created_at,
+        archive: ARCHIVE_NAME.to_string(),
+        files: report.files + report.dirs + report.symlinks + report.hardlinks + report.specials,
+        bytes_in: report.bytes_in,
+        bytes_stored: gz.map(|g| g.bytes_out).unwrap_or_default(),
+        sha256: gz.map(|g| g.sha256.clone()).unwrap_or_default(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        deleted: report.deleted.clone(),
+        skipped: report.vanished + report.sockets_skipped + report.unreadable,
+        changed_during_walk: report.changed_during_walk,
+        event: req.event.clone(),
+        driver: req.driver.clone(),
+    };
+    let bytes =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+    let mpath = tmp.join(MANIFEST_NAME);
+    fsutil::atomic_write(&mpath, &bytes, 0o600)
+        .map_err(|e| SnapshotError::io(format!("cannot write {}", mpath.display()), e))?;
+    fsutil::fsync_dir(tmp)
+        .map_err(|e| SnapshotError::io("cannot sync the snapshot directory", e))?;
+    let final_dir = catalog::snapshot_dir(layout, req.volume, id);
+    fs::rename(tmp, &final_dir)
+        .map_err(|e| SnapshotError::io(format!("cannot publish {}", final_dir.display()), e))?;
+    fsutil::fsync_dir(&layout.volume_snapshots(req.volume))
+        .map_err(|e| SnapshotError::io("cannot sync the snapshot directory", e))?;
+    Ok(manifest)
+}

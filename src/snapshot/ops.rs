@@ -1,0 +1,167 @@
+//! Snapshot operations on named volumes, shared by the CLI and the agent: take (then prune), restore, restore into a new volume.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use crate::config::{HostView, Layout};
+use crate::driver::{Driver, DriverSettings};
+use crate::fsutil::{FileLock, LockKind};
+use crate::mounts::LinuxSys;
+use crate::options::Keep;
+use crate::snapshot::create::DEFAULT_FULL_EVERY;
+use crate::snapshot::{
+    catalog, create, restore, retention, CreateOutcome, CreateRequest, RestoreReport, Trigger,
+};
+use crate::store::Store;
+use crate::volref::{self, VolumeRef};
+
+/// Where to find things: the root, the host view and Docker.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub layout: Layout,
+    pub view: HostView,
+    pub docker_url: String,
+}
+
+/// Snapshot a volume now, then apply its retention.
+pub fn take(
+    ctx: &Ctx,
+    name: &str,
+    trigger: Trigger,
+    event: Option<String>,
+    force_full: bool,
+    progress: Option<crate::snapshot::create::Progress>,
+) -> anyhow::Result<CreateOutcome> {
+    let vref = volref::resolve(&ctx.layout, &ctx.view, &ctx.docker_url, name)?;
+    let outcome = create(
+        &ctx.layout,
+        &CreateRequest {
+            volume: name,
+            source: &vref.dir,
+            trigger,
+            event,
+            driver: Some(vref.driver.clone()),
+            full_every: DEFAULT_FULL_EVERY,
+            skip_if_mounted: matches!(trigger, Trigger::Unmount),
+            force_full,
+            progress,
+        },
+    )?;
+    if let CreateOutcome::Created(_) = outcome {
+        let keep = keep_of(&vref);
+        let removed = retention::prune(&ctx.layout, name, &keep)?;
+        if !removed.is_empty() {
+            tracing::info!(
+                volume = name,
+                removed = removed.len(),
+                "old snapshots pruned"
+            );
+        }
+    }
+    Ok(outcome)
+}
+
+/// The retention of a volume: its `keep=` option, or the default for foreign volumes.
+pub fn keep_of(vref: &VolumeRef) -> Keep {
+    vref.record
+        .as_ref()
+        .map(|r| r.spec.keep)
+        .unwrap_or_default()
+}
+
+/// Restore snapshot `id` of `name` over the volume's data. Refused while the volume is mounted.
+pub fn restore_over(
+    ctx: &Ctx,
+    name: &str,
+    id: &str,
+    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+) -> anyhow::Result<RestoreReport> {
+    let all = catalog::list(&ctx.layout, name)?;
+    catalog::get(&ctx.layout, name, id)?;
+    let chain = catalog::chain(&all, id)?;
+    let vref = volref::resolve(&ctx.layout, &ctx.view, &ctx.docker_url, name)?;
+    let snap_lock = ctx.layout.snapshot_lock(name);
+    let _snap = FileLock::acquire(&snap_lock, LockKind::Exclusive)
+        .with_context(|| format!("cannot take {}", snap_lock.display()))?;
+    refuse_if_in_use(ctx, &vref)?;
+    Ok(restore::restore_chain_into(
+        &ctx.layout,
+        &chain,
+        &vref.dir,
+        progress,
+    )?)
+}
+
+fn refuse_if_in_use(ctx: &Ctx, vref: &VolumeRef) -> anyhow::Result<()> {
+    if vref.record.is_some() {
+        let store = Store::new(ctx.layout.clone());
+        let _lock = store.lock(&vref.name)?;
+        let rec = store
+            .load(&vref.name)?
+            .with_context(|| format!("volume {} disappeared", vref.name))?;
+        if rec.mount_count() > 0 {
+            bail!(
+                "volume {} is mounted by {} container(s); stop them before restoring (or restore into a new volume with --into)",
+                vref.name,
+                rec.mount_count()
+            );
+        }
+    } else {
+        let users = volref::running_users(&ctx.docker_url, &vref.name)?;
+        if !users.is_empty() {
+            bail!(
+                "volume {} is used by running container(s) {}; stop them before restoring",
+                vref.name,
+                users.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Restore snapshot `id` of `name` into a new allspark volume `new` (created with the source's options, without its device).
+pub fn restore_into_new(
+    ctx: &Ctx,
+    name: &str,
+    id: &str,
+    new: &str,
+    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+) -> anyhow::Result<RestoreReport> {
+    let all = catalog::list(&ctx.layout, name)?;
+    catalog::get(&ctx.layout, name, id)?;
+    let chain = catalog::chain(&all, id)?;
+    let store = Store::new(ctx.layout.clone());
+    if store.load(new)?.is_some() {
+        bail!("volume {new} already exists; choose a new name for --into");
+    }
+    let opts: BTreeMap<String, String> = store
+        .load(name)?
+        .map(|r| {
+            r.options
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "device" | "type" | "parent" | "template"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let driver = Driver::new(
+        ctx.layout.clone(),
+        Arc::new(LinuxSys),
+        DriverSettings {
+            mount_dir: ctx.layout.mounts_dir(),
+            bind_roots: vec![ctx.layout.root.clone()],
+            view: ctx.view.clone(),
+            snapshot_wait: crate::config::DEFAULT_SNAPSHOT_WAIT,
+        },
+    )?;
+    driver.create(new, Some(&opts))?;
+    let rec = store.load(new)?.context("the new volume disappeared")?;
+    let target = rec.data.local_path(&ctx.layout, &ctx.view);
+    let report = restore::restore_chain_into(&ctx.layout, &chain, &target, progress);
+    if report.is_err() {
+        let _ = driver.remove(new);
+    }
+    Ok(report?)
+}

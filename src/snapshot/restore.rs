@@ -1,0 +1,142 @@
+//! Restoring: a chain of archives extracted into a fresh staging directory, then swapped in atomically.
+
+use std::fs::{self, File};
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{renameat2, RenameFlags};
+
+use crate::archive::{self, ExtractOptions};
+use crate::config::Layout;
+use crate::fsutil;
+use crate::snapshot::catalog;
+use crate::snapshot::manifest::Manifest;
+use crate::snapshot::{sha256_file, Counting, SnapshotError};
+
+/// What a restore did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    pub archives: usize,
+    pub entries: u64,
+    pub bytes: u64,
+    pub deleted: u64,
+}
+
+/// The archive file of a snapshot.
+pub fn archive_path(layout: &Layout, m: &Manifest) -> PathBuf {
+    catalog::snapshot_dir(layout, &m.volume, &m.id).join(&m.archive)
+}
+
+/// Check every archive of the chain against its manifest's sha256; the error names the file.
+pub fn check_checksums(layout: &Layout, chain: &[Manifest]) -> Result<(), SnapshotError> {
+    for m in chain {
+        let p = archive_path(layout, m);
+        let sum = sha256_file(&p)
+            .map_err(|e| SnapshotError::io(format!("cannot read {}", p.display()), e))?;
+        if sum != m.sha256 {
+            return Err(SnapshotError::Corrupt(format!(
+                "{} does not match its manifest (sha256 {sum}, expected {}); this snapshot cannot be trusted",
+                p.display(),
+                m.sha256
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A fresh staging directory next to `target` (same filesystem, so the swap is a rename).
+pub fn staging_dir(target: &Path) -> Result<PathBuf, SnapshotError> {
+    let parent = target.parent().ok_or_else(|| {
+        SnapshotError::Invalid(format!("cannot restore into {}", target.display()))
+    })?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let staging = parent.join(format!(".{name}.allspark-staging-{stamp}"));
+    fs::create_dir(&staging)
+        .map_err(|e| SnapshotError::io(format!("cannot create {}", staging.display()), e))?;
+    Ok(staging)
+}
+
+/// Extract `chain` (full first) into a new staging directory and swap it with `target`.
+/// The old content is deleted only after the swap; a failure leaves `target` untouched.
+pub fn restore_chain_into(
+    layout: &Layout,
+    chain: &[Manifest],
+    target: &Path,
+    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+) -> Result<RestoreReport, SnapshotError> {
+    check_checksums(layout, chain)?;
+    let staging = staging_dir(target)?;
+    let result = extract_chain(layout, chain, &staging, progress).and_then(|r| {
+        swap_in(&staging, target)?;
+        Ok(r)
+    });
+    if let Err(e) = fs::remove_dir_all(&staging) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %staging.display(), %e, "cannot delete the old content after the restore");
+        }
+    }
+    result
+}
+
+/// Extract a chain into `dest` (deletions of each incremental first, then its archive).
+pub fn extract_chain(
+    layout: &Layout,
+    chain: &[Manifest],
+    dest: &Path,
+    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+) -> Result<RestoreReport, SnapshotError> {
+    let mut report = RestoreReport::default();
+    for m in chain {
+        if !m.deleted.is_empty() {
+            archive::apply_deletions(dest, &m.deleted)?;
+            report.deleted += m.deleted.len() as u64;
+        }
+        let p = archive_path(layout, m);
+        let f = File::open(&p)
+            .map_err(|e| SnapshotError::io(format!("cannot open {}", p.display()), e))?;
+        let opts = ExtractOptions::default();
+        let r = archive::extract(
+            BufReader::with_capacity(1 << 20, Counting::new(f, progress)),
+            dest,
+            &opts,
+        )
+        .map_err(|e| SnapshotError::Corrupt(format!("{}: {e}", p.display())))?;
+        report.archives += 1;
+        report.entries += r.entries;
+        report.bytes += r.bytes;
+    }
+    Ok(report)
+}
+
+/// Atomically exchange `staging` and `target` (or rename when `target` does not exist).
+pub fn swap_in(staging: &Path, target: &Path) -> Result<(), SnapshotError> {
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    if target.exists() {
+        renameat2(None, staging, None, target, RenameFlags::RENAME_EXCHANGE).map_err(|e| {
+            let hint = if e == nix::errno::Errno::EBUSY {
+                " (it is a mount point; restore into a new volume with --into instead)"
+            } else {
+                ""
+            };
+            SnapshotError::io(
+                format!(
+                    "cannot swap the restored data into {}{hint}",
+                    target.display()
+                ),
+                e.into(),
+            )
+        })?;
+    } else {
+        fs::rename(staging, target).map_err(|e| {
+            SnapshotError::io(
+                format!("cannot move the restored data to {}", target.display()),
+                e,
+            )
+        })?;
+    }
+    fsutil::fsync_dir(parent).map_err(|e| SnapshotError::io("cannot sync after the swap", e))
+}

@@ -1,0 +1,168 @@
+//! Which automatic snapshots to keep (`keep=`), never breaking a chain a kept snapshot needs.
+
+use std::collections::BTreeSet;
+
+use chrono::Datelike;
+
+use crate::config::Layout;
+use crate::fsutil::{FileLock, LockKind};
+use crate::options::Keep;
+use crate::snapshot::catalog;
+use crate::snapshot::manifest::Manifest;
+use crate::snapshot::SnapshotError;
+
+/// Maps a snapshot to its calendar bucket (day, ISO week, month).
+type BucketFn = fn(&Manifest) -> String;
+
+/// The ids to keep: the newest `last`, the newest of each of the last `daily` days,
+/// `weekly` ISO weeks and `monthly` months that have snapshots, and every ancestor of those.
+pub fn plan(all: &[Manifest], keep: &Keep) -> BTreeSet<String> {
+    let mut newest_first: Vec<&Manifest> = all.iter().collect();
+    newest_first.sort_by(|a, b| b.id.cmp(&a.id));
+    let mut kept: BTreeSet<String> = newest_first
+        .iter()
+        .take(keep.last as usize)
+        .map(|m| m.id.clone())
+        .collect();
+    let buckets: [(u32, BucketFn); 3] = [
+        (keep.daily, |m| m.created_at.format("%Y-%m-%d").to_string()),
+        (keep.weekly, |m| {
+            let w = m.created_at.iso_week();
+            format!("{}-W{}", w.year(), w.week())
+        }),
+        (keep.monthly, |m| m.created_at.format("%Y-%m").to_string()),
+    ];
+    for (count, bucket) in buckets {
+        let mut seen = BTreeSet::new();
+        for m in &newest_first {
+            if seen.len() >= count as usize {
+                break;
+            }
+            if seen.insert(bucket(m)) {
+                kept.insert(m.id.clone());
+            }
+        }
+    }
+    let mut closure = kept.clone();
+    for id in &kept {
+        if let Ok(chain) = catalog::chain(all, id) {
+            closure.extend(chain.into_iter().map(|m| m.id));
+        }
+    }
+    closure
+}
+
+/// Delete the snapshots `plan` does not keep, newest first (children before parents). Returns the removed ids.
+pub fn prune(layout: &Layout, volume: &str, keep: &Keep) -> Result<Vec<String>, SnapshotError> {
+    let lock_path = layout.snapshot_lock(volume);
+    let _lock = FileLock::acquire(&lock_path, LockKind::Exclusive)
+        .map_err(|e| SnapshotError::io(format!("cannot take {}", lock_path.display()), e))?;
+    let all = catalog::list(layout, volume)?;
+    let kept = plan(&all, keep);
+    let mut removed = Vec::new();
+    for m in all.iter().rev() {
+        if !kept.contains(&m.id) {
+            catalog::remove_dir(layout, volume, &m.id)?;
+            removed.push(m.id.clone());
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::manifest::{Trigger, MANIFEST_FORMAT};
+    use chrono::{TimeZone, Utc};
+
+    fn m(id: &str, parent: Option<&str>, day: u32, hour: u32) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            id: id.into(),
+            volume: "v".into(),
+            parent: parent.map(str::to_string),
+            trigger: Trigger::Unmount,
+            created_at: Utc.with_ymd_and_hms(2026, 11, day, hour, 0, 0).unwrap(),
+            archive: "a".into(),
+            files: 0,
+            bytes_in: 0,
+            bytes_stored: 0,
+            sha256: String::new(),
+            duration_ms: 0,
+            deleted: vec![],
+            skipped: 0,
+            changed_during_walk: 0,
+            event: None,
+            driver: None,
+        }
+    }
+
+    #[test]
+    fn keeps_last_n_and_their_whole_chain() {
+        let all = vec![
+            m("a", None, 1, 1),
+            m("b", Some("a"), 1, 2),
+            m("c", Some("b"), 2, 1),
+            m("d", None, 3, 1),
+            m("e", Some("d"), 3, 2),
+        ];
+        let kept = plan(
+            &all,
+            &Keep {
+                last: 1,
+                daily: 0,
+                weekly: 0,
+                monthly: 0,
+            },
+        );
+        assert_eq!(kept.into_iter().collect::<Vec<_>>(), ["d", "e"]);
+        let kept = plan(
+            &all,
+            &Keep {
+                last: 3,
+                daily: 0,
+                weekly: 0,
+                monthly: 0,
+            },
+        );
+        assert_eq!(
+            kept.into_iter().collect::<Vec<_>>(),
+            ["a", "b", "c", "d", "e"],
+            "c needs b and a"
+        );
+    }
+
+    #[test]
+    fn daily_keeps_the_newest_of_each_day() {
+        let all = vec![
+            m("a", None, 1, 1),
+            m("b", None, 1, 2),
+            m("c", None, 2, 1),
+            m("d", None, 4, 1),
+        ];
+        let kept = plan(
+            &all,
+            &Keep {
+                last: 0,
+                daily: 2,
+                weekly: 0,
+                monthly: 0,
+            },
+        );
+        assert_eq!(kept.into_iter().collect::<Vec<_>>(), ["c", "d"]);
+        let kept = plan(
+            &all,
+            &Keep {
+                last: 0,
+                daily: 3,
+                weekly: 0,
+                monthly: 0,
+            },
+        );
+        assert_eq!(
+            kept.into_iter().collect::<Vec<_>>(),
+            ["b", "c", "d"],
+            "a missed day does not cost a kept day"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! The `Status` a volume shows in `docker volume inspect` and `allspark volume inspect`.
+
+use std::fs;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::config::Layout;
+use crate::store::{DataLocation, VolumeRecord};
+
+/// Usage figures measured by the agent (or `allspark usage`) and cached for the plugin.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageCache {
+    pub bytes: u64,
+    pub files: u64,
+    pub measured_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Read a volume's cached usage, if any was measured.
+pub fn cached_usage(layout: &Layout, name: &str) -> Option<UsageCache> {
+    serde_json::from_slice(&fs::read(layout.usage(name)).ok()?).ok()
+}
+
+/// Snapshot ids of a volume, oldest first (complete snapshots only).
+pub fn snapshot_ids(layout: &Layout, name: &str) -> Vec<String> {
+    let mut ids: Vec<String> = fs::read_dir(layout.volume_snapshots(name))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| crate::snapshot_id::validate(n).is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Percentage of `size` used, when both are known.
+pub fn percent(bytes: u64, capacity: Option<u64>) -> Option<f64> {
+    capacity
+        .filter(|c| *c > 0)
+        .map(|c| (bytes as f64 * 1000.0 / c as f64).round() / 10.0)
+}
+
+/// The status map of one volume.
+pub fn status(layout: &Layout, rec: &VolumeRecord) -> Map<String, Value> {
+    let spec = &rec.spec;
+    let mut m = Map::new();
+    m.insert("options".into(), json!(rec.options));
+    m.insert("class".into(), json!(spec.class));
+    m.insert("backup".into(), json!(spec.backup));
+    m.insert("snapshot".into(), json!(spec.snapshot));
+    m.insert("mounted".into(), json!(rec.mount_count()));
+    if let Some(size) = spec.size {
+        m.insert("size".into(), json!(size));
+    }
+    match &rec.data {
+        DataLocation::Host { path } => m.insert("device".into(), json!(path)),
+        DataLocation::Managed { .. } => m.insert(
+            "data".into(),
+            json!(rec.data.local_path(layout, &Default::default())),
+        ),
+    };
+    if let Some(parent) = &spec.parent {
+        m.insert("parent".into(), json!(parent));
+    }
+    if let Some(u) = cached_usage(layout, &rec.name) {
+        m.insert("used_bytes".into(), json!(u.bytes));
+        m.insert("files".into(), json!(u.files));
+        m.insert("measured_at".into(), json!(u.measured_at.to_rfc3339()));
+        if let Some(p) = percent(u.bytes, spec.size) {
+            m.insert("used_percent".into(), json!(p));
+        }
+    }
+    let ids = snapshot_ids(layout, &rec.name);
+    m.insert("snapshots".into(), json!(ids.len()));
+    if let Some(last) = ids.last() {
+        m.insert("last_snapshot".into(), json!(last));
+    }
+    if let Some(t) = rec.last_unmounted_at {
+        m.insert("last_used_at".into(), json!(t.to_rfc3339()));
+    }
+    m
+}

@@ -1,0 +1,322 @@
+//! Durable volume records (one JSON file per volume under `<root>/state/volumes/`) and their locks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{HostView, Layout};
+use crate::fsutil::{self, FileLock, LockKind};
+use crate::options::VolumeSpec;
+
+/// Version of the record format written by this build.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Where a volume's data lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DataLocation {
+    /// Inside `<root>/volumes/<volume>/data`, optionally a subdirectory of it (a `parent=` child).
+    Managed {
+        volume: String,
+        subdir: Option<String>,
+    },
+    /// A host directory (a `device=` volume or a child of one), as the host sees it.
+    Host { path: PathBuf },
+}
+
+impl DataLocation {
+    /// The directory as this process reaches it.
+    pub fn local_path(&self, layout: &Layout, view: &HostView) -> PathBuf {
+        match self {
+            DataLocation::Managed { volume, subdir } => {
+                let base = layout.managed_data(volume);
+                match subdir {
+                    Some(s) => base.join(s),
+                    None => base,
+                }
+            }
+            DataLocation::Host { path } => view.local(path),
+        }
+    }
+    /// The same location one directory down (for `parent=` children).
+    pub fn child(&self, name: &str) -> DataLocation {
+        match self {
+            DataLocation::Managed { volume, subdir } => DataLocation::Managed {
+                volume: volume.clone(),
+                subdir: Some(match subdir {
+                    Some(s) => format!("{s}/{name}"),
+                    None => name.to_string(),
+                }),
+            },
+            DataLocation::Host { path } => DataLocation::Host {
+                path: path.join(name),
+            },
+        }
+    }
+    /// Does removing the volume delete this data? Only managed directories are ours to delete.
+    pub fn owned(&self) -> bool {
+        matches!(self, DataLocation::Managed { .. })
+    }
+}
+
+/// One volume, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub version: u32,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    /// The options exactly as given at Create.
+    pub options: BTreeMap<String, String>,
+    pub spec: VolumeSpec,
+    pub data: DataLocation,
+    /// Live references: Docker mount ID -> how many times it is mounted.
+    #[serde(default)]
+    pub mounts: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub last_mounted_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_unmounted_at: Option<DateTime<Utc>>,
+    /// A previous location kept after a migration until cleaned up.
+    #[serde(default)]
+    pub previous_data: Option<DataLocation>,
+}
+
+impl VolumeRecord {
+    /// How many references are live.
+    pub fn mount_count(&self) -> u32 {
+        self.mounts.values().sum()
+    }
+}
+
+/// Errors reading or writing records.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("volume record {path} is corrupt ({reason}); move it aside (e.g. to {path}.corrupt) and recreate the volume, or restore it from a backup of {dir}")]
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+        dir: PathBuf,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+#[derive(Clone)]
+struct Cached {
+    ino: u64,
+    mtime_ns: i64,
+    size: u64,
+    record: Arc<VolumeRecord>,
+}
+
+/// Access to the records. The files are the truth; the in-memory cache is checked
+/// against each file's inode, size and mtime on every read, so it is never stale.
+pub struct Store {
+    layout: Layout,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+impl Store {
+    pub fn new(layout: Layout) -> Store {
+        Store {
+            layout,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Take the record lock of a volume (short-lived; held across read-modify-write).
+    pub fn lock(&self, name: &str) -> Result<FileLock, StoreError> {
+        let p = self.layout.record_lock(name);
+        FileLock::acquire(&p, LockKind::Exclusive).map_err(io_err("lock", &p))
+    }
+
+    /// Read a record; `Ok(None)` when the volume does not exist.
+    pub fn load(&self, name: &str) -> Result<Option<Arc<VolumeRecord>>, StoreError> {
+        let path = self.layout.record(name);
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.cache_lock().remove(name);
+                return Ok(None);
+            }
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        let key = (
+            meta.ino(),
+            meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            meta.size(),
+        );
+        if let Some(c) = self.cache_lock().get(name) {
+            if (c.ino, c.mtime_ns, c.size) == key {
+                return Ok(Some(c.record.clone()));
+            }
+        }
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &path)(e)),
+        };
+        let record: VolumeRecord =
+            serde_json::from_slice(&bytes).map_err(|e| self.corrupt(&path, e.to_string()))?;
+        if record.name != name {
+            return Err(self.corrupt(&path, format!("it names volume {:?}", record.name)));
+        }
+        let record = Arc::new(record);
+        self.cache_lock().insert(
+            name.to_string(),
+            Cached {
+                ino: key.0,
+                mtime_ns: key.1,
+                size: key.2,
+                record: record.clone(),
+            },
+        );
+        Ok(Some(record))
+    }
+
+    fn corrupt(&self, path: &Path, reason: String) -> StoreError {
+        StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+            dir: self.layout.state_dir(),
+        }
+    }
+
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write a record atomically (temp, fsync, rename, fsync dir). Caller holds the lock.
+    pub fn save(&self, record: &VolumeRecord) -> Result<(), StoreError> {
+        let path = self.layout.record(&record.name);
+        let mut bytes =
+            serde_json::to_vec_pretty(record).map_err(|e| self.corrupt(&path, e.to_string()))?;
+        bytes.push(b'\n');
+        fsutil::atomic_write(&path, &bytes, 0o600).map_err(io_err("write", &path))
+    }
+
+    /// Delete a record durably. Caller holds the lock.
+    pub fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.layout.record(name);
+        self.cache_lock().remove(name);
+        fsutil::remove_durable(&path).map_err(io_err("delete", &path))
+    }
+
+    /// Names of all volumes, sorted.
+    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.layout.state_dir();
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+            let entry = entry.map_err(io_err("list", &dir))?;
+            let file = entry.file_name();
+            let Some(file) = file.to_str() else { continue };
+            if file.starts_with('.') {
+                continue;
+            }
+            if let Some(name) = file.strip_suffix(".json") {
+                if crate::names::validate(name).is_ok() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// All records that read cleanly, and the errors of those that did not.
+    pub fn all(&self) -> Result<(Vec<Arc<VolumeRecord>>, Vec<StoreError>), StoreError> {
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for name in self.names()? {
+            match self.load(&name) {
+                Ok(Some(r)) => ok.push(r),
+                Ok(None) => {}
+                Err(e) => bad.push(e),
+            }
+        }
+        Ok((ok, bad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> VolumeRecord {
+        VolumeRecord {
+            version: RECORD_VERSION,
+            name: name.into(),
+            created_at: Utc::now(),
+            options: BTreeMap::new(),
+            spec: VolumeSpec::default(),
+            data: DataLocation::Managed {
+                volume: name.into(),
+                subdir: None,
+            },
+            mounts: BTreeMap::new(),
+            last_mounted_at: None,
+            last_unmounted_at: None,
+            previous_data: None,
+        }
+    }
+
+    #[test]
+    fn save_load_delete() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::new(d.path());
+        layout.ensure().unwrap();
+        let store = Store::new(layout);
+        let mut r = record("v1");
+        store.save(&r).unwrap();
+        assert_eq!(*store.load("v1").unwrap().unwrap(), r);
+        r.mounts.insert("abc".into(), 2);
+        store.save(&r).unwrap();
+        assert_eq!(
+            store.load("v1").unwrap().unwrap().mount_count(),
+            2,
+            "cache must notice the rewrite"
+        );
+        assert_eq!(store.names().unwrap(), vec!["v1".to_string()]);
+        store.delete("v1").unwrap();
+        assert!(store.load("v1").unwrap().is_none());
+    }
+
+    #[test]
+    fn corrupt_record_is_a_clear_error_not_an_absence() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::new(d.path());
+        layout.ensure().unwrap();
+        fs::write(layout.record("bad"), b"{not json").unwrap();
+        let store = Store::new(layout);
+        let err = store.load("bad").unwrap_err().to_string();
+        assert!(
+            err.contains("corrupt") && err.contains("move it aside"),
+            "{err}"
+        );
+        let (ok, bad) = store.all().unwrap();
+        assert!(ok.is_empty() && bad.len() == 1);
+    }
+}

@@ -1,0 +1,68 @@
+//! Resolving a volume name to its data directory: allspark records first, then Docker's own volumes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::bail;
+
+use crate::config::{HostView, Layout};
+use crate::store::{Store, VolumeRecord};
+
+/// A volume whose data this process can reach.
+#[derive(Debug, Clone)]
+pub struct VolumeRef {
+    pub name: String,
+    /// The data directory as this process reaches it.
+    pub dir: PathBuf,
+    /// `allspark`, or the Docker driver of a foreign volume.
+    pub driver: String,
+    pub record: Option<Arc<VolumeRecord>>,
+}
+
+/// Find `name`: an allspark record, else (when Docker is reachable) a Docker volume.
+pub fn resolve(
+    layout: &Layout,
+    view: &HostView,
+    docker_url: &str,
+    name: &str,
+) -> anyhow::Result<VolumeRef> {
+    crate::names::validate(name).map_err(anyhow::Error::msg)?;
+    if let Some(rec) = Store::new(layout.clone()).load(name)? {
+        return Ok(VolumeRef {
+            name: name.to_string(),
+            dir: rec.data.local_path(layout, view),
+            driver: "allspark".into(),
+            record: Some(rec),
+        });
+    }
+    let found = crate::docker::block_on(async {
+        let d = crate::docker::connect(docker_url).await?;
+        crate::docker::volume(&d, name).await
+    })?;
+    match found {
+        Ok(Some(v)) => Ok(VolumeRef {
+            name: name.to_string(),
+            dir: view.local(&v.mountpoint),
+            driver: v.driver,
+            record: None,
+        }),
+        Ok(None) => {
+            bail!("no such volume: {name} (neither an allspark volume nor a Docker volume)")
+        }
+        Err(e) => bail!("no allspark volume {name}, and Docker could not be asked: {e:#}"),
+    }
+}
+
+/// How many running containers use a foreign (non-allspark) volume, through the Docker API.
+pub fn running_users(docker_url: &str, name: &str) -> anyhow::Result<Vec<String>> {
+    crate::docker::block_on(async {
+        let d = crate::docker::connect(docker_url).await?;
+        let cs = crate::docker::containers(&d, Some(name)).await?;
+        anyhow::Ok(
+            cs.into_iter()
+                .filter(|c| c.running)
+                .map(|c| c.name)
+                .collect(),
+        )
+    })?
+}

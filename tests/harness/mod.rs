@@ -1,0 +1,173 @@
+//! Test harness: runs the real `allspark plugin` on a real Unix socket in a scratch root, and talks to it with hyperlocal.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyperlocal::{UnixClientExt, UnixConnector, Uri};
+use serde_json::Value;
+
+/// A plugin process with its own root, socket and mount directory.
+pub struct Plugin {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub extra_args: Vec<String>,
+}
+
+impl Plugin {
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("allspark.sock")
+    }
+    pub fn mount_dir(&self) -> PathBuf {
+        self.root().join("mounts")
+    }
+    /// A host directory allowed as a bind root (outside the state root).
+    pub fn bind_root(&self) -> PathBuf {
+        self.dir.path().join("binds")
+    }
+
+    /// Start a plugin in a fresh scratch directory.
+    pub fn start(bin: &str) -> Plugin {
+        Plugin::start_with(bin, &[])
+    }
+
+    pub fn start_with(bin: &str, extra: &[&str]) -> Plugin {
+        let dir = tempfile::Builder::new()
+            .prefix("allspark-test-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("binds")).unwrap();
+        let mut p = Plugin {
+            child: None,
+            dir,
+            bin: PathBuf::from(bin),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        p.spawn();
+        p
+    }
+
+    /// Start the process (again) and wait until the socket answers.
+    pub fn spawn(&mut self) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--root")
+            .arg(self.root())
+            .arg("plugin")
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--bind-root")
+            .arg(self.bind_root())
+            .arg("--bind-root")
+            .arg(self.root())
+            .args(&self.extra_args)
+            .env("ALLSPARK_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("plugin.log"))
+                    .unwrap(),
+            ));
+        self.child = Some(cmd.spawn().expect("start allspark plugin"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "plugin did not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("plugin.log")).unwrap_or_default()
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("plugin running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        c.wait().unwrap()
+    }
+
+    /// One call: (HTTP status, JSON reply).
+    pub fn call(&self, method: &str, body: Value) -> (u16, Value) {
+        call_raw(&self.socket(), method, body.to_string().into_bytes())
+    }
+
+    /// Live mount points under this plugin's mount directory.
+    pub fn live_mounts(&self) -> Vec<PathBuf> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        allspark::mounts::parse_mountinfo(&text)
+            .into_iter()
+            .filter(|p| p.starts_with(self.mount_dir()))
+            .collect()
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.kill9();
+        for m in self.live_mounts() {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// POST a body to the socket with a hyperlocal client.
+pub fn call_raw(socket: &Path, method: &str, body: Vec<u8>) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
+        let uri: hyper::Uri = Uri::new(socket, &format!("/{method}")).into();
+        let req = hyper::Request::post(uri)
+            .header("Accept", "application/vnd.docker.plugins.v1.2+json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = client.request(req).await.expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("reply is not JSON: {}", String::from_utf8_lossy(&bytes)));
+        (status, v)
+    })
+}
+
+/// The `Err` text of a reply ("" when none).
+pub fn err_of(v: &Value) -> String {
+    v.get("Err")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Mount options of a mount point, from our own mountinfo.
+pub fn mount_opts(point: &Path) -> String {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    allspark::mounts::mount_options(&text, point).unwrap_or_default()
+}
