@@ -1,0 +1,104 @@
+//! A plugin on a legacy socket (`/run/docker/plugins/<driver>.sock`) for end-to-end tests against the real dockerd.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{docker, unique_name};
+
+const BIN: &str = env!("CARGO_BIN_EXE_allspark");
+
+/// A plugin serving `/run/docker/plugins/<driver>.sock`, so dockerd finds it as driver `<driver>`.
+pub struct LegacyPlugin {
+    pub driver: String,
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub volumes: Vec<String>,
+}
+
+impl LegacyPlugin {
+    pub fn start() -> LegacyPlugin {
+        let driver = unique_name("allspark-e2e");
+        let dir = tempfile::Builder::new()
+            .prefix("allspark-e2e-")
+            .tempdir_in("/var/lib")
+            .unwrap();
+        let mut p = LegacyPlugin {
+            driver,
+            dir,
+            child: None,
+            volumes: Vec::new(),
+        };
+        p.spawn();
+        p
+    }
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+    pub fn socket(&self) -> PathBuf {
+        PathBuf::from(format!("/run/docker/plugins/{}.sock", self.driver))
+    }
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("plugin.log"))
+            .unwrap();
+        self.child = Some(
+            Command::new(BIN)
+                .arg("--root")
+                .arg(self.root())
+                .args(["plugin", "--socket"])
+                .arg(self.socket())
+                .arg("--bind-root")
+                .arg(self.dir.path().join("binds"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(Instant::now() < deadline, "plugin did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn create(&mut self, name: &str, opts: &[&str]) -> std::process::Output {
+        let mut args = vec!["volume", "create", "-d", &self.driver];
+        for o in opts {
+            args.push("-o");
+            args.push(o);
+        }
+        args.push(name);
+        self.volumes.push(name.to_string());
+        docker(&args)
+    }
+}
+
+impl Drop for LegacyPlugin {
+    fn drop(&mut self) {
+        for v in &self.volumes {
+            let _ = docker(&["volume", "rm", "-f", v]);
+        }
+        self.kill9();
+        let _ = std::fs::remove_file(self.socket());
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in allspark::mounts::parse_mountinfo(&text) {
+            if m.starts_with(self.dir.path()) {
+                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+/// Run a command in a throwaway container with a volume; its stdout.
+pub fn run(image: &str, vol: &str, script: &str) -> String {
+    crate::common::docker_ok(&["run", "--rm", "-v", vol, image, "sh", "-c", script])
+}
