@@ -1,0 +1,183 @@
+//! Snapshots with the real dockerd: snapshot-on-unmount of an allspark volume and `allspark.snapshot=on-stop` of a local volume.
+
+mod common;
+mod legacy;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{docker, docker_ok, ensure_busybox_image, require_docker, unique_name, wait_until};
+use legacy::{run, LegacyPlugin};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_allspark");
+
+struct Agent(Child);
+
+impl Agent {
+    fn start(p: &LegacyPlugin) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p.dir.path().join("agent.log"))
+            .unwrap();
+        Agent(
+            Command::new(BIN)
+                .arg("--root")
+                .arg(p.root())
+                .args(["agent", "--spool-poll-ms", "50"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cli_ok(p: &LegacyPlugin, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("--root")
+        .arg(p.root())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "allspark {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn snapshots(p: &LegacyPlugin, volume: &str) -> Vec<Value> {
+    serde_json::from_str::<Value>(&cli_ok(p, &["snapshot", "ls", volume, "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_stopped_container_leaves_a_snapshot_and_the_next_one_is_incremental() {
+    if !require_docker() {
+        return;
+    }
+    let image = ensure_busybox_image();
+    let mut p = LegacyPlugin::start();
+    let _agent = Agent::start(&p);
+    let ws = unique_name("workspace");
+    let out = p.create(&ws, &["snapshot=on-unmount", "uid=1000", "gid=1000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = format!("{ws}:/workspace");
+    run(&image, &v, "for i in $(seq 1 100); do mkdir -p /workspace/src/m$((i % 10)); seq 1 2000 > /workspace/src/m$((i % 10))/f$i.txt; done");
+    wait_until(
+        "a snapshot after the container stopped",
+        Duration::from_secs(60),
+        || snapshots(&p, &ws).len() == 1,
+    );
+    let first_listing = run(
+        &image,
+        &v,
+        "find /workspace | sort | xargs md5sum 2>/dev/null | sort",
+    );
+    wait_until(
+        "the snapshot of the listing run",
+        Duration::from_secs(60),
+        || snapshots(&p, &ws).len() == 2,
+    );
+
+    run(&image, &v, "echo changed > /workspace/src/m1/f1.txt");
+    wait_until("the incremental snapshot", Duration::from_secs(60), || {
+        snapshots(&p, &ws).len() == 3
+    });
+    let snaps = snapshots(&p, &ws);
+    assert_eq!(snaps[0]["trigger"], "unmount");
+    assert!(snaps[0]["parent"].is_null());
+    assert_eq!(snaps[2]["parent"], snaps[1]["id"]);
+    let full = snaps[0]["bytes_in"].as_u64().unwrap();
+    let incr = snaps[2]["bytes_in"].as_u64().unwrap();
+    assert!(
+        incr * 100 < full,
+        "1 % changed: incremental read {incr} bytes of {full}"
+    );
+
+    let first = snaps[0]["id"].as_str().unwrap().to_string();
+    cli_ok(&p, &["snapshot", "restore", &ws, &first, "--yes"]);
+    let restored = run(
+        &image,
+        &v,
+        "find /workspace | sort | xargs md5sum 2>/dev/null | sort",
+    );
+    assert_eq!(
+        restored, first_listing,
+        "restoring the first snapshot gives the first state back"
+    );
+    assert_eq!(
+        run(&image, &v, "stat -c '%u %g' /workspace").trim(),
+        "1000 1000"
+    );
+}
+
+#[test]
+fn a_labelled_container_gets_its_local_volumes_snapshotted_when_it_stops() {
+    if !require_docker() {
+        return;
+    }
+    let image = ensure_busybox_image();
+    let p = LegacyPlugin::start();
+    let _agent = Agent::start(&p);
+    let local = unique_name("localvol");
+    docker_ok(&["volume", "create", &local]);
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = docker(&["volume", "rm", "-f", &self.0]);
+        }
+    }
+    let _rm = Rm(local.clone());
+    // Give the agent a moment to subscribe to events.
+    std::thread::sleep(Duration::from_secs(1));
+    docker_ok(&[
+        "run",
+        "--rm",
+        "--label",
+        "allspark.snapshot=on-stop",
+        "-v",
+        &format!("{local}:/data"),
+        &image,
+        "sh",
+        "-c",
+        "echo precious > /data/file",
+    ]);
+    wait_until(
+        "a snapshot of the local volume",
+        Duration::from_secs(60),
+        || snapshots(&p, &local).len() == 1,
+    );
+    let snaps = snapshots(&p, &local);
+    assert_eq!(snaps[0]["trigger"], "stop");
+    assert_eq!(snaps[0]["driver"], "local");
+    let id = snaps[0]["id"].as_str().unwrap().to_string();
+    run(
+        &image,
+        &format!("{local}:/data"),
+        "echo overwritten > /data/file",
+    );
+    cli_ok(&p, &["snapshot", "verify", &local]);
+    cli_ok(&p, &["snapshot", "restore", &local, &id, "--yes"]);
+    assert_eq!(
+        run(&image, &format!("{local}:/data"), "cat /data/file").trim(),
+        "precious"
+    );
+}
