@@ -152,6 +152,11 @@ pub fn measure(dir: &Path) -> io::Result<Usage> {
     Ok(walk(dir, None, &MeasureOptions::default())?.0.usage)
 }
 
+/// Measure a tree without any cache, with explicit options.
+pub fn measure_with(dir: &Path, opts: &MeasureOptions) -> io::Result<Walk> {
+    Ok(walk(dir, None, opts)?.0)
+}
+
 /// Measure a tree through the listing cache at `cache_file` (read if present, rewritten if changed).
 pub fn measure_cached(dir: &Path, cache_file: &Path) -> io::Result<Walk> {
     measure_cached_with(dir, cache_file, &MeasureOptions::default())
@@ -459,7 +464,21 @@ fn walk(
     Ok((walk, new, changed))
 }
 
+/// Ends the walk for everyone if a worker panics, so the others do not wait forever.
+struct PanicStop<'a, 'b>(&'a Shared<'b>);
+
+impl Drop for PanicStop<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for _ in 0..self.0.threads {
+                let _ = self.0.tx.send(Msg::Stop);
+            }
+        }
+    }
+}
+
 fn worker(shared: &Shared<'_>, rx: crossbeam_channel::Receiver<Msg>) -> Local {
+    let _guard = PanicStop(shared);
     let mut local = Local::default();
     while let Ok(msg) = rx.recv() {
         let Msg::Dir { rel, ino } = msg else { break };
@@ -480,7 +499,11 @@ fn ts_lt(a: (i64, i64), b: (i64, i64)) -> bool {
 /// List one directory (or reuse its cached listing) and count its entries; queue its sub-directories.
 fn visit(shared: &Shared<'_>, local: &mut Local, rel: Vec<u8>, ino: u64) {
     let path = full_path(shared.root, &rel);
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let mut flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    if !rel.is_empty() {
+        // Below the root, never through a symlink (the root itself may be one).
+        flags |= OFlag::O_NOFOLLOW;
+    }
     let mut dir = match Dir::open(&path, flags, Mode::empty()) {
         Ok(d) => d,
         Err(nix::errno::Errno::ENOENT) => return,
