@@ -1,6 +1,7 @@
 //! allspark library: every piece the `allspark` binary dispatches to.
 
 pub mod agent;
+pub mod alerts;
 pub mod api;
 pub mod archive;
 pub mod callstats;
@@ -11,6 +12,7 @@ pub mod driver;
 pub mod fsutil;
 pub mod hostpath;
 pub mod logging;
+pub mod metrics;
 pub mod mounts;
 pub mod names;
 pub mod options;
