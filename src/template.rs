@@ -1,16 +1,36 @@
-//! Filling a new volume from a template: another volume's data or a snapshot.
+//! Filling a new volume from a template: another volume's data or a snapshot, owners and modes preserved.
 
 use std::path::Path;
 
 use crate::config::{HostView, Layout};
 use crate::options::Template;
+use crate::snapshot::{catalog, restore};
+use crate::store::Store;
 
-/// Copy the template's content into `dest` (an empty, new directory), preserving owners and modes.
+/// Copy the template's content into `dest` (an empty, new directory).
 pub fn fill(
-    _layout: &Layout,
-    _view: &HostView,
+    layout: &Layout,
+    view: &HostView,
     template: &Template,
-    _dest: &Path,
+    dest: &Path,
 ) -> Result<(), String> {
-    Err(format!("templates are not available in this build ({template:?}); create the volume without template="))
+    match template {
+        Template::Volume { volume } => {
+            let rec = Store::new(layout.clone())
+                .load(volume)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no volume {volume} to copy from; accepted: an existing allspark volume or snapshot:<volume>@<id>"))?;
+            let src = rec.data.local_path(layout, view);
+            crate::copy::copy_tree(&src, dest)
+                .map_err(|e| format!("cannot copy volume {volume}: {e}"))?;
+        }
+        Template::Snapshot { volume, id } => {
+            let all = catalog::list(layout, volume).map_err(|e| e.to_string())?;
+            catalog::get(layout, volume, id).map_err(|e| e.to_string())?;
+            let chain = catalog::chain(&all, id).map_err(|e| e.to_string())?;
+            restore::check_checksums(layout, &chain).map_err(|e| e.to_string())?;
+            restore::extract_chain(layout, &chain, dest, None).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@ mod plugin_cmd;
 mod progress;
 mod snapshot_cmd;
 mod volume_cmd;
+mod workspace_cmd;
 
 use std::path::PathBuf;
 
@@ -27,6 +28,14 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub host_prefix: Option<PathBuf>,
+    /// Host directory under which `device=` paths are allowed (repeatable; env: colon list) [default: <root>].
+    #[arg(
+        long = "bind-root",
+        global = true,
+        env = "ALLSPARK_BIND_ROOTS",
+        value_delimiter = ':'
+    )]
+    pub bind_roots: Vec<PathBuf>,
     /// Docker endpoint (for foreign volumes, labels, dumps).
     #[arg(long, global = true, env = "ALLSPARK_DOCKER", default_value = crate::docker::DEFAULT_DOCKER)]
     pub docker: String,
@@ -35,6 +44,35 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The allowed bind roots (default: the state root).
+    pub fn bind_roots(&self) -> Vec<PathBuf> {
+        if self.bind_roots.is_empty() {
+            vec![self.root.clone()]
+        } else {
+            self.bind_roots.clone()
+        }
+    }
+
+    /// A driver over the records, for commands that create, remove or move volumes.
+    pub fn driver(
+        &self,
+        mount_dir: Option<PathBuf>,
+        snapshot_wait: std::time::Duration,
+    ) -> anyhow::Result<crate::driver::Driver> {
+        let layout = crate::config::Layout::new(&self.root);
+        let settings = crate::driver::DriverSettings {
+            mount_dir: mount_dir.unwrap_or_else(|| layout.mounts_dir()),
+            bind_roots: self.bind_roots(),
+            view: crate::config::HostView::new(self.host_prefix.as_deref()),
+            snapshot_wait,
+        };
+        Ok(crate::driver::Driver::new(
+            layout,
+            std::sync::Arc::new(crate::mounts::LinuxSys),
+            settings,
+        )?)
+    }
+
     /// The shared context of snapshot and backup work.
     pub fn ctx(&self) -> crate::snapshot::ops::Ctx {
         crate::snapshot::ops::Ctx {
@@ -54,9 +92,12 @@ pub enum Command {
     /// Snapshots: create, ls, verify, restore, rm, prune.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCmd),
-    /// Volumes: list, inspect.
+    /// Volumes: list, inspect, migrate, cleanup.
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCmd),
+    /// Workspace cleanup: snapshot, then remove old temporary and unused project volumes.
+    #[command(subcommand)]
+    Workspace(workspace_cmd::WorkspaceCmd),
 }
 
 /// Parse, run, and return the exit status (0 done, 1 failed, 2 usage error).
@@ -69,6 +110,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Plugin(ref a) => plugin_cmd::run(&cli, a),
         Command::Volume(ref c) => volume_cmd::run(&cli, c),
+        Command::Workspace(ref c) => workspace_cmd::run(&cli, c),
         Command::Agent(ref a) => agent_cmd::run(cli.ctx(), a),
         Command::Snapshot(ref c) => snapshot_cmd::run(&cli.ctx(), c),
     };

@@ -18,9 +18,6 @@ pub struct PluginArgs {
     /// Directory where volumes are bind-mounted for containers [default: <root>/mounts].
     #[arg(long, env = "ALLSPARK_MOUNT_DIR")]
     pub mount_dir: Option<PathBuf>,
-    /// Host directory under which `device=` paths are allowed (repeatable; env: colon list) [default: <root>].
-    #[arg(long = "bind-root", env = "ALLSPARK_BIND_ROOTS", value_delimiter = ':')]
-    pub bind_roots: Vec<PathBuf>,
     /// Seconds a Mount waits for a snapshot in progress (keep below Docker's 120 s).
     #[arg(long, env = "ALLSPARK_SNAPSHOT_WAIT", default_value_t = 60)]
     pub snapshot_wait: u64,
@@ -28,17 +25,12 @@ pub struct PluginArgs {
 
 pub fn run(cli: &Cli, a: &PluginArgs) -> anyhow::Result<()> {
     let layout = Layout::new(&cli.root);
-    let bind_roots = if a.bind_roots.is_empty() {
-        vec![cli.root.clone()]
-    } else {
-        a.bind_roots.clone()
-    };
     plugin::run(PluginConfig {
         root: cli.root.clone(),
         socket: a.socket.clone(),
         settings: DriverSettings {
             mount_dir: a.mount_dir.clone().unwrap_or_else(|| layout.mounts_dir()),
-            bind_roots,
+            bind_roots: cli.bind_roots(),
             view: HostView::new(cli.host_prefix.as_deref()),
             snapshot_wait: Duration::from_secs(a.snapshot_wait),
         },

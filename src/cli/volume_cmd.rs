@@ -16,6 +16,18 @@ pub enum VolumeCmd {
     },
     /// Show one volume's record and status.
     Inspect { name: String },
+    /// Move a volume's data to another host directory (refused while mounted; the old data is kept).
+    Migrate {
+        name: String,
+        /// The new host directory (empty or missing; under an allowed bind root).
+        #[arg(long)]
+        to: String,
+        /// Delete the old data once the volume uses the new place.
+        #[arg(long)]
+        delete_source: bool,
+    },
+    /// Delete the data a migration left at the old place.
+    Cleanup { name: String },
 }
 
 pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
@@ -63,6 +75,33 @@ pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("no such volume: {name}"))?;
             let out = serde_json::json!({"record": *r, "status": status::status(&layout, &r)});
             println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        VolumeCmd::Migrate {
+            name,
+            to,
+            delete_source,
+        } => {
+            let driver = cli.driver(None, crate::config::DEFAULT_SNAPSHOT_WAIT)?;
+            let view = crate::config::HostView::new(cli.host_prefix.as_deref());
+            let r = crate::migrate::migrate(&driver, &layout, &view, name, to, *delete_source)?;
+            println!(
+                "migrated {name}: {} entries copied and verified from {} to {}; {}",
+                r.files,
+                r.from.display(),
+                r.to.display(),
+                if r.deleted_source {
+                    "old data deleted".to_string()
+                } else {
+                    format!("old data kept (delete it with `allspark volume cleanup {name}`)")
+                }
+            );
+        }
+        VolumeCmd::Cleanup { name } => {
+            let view = crate::config::HostView::new(cli.host_prefix.as_deref());
+            match crate::migrate::cleanup(&layout, &view, name)? {
+                Some(dir) => println!("deleted the old data of {name} at {}", dir.display()),
+                None => println!("{name} has no old data to clean up"),
+            }
         }
     }
     Ok(())

@@ -1,0 +1,216 @@
+//! Moving a volume's data to another host directory: copy, verify, switch the record atomically, keep the old data until cleanup.
+//!
+//! Crash safety: until the record is switched the volume uses the old place (a half copy sits in
+//! `<target>.allspark-migrating` and is discarded by the next attempt); after the switch it uses the
+//! new place and the old data stays until `--delete-source` or `allspark volume cleanup`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+
+use crate::config::{HostView, Layout};
+use crate::driver::Driver;
+use crate::fsutil::{FileLock, LockKind};
+use crate::store::{DataLocation, Store};
+
+/// Test hook: `ALLSPARK_CRASH_AT=<step>` aborts the process at that step (copied, verified, switched, deleted).
+fn crash_point(step: &str) {
+    if std::env::var("ALLSPARK_CRASH_AT").ok().as_deref() == Some(step) {
+        eprintln!("ALLSPARK_CRASH_AT={step}: aborting on purpose");
+        std::process::abort();
+    }
+}
+
+/// What a migration did.
+#[derive(Debug, serde::Serialize)]
+pub struct MigrateReport {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    pub files: usize,
+    pub deleted_source: bool,
+}
+
+/// Migrate volume `name` to the host directory `to` (checked like a `device=`).
+pub fn migrate(
+    driver: &Driver,
+    layout: &Layout,
+    view: &HostView,
+    name: &str,
+    to: &str,
+    delete_source: bool,
+) -> anyhow::Result<MigrateReport> {
+    crate::names::validate(name).map_err(anyhow::Error::msg)?;
+    let store = Store::new(layout.clone());
+    let host_to = driver.check_device(to)?;
+    let _snap = FileLock::acquire(&layout.snapshot_lock(name), LockKind::Exclusive)?;
+    let rec = {
+        let _lock = store.lock(name)?;
+        let rec = store
+            .load(name)?
+            .with_context(|| format!("no such volume: {name}"))?;
+        if rec.mount_count() > 0 {
+            bail!(
+                "volume {name} is mounted by {} container(s); stop them before migrating it",
+                rec.mount_count()
+            );
+        }
+        rec
+    };
+    if let Some(prev) = &rec.previous_data {
+        bail!(
+            "volume {name} still has the data of an earlier migration at {}; delete it first with `allspark volume cleanup {name}`",
+            prev.local_path(layout, view).display()
+        );
+    }
+    if rec.spec.parent.is_some() {
+        bail!(
+            "volume {name} lives inside its parent volume {}; migrate the parent instead",
+            rec.spec.parent.as_deref().unwrap_or("")
+        );
+    }
+    let from = rec.data.local_path(layout, view);
+    let target = view.local(&host_to);
+    if target == from {
+        bail!("volume {name} already lives at {to}");
+    }
+    if fs::read_dir(&target)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+    {
+        bail!("{to} is not empty; choose an empty or new directory");
+    }
+    let staging = PathBuf::from(format!("{}.allspark-migrating", target.display()));
+    if staging.exists() {
+        fs::remove_dir_all(&staging).with_context(|| {
+            format!(
+                "cannot discard an earlier half copy at {}",
+                staging.display()
+            )
+        })?;
+    }
+    crate::copy::copy_tree(&from, &staging)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), staging.display()))?;
+    crate::fsutil::fsync_dir(staging.parent().unwrap_or(Path::new("/")))?;
+    crash_point("copied");
+    let files = compare_trees(&from, &staging)?;
+    crash_point("verified");
+    if target.exists() {
+        fs::remove_dir(&target)
+            .with_context(|| format!("cannot replace the empty directory {}", target.display()))?;
+    }
+    fs::rename(&staging, &target)
+        .with_context(|| format!("cannot move the copy to {}", target.display()))?;
+    crate::fsutil::fsync_dir(target.parent().unwrap_or(Path::new("/")))?;
+    {
+        let _lock = store.lock(name)?;
+        let mut r = (*store
+            .load(name)?
+            .with_context(|| format!("volume {name} disappeared"))?)
+        .clone();
+        r.previous_data = Some(r.data.clone());
+        r.data = DataLocation::Host {
+            path: host_to.clone(),
+        };
+        store.save(&r)?;
+    }
+    crash_point("switched");
+    if delete_source {
+        cleanup(layout, view, name)?;
+    }
+    Ok(MigrateReport {
+        from,
+        to: target,
+        files,
+        deleted_source: delete_source,
+    })
+}
+
+/// Delete the data a migration left at the old place.
+pub fn cleanup(layout: &Layout, view: &HostView, name: &str) -> anyhow::Result<Option<PathBuf>> {
+    let store = Store::new(layout.clone());
+    let _lock = store.lock(name)?;
+    let mut r = (*store
+        .load(name)?
+        .with_context(|| format!("no such volume: {name}"))?)
+    .clone();
+    let Some(prev) = r.previous_data.clone() else {
+        return Ok(None);
+    };
+    let dir = prev.local_path(layout, view);
+    if dir.exists() {
+        fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot delete the old data at {}", dir.display()))?;
+    }
+    if let DataLocation::Managed {
+        volume,
+        subdir: None,
+    } = &prev
+    {
+        let _ = fs::remove_dir(layout.volumes_dir().join(volume));
+    }
+    crash_point("deleted");
+    r.previous_data = None;
+    store.save(&r)?;
+    Ok(Some(dir))
+}
+
+/// Compare two trees entry by entry (kind, size, mode, owner, link target, sha256 of content); the count of entries.
+pub fn compare_trees(a: &Path, b: &Path) -> anyhow::Result<usize> {
+    let (ta, tb) = (fingerprint(a)?, fingerprint(b)?);
+    for (path, fa) in &ta {
+        match tb.get(path) {
+            None => bail!("the copy lacks {}", path.display()),
+            Some(fb) if fb != fa => bail!("the copy of {} differs ({fa} vs {fb})", path.display()),
+            _ => {}
+        }
+    }
+    if let Some(extra) = tb.keys().find(|k| !ta.contains_key(*k)) {
+        bail!("the copy has an extra entry {}", extra.display());
+    }
+    Ok(ta.len())
+}
+
+fn fingerprint(root: &Path) -> anyhow::Result<BTreeMap<PathBuf, String>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+            let p = e?.path();
+            let md = fs::symlink_metadata(&p)?;
+            let rel = p.strip_prefix(root)?.to_path_buf();
+            let ft = md.file_type();
+            let what = if ft.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("link:{}", fs::read_link(&p)?.display())
+            } else if ft.is_file() {
+                let mut h = Sha256::new();
+                let mut f = fs::File::open(&p)?;
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+                format!("file:{}:{}", md.size(), hex::encode(h.finalize()))
+            } else {
+                "special".to_string()
+            };
+            let mode = if ft.is_symlink() {
+                0
+            } else {
+                md.mode() & 0o7777
+            };
+            out.insert(rel, format!("{what} {:o} {}:{}", mode, md.uid(), md.gid()));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,141 @@
+//! Workspace cleanup: temporary volumes and unused project workspaces older than an age are snapshotted, then removed.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use crate::driver::Driver;
+use crate::options::Class;
+use crate::snapshot::ops::{self, Ctx};
+use crate::snapshot::{CreateOutcome, Trigger};
+use crate::store::{Store, VolumeRecord};
+
+/// Parse an age like `30d`, `12h`, `2w`, `90m`.
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    const ACCEPTED: &str = "an age like 30d, 12h, 2w or 90m";
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid age {s:?}: {ACCEPTED}"))?;
+    let secs = match unit {
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("invalid age {s:?}: {ACCEPTED}")),
+    };
+    Ok(Duration::from_secs(n * secs))
+}
+
+/// Is this volume a cleanup candidate: temporary, or a project workspace (a `parent=` child)?
+pub fn is_candidate_kind(r: &VolumeRecord) -> bool {
+    r.spec.class == Class::Temporary || r.spec.parent.is_some()
+}
+
+/// When the volume was last in use (its last unmount, else its creation).
+pub fn last_used(r: &VolumeRecord) -> DateTime<Utc> {
+    r.last_unmounted_at
+        .or(r.last_mounted_at)
+        .unwrap_or(r.created_at)
+}
+
+/// The volumes `prune` would remove now: candidates, unmounted, unused for longer than `age`.
+pub fn plan(
+    records: &[std::sync::Arc<VolumeRecord>],
+    age: Duration,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    let mut names: Vec<String> = records
+        .iter()
+        .filter(|r| is_candidate_kind(r) && r.mount_count() == 0 && now - last_used(r) > age)
+        .map(|r| r.name.clone())
+        .collect();
+    // Children before parents, so a parent whose children all go can go too.
+    names.sort_by_key(|n| {
+        std::cmp::Reverse(
+            records
+                .iter()
+                .find(|r| &r.name == n)
+                .and_then(|r| r.spec.parent.clone())
+                .is_some(),
+        )
+    });
+    names
+}
+
+/// Snapshot then remove every planned volume (re-checking under its lock that it is still unused).
+/// Removal goes through Docker when it knows the volume, so `docker volume ls` shows no ghost.
+pub fn prune(
+    ctx: &Ctx,
+    driver: &Driver,
+    age: Duration,
+    dry_run: bool,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let store = Store::new(ctx.layout.clone());
+    let (records, _) = store.all()?;
+    let planned = plan(&records, age, Utc::now());
+    let mut done = Vec::new();
+    for name in planned {
+        if dry_run {
+            done.push((name, "would be snapshotted and removed".to_string()));
+            continue;
+        }
+        let id = match ops::take(ctx, &name, Trigger::Manual, None, false, None)
+            .with_context(|| format!("cannot snapshot {name}; it was not removed"))?
+        {
+            CreateOutcome::Created(m) | CreateOutcome::AlreadyDone(m) => m.id,
+            CreateOutcome::Skipped(why) => {
+                done.push((name, format!("kept: {why}")));
+                continue;
+            }
+        };
+        let still_unused = store.load(&name)?.is_some_and(|r| r.mount_count() == 0);
+        if !still_unused {
+            done.push((name, format!("kept: mounted again (snapshot {id} taken)")));
+            continue;
+        }
+        remove_via_docker_or_driver(ctx, driver, &name)?;
+        done.push((name.clone(), format!("removed (snapshot {id} kept; restore with `allspark snapshot restore {name} {id} --into {name}`)")));
+    }
+    Ok(done)
+}
+
+fn remove_via_docker_or_driver(ctx: &Ctx, driver: &Driver, name: &str) -> anyhow::Result<()> {
+    let via_docker = crate::docker::block_on(async {
+        let d = crate::docker::connect(&ctx.docker_url).await?;
+        match d.remove_volume(name, None).await {
+            Ok(()) => anyhow::Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("Docker refused to remove {name}")))
+            }
+        }
+    })?;
+    match via_docker {
+        Ok(true) => Ok(()),
+        Ok(false) => Ok(driver.remove(name)?),
+        Err(e) if format!("{e:#}").contains("Docker refused") => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), volume = name, "Docker not reachable; removing through the driver state directly");
+            Ok(driver.remove(name)?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(parse_age("2w").unwrap(), Duration::from_secs(14 * 86_400));
+        assert!(parse_age("30").is_err());
+        assert!(parse_age("d").is_err());
+    }
+}
