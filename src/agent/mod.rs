@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod spool_worker;
+pub mod usage_task;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,10 @@ pub struct AgentConfig {
     /// Follow Docker events (label-triggered snapshots).
     pub docker_events: bool,
     pub spool_poll: Duration,
+    /// How often usage is measured (alerts, inspect figures, metrics).
+    pub usage_every: Duration,
+    /// Alert when a volume or filesystem is at or above this percent.
+    pub alert_threshold: f64,
 }
 
 /// Run the agent until SIGTERM/SIGINT.
@@ -53,6 +58,14 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 std::thread::sleep(spool_cfg.spool_poll);
             }
         });
+        let metrics_state = crate::metrics::MetricsState::new(layout.clone());
+        if let Some(addr) = cfg.metrics {
+            crate::metrics::serve(addr, metrics_state.clone())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        }
+        let alert_cfg = crate::alerts::AlertConfig { threshold: cfg.alert_threshold, ..Default::default() };
+        tokio::spawn(usage_task::run(layout.clone(), cfg.ctx.view.clone(), alert_cfg, cfg.usage_every, metrics_state, stop_rx.clone()));
         if cfg.docker_events {
             tokio::spawn(events::watch(layout.clone(), cfg.ctx.docker_url.clone()));
         }

@@ -24,6 +24,12 @@ pub struct AgentArgs {
     /// How often the spool is checked, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub spool_poll_ms: u64,
+    /// How often usage is measured, in seconds (alerts, `docker volume inspect` figures, metrics).
+    #[arg(long, env = "ALLSPARK_USAGE_INTERVAL", default_value_t = 300)]
+    pub usage_interval: u64,
+    /// Alert when a volume (against its size=) or a filesystem holding volumes is at or above this percent.
+    #[arg(long, env = "ALLSPARK_ALERT_THRESHOLD", default_value_t = 80.0)]
+    pub alert_threshold: f64,
 }
 
 pub fn run(ctx: Ctx, a: &AgentArgs) -> anyhow::Result<()> {
@@ -33,5 +39,7 @@ pub fn run(ctx: Ctx, a: &AgentArgs) -> anyhow::Result<()> {
         metrics: a.metrics,
         docker_events: !a.no_docker_events,
         spool_poll: Duration::from_millis(a.spool_poll_ms),
+        usage_every: Duration::from_secs(a.usage_interval.max(1)),
+        alert_threshold: a.alert_threshold,
     })
 }

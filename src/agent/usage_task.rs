@@ -1,0 +1,42 @@
+//! The agent's periodic measurement: usage of every volume, capacity alerts, and the figures `/metrics` shows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::alerts::{self, AlertConfig, AlertState};
+use crate::config::{HostView, Layout};
+use crate::metrics::MetricsState;
+use crate::usage::ReportOptions;
+
+/// Measure now and then every `every`, until `stop` turns true.
+pub async fn run(
+    layout: Layout,
+    view: HostView,
+    cfg: AlertConfig,
+    every: Duration,
+    state: Arc<MetricsState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut alert_state = AlertState::load(&layout, cfg);
+    loop {
+        let (l, v, st) = (layout.clone(), view.clone(), state.clone());
+        let measured = tokio::task::spawn_blocking(move || {
+            let report =
+                alerts::measure_and_alert(&l, &v, &mut alert_state, &ReportOptions::default());
+            st.set_report(report);
+            alert_state
+        })
+        .await;
+        match measured {
+            Ok(s) => alert_state = s,
+            Err(e) => {
+                tracing::error!(%e, "the usage measurement failed");
+                alert_state = AlertState::load(&layout, cfg);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

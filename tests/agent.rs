@@ -1,0 +1,122 @@
+//! The agent's periodic work: usage in `Get` Status, a capacity alert logged once per crossing, `/metrics` scraped over TCP.
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{err_of, Plugin};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_allspark");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scrape(port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// `name{labels} value` lines as (series, value).
+fn parse(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad exposition line {l:?}"));
+            (
+                series.to_string(),
+                value
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("bad value in {l:?}")),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn agent_reports_usage_in_status_and_metrics_and_alerts_once_per_crossing() {
+    let p = Plugin::start(BIN);
+    let (_, v) = p.call(
+        "VolumeDriver.Create",
+        json!({"Name": "cap", "Opts": {"size": "1M", "class": "critical"}}),
+    );
+    assert_eq!(err_of(&v), "");
+    let data = p.root().join("volumes/cap/data");
+    std::fs::write(data.join("big"), vec![7u8; 900 * 1024]).unwrap();
+    let port = free_port();
+    let log_path = p.dir.path().join("agent.log");
+    let mut agent = Command::new(BIN)
+        .arg("--root")
+        .arg(p.root())
+        .args([
+            "agent",
+            "--no-docker-events",
+            "--usage-interval",
+            "1",
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("ALLSPARK_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let (_, v) = p.call("VolumeDriver.Get", json!({"Name": "cap"}));
+        if v["Volume"]["Status"].get("used_bytes").is_some() {
+            break v["Volume"]["Status"].clone();
+        }
+        assert!(Instant::now() < deadline, "no usage figures in Status");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let used = status["used_bytes"].as_u64().unwrap();
+    assert!((900 * 1024..=1024 * 1024).contains(&used), "{status}");
+    assert!(status["used_percent"].as_f64().unwrap() >= 85.0, "{status}");
+
+    let text = scrape(port).expect("metrics answer");
+    let series = parse(&text);
+    let bytes = series
+        .iter()
+        .find(|(s, _)| s.starts_with("allspark_volume_bytes{") && s.contains("volume=\"cap\""))
+        .expect(&text);
+    assert_eq!(bytes.1 as u64, used);
+    let cap = series
+        .iter()
+        .find(|(s, _)| s.starts_with("allspark_volume_capacity_bytes{") && s.contains("\"cap\""))
+        .expect(&text);
+    assert_eq!(cap.1 as u64, 1 << 20);
+
+    // Several more measurements at the same level: still one warning.
+    std::thread::sleep(Duration::from_secs(3));
+    // Drop below, then cross again: a second warning.
+    std::fs::remove_file(data.join("big")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(data.join("big"), vec![7u8; 950 * 1024]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("cap") && l.contains("alert threshold"))
+        .count();
+    assert_eq!(warnings, 2, "one warning per crossing:\n{log}");
+    assert!(
+        log.lines().any(|l| l.contains("back below")),
+        "a recovery is logged:\n{log}"
+    );
+}
