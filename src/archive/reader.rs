@@ -420,8 +420,19 @@ impl Extractor<'_> {
         let mode = mode & 0o7777;
         let mtime = i64::try_from(mtime).unwrap_or(i64::MAX);
         if let Some(p) = pax {
-            if let Err(e) = parse_pax(p) {
-                return self.refuse(&shown, format!("malformed PAX extended header: {e}"));
+            match parse_pax(p) {
+                Err(e) => {
+                    return self.refuse(&shown, format!("malformed PAX extended header: {e}"))
+                }
+                // GNU tar's PAX sparse formats (0.x/1.0) are not understood by
+                // tar-rs: it would write the sparse map into the file.
+                Ok(recs) if recs.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) => {
+                    return self.refuse(
+                        &shown,
+                        "it uses GNU tar's PAX sparse format, which this reader does not support; extract this archive with GNU tar",
+                    );
+                }
+                Ok(_) => {}
             }
         }
 

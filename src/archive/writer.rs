@@ -234,8 +234,14 @@ fn index_entry(rel: &[u8], kind: EntryKind, st: &FileStat) -> IndexEntry {
         } else {
             0
         },
-        mtime_ns: st.st_mtime.saturating_mul(1_000_000_000) + st.st_mtime_nsec,
-        ctime_ns: st.st_ctime.saturating_mul(1_000_000_000) + st.st_ctime_nsec,
+        mtime_ns: st
+            .st_mtime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(st.st_mtime_nsec),
+        ctime_ns: st
+            .st_ctime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(st.st_ctime_nsec),
         ino: st.st_ino,
         dev: st.st_dev,
         mode: st.st_mode & 0o7777,
