@@ -468,7 +468,7 @@ fn mangled_archives_never_panic_or_escape() {
     let src = s.work.join("src");
     fs::create_dir_all(src.join("d/e")).expect("mkdir");
     fs::write(src.join("d/e/f"), text(3000, 1)).expect("write");
-    fs::write(src.join(&"long".repeat(40)), b"long name").expect("write");
+    fs::write(src.join("long".repeat(40)), b"long name").expect("write");
     fs::hard_link(src.join("d/e/f"), src.join("hard")).expect("link");
     std::os::unix::fs::symlink("d/e", src.join("sym")).expect("symlink");
     let _ = xattr::set(src.join("d"), "user.x", b"1\n2");

@@ -9,6 +9,9 @@
 //! * hard links must point to an existing regular file inside the
 //!   destination, by a relative path that passes through no symlink;
 //! * device nodes are refused unless [`ExtractOptions::allow_devices`];
+//! * GNU tar's PAX sparse format (`GNU.sparse.*` records, written by GNU tar
+//!   in POSIX format with `--sparse`) is refused: tar-rs would store the
+//!   sparse map inside the file. Old-GNU sparse entries (ours) are fine;
 //! * PAX headers over [`ExtractOptions::max_pax_size`], long names over
 //!   [`ExtractOptions::max_name_size`] and files claiming more than
 //!   [`ExtractOptions::max_file_size`] are refused, and nothing is ever
@@ -52,8 +55,10 @@ const MAX_LISTED: usize = 1000;
 pub struct ExtractOptions {
     /// Create character and block device nodes (refused by default).
     pub allow_devices: bool,
-    /// Read and check everything (gzip checksums, headers, paths, all data)
-    /// without writing anything; `dest` is not touched.
+    /// Read and check everything without writing anything: every byte is
+    /// decompressed (so every gzip member's crc32 is checked), every header
+    /// parsed and every path checked (symlink write-through is detected
+    /// against the symlinks seen earlier in the archive); `dest` is not touched.
     pub verify_only: bool,
     /// Restore numeric owners (needs root). Default `true`.
     pub preserve_ownership: bool,
