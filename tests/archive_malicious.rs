@@ -458,3 +458,75 @@ fn refusal_happens_before_any_write_of_that_entry() {
     assert!(s.run(&a, &ExtractOptions::default()).is_err());
     assert!(!Path::new(&s.dest.join("a")).exists());
 }
+
+#[test]
+fn mangled_archives_never_panic_or_escape() {
+    use allspark::archive::{write_tree, WriteOptions};
+    // A small but varied real archive, uncompressed so we can mangle the tar
+    // layer and still hand the reader valid gzip.
+    let s = scene();
+    let src = s.work.join("src");
+    fs::create_dir_all(src.join("d/e")).expect("mkdir");
+    fs::write(src.join("d/e/f"), text(3000, 1)).expect("write");
+    fs::write(src.join("long".repeat(40)), b"long name").expect("write");
+    fs::hard_link(src.join("d/e/f"), src.join("hard")).expect("link");
+    std::os::unix::fs::symlink("d/e", src.join("sym")).expect("symlink");
+    let _ = xattr::set(src.join("d"), "user.x", b"1\n2");
+    let sp = fs::File::create(src.join("sparse")).expect("create");
+    sp.set_len(1 << 20).expect("set_len");
+    std::os::unix::fs::FileExt::write_at(&sp, b"x", 4096 * 10).expect("write");
+    drop(sp);
+    let mut tar = Vec::new();
+    write_tree(&src, &mut tar, &WriteOptions::default()).expect("write_tree");
+    fs::remove_dir_all(&src).expect("cleanup src");
+
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..300 {
+        let mut t = tar.clone();
+        let flips = 1 + (rnd() % 4) as usize;
+        for _ in 0..flips {
+            // Mostly hit header blocks, where the interesting fields are.
+            let block = (rnd() as usize % (t.len() / 512)) * 512;
+            let off = block + (rnd() as usize % 512);
+            t[off] = match rnd() % 4 {
+                0 => 0,
+                1 => b'/',
+                2 => b'.',
+                _ => rnd() as u8,
+            };
+            if rnd() % 3 != 0 {
+                // Fix the checksum so the mangled header gets past tar-rs's check.
+                let mut h = Header::new_old();
+                h.as_mut_bytes().copy_from_slice(&t[block..block + 512]);
+                h.set_cksum();
+                t[block..block + 512].copy_from_slice(h.as_bytes());
+            }
+        }
+        if i % 7 == 0 {
+            let cut = rnd() as usize % t.len();
+            t.truncate(cut);
+        }
+        let dest = s.work.join("dest");
+        let _ = fs::remove_dir_all(&dest);
+        for verify_only in [true, false] {
+            let _ = extract(
+                &gz(&t)[..],
+                &dest,
+                &ExtractOptions {
+                    verify_only,
+                    skip_refused: i % 2 == 0,
+                    ..ExtractOptions::default()
+                },
+            );
+        }
+        let _ = fs::remove_dir_all(&dest);
+        fs::create_dir(&dest).expect("recreate dest");
+        s.assert_outside_untouched();
+    }
+}

@@ -9,6 +9,9 @@
 //! * hard links must point to an existing regular file inside the
 //!   destination, by a relative path that passes through no symlink;
 //! * device nodes are refused unless [`ExtractOptions::allow_devices`];
+//! * GNU tar's PAX sparse format (`GNU.sparse.*` records, written by GNU tar
+//!   in POSIX format with `--sparse`) is refused: tar-rs would store the
+//!   sparse map inside the file. Old-GNU sparse entries (ours) are fine;
 //! * PAX headers over [`ExtractOptions::max_pax_size`], long names over
 //!   [`ExtractOptions::max_name_size`] and files claiming more than
 //!   [`ExtractOptions::max_file_size`] are refused, and nothing is ever
@@ -52,8 +55,10 @@ const MAX_LISTED: usize = 1000;
 pub struct ExtractOptions {
     /// Create character and block device nodes (refused by default).
     pub allow_devices: bool,
-    /// Read and check everything (gzip checksums, headers, paths, all data)
-    /// without writing anything; `dest` is not touched.
+    /// Read and check everything without writing anything: every byte is
+    /// decompressed (so every gzip member's crc32 is checked), every header
+    /// parsed and every path checked (symlink write-through is detected
+    /// against the symlinks seen earlier in the archive); `dest` is not touched.
     pub verify_only: bool,
     /// Restore numeric owners (needs root). Default `true`.
     pub preserve_ownership: bool,
@@ -420,8 +425,19 @@ impl Extractor<'_> {
         let mode = mode & 0o7777;
         let mtime = i64::try_from(mtime).unwrap_or(i64::MAX);
         if let Some(p) = pax {
-            if let Err(e) = parse_pax(p) {
-                return self.refuse(&shown, format!("malformed PAX extended header: {e}"));
+            match parse_pax(p) {
+                Err(e) => {
+                    return self.refuse(&shown, format!("malformed PAX extended header: {e}"))
+                }
+                // GNU tar's PAX sparse formats (0.x/1.0) are not understood by
+                // tar-rs: it would write the sparse map into the file.
+                Ok(recs) if recs.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) => {
+                    return self.refuse(
+                        &shown,
+                        "it uses GNU tar's PAX sparse format, which this reader does not support; extract this archive with GNU tar",
+                    );
+                }
+                Ok(_) => {}
             }
         }
 

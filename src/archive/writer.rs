@@ -234,8 +234,14 @@ fn index_entry(rel: &[u8], kind: EntryKind, st: &FileStat) -> IndexEntry {
         } else {
             0
         },
-        mtime_ns: st.st_mtime.saturating_mul(1_000_000_000) + st.st_mtime_nsec,
-        ctime_ns: st.st_ctime.saturating_mul(1_000_000_000) + st.st_ctime_nsec,
+        mtime_ns: st
+            .st_mtime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(st.st_mtime_nsec),
+        ctime_ns: st
+            .st_ctime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(st.st_ctime_nsec),
         ino: st.st_ino,
         dev: st.st_dev,
         mode: st.st_mode & 0o7777,
@@ -647,7 +653,7 @@ impl<W: Write> Walker<'_, '_, W> {
                 vec![(0, size)]
             }
         };
-        self.append_header_only(h, &name, &xattrs)?;
+        self.append(h, &name, None, &xattrs)?;
         if let Some(segs) = &sparse {
             self.write_sparse_ext(segs, size)?;
         }
@@ -766,7 +772,8 @@ impl<W: Write> Walker<'_, '_, W> {
         Ok(())
     }
 
-    /// PAX xattr header, long-name entries, then `h` and its (empty) data.
+    /// PAX xattr header, long-name entries, then the header `h` itself (the
+    /// caller writes any data and padding).
     fn append(
         &mut self,
         h: Header,
@@ -776,15 +783,6 @@ impl<W: Write> Walker<'_, '_, W> {
     ) -> Result<(), ArchiveError> {
         let h = self.prepare(h, name, link, xattrs)?;
         self.out.get_mut().write_all(h.as_bytes()).map_err(out_err)
-    }
-
-    fn append_header_only(
-        &mut self,
-        h: Header,
-        name: &[u8],
-        xattrs: &[(String, Vec<u8>)],
-    ) -> Result<(), ArchiveError> {
-        self.append(h, name, None, xattrs)
     }
 
     fn prepare(
