@@ -1,9 +1,11 @@
 //! Command-line parsing and dispatch only: one file per command group.
 
 mod agent_cmd;
+mod backup_cmd;
 mod plugin_cmd;
 mod progress;
 mod snapshot_cmd;
+mod usage_cmd;
 mod volume_cmd;
 mod workspace_cmd;
 
@@ -92,12 +94,17 @@ pub enum Command {
     /// Snapshots: create, ls, verify, restore, rm, prune.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCmd),
+    /// Backups: run daily|weekly|monthly, ls, verify, restore, prune.
+    #[command(subcommand)]
+    Backup(backup_cmd::BackupCmd),
     /// Volumes: list, inspect, migrate, cleanup.
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCmd),
     /// Workspace cleanup: snapshot, then remove old temporary and unused project volumes.
     #[command(subcommand)]
     Workspace(workspace_cmd::WorkspaceCmd),
+    /// Per-volume size, capacity, class, snapshots; filesystems holding volumes.
+    Usage(usage_cmd::UsageArgs),
 }
 
 /// Parse, run, and return the exit status (0 done, 1 failed, 2 usage error).
@@ -113,6 +120,8 @@ pub fn main() -> i32 {
         Command::Workspace(ref c) => workspace_cmd::run(&cli, c),
         Command::Agent(ref a) => agent_cmd::run(cli.ctx(), a),
         Command::Snapshot(ref c) => snapshot_cmd::run(&cli.ctx(), c),
+        Command::Backup(ref c) => backup_cmd::run(&cli.ctx(), c),
+        Command::Usage(ref a) => usage_cmd::run(&cli, a),
     };
     match result {
         Ok(()) => 0,
