@@ -32,6 +32,9 @@ const VOLUMES: [&str; 6] = [
     "log-data",
 ];
 
+/// Seconds docker-compose waits for one Docker API request.
+const COMPOSE_HTTP_TIMEOUT: &str = "600";
+
 /// The test's image for the agent service (named in compose/test-override.yml).
 const AGENT_TEST_IMAGE: &str = "allspark-test/agent:latest";
 
@@ -50,6 +53,10 @@ impl Project {
             .arg(&self.files[1])
             .args(["-p", &self.name, "--profile", "agent"])
             .args(args)
+            // A dockerd that once served legacy socket plugins which are gone
+            // asks each of them (with retries) about unknown volume names: slow,
+            // not wrong. docker-compose's default 60 s per request is too short.
+            .env("COMPOSE_HTTP_TIMEOUT", COMPOSE_HTTP_TIMEOUT)
             .stdin(Stdio::null())
             .output()
             .expect("run docker-compose (apt-get install docker-compose)")
@@ -212,7 +219,7 @@ fn compose_platform_volumes_have_their_owner_mode_flags_and_keep_data() {
         volumes.join(" ")
     ));
     cleanup.add(format!(
-        "docker-compose -f {} -f {} -p {} --profile agent down -v --remove-orphans -t 1",
+        "COMPOSE_HTTP_TIMEOUT={COMPOSE_HTTP_TIMEOUT} docker-compose -f {} -f {} -p {} --profile agent down -v --remove-orphans -t 1",
         path_str(&p.files[0]),
         path_str(&p.files[1]),
         p.name
