@@ -4,6 +4,7 @@ pub mod agent;
 pub mod alerts;
 pub mod api;
 pub mod archive;
+pub mod backup;
 pub mod callstats;
 pub mod cli;
 pub mod config;

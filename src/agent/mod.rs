@@ -1,6 +1,7 @@
 //! The `allspark agent` process: spool consumer, Docker events, schedules, usage and metrics, until SIGTERM.
 
 pub mod events;
+pub mod schedule;
 pub mod spool_worker;
 pub mod usage_task;
 
@@ -27,6 +28,8 @@ pub struct AgentConfig {
     pub usage_every: Duration,
     /// Alert when a volume or filesystem is at or above this percent.
     pub alert_threshold: f64,
+    /// Scheduled backups and verify (`None`: no schedule).
+    pub schedule: Option<schedule::ScheduleConfig>,
 }
 
 /// Run the agent until SIGTERM/SIGINT.
@@ -41,6 +44,14 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             "another allspark agent already serves {}; stop it first",
             layout.root.display()
         );
+    };
+    if let Err(e) = crate::backup::quiesce::restart_leftovers(&cfg.ctx) {
+        tracing::error!(error = %format!("{e:#}"), "cannot start the containers an interrupted backup stopped; the schedule retries");
+    }
+    let sched_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sched = match cfg.schedule.clone() {
+        Some(s) => Some(schedule::spawn(cfg.ctx.clone(), s, sched_stop.clone())?),
+        None => None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -78,6 +89,10 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         tracing::info!("signal received: finishing the current work");
         let _ = stop_tx.send(true);
         let _ = spool_task.await;
+        sched_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(h) = sched {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
         tracing::info!("allspark agent stopped");
         anyhow::Ok(())
     })

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::agent::{self, AgentConfig};
+use crate::agent::{self, schedule, AgentConfig};
 use crate::config::DEFAULT_BACKUP_ROOT;
 use crate::snapshot::ops::Ctx;
 
@@ -30,9 +30,46 @@ pub struct AgentArgs {
     /// Alert when a volume (against its size=) or a filesystem holding volumes is at or above this percent.
     #[arg(long, env = "ALLSPARK_ALERT_THRESHOLD", default_value_t = 80.0)]
     pub alert_threshold: f64,
+    /// When the daily backup runs (5-field cron, local time).
+    #[arg(long, env = "ALLSPARK_CRON_DAILY", default_value = schedule::DEFAULT_DAILY, value_parser = valid_cron)]
+    pub daily_cron: String,
+    /// When the weekly backup runs (5-field cron, local time; day of week 0 = Sunday).
+    #[arg(long, env = "ALLSPARK_CRON_WEEKLY", default_value = schedule::DEFAULT_WEEKLY, value_parser = valid_cron)]
+    pub weekly_cron: String,
+    /// When the monthly backup runs (5-field cron, local time).
+    #[arg(long, env = "ALLSPARK_CRON_MONTHLY", default_value = schedule::DEFAULT_MONTHLY, value_parser = valid_cron)]
+    pub monthly_cron: String,
+    /// When the newest backup of each type is verified (5-field cron, local time).
+    #[arg(long, env = "ALLSPARK_CRON_VERIFY", default_value = schedule::DEFAULT_VERIFY, value_parser = valid_cron)]
+    pub verify_schedule: String,
+    /// Run no scheduled backups or verifies.
+    #[arg(long, env = "ALLSPARK_NO_SCHEDULE")]
+    pub no_schedule: bool,
+    /// Scheduled backups include volumes of class `temporary`.
+    #[arg(long)]
+    pub include_temporary: bool,
+    #[command(flatten)]
+    pub policy: super::backup_cmd::PolicyArgs,
+}
+
+/// Check a 5-field cron expression at parse time (a bad one is a usage error).
+fn valid_cron(s: &str) -> Result<String, String> {
+    schedule::parse_cron(s).map(|_| s.to_string())
 }
 
 pub fn run(ctx: Ctx, a: &AgentArgs) -> anyhow::Result<()> {
+    let cron = |s: &str| schedule::parse_cron(s).map_err(anyhow::Error::msg);
+    let schedule = if a.no_schedule {
+        None
+    } else {
+        Some(schedule::ScheduleConfig {
+            daily: cron(&a.daily_cron)?,
+            weekly: cron(&a.weekly_cron)?,
+            monthly: cron(&a.monthly_cron)?,
+            verify: cron(&a.verify_schedule)?,
+            settings: a.policy.settings(&a.backup_root, a.include_temporary),
+        })
+    };
     agent::run(AgentConfig {
         ctx,
         backup_root: a.backup_root.clone(),
@@ -41,5 +78,6 @@ pub fn run(ctx: Ctx, a: &AgentArgs) -> anyhow::Result<()> {
         spool_poll: Duration::from_millis(a.spool_poll_ms),
         usage_every: Duration::from_secs(a.usage_interval.max(1)),
         alert_threshold: a.alert_threshold,
+        schedule,
     })
 }

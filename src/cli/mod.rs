@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch only: one file per command group.
 
 mod agent_cmd;
+mod backup_cmd;
 mod plugin_cmd;
 mod progress;
 mod snapshot_cmd;
@@ -93,6 +94,9 @@ pub enum Command {
     /// Snapshots: create, ls, verify, restore, rm, prune.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCmd),
+    /// Backups: run daily|weekly|monthly, ls, verify, restore, prune.
+    #[command(subcommand)]
+    Backup(backup_cmd::BackupCmd),
     /// Volumes: list, inspect, migrate, cleanup.
     #[command(subcommand)]
     Volume(volume_cmd::VolumeCmd),
@@ -116,6 +120,7 @@ pub fn main() -> i32 {
         Command::Workspace(ref c) => workspace_cmd::run(&cli, c),
         Command::Agent(ref a) => agent_cmd::run(cli.ctx(), a),
         Command::Snapshot(ref c) => snapshot_cmd::run(&cli.ctx(), c),
+        Command::Backup(ref c) => backup_cmd::run(&cli.ctx(), c),
         Command::Usage(ref a) => usage_cmd::run(&cli, a),
     };
     match result {

@@ -1,0 +1,468 @@
+//! The agent's backup schedule: standard 5-field cron expressions for daily, weekly and monthly backups and the verify drill, missed runs caught up once, last runs persisted.
+//!
+//! Defaults (as the old `/etc/cron.d/allspark-backup`): daily `0 2 * * *`,
+//! weekly `0 3 * * 0`, monthly `0 4 1 * *`; verify `0 5 2 * *` (the newest
+//! complete backup of each type, test-extracted, result logged and written to
+//! `<root>/state/agent/last-verify.json`).
+//!
+//! Expressions are `minute hour day-of-month month day-of-week` in local
+//! time, day of week 0-7 (0 and 7 are Sunday) or `sun`..`sat`. When both the
+//! day of month and the day of week are restricted, both must match.
+//!
+//! The last run of each job is kept in `<root>/state/agent/schedule.json`. At
+//! start, a job whose latest due time is after its last run (the agent was
+//! down at that time) runs once; then the agent sleeps until the next due
+//! time. A job that never ran has its first due time counted from when the
+//! agent first saw it, so a fresh install does not start with three backups.
+//! Jobs run one after the other on the scheduler's own thread, never on the
+//! spool worker's.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Local, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::backup::{self, BackupType, Settings};
+use crate::config::Layout;
+use crate::fsutil;
+use crate::snapshot::ops::Ctx;
+
+/// Default cron expressions.
+pub const DEFAULT_DAILY: &str = "0 2 * * *";
+pub const DEFAULT_WEEKLY: &str = "0 3 * * 0";
+pub const DEFAULT_MONTHLY: &str = "0 4 1 * *";
+pub const DEFAULT_VERIFY: &str = "0 5 2 * *";
+
+/// A parsed 5-field cron expression.
+#[derive(Clone, Debug)]
+pub struct Cron {
+    pub source: String,
+    schedule: cron::Schedule,
+}
+
+impl FromStr for Cron {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_cron(s)
+    }
+}
+
+/// The day-of-week field in the cron crate's numbering (1 = Sunday … 7 = Saturday).
+fn translate_dow(field: &str) -> Result<String, String> {
+    if field == "*" || field == "?" {
+        return Ok(field.to_string());
+    }
+    let num = |s: &str| -> Result<u32, String> {
+        let names = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+        if let Some(i) = names.iter().position(|n| s.eq_ignore_ascii_case(n)) {
+            return Ok(i as u32);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if n <= 7 => Ok(n % 7),
+            _ => Err(format!("{s:?} is not a day of the week (0-7 or sun..sat)")),
+        }
+    };
+    let mut days = [false; 7];
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (
+                r,
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| format!("{s:?} is not a step"))?,
+            ),
+            None => (item, 1),
+        };
+        let (lo, hi) = if range == "*" {
+            (0, 6)
+        } else if let Some((a, b)) = range.split_once('-') {
+            let a = num(a)?;
+            let b = if b == "7" { 7 } else { num(b)? };
+            (a, b)
+        } else {
+            let a = num(range)?;
+            (a, if item.contains('/') { 6 } else { a })
+        };
+        if lo > hi {
+            return Err(format!("range {range:?} goes backwards"));
+        }
+        let mut d = lo;
+        while d <= hi {
+            days[(d % 7) as usize] = true;
+            d += step;
+        }
+    }
+    let list: Vec<String> = (0..7)
+        .filter(|d| days[*d])
+        .map(|d| (d + 1).to_string())
+        .collect();
+    Ok(list.join(","))
+}
+
+/// Parse a standard 5-field cron expression (the cron crate wants seconds first and numbers Sunday 1).
+pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!(
+            "invalid cron expression {expr:?}: expected 5 fields (minute hour day-of-month month day-of-week), e.g. \"0 2 * * *\""
+        ));
+    }
+    let dow = translate_dow(fields[4])
+        .map_err(|e| format!("invalid cron expression {expr:?}: day of week: {e}"))?;
+    let six = format!(
+        "0 {} {} {} {} {}",
+        fields[0], fields[1], fields[2], fields[3], dow
+    );
+    let schedule = cron::Schedule::from_str(&six)
+        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
+    Ok(Cron {
+        source: expr.to_string(),
+        schedule,
+    })
+}
+
+impl Cron {
+    /// The latest due time at or before `now`.
+    pub fn latest_due<Z: TimeZone>(&self, now: &DateTime<Z>) -> Option<DateTime<Z>> {
+        let after = now.clone() + chrono::Duration::seconds(1);
+        self.schedule.after(&after).next_back()
+    }
+
+    /// The first due time after `now`.
+    pub fn next_due<Z: TimeZone>(&self, now: &DateTime<Z>) -> Option<DateTime<Z>> {
+        self.schedule.after(now).next()
+    }
+}
+
+/// Is a job due: its latest due time (at or before `now`) is after its last run?
+/// A job that never ran is not due (its baseline is set when first seen).
+pub fn due<Z: TimeZone>(cron: &Cron, last_run: Option<DateTime<Utc>>, now: &DateTime<Z>) -> bool {
+    match (last_run, cron.latest_due(now)) {
+        (Some(last), Some(latest)) => latest.with_timezone(&Utc) > last,
+        _ => false,
+    }
+}
+
+/// A scheduled job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Job {
+    Backup(BackupType),
+    Verify,
+}
+
+impl Job {
+    pub fn key(self) -> &'static str {
+        match self {
+            Job::Backup(t) => t.as_str(),
+            Job::Verify => "verify",
+        }
+    }
+}
+
+/// The schedule's configuration (agent flags).
+#[derive(Clone, Debug)]
+pub struct ScheduleConfig {
+    pub daily: Cron,
+    pub weekly: Cron,
+    pub monthly: Cron,
+    pub verify: Cron,
+    pub settings: Settings,
+}
+
+impl ScheduleConfig {
+    pub fn jobs(&self) -> [(Job, &Cron); 4] {
+        [
+            (Job::Backup(BackupType::Daily), &self.daily),
+            (Job::Backup(BackupType::Weekly), &self.weekly),
+            (Job::Backup(BackupType::Monthly), &self.monthly),
+            (Job::Verify, &self.verify),
+        ]
+    }
+}
+
+/// `schedule.json`: last run (start time) per job.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    #[serde(default)]
+    pub last_run: BTreeMap<String, DateTime<Utc>>,
+}
+
+pub fn state_path(layout: &Layout) -> PathBuf {
+    layout.agent_dir().join("schedule.json")
+}
+
+pub fn load_state(layout: &Layout) -> State {
+    let p = state_path(layout);
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::error!(path = %p.display(), %e, "the schedule state is corrupt; starting afresh (missed runs are not caught up)");
+            State::default()
+        }),
+        Err(_) => State::default(),
+    }
+}
+
+pub fn save_state(layout: &Layout, s: &State) -> anyhow::Result<()> {
+    let p = state_path(layout);
+    fsutil::ensure_dir(&layout.agent_dir(), 0o700)?;
+    fsutil::atomic_write(&p, &serde_json::to_vec_pretty(s)?, 0o600)
+        .with_context(|| format!("cannot write {}", p.display()))
+}
+
+/// The jobs due now, and the state with baselines for jobs never seen (pure).
+pub fn due_jobs<Z: TimeZone>(
+    cfg: &ScheduleConfig,
+    state: &mut State,
+    now: &DateTime<Z>,
+) -> Vec<Job> {
+    let mut out = Vec::new();
+    for (job, cron) in cfg.jobs() {
+        match state.last_run.get(job.key()) {
+            None => {
+                state
+                    .last_run
+                    .insert(job.key().to_string(), now.with_timezone(&Utc));
+            }
+            Some(last) => {
+                if due(cron, Some(*last), now) {
+                    out.push(job);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Run one job now.
+pub fn run_job(ctx: &Ctx, cfg: &ScheduleConfig, job: Job, cancel: &Arc<AtomicBool>) {
+    match job {
+        Job::Backup(kind) => {
+            let r = backup::run::run(
+                ctx,
+                &cfg.settings,
+                kind,
+                &backup::run::RunOptions {
+                    progress: None,
+                    cancel: Some(cancel.clone()),
+                    prune: true,
+                },
+            );
+            if r.ok() {
+                tracing::info!(summary = %r.summary(), "scheduled backup done");
+            } else {
+                tracing::error!(summary = %r.summary(), errors = ?r.errors, "scheduled backup FAILED");
+            }
+        }
+        Job::Verify => verify_newest(ctx, &cfg.settings),
+    }
+}
+
+/// The result of the scheduled verify drill.
+#[derive(Debug, Serialize)]
+struct LastVerify {
+    finished_at: DateTime<Utc>,
+    ok: bool,
+    dirs: Vec<String>,
+    failures: Vec<String>,
+}
+
+/// Verify the newest complete backup of each type; log and record the result.
+pub fn verify_newest(ctx: &Ctx, settings: &Settings) {
+    let mut rec = LastVerify {
+        finished_at: Utc::now(),
+        ok: true,
+        dirs: Vec::new(),
+        failures: Vec::new(),
+    };
+    for kind in BackupType::ALL {
+        let newest = match backup::catalog::list_type(settings, kind) {
+            Ok(list) => list.into_iter().rev().find(|e| e.complete),
+            Err(e) => {
+                rec.failures.push(format!("{e:#}"));
+                None
+            }
+        };
+        let Some(entry) = newest else { continue };
+        rec.dirs.push(entry.dir.display().to_string());
+        match backup::verify::verify_dir(&entry.dir, None) {
+            Ok(r) if r.ok() => {
+                tracing::info!(dir = %entry.dir.display(), files = r.files.len(), "scheduled verify: backup is sound")
+            }
+            Ok(r) => rec.failures.extend(r.failures()),
+            Err(e) => rec.failures.push(format!("{e:#}")),
+        }
+    }
+    rec.ok = rec.failures.is_empty();
+    rec.finished_at = Utc::now();
+    if !rec.ok {
+        tracing::error!(failures = ?rec.failures, "scheduled verify FAILED: a backup is damaged");
+    }
+    let p = ctx.layout.agent_dir().join("last-verify.json");
+    if let Ok(bytes) = serde_json::to_vec_pretty(&rec) {
+        if let Err(e) = fsutil::atomic_write(&p, &bytes, 0o644) {
+            tracing::error!(path = %p.display(), %e, "cannot record the verify result");
+        }
+    }
+}
+
+/// Run the schedule until `stop` is set: catch up missed jobs once, then sleep until the next due time.
+pub fn run_loop(ctx: Ctx, cfg: ScheduleConfig, stop: Arc<AtomicBool>) {
+    tracing::info!(
+        daily = %cfg.daily.source,
+        weekly = %cfg.weekly.source,
+        monthly = %cfg.monthly.source,
+        verify = %cfg.verify.source,
+        backup_root = %cfg.settings.backup_root.display(),
+        "backup schedule active"
+    );
+    while !stop.load(Ordering::SeqCst) {
+        if backup::quiesce::record_path(&ctx.layout).exists() {
+            if let Err(e) = backup::quiesce::restart_leftovers(&ctx) {
+                tracing::error!(error = %format!("{e:#}"), "cannot start the containers an interrupted backup stopped");
+            }
+        }
+        let mut state = load_state(&ctx.layout);
+        let now = Local::now();
+        let jobs = due_jobs(&cfg, &mut state, &now);
+        if let Err(e) = save_state(&ctx.layout, &state) {
+            tracing::error!(error = %format!("{e:#}"), "cannot save the schedule state");
+        }
+        for job in jobs {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let started = Utc::now();
+            tracing::info!(job = job.key(), "scheduled job starting");
+            run_job(&ctx, &cfg, job, &stop);
+            let mut state = load_state(&ctx.layout);
+            state.last_run.insert(job.key().to_string(), started);
+            if let Err(e) = save_state(&ctx.layout, &state) {
+                tracing::error!(error = %format!("{e:#}"), "cannot save the schedule state");
+            }
+        }
+        // Sleep until the next due time, waking every few seconds to notice a stop or a clock change.
+        let now = Local::now();
+        let next = cfg
+            .jobs()
+            .iter()
+            .filter_map(|(_, c)| c.next_due(&now))
+            .min();
+        let wait = next
+            .map(|n| (n - now).to_std().unwrap_or_default())
+            .unwrap_or(Duration::from_secs(3600));
+        let mut slept = Duration::ZERO;
+        while slept < wait && !stop.load(Ordering::SeqCst) {
+            let step = (wait - slept).min(Duration::from_secs(5));
+            std::thread::sleep(step);
+            slept += step;
+        }
+    }
+}
+
+/// Start the scheduler on its own thread.
+pub fn spawn(
+    ctx: Ctx,
+    cfg: ScheduleConfig,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("backup-schedule".into())
+        .spawn(move || run_loop(ctx, cfg, stop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn five_fields_are_required_and_bad_ones_named() {
+        assert!(parse_cron("0 2 * * *").is_ok());
+        assert!(parse_cron("0 0 2 * * *").unwrap_err().contains("5 fields"));
+        assert!(parse_cron("0 25 * * *").is_err());
+        assert!(parse_cron("0 2 * * 8").unwrap_err().contains("day of week"));
+    }
+
+    #[test]
+    fn day_of_week_uses_standard_numbering() {
+        assert_eq!(translate_dow("0").unwrap(), "1");
+        assert_eq!(translate_dow("7").unwrap(), "1");
+        assert_eq!(translate_dow("1-5").unwrap(), "2,3,4,5,6");
+        assert_eq!(translate_dow("5-7").unwrap(), "1,6,7");
+        assert_eq!(translate_dow("sat,sun").unwrap(), "1,7");
+        assert_eq!(translate_dow("*/2").unwrap(), "1,3,5,7");
+        // 2024-06-02 was a Sunday.
+        let weekly = parse_cron(DEFAULT_WEEKLY).unwrap();
+        let next = weekly.next_due(&t("2024-05-29T12:00:00Z")).unwrap();
+        assert_eq!(next, t("2024-06-02T03:00:00Z"));
+    }
+
+    #[test]
+    fn due_means_a_due_time_passed_since_the_last_run() {
+        let daily = parse_cron(DEFAULT_DAILY).unwrap();
+        // Ran at 02:00:01 today: not due again until tomorrow 02:00.
+        let last = Some(t("2024-05-30T02:00:01Z"));
+        assert!(!due(&daily, last, &t("2024-05-30T02:00:01Z")));
+        assert!(!due(&daily, last, &t("2024-05-31T01:59:59Z")));
+        assert!(due(&daily, last, &t("2024-05-31T02:00:00Z")));
+        assert!(due(&daily, last, &t("2024-05-31T09:30:00Z")));
+        // Never ran: not due (baseline).
+        assert!(!due(&daily, None, &t("2024-05-31T09:30:00Z")));
+        let monthly = parse_cron(DEFAULT_MONTHLY).unwrap();
+        assert_eq!(
+            monthly.latest_due(&t("2024-05-31T09:30:00Z")),
+            Some(t("2024-05-01T04:00:00Z"))
+        );
+        assert_eq!(
+            monthly.latest_due(&t("2024-05-01T04:00:00Z")),
+            Some(t("2024-05-01T04:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_run_missed_while_down_runs_once() {
+        let cfg = ScheduleConfig {
+            daily: parse_cron(DEFAULT_DAILY).unwrap(),
+            weekly: parse_cron(DEFAULT_WEEKLY).unwrap(),
+            monthly: parse_cron(DEFAULT_MONTHLY).unwrap(),
+            verify: parse_cron(DEFAULT_VERIFY).unwrap(),
+            settings: Settings::new("/nonexistent"),
+        };
+        let mut state = State::default();
+        // First start ever: baselines, nothing runs.
+        let start = t("2024-05-29T12:00:00Z");
+        assert!(due_jobs(&cfg, &mut state, &start).is_empty());
+        assert_eq!(state.last_run.len(), 4);
+        // Down from the 29th noon to the 3rd noon: missed 4 dailies, the weekly of
+        // Sunday the 2nd, the monthly of the 1st and the verify of the 2nd: each once.
+        let back = t("2024-06-03T12:00:00Z");
+        let jobs = due_jobs(&cfg, &mut state, &back);
+        assert_eq!(
+            jobs,
+            vec![
+                Job::Backup(BackupType::Daily),
+                Job::Backup(BackupType::Weekly),
+                Job::Backup(BackupType::Monthly),
+                Job::Verify
+            ]
+        );
+        for j in &jobs {
+            state.last_run.insert(j.key().into(), back);
+        }
+        assert!(due_jobs(&cfg, &mut state, &t("2024-06-03T12:05:00Z")).is_empty());
+        assert_eq!(
+            due_jobs(&cfg, &mut state, &t("2024-06-04T02:00:00Z")),
+            vec![Job::Backup(BackupType::Daily)]
+        );
+    }
+}

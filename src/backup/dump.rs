@@ -1,0 +1,404 @@
+//! Database dumps and restore hooks through the Docker API: `sh -c <command>` exec'd in a running container, its stdout gzipped into a file (or a file gunzipped into its stdin), its exit code checked.
+//!
+//! A dump whose command exits non-zero, whose exit code cannot be read, or
+//! which writes nothing on stdout is an error: never a silent empty dump.
+//! The command's stderr goes to the log (and its tail into the error).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::Docker;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// At most this much of a command's stderr is kept for the error message.
+const STDERR_TAIL: usize = 2048;
+
+/// What a dump produced.
+#[derive(Clone, Debug, Default)]
+pub struct DumpResult {
+    /// Size of the `.sql.gz` file.
+    pub size: u64,
+    /// sha256 of the `.sql.gz` file.
+    pub sha256: String,
+    /// Uncompressed bytes the command wrote.
+    pub bytes_in: u64,
+}
+
+/// Counts and hashes what goes through.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Keeps the last bytes of stderr and logs it line by line.
+#[derive(Default)]
+struct Stderr {
+    tail: Vec<u8>,
+    partial: Vec<u8>,
+}
+
+impl Stderr {
+    fn push(&mut self, who: &str, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+        if self.tail.len() > STDERR_TAIL {
+            let cut = self.tail.len() - STDERR_TAIL;
+            self.tail.drain(..cut);
+        }
+        self.partial.extend_from_slice(bytes);
+        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            tracing::info!(container = who, stderr = %String::from_utf8_lossy(&line).trim_end(), "command output");
+        }
+    }
+    fn finish(&mut self, who: &str) -> String {
+        if !self.partial.is_empty() {
+            tracing::info!(container = who, stderr = %String::from_utf8_lossy(&self.partial).trim_end(), "command output");
+            self.partial.clear();
+        }
+        let t = String::from_utf8_lossy(&self.tail).trim().to_string();
+        if t.is_empty() {
+            String::new()
+        } else {
+            format!("; its stderr ends with: {t}")
+        }
+    }
+}
+
+async fn create(
+    docker: &Docker,
+    container: &str,
+    command: &str,
+    stdin: bool,
+) -> Result<String, bollard::errors::Error> {
+    let exec = docker
+        .create_exec(
+            container,
+            CreateExecOptions {
+                attach_stdin: Some(stdin),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                tty: Some(false),
+                cmd: Some(vec!["sh", "-c", command]),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(exec.id)
+}
+
+/// Wait for the exec to be over and return its exit code (`None` if Docker does not say).
+async fn exit_code(docker: &Docker, exec: &str) -> Result<Option<i64>, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = docker
+            .inspect_exec(exec)
+            .await
+            .map_err(|e| format!("cannot read the exit code of the command ({e})"))?;
+        if info.running != Some(true) || Instant::now() >= deadline {
+            return Ok(info.exit_code);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Run the dump command of `who` (container id or name) and write its stdout gzipped to `dest` (via a temp name, fsynced).
+pub async fn dump_to_file(
+    docker: &Docker,
+    who: &str,
+    command: &str,
+    dest: &Path,
+) -> Result<DumpResult, String> {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dest.with_file_name(format!(".{name}.partial"));
+    let result = dump_inner(docker, who, command, &tmp).await;
+    match result {
+        Ok(r) => {
+            fs::rename(&tmp, dest).map_err(|e| {
+                format!("cannot move the dump into place as {}: {e}", dest.display())
+            })?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+async fn dump_inner(
+    docker: &Docker,
+    who: &str,
+    command: &str,
+    tmp: &Path,
+) -> Result<DumpResult, String> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(|e| {
+            format!(
+                "cannot create {}: {e}; check the backup root",
+                tmp.display()
+            )
+        })?;
+    let hashing = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let mut gz = GzEncoder::new(hashing, Compression::new(6));
+    let exec = create(docker, who, command, false)
+        .await
+        .map_err(|e| format!("cannot run the dump command in container {who}: {e}"))?;
+    let started = docker
+        .start_exec(
+            &exec,
+            Some(StartExecOptions {
+                detach: false,
+                tty: false,
+                output_capacity: Some(1 << 20),
+            }),
+        )
+        .await
+        .map_err(|e| format!("cannot start the dump command in container {who}: {e}"))?;
+    let StartExecResults::Attached { mut output, .. } = started else {
+        return Err(format!(
+            "the dump command in container {who} did not attach its output"
+        ));
+    };
+    let mut stderr = Stderr::default();
+    let mut bytes_in = 0u64;
+    let mut write_error = None;
+    while let Some(item) = output.next().await {
+        match item {
+            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                bytes_in += message.len() as u64;
+                if write_error.is_none() {
+                    if let Err(e) = gz.write_all(&message) {
+                        write_error = Some(e);
+                        break;
+                    }
+                }
+            }
+            Ok(LogOutput::StdErr { message }) => stderr.push(who, &message),
+            Ok(LogOutput::StdIn { .. }) => {}
+            Err(e) => {
+                return Err(format!(
+                    "reading the output of the dump command in container {who} failed: {e}{}",
+                    stderr.finish(who)
+                ))
+            }
+        }
+    }
+    let tail = stderr.finish(who);
+    if let Some(e) = write_error {
+        return Err(format!(
+            "cannot write the dump to {}: {e}; check free space where backups are written",
+            tmp.display()
+        ));
+    }
+    let code = exit_code(docker, &exec).await?;
+    match code {
+        Some(0) => {}
+        Some(c) => {
+            return Err(format!(
+                "the dump command `{command}` in container {who} exited with status {c}{tail}; fix the command or the database, the backup has no dump of it"
+            ))
+        }
+        None => {
+            return Err(format!(
+                "the dump command `{command}` in container {who} did not report an exit status{tail}; the dump cannot be trusted"
+            ))
+        }
+    }
+    if bytes_in == 0 {
+        return Err(format!(
+            "the dump command `{command}` in container {who} wrote nothing on stdout{tail}; an empty dump is refused"
+        ));
+    }
+    let hashing = gz
+        .finish()
+        .map_err(|e| format!("cannot finish {}: {e}", tmp.display()))?;
+    let HashingWriter {
+        inner,
+        hasher,
+        count,
+    } = hashing;
+    let file = inner
+        .into_inner()
+        .map_err(|e| format!("cannot write {}: {}", tmp.display(), e.error()))?;
+    file.sync_all()
+        .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
+    Ok(DumpResult {
+        size: count,
+        sha256: hex::encode(hasher.finalize()),
+        bytes_in,
+    })
+}
+
+/// Why a restore hook failed, and whether trying again may help.
+#[derive(Debug)]
+pub struct FeedError {
+    pub message: String,
+    /// The command could not run, or it failed (the database may be starting).
+    pub retry: bool,
+}
+
+/// Run `sh -c <command>` in container `who` with `input` on its stdin, close stdin, check the exit code.
+/// Returns the bytes fed.
+pub async fn feed_stdin<R: Read>(
+    docker: &Docker,
+    who: &str,
+    command: &str,
+    mut input: R,
+) -> Result<u64, FeedError> {
+    let retry = |message: String| FeedError {
+        message,
+        retry: true,
+    };
+    let exec = create(docker, who, command, true)
+        .await
+        .map_err(|e| retry(format!("cannot run `{command}` in container {who}: {e}")))?;
+    let started = docker
+        .start_exec(
+            &exec,
+            Some(StartExecOptions {
+                detach: false,
+                tty: false,
+                output_capacity: Some(64 << 10),
+            }),
+        )
+        .await
+        .map_err(|e| retry(format!("cannot start `{command}` in container {who}: {e}")))?;
+    let StartExecResults::Attached {
+        mut output,
+        input: mut stdin,
+    } = started
+    else {
+        return Err(retry(format!(
+            "`{command}` in container {who} did not attach its input"
+        )));
+    };
+    let write = async {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut total = 0u64;
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = stdin.shutdown().await;
+                    return Err(FeedError {
+                        message: format!("cannot read the dump: {e}; the backup file is damaged"),
+                        retry: false,
+                    });
+                }
+            };
+            if let Err(e) = stdin.write_all(&buf[..n]).await {
+                return Err(retry(format!(
+                    "`{command}` in container {who} stopped reading its input after {total} bytes ({e})"
+                )));
+            }
+            total += n as u64;
+        }
+        stdin
+            .shutdown()
+            .await
+            .map_err(|e| retry(format!("cannot close the input of `{command}`: {e}")))?;
+        Ok(total)
+    };
+    let read = async {
+        let mut err = Stderr::default();
+        while let Some(item) = output.next().await {
+            match item {
+                Ok(LogOutput::StdErr { message }) => err.push(who, &message),
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    tracing::debug!(container = who, stdout = %String::from_utf8_lossy(&message).trim_end(), "restore command output")
+                }
+                Ok(LogOutput::StdIn { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(container = who, %e, "reading the output of the restore command failed");
+                    break;
+                }
+            }
+        }
+        err.finish(who)
+    };
+    let (written, tail) = tokio::join!(write, read);
+    let code = exit_code(docker, &exec).await.map_err(retry)?;
+    match (code, written) {
+        (Some(0), Ok(n)) => Ok(n),
+        (Some(0), Err(e)) => Err(e),
+        (Some(c), _) => Err(retry(format!(
+            "`{command}` in container {who} exited with status {c}{tail}"
+        ))),
+        (None, _) => Err(retry(format!(
+            "`{command}` in container {who} did not report an exit status{tail}"
+        ))),
+    }
+}
+
+/// [`feed_stdin`] again until it succeeds or `within` has passed (a database that is still starting), opening the input afresh each time.
+pub async fn feed_with_retry<R: Read>(
+    docker: &Docker,
+    who: &str,
+    command: &str,
+    open: impl Fn() -> io::Result<R>,
+    within: Duration,
+) -> Result<u64, String> {
+    let deadline = Instant::now() + within;
+    let mut attempt = 1;
+    loop {
+        let input = open().map_err(|e| format!("cannot open the dump: {e}"))?;
+        match feed_stdin(docker, who, command, input).await {
+            Ok(n) => return Ok(n),
+            Err(e) if e.retry && Instant::now() + Duration::from_secs(3) < deadline => {
+                tracing::warn!(container = who, attempt, error = %e.message, "restore command failed; the database may be starting, trying again in 3 s");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{} (after {attempt} attempt(s)); check the container and the `allspark.restore.exec` label, then restore again",
+                    e.message
+                ))
+            }
+        }
+    }
+}
+
+/// Size and sha256 of a file (for checks).
+pub fn file_sum(path: &Path) -> io::Result<(u64, String)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let n = io::copy(&mut f, &mut h)?;
+    Ok((n, hex::encode(h.finalize())))
+}

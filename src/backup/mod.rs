@@ -1,0 +1,258 @@
+//! Scheduled backups (replacing the platform's cron `backup.sh` and `restore.sh`): settings, types and the pieces below.
+//!
+//! A backup is a directory `<backup-root>/<type>/<YYYYmmdd_HHMMSS>/` (local
+//! time, like the old script) holding
+//!
+//! * one `<volume>.tar.gz` per allspark volume whose `backup` priority is not
+//!   `none` and whose class is not `temporary` (unless asked), highest
+//!   priority first: a full, standard archive (`tar xzf` reads it);
+//! * one `<name>.sql.gz` per database dump: the stdout of the command in the
+//!   label `allspark.backup.dump=<command>` of a running container, gzipped;
+//! * `manifest.json`, written last and atomically ([`manifest`]). A
+//!   directory without it is an incomplete backup (a crash, a run still going).
+//!
+//! Modules: [`run`] (one backup), [`dump`] (Docker exec of dump and restore
+//! commands), [`quiesce`] (containers stopped for a backup and always started
+//! again), [`catalog`] (listing), [`retention`] (pruning by calendar age),
+//! [`verify`] (checksums and test extraction) and [`restore`].
+//!
+//! Container labels:
+//!
+//! | label | meaning |
+//! |---|---|
+//! | `allspark.backup.dump=<command>` | `sh -c <command>` is exec'd in the running container; its stdout is the dump |
+//! | `allspark.backup.name=<name>` | the dump's file name (`<name>.sql.gz`); default the container name |
+//! | `allspark.backup.stop=true` | stopped while the backup runs, always started again |
+//! | `allspark.restore.exec=<command>` | `sh -c <command>` gets the gunzipped dump of the same name on stdin at restore |
+
+pub mod catalog;
+pub mod dump;
+pub mod manifest;
+pub mod quiesce;
+pub mod restore;
+pub mod retention;
+pub mod run;
+pub mod verify;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::NaiveDateTime;
+use serde::{Deserialize, Serialize};
+
+pub use manifest::{BackupManifest, FileEntry, FileKind, Outcome};
+
+/// Label: the dump command of a database container.
+pub const LABEL_DUMP: &str = "allspark.backup.dump";
+/// Label: the name of the dump (file `<name>.sql.gz`).
+pub const LABEL_NAME: &str = "allspark.backup.name";
+/// Label: stop this container while a backup runs.
+pub const LABEL_STOP: &str = "allspark.backup.stop";
+/// Label: the command that reads a dump on stdin at restore.
+pub const LABEL_RESTORE: &str = "allspark.restore.exec";
+
+/// Format of a backup directory's name (local time).
+pub const DIR_FORMAT: &str = "%Y%m%d_%H%M%S";
+
+/// The three kinds of scheduled backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    Daily,
+    Weekly,
+    Monthly,
+}
+
+impl BackupType {
+    pub const ALL: [BackupType; 3] = [BackupType::Daily, BackupType::Weekly, BackupType::Monthly];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupType::Daily => "daily",
+            BackupType::Weekly => "weekly",
+            BackupType::Monthly => "monthly",
+        }
+    }
+}
+
+impl fmt::Display for BackupType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackupType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "daily" => Ok(BackupType::Daily),
+            "weekly" => Ok(BackupType::Weekly),
+            "monthly" => Ok(BackupType::Monthly),
+            _ => Err(format!(
+                "unknown backup type {s:?}; accepted: daily, weekly, monthly"
+            )),
+        }
+    }
+}
+
+/// How many calendar days backups of each type are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepDays {
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+}
+
+impl Default for KeepDays {
+    fn default() -> Self {
+        KeepDays {
+            daily: 7,
+            weekly: 30,
+            monthly: 365,
+        }
+    }
+}
+
+impl KeepDays {
+    pub fn of(&self, kind: BackupType) -> u32 {
+        match kind {
+            BackupType::Daily => self.daily,
+            BackupType::Weekly => self.weekly,
+            BackupType::Monthly => self.monthly,
+        }
+    }
+}
+
+/// Restrict which containers take part (dumps, stops, restore hooks) to those carrying `key=value`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelFilter {
+    pub key: String,
+    pub value: String,
+}
+
+impl FromStr for LabelFilter {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok(LabelFilter {
+                key: k.to_string(),
+                value: v.to_string(),
+            }),
+            _ => Err(format!(
+                "invalid container label filter {s:?}; write KEY=VALUE, e.g. com.docker.compose.project=allspark"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for LabelFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+
+/// Settings shared by run, prune, ls, verify and restore.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `<backup-root>` (`--backup-root` / `ALLSPARK_BACKUP_ROOT`).
+    pub backup_root: PathBuf,
+    pub keep: KeepDays,
+    /// Back up `class=temporary` volumes too.
+    pub include_temporary: bool,
+    /// Only containers with this label take part.
+    pub container_label: Option<LabelFilter>,
+}
+
+impl Settings {
+    pub fn new(backup_root: impl Into<PathBuf>) -> Settings {
+        Settings {
+            backup_root: backup_root.into(),
+            keep: KeepDays::default(),
+            include_temporary: false,
+            container_label: None,
+        }
+    }
+
+    /// `<backup-root>/<type>`.
+    pub fn type_dir(&self, kind: BackupType) -> PathBuf {
+        self.backup_root.join(kind.as_str())
+    }
+}
+
+/// The time encoded in a backup directory's name, if it is one.
+pub fn parse_dir_name(name: &str) -> Option<NaiveDateTime> {
+    if name.len() != 15 {
+        return None;
+    }
+    NaiveDateTime::parse_from_str(name, DIR_FORMAT).ok()
+}
+
+/// The name of a backup directory for a (local) time.
+pub fn dir_name(t: NaiveDateTime) -> String {
+    t.format(DIR_FORMAT).to_string()
+}
+
+/// The `manifest.json` of a backup directory.
+pub fn manifest_path(dir: &Path) -> PathBuf {
+    dir.join(manifest::MANIFEST)
+}
+
+/// Where the last run of `kind` is recorded for metrics.
+pub fn last_backup_path(layout: &crate::config::Layout, kind: BackupType) -> PathBuf {
+    layout.agent_dir().join(format!("last-backup-{kind}.json"))
+}
+
+/// Lock serialising backups and restores on one state root (`<root>/state/agent/backup.lock`).
+pub fn lock_path(layout: &crate::config::Layout) -> PathBuf {
+    layout.agent_dir().join("backup.lock")
+}
+
+/// Take the backup lock, waiting (and saying so) when another backup or restore holds it.
+pub fn take_lock(layout: &crate::config::Layout) -> anyhow::Result<crate::fsutil::FileLock> {
+    use crate::fsutil::{ensure_dir, FileLock, LockKind};
+    use anyhow::Context;
+    let dir = layout.agent_dir();
+    ensure_dir(&dir, 0o700)
+        .with_context(|| format!("cannot create {}; check --root", dir.display()))?;
+    let path = lock_path(layout);
+    if let Some(l) = FileLock::try_acquire(&path, LockKind::Exclusive)
+        .with_context(|| format!("cannot open {}", path.display()))?
+    {
+        return Ok(l);
+    }
+    tracing::warn!(lock = %path.display(), "another backup or restore is running; waiting for it to finish");
+    FileLock::acquire(&path, LockKind::Exclusive)
+        .with_context(|| format!("cannot take {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_names_roundtrip_and_junk_is_ignored() {
+        let t = NaiveDateTime::parse_from_str("20240131_020003", DIR_FORMAT).unwrap();
+        assert_eq!(dir_name(t), "20240131_020003");
+        assert_eq!(parse_dir_name("20240131_020003"), Some(t));
+        for junk in [
+            ".verify-1",
+            "20240131",
+            "20241331_020003",
+            "x20240131_02000",
+            "",
+        ] {
+            assert_eq!(parse_dir_name(junk), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn types_and_filters_parse() {
+        assert_eq!("weekly".parse::<BackupType>(), Ok(BackupType::Weekly));
+        assert!("hourly".parse::<BackupType>().is_err());
+        let f: LabelFilter = "a.b=c=d".parse().unwrap();
+        assert_eq!((f.key.as_str(), f.value.as_str()), ("a.b", "c=d"));
+        assert!("=x".parse::<LabelFilter>().is_err());
+        assert!("nolabel".parse::<LabelFilter>().is_err());
+    }
+}

@@ -1,0 +1,525 @@
+//! Restoring a backup directory: checksums first, stop the containers using the volumes (and always start them again), each volume through a staging directory and an atomic swap, then each dump into its labelled restore command.
+//!
+//! Volumes are restored with the snapshot restore's pieces
+//! ([`staging_dir`], [`archive::extract`], [`swap_in`]): the old content is
+//! only deleted after the swap, and a failure leaves the volume untouched.
+//! A volume still mounted after its containers were stopped is refused.
+//!
+//! A dump `<name>.sql.gz` goes, gunzipped, into the stdin of
+//! `sh -c <command>` in the running container labelled
+//! `allspark.restore.exec=<command>` whose dump name (label
+//! `allspark.backup.name`, else the container name) is `<name>`. The command
+//! is tried again for about 30 s when it fails (the database may still be
+//! starting after its container was restarted): make it safe to repeat (e.g.
+//! `psql -v ON_ERROR_STOP=1`, a dump made with `--clean`).
+
+use std::fs::{self, File};
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bollard::Docker;
+use flate2::read::MultiGzDecoder;
+use serde::Serialize;
+
+use super::manifest::{self, BackupManifest, FileKind};
+use super::quiesce::StopGuard;
+use super::run::{dump_name, running_containers, ItemProgress};
+use super::{verify, Settings, LABEL_RESTORE};
+use crate::archive::{self, ExtractOptions};
+use crate::docker::ContainerInfo;
+use crate::fsutil::{FileLock, LockKind};
+use crate::snapshot::ops::Ctx;
+use crate::snapshot::restore::{staging_dir, swap_in};
+use crate::snapshot::Counting;
+use crate::store::Store;
+
+/// How long a restore command is retried while the database starts.
+pub const DUMP_RETRY_WINDOW: Duration = Duration::from_secs(30);
+/// How long a volume may stay mounted after its containers were stopped (Docker unmounts asynchronously).
+const UNMOUNT_WAIT: Duration = Duration::from_secs(15);
+
+/// What to restore from a backup directory.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreRequest {
+    pub dir: PathBuf,
+    /// Only these volumes (and no dump unless `databases` names some).
+    pub volumes: Vec<String>,
+    /// Only these dumps (and no volume unless `volumes` names some).
+    pub databases: Vec<String>,
+}
+
+/// A volume to restore.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedVolume {
+    pub name: String,
+    pub file: String,
+    /// Its data directory (`None`: no such allspark volume here).
+    pub target: Option<PathBuf>,
+}
+
+/// A dump to restore.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedDump {
+    pub name: String,
+    pub file: String,
+    /// The container whose restore command reads it.
+    pub container: Option<String>,
+    #[serde(skip)]
+    pub container_id: Option<String>,
+    pub command: Option<String>,
+}
+
+/// Everything a restore would do.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestorePlan {
+    pub dir: PathBuf,
+    #[serde(skip)]
+    pub manifest: BackupManifest,
+    pub volumes: Vec<PlannedVolume>,
+    pub dumps: Vec<PlannedDump>,
+    /// Running containers that use the volumes: stopped, then started again.
+    pub to_stop: Vec<String>,
+    #[serde(skip)]
+    pub to_stop_info: Vec<ContainerInfo>,
+    /// Things that will fail as it stands, one sentence each.
+    pub problems: Vec<String>,
+}
+
+impl RestorePlan {
+    /// What will be overwritten, for the confirmation message.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "restoring {} (taken {}, outcome {}) will:\n",
+            self.dir.display(),
+            self.manifest
+                .timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.manifest.outcome_str()
+        );
+        if !self.to_stop.is_empty() {
+            s += &format!(
+                "  stop these running containers, and start them again afterwards: {}\n",
+                self.to_stop.join(", ")
+            );
+        }
+        for v in &self.volumes {
+            match &v.target {
+                Some(t) => {
+                    s += &format!(
+                        "  REPLACE the whole content of volume {} ({}) with {}\n",
+                        v.name,
+                        t.display(),
+                        v.file
+                    )
+                }
+                None => s += &format!("  (volume {} does not exist here)\n", v.name),
+            }
+        }
+        for d in &self.dumps {
+            match (&d.container, &d.command) {
+                (Some(c), Some(cmd)) => {
+                    s += &format!(
+                    "  feed {} into `{cmd}` in container {c} (overwrites that database's data)\n",
+                    d.file
+                )
+                }
+                _ => s += &format!("  (no restore container for {})\n", d.file),
+            }
+        }
+        for p in &self.problems {
+            s += &format!("  problem: {p}\n");
+        }
+        s
+    }
+}
+
+/// Work out what restoring `req` means now (nothing is changed).
+pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Result<RestorePlan> {
+    let m = manifest::read_required(&req.dir)?;
+    if m.files.is_empty() && m.outcome.is_none() {
+        bail!(
+            "{} was made by the old backup script (no checksums, old file names): restore it with tar as before, or take a new backup with `allspark backup run`",
+            req.dir.display()
+        );
+    }
+    let all = req.volumes.is_empty() && req.databases.is_empty();
+    let in_backup = |kind: FileKind| -> Vec<String> {
+        m.files
+            .iter()
+            .filter(|f| f.kind == kind)
+            .map(|f| f.source.clone())
+            .collect()
+    };
+    for (asked, kind, what) in [
+        (&req.volumes, FileKind::Volume, "volume"),
+        (&req.databases, FileKind::Database, "dump"),
+    ] {
+        let have = in_backup(kind);
+        for a in asked {
+            if !have.contains(a) {
+                bail!(
+                    "{what} {a} is not in {} (it has: {}); see its manifest.json",
+                    req.dir.display(),
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(", ")
+                    }
+                );
+            }
+        }
+    }
+    let store = Store::new(ctx.layout.clone());
+    let mut problems = Vec::new();
+    let mut volumes = Vec::new();
+    for f in m.files.iter().filter(|f| f.kind == FileKind::Volume) {
+        if !(all || req.volumes.contains(&f.source)) {
+            continue;
+        }
+        let target = match store.load(&f.source) {
+            Ok(Some(rec)) => Some(rec.data.local_path(&ctx.layout, &ctx.view)),
+            Ok(None) => {
+                let opts: Vec<String> = f
+                    .options
+                    .iter()
+                    .map(|(k, v)| format!("-o {k}={v}"))
+                    .collect();
+                problems.push(format!(
+                    "volume {} does not exist here; create it first (`docker volume create -d allspark {}{}{}`) and restore again",
+                    f.source,
+                    opts.join(" "),
+                    if opts.is_empty() { "" } else { " " },
+                    f.source
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("volume {}: {e}", f.source));
+                None
+            }
+        };
+        volumes.push(PlannedVolume {
+            name: f.source.clone(),
+            file: f.name.clone(),
+            target,
+        });
+    }
+    let mut dumps: Vec<PlannedDump> = m
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::Database)
+        .filter(|f| all || req.databases.contains(&f.source))
+        .map(|f| PlannedDump {
+            name: f.source.clone(),
+            file: f.name.clone(),
+            container: None,
+            container_id: None,
+            command: None,
+        })
+        .collect();
+
+    let mut to_stop: Vec<ContainerInfo> = Vec::new();
+    let docker_result = crate::docker::block_on(async {
+        let docker = crate::docker::connect(&ctx.docker_url).await?;
+        let mut users = Vec::new();
+        for v in volumes.iter().filter(|v| v.target.is_some()) {
+            users.extend(
+                crate::docker::containers(&docker, Some(&v.name))
+                    .await?
+                    .into_iter()
+                    .filter(|c| c.running),
+            );
+        }
+        let running = running_containers(&docker, settings.container_label.as_ref()).await?;
+        anyhow::Ok((users, running))
+    })
+    .and_then(|r| r);
+    match docker_result {
+        Ok((users, running)) => {
+            for u in users {
+                if !to_stop.iter().any(|c| c.id == u.id) {
+                    to_stop.push(u);
+                }
+            }
+            for d in &mut dumps {
+                let hooks: Vec<&ContainerInfo> = running
+                    .iter()
+                    .filter(|c| {
+                        c.labels
+                            .get(LABEL_RESTORE)
+                            .is_some_and(|v| !v.trim().is_empty())
+                    })
+                    .filter(|c| dump_name(c) == d.name)
+                    .collect();
+                match hooks.as_slice() {
+                    [c] => {
+                        d.container = Some(c.name.clone());
+                        d.container_id = Some(c.id.clone());
+                        d.command = c.labels.get(LABEL_RESTORE).cloned();
+                    }
+                    [] => problems.push(format!(
+                        "no running container is labelled {LABEL_RESTORE}=<command> with dump name {} (its allspark.backup.name label, or its name); start the database container with that label and restore again",
+                        d.name
+                    )),
+                    many => problems.push(format!(
+                        "several running containers ({}) take dump {} with {LABEL_RESTORE}; keep one",
+                        many.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
+                        d.name
+                    )),
+                }
+            }
+        }
+        Err(e) => {
+            if !dumps.is_empty() {
+                problems.push(format!(
+                    "{e:#}: the dumps cannot be restored without Docker; start dockerd or fix --docker"
+                ));
+            }
+            if !volumes.is_empty() {
+                tracing::warn!(error = %format!("{e:#}"), "Docker is unreachable: containers using the volumes cannot be stopped; mounted volumes will be refused");
+            }
+        }
+    }
+    to_stop.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(RestorePlan {
+        dir: req.dir.clone(),
+        to_stop: to_stop.iter().map(|c| c.name.clone()).collect(),
+        to_stop_info: to_stop,
+        manifest: m,
+        volumes,
+        dumps,
+        problems,
+    })
+}
+
+/// The result of one item.
+#[derive(Clone, Debug, Serialize)]
+pub struct ItemResult {
+    /// `volume`, `database`, `container`.
+    pub kind: String,
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What [`execute`] did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RestoreReport {
+    pub items: Vec<ItemResult>,
+}
+
+impl RestoreReport {
+    pub fn ok(&self) -> bool {
+        self.items.iter().all(|i| i.ok)
+    }
+    fn push(&mut self, kind: &str, name: &str, r: Result<String, String>) {
+        let (ok, detail) = match r {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        if ok {
+            tracing::info!(kind, name, %detail, "restored");
+        } else {
+            tracing::error!(kind, name, %detail, "restore failed");
+        }
+        self.items.push(ItemResult {
+            kind: kind.into(),
+            name: name.into(),
+            ok,
+            detail,
+        });
+    }
+}
+
+/// Carry out a plan. `Err` when nothing was touched (bad checksums, lock);
+/// otherwise every item has its own result in the report.
+pub fn execute(
+    ctx: &Ctx,
+    plan: &RestorePlan,
+    progress: Option<ItemProgress>,
+) -> anyhow::Result<RestoreReport> {
+    let _lock = super::take_lock(&ctx.layout)?;
+    let selected: Vec<&str> = plan
+        .volumes
+        .iter()
+        .map(|v| v.file.as_str())
+        .chain(plan.dumps.iter().map(|d| d.file.as_str()))
+        .collect();
+    if let Err(errors) = verify::check_checksums(&plan.dir, &plan.manifest, |f| {
+        selected.contains(&f.name.as_str())
+    }) {
+        bail!(
+            "refusing to restore, nothing was changed: {}",
+            errors.join("; ")
+        );
+    }
+    let mut report = RestoreReport::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    let docker: Option<Docker> = rt
+        .block_on(crate::docker::connect(&ctx.docker_url))
+        .map_err(|e| tracing::warn!(error = %format!("{e:#}"), "Docker is unreachable"))
+        .ok();
+
+    {
+        let mut guard = docker.as_ref().map(|d| {
+            StopGuard::new(
+                &ctx.layout,
+                &rt,
+                d,
+                &format!("restore {}", plan.dir.display()),
+            )
+        });
+        if let Some(g) = guard.as_mut() {
+            if !plan.to_stop_info.is_empty() {
+                match g.record(&plan.to_stop_info) {
+                    Ok(()) => {
+                        for c in &plan.to_stop_info {
+                            if let Err(e) = g.stop(c) {
+                                report.push("container", &c.name, Err(e));
+                            }
+                        }
+                    }
+                    Err(e) => report.push(
+                        "container",
+                        &plan.to_stop.join(","),
+                        Err(format!("{e:#}; no container was stopped")),
+                    ),
+                }
+            }
+        }
+        for v in &plan.volumes {
+            let r = match &v.target {
+                Some(target) => restore_volume(ctx, &plan.dir, v, target, progress.as_ref()),
+                None => Err(format!(
+                    "volume {} does not exist here; create it and restore again",
+                    v.name
+                )),
+            };
+            report.push("volume", &v.name, r);
+        }
+        if let Some(mut g) = guard {
+            for e in g.restart_all() {
+                report.push("container", "", Err(e));
+            }
+        }
+    }
+
+    for d in &plan.dumps {
+        let r = match (&docker, &d.container_id, &d.command) {
+            (Some(docker), Some(id), Some(cmd)) => {
+                let path = plan.dir.join(&d.file);
+                let item = format!("restore {}", d.name);
+                if let Some(p) = &progress {
+                    p(&item, Some(0));
+                }
+                let open = || {
+                    File::open(&path)
+                        .map(|f| MultiGzDecoder::new(BufReader::with_capacity(1 << 20, f)))
+                };
+                let r = rt
+                    .block_on(super::dump::feed_with_retry(
+                        docker,
+                        id,
+                        cmd,
+                        open,
+                        DUMP_RETRY_WINDOW,
+                    ))
+                    .map(|n| {
+                        format!(
+                            "{n} bytes of SQL fed to `{cmd}` in container {}",
+                            d.container.as_deref().unwrap_or("?")
+                        )
+                    });
+                if let Some(p) = &progress {
+                    p(&item, None);
+                }
+                r
+            }
+            (None, _, _) => Err("Docker is unreachable; start dockerd and restore the dump again with --database".into()),
+            _ => Err(format!(
+                "no running container labelled {LABEL_RESTORE} takes dump {}; start it and restore again with --database {}",
+                d.name, d.name
+            )),
+        };
+        report.push("database", &d.name, r);
+    }
+    Ok(report)
+}
+
+/// Wait (bounded) until no container mounts the volume; the error says what to do.
+fn wait_unmounted(store: &Store, name: &str) -> Result<(), String> {
+    let deadline = Instant::now() + UNMOUNT_WAIT;
+    loop {
+        let count = {
+            let _l = store.lock(name).map_err(|e| e.to_string())?;
+            store
+                .load(name)
+                .map_err(|e| e.to_string())?
+                .map(|r| r.mount_count())
+                .unwrap_or(0)
+        };
+        if count == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "volume {name} is still mounted by {count} container(s); stop every container using it (`docker ps --filter volume={name}`) and restore again — nothing was changed"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Restore one volume: extract into a staging directory next to its data, swap it in, delete the old content.
+fn restore_volume(
+    ctx: &Ctx,
+    dir: &Path,
+    v: &PlannedVolume,
+    target: &Path,
+    progress: Option<&ItemProgress>,
+) -> Result<String, String> {
+    let store = Store::new(ctx.layout.clone());
+    let lock_path = ctx.layout.snapshot_lock(&v.name);
+    let _snap = FileLock::acquire(&lock_path, LockKind::Exclusive)
+        .map_err(|e| format!("cannot take {}: {e}", lock_path.display()))?;
+    wait_unmounted(&store, &v.name)?;
+    let path = dir.join(&v.file);
+    let f = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let staging = staging_dir(target).map_err(|e| e.to_string())?;
+    let item = format!("restore {}", v.name);
+    let tick = |n: u64| {
+        if let Some(p) = progress {
+            p(&item, Some(n))
+        }
+    };
+    let result = archive::extract(
+        BufReader::with_capacity(1 << 20, Counting::new(f, Some(&tick))),
+        &staging,
+        &ExtractOptions::default(),
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
+    .and_then(|r| {
+        swap_in(&staging, target).map_err(|e| e.to_string())?;
+        Ok(r)
+    });
+    if let Some(p) = progress {
+        p(&item, None);
+    }
+    if let Err(e) = fs::remove_dir_all(&staging) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %staging.display(), %e, "cannot delete the old content after the restore");
+        }
+    }
+    let r = result?;
+    Ok(format!(
+        "{} entries, {} bytes restored into {}",
+        r.entries,
+        r.bytes,
+        target.display()
+    ))
+}

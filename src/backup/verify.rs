@@ -1,0 +1,247 @@
+//! Verifying a backup directory (the monthly restore drill, automated): sizes and sha256 against the manifest, a real test extraction of every archive, a full read of every dump.
+//!
+//! Archives are extracted into a scratch directory next to the backup's type
+//! directory (`<backup-root>/<type>/.verify-XXXX`, same filesystem as the
+//! backups, hidden from listing and retention), one at a time, deleted after
+//! each. A manifest of the old script has no checksums: its `*.tar.gz` and
+//! `*.sql.gz` files are only test-read.
+
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+
+use flate2::read::MultiGzDecoder;
+use serde::Serialize;
+
+use super::manifest::{self, BackupManifest, FileEntry, FileKind};
+use super::run::ItemProgress;
+use crate::archive::{self, ExtractOptions};
+use crate::snapshot::Counting;
+
+/// The result of one file.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileCheck {
+    pub name: String,
+    pub ok: bool,
+    /// What was found (entries and bytes), or what is wrong.
+    pub detail: String,
+}
+
+/// What [`verify_dir`] found.
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub dir: PathBuf,
+    pub files: Vec<FileCheck>,
+    /// Not failures: the run that made the backup failed, files not in the manifest, …
+    pub warnings: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.files.iter().all(|f| f.ok)
+    }
+    /// The failures, one sentence each, naming the file.
+    pub fn failures(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| {
+                let path = self.dir.join(&f.name).display().to_string();
+                if f.detail.starts_with(&path) {
+                    f.detail.clone()
+                } else {
+                    format!("{path}: {}", f.detail)
+                }
+            })
+            .collect()
+    }
+}
+
+/// A manifest file name must be a plain name inside the directory.
+fn safe_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && name != "." && name != ".." && !name.contains('\0')
+}
+
+/// Check size and sha256 of one file of the manifest; the error names the file.
+pub fn check_file(dir: &Path, f: &FileEntry) -> Result<(), String> {
+    if !safe_name(&f.name) {
+        return Err(format!(
+            "the manifest names the file {:?}, which is not a plain file name; the manifest was tampered with",
+            f.name
+        ));
+    }
+    let path = dir.join(&f.name);
+    let (size, sum) = super::dump::file_sum(&path).map_err(|e| {
+        format!(
+            "{}: cannot be read ({e}); the backup is damaged, use another one",
+            path.display()
+        )
+    })?;
+    if size != f.size {
+        return Err(format!(
+            "{}: {size} bytes, the manifest says {}; the file is damaged (truncated?), use another backup",
+            path.display(),
+            f.size
+        ));
+    }
+    if sum != f.sha256 {
+        return Err(format!(
+            "{}: sha256 {sum} does not match the manifest ({}); the file is damaged, use another backup",
+            path.display(),
+            f.sha256
+        ));
+    }
+    Ok(())
+}
+
+/// Check every file of `m` that `wanted` selects; all failures, each naming its file.
+pub fn check_checksums(
+    dir: &Path,
+    m: &BackupManifest,
+    wanted: impl Fn(&FileEntry) -> bool,
+) -> Result<(), Vec<String>> {
+    let errors: Vec<String> = m
+        .files
+        .iter()
+        .filter(|f| wanted(f))
+        .filter_map(|f| check_file(dir, f).err())
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// A scratch directory for test extractions, on the backups' filesystem when possible.
+fn scratch(dir: &Path) -> io::Result<tempfile::TempDir> {
+    let near = dir.parent().unwrap_or(dir);
+    tempfile::Builder::new()
+        .prefix(".verify-")
+        .tempdir_in(near)
+        .or_else(|_| {
+            tempfile::Builder::new()
+                .prefix("allspark-verify-")
+                .tempdir()
+        })
+}
+
+/// Test-extract one archive into a fresh scratch directory (deleted afterwards).
+fn test_extract(
+    dir: &Path,
+    name: &str,
+    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+) -> Result<String, String> {
+    let path = dir.join(name);
+    let f = File::open(&path).map_err(|e| format!("cannot open it: {e}"))?;
+    let tmp = scratch(dir).map_err(|e| {
+        format!("cannot create a scratch directory to test-extract it ({e}); free some space")
+    })?;
+    let opts = ExtractOptions {
+        preserve_ownership: nix::unistd::geteuid().is_root(),
+        ..Default::default()
+    };
+    let r = archive::extract(
+        BufReader::with_capacity(1 << 20, Counting::new(f, progress)),
+        &tmp.path().join("data"),
+        &opts,
+    )
+    .map_err(|e| format!("test extraction failed: {e}"))?;
+    Ok(format!(
+        "{} entries, {} bytes extracted",
+        r.entries, r.bytes
+    ))
+}
+
+/// Read a gzip file to the end (checks every member's CRC).
+fn test_gunzip(path: &Path) -> Result<String, String> {
+    let f = File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    let mut d = MultiGzDecoder::new(BufReader::with_capacity(1 << 20, f));
+    let n = io::copy(&mut d, &mut io::sink())
+        .map_err(|e| format!("the gzip data is damaged ({e}); use another backup"))?;
+    if n == 0 {
+        return Err("the dump is empty".into());
+    }
+    Ok(format!("{n} bytes of SQL read"))
+}
+
+/// Verify backup directory `dir`. `Err` only when it is not a complete backup.
+pub fn verify_dir(dir: &Path, progress: Option<ItemProgress>) -> anyhow::Result<VerifyReport> {
+    let m = manifest::read_required(dir)?;
+    let mut report = VerifyReport {
+        dir: dir.to_path_buf(),
+        files: Vec::new(),
+        warnings: Vec::new(),
+    };
+    if m.outcome == Some(manifest::Outcome::Failed) {
+        report.warnings.push(format!(
+            "the run that made this backup failed ({}); only the files it lists are checked",
+            m.errors.join("; ")
+        ));
+    }
+    let legacy = m.files.is_empty() && m.outcome.is_none();
+    let entries: Vec<(String, Option<&FileEntry>)> = if legacy {
+        report.warnings.push(
+            "the manifest has no checksums (made by the old backup script): files are only test-read"
+                .into(),
+        );
+        let mut names: Vec<String> = std::fs::read_dir(dir)?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !n.starts_with('.') && (n.ends_with(".tar.gz") || n.ends_with(".sql.gz")))
+            .collect();
+        names.sort();
+        names.into_iter().map(|n| (n, None)).collect()
+    } else {
+        m.files.iter().map(|f| (f.name.clone(), Some(f))).collect()
+    };
+    for (name, entry) in entries {
+        let item = format!("verify {name}");
+        let result = (|| {
+            if let Some(f) = entry {
+                check_file(dir, f)?;
+            }
+            if !safe_name(&name) {
+                return Err(format!("{name:?} is not a plain file name"));
+            }
+            let is_volume = match entry {
+                Some(f) => f.kind == FileKind::Volume,
+                None => name.ends_with(".tar.gz"),
+            };
+            if is_volume {
+                let p = progress.clone();
+                let it = item.clone();
+                let tick = move |n: u64| {
+                    if let Some(p) = &p {
+                        p(&it, Some(n))
+                    }
+                };
+                test_extract(dir, &name, Some(&tick))
+            } else {
+                test_gunzip(&dir.join(&name))
+            }
+        })();
+        if let Some(p) = &progress {
+            p(&item, None);
+        }
+        let check = match result {
+            Ok(detail) => FileCheck {
+                name,
+                ok: true,
+                detail,
+            },
+            Err(detail) => FileCheck {
+                name,
+                ok: false,
+                detail,
+            },
+        };
+        if check.ok {
+            tracing::info!(file = %check.name, detail = %check.detail, "verified");
+        } else {
+            tracing::error!(file = %check.name, detail = %check.detail, "verification failed");
+        }
+        report.files.push(check);
+    }
+    Ok(report)
+}

@@ -1,0 +1,323 @@
+//! `allspark backup run|ls|verify|restore|prune`: flags and output of the backup commands.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::bail;
+use chrono::Local;
+use clap::{Args, Subcommand};
+use indicatif::ProgressBar;
+
+use super::progress::bytes_bar;
+use crate::backup::restore::{self, RestoreRequest};
+use crate::backup::run::{self, ItemProgress, RunOptions};
+use crate::backup::{catalog, retention, verify, BackupType, KeepDays, LabelFilter, Settings};
+use crate::config::DEFAULT_BACKUP_ROOT;
+use crate::snapshot::ops::Ctx;
+
+/// Retention and container selection, shared with `allspark agent`.
+#[derive(Args, Debug, Clone)]
+pub struct PolicyArgs {
+    /// Keep daily backups this many calendar days.
+    #[arg(long, env = "ALLSPARK_KEEP_DAILY_DAYS", default_value_t = 7)]
+    pub keep_daily_days: u32,
+    /// Keep weekly backups this many calendar days.
+    #[arg(long, env = "ALLSPARK_KEEP_WEEKLY_DAYS", default_value_t = 30)]
+    pub keep_weekly_days: u32,
+    /// Keep monthly backups this many calendar days.
+    #[arg(long, env = "ALLSPARK_KEEP_MONTHLY_DAYS", default_value_t = 365)]
+    pub keep_monthly_days: u32,
+    /// Only containers carrying this label (KEY=VALUE) are dumped, stopped or used as restore hooks.
+    #[arg(long, env = "ALLSPARK_BACKUP_CONTAINER_LABEL")]
+    pub container_label: Option<LabelFilter>,
+}
+
+impl PolicyArgs {
+    /// The backup settings for `backup_root`.
+    pub fn settings(&self, backup_root: &std::path::Path, include_temporary: bool) -> Settings {
+        Settings {
+            backup_root: backup_root.to_path_buf(),
+            keep: KeepDays {
+                daily: self.keep_daily_days,
+                weekly: self.keep_weekly_days,
+                monthly: self.keep_monthly_days,
+            },
+            include_temporary,
+            container_label: self.container_label.clone(),
+        }
+    }
+}
+
+/// Where backups live.
+#[derive(Args, Debug, Clone)]
+pub struct RootArg {
+    /// Backup root: `<root>/<type>/<YYYYmmdd_HHMMSS>/`.
+    #[arg(long, env = "ALLSPARK_BACKUP_ROOT", default_value = DEFAULT_BACKUP_ROOT)]
+    pub backup_root: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Back up now: dumps, volumes (highest priority first), manifest, then retention. Exit 1 if anything failed.
+    Run {
+        #[arg(value_parser = parse_type)]
+        kind: BackupType,
+        /// Also back up volumes of class `temporary`.
+        #[arg(long)]
+        include_temporary: bool,
+        /// Do not apply retention after the run.
+        #[arg(long)]
+        no_prune: bool,
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// List backups: type, directory, timestamp, outcome, size, complete or not.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        root: RootArg,
+    },
+    /// Check every file's size and sha256, test-extract every archive, read every dump. Exit 1 naming the file on any mismatch.
+    Verify {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore volumes and dumps from a backup directory (without --yes: show what would be overwritten).
+    Restore {
+        dir: PathBuf,
+        /// Restore only this volume (repeatable); no dump unless --database is given too.
+        #[arg(long = "volume")]
+        volumes: Vec<String>,
+        /// Restore only this dump (repeatable); no volume unless --volume is given too.
+        #[arg(long = "database")]
+        databases: Vec<String>,
+        /// Confirm: stop the containers, replace the volumes' content, feed the dumps.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// Apply retention now (daily 7, weekly 30, monthly 365 calendar days by default).
+    Prune {
+        /// Show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+}
+
+fn parse_type(s: &str) -> Result<BackupType, String> {
+    s.parse()
+}
+
+/// One progress bar at a time, per item, on a terminal.
+fn item_bars() -> ItemProgress {
+    let current: Mutex<Option<(String, Option<ProgressBar>)>> = Mutex::new(None);
+    Arc::new(move |item: &str, n: Option<u64>| {
+        let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
+        match n {
+            Some(n) => {
+                if cur.as_ref().map(|(i, _)| i.as_str()) != Some(item) {
+                    if let Some((_, Some(b))) = cur.take() {
+                        b.finish_and_clear();
+                    }
+                    *cur = Some((item.to_string(), bytes_bar(None, item)));
+                }
+                if let Some((_, Some(b))) = cur.as_ref() {
+                    b.set_position(n);
+                }
+            }
+            None => {
+                if let Some((_, Some(b))) = cur.take() {
+                    b.finish_and_clear();
+                }
+            }
+        }
+    })
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
+    match cmd {
+        BackupCmd::Run {
+            kind,
+            include_temporary,
+            no_prune,
+            root,
+            policy,
+        } => {
+            let settings = policy.settings(&root.backup_root, *include_temporary);
+            let report = run::run(
+                ctx,
+                &settings,
+                *kind,
+                &RunOptions {
+                    progress: Some(item_bars()),
+                    cancel: None,
+                    prune: !no_prune,
+                },
+            );
+            for e in &report.errors {
+                eprintln!("error: {e}");
+            }
+            println!("{}", report.summary());
+            if !report.ok() {
+                bail!(
+                    "the {kind} backup had {} error(s) (listed above and in its manifest.json); fix them and run it again",
+                    report.errors.len()
+                );
+            }
+        }
+        BackupCmd::Ls { json, root } => {
+            let settings = Settings::new(&root.backup_root);
+            let list = catalog::list(&settings)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<8} {:<16} {:<21} {:<11} {:>10} {:<9} DIR",
+                    "TYPE", "NAME", "TIMESTAMP", "OUTCOME", "SIZE", "COMPLETE"
+                );
+                for e in &list {
+                    println!(
+                        "{:<8} {:<16} {:<21} {:<11} {:>10} {:<9} {}",
+                        e.kind.as_str(),
+                        e.name,
+                        e.timestamp,
+                        e.outcome,
+                        human(e.size),
+                        if e.complete { "yes" } else { "no" },
+                        e.dir.display()
+                    );
+                }
+            }
+        }
+        BackupCmd::Verify { dir, json } => {
+            let r = verify::verify_dir(dir, Some(item_bars()))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+                for f in &r.files {
+                    println!(
+                        "{:<6} {}: {}",
+                        if f.ok { "ok" } else { "FAILED" },
+                        f.name,
+                        f.detail
+                    );
+                }
+            }
+            if !r.ok() {
+                bail!("verification failed: {}", r.failures().join("; "));
+            }
+            if !*json {
+                println!(
+                    "ok: {} file(s) of {} verified",
+                    r.files.len(),
+                    dir.display()
+                );
+            }
+        }
+        BackupCmd::Restore {
+            dir,
+            volumes,
+            databases,
+            yes,
+            policy,
+        } => {
+            let settings = policy.settings(std::path::Path::new(DEFAULT_BACKUP_ROOT), false);
+            let req = RestoreRequest {
+                dir: dir.clone(),
+                volumes: volumes.clone(),
+                databases: databases.clone(),
+            };
+            let plan = restore::plan(ctx, &settings, &req)?;
+            if !*yes {
+                eprint!("{}", plan.describe());
+                bail!("nothing was changed; run again with --yes to do it");
+            }
+            if !plan.problems.is_empty() {
+                eprint!("{}", plan.describe());
+                bail!(
+                    "nothing was changed: {}; fix that, or choose what to restore with --volume/--database",
+                    plan.problems.join("; ")
+                );
+            }
+            let report = restore::execute(ctx, &plan, Some(item_bars()))?;
+            for i in &report.items {
+                println!(
+                    "{:<6} {} {}: {}",
+                    if i.ok { "ok" } else { "FAILED" },
+                    i.kind,
+                    i.name,
+                    i.detail
+                );
+            }
+            if !report.ok() {
+                bail!(
+                    "the restore from {} failed for {} item(s) (listed above); fix them and restore those again with --volume/--database",
+                    dir.display(),
+                    report.items.iter().filter(|i| !i.ok).count()
+                );
+            }
+            println!(
+                "restored {} item(s) from {}",
+                report.items.len(),
+                dir.display()
+            );
+        }
+        BackupCmd::Prune {
+            dry_run,
+            root,
+            policy,
+        } => {
+            let settings = policy.settings(&root.backup_root, false);
+            let r = retention::prune(&settings, Local::now().naive_local(), *dry_run)?;
+            for d in r.decisions.iter().filter(|d| d.delete) {
+                println!(
+                    "{} {}/{}: {}",
+                    if *dry_run { "would remove" } else { "removed" },
+                    d.kind,
+                    d.name,
+                    d.reason
+                );
+            }
+            for e in &r.errors {
+                eprintln!("error: {e}");
+            }
+            println!(
+                "{} backup(s) {}, {} kept",
+                r.removed.len(),
+                if *dry_run { "to remove" } else { "removed" },
+                r.kept
+            );
+            if !r.errors.is_empty() {
+                bail!("{} old backup(s) could not be removed", r.errors.len());
+            }
+        }
+    }
+    Ok(())
+}
