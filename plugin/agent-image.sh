@@ -28,7 +28,7 @@ while [[ $# -gt 0 ]]; do
         --binary) [[ $# -ge 2 ]] || die "--binary needs a path"; binary="$2"; shift 2 ;;
         --binary=*) binary="${1#--binary=}"; shift ;;
         --strip) strip="--strip"; shift ;;
-        -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) allspark_usage "${BASH_SOURCE[0]}"; exit 0 ;;
         -*) die "unknown option '$1' (see --help)" ;;
         *) [[ -z "$image" ]] || die "only one IMAGE may be given (got '$image' and '$1')"; image="$1"; shift ;;
     esac

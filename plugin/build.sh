@@ -35,7 +35,6 @@ source "$here/rootfs.sh"
 source "$here/lib.sh"
 
 die() { echo "build.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 binary="" strip="" enable=0 force=0 push=0 name=""
 while [[ $# -gt 0 ]]; do
@@ -46,8 +45,8 @@ while [[ $# -gt 0 ]]; do
         --enable) enable=1; shift ;;
         --force) force=1; shift ;;
         --push) push=1; shift ;;
-        -h|--help) usage; exit 0 ;;
-        -*) usage >&2; die "unknown option '$1'" ;;
+        -h|--help) allspark_usage "${BASH_SOURCE[0]}"; exit 0 ;;
+        -*) die "unknown option '$1' (see --help)" ;;
         *) [[ -z "$name" ]] || die "only one NAME[:TAG] may be given (got '$name' and '$1')"; name="$1"; shift ;;
     esac
 done

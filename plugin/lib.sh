@@ -69,3 +69,9 @@ allspark_ensure_root_propagation() {
             ;;
     esac
 }
+
+# allspark_usage SCRIPT
+# Prints the comment block at the top of SCRIPT (after the #! line), without "# ".
+allspark_usage() {
+    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$1"
+}

@@ -26,7 +26,7 @@ force=0
 case "${1:-}" in
     "") ;;
     --force) force=1 ;;
-    -h|--help) sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) allspark_usage "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument '$1' (usage: uninstall.sh [--force])" ;;
 esac
 

@@ -57,6 +57,7 @@ impl Project {
             // asks each of them (with retries) about unknown volume names: slow,
             // not wrong. docker-compose's default 60 s per request is too short.
             .env("COMPOSE_HTTP_TIMEOUT", COMPOSE_HTTP_TIMEOUT)
+            .env("POSTGRES_PASSWORD", "allspark-test")
             .stdin(Stdio::null())
             .output()
             .expect("run docker-compose (apt-get install docker-compose)")
@@ -219,7 +220,7 @@ fn compose_platform_volumes_have_their_owner_mode_flags_and_keep_data() {
         volumes.join(" ")
     ));
     cleanup.add(format!(
-        "COMPOSE_HTTP_TIMEOUT={COMPOSE_HTTP_TIMEOUT} docker-compose -f {} -f {} -p {} --profile agent down -v --remove-orphans -t 1",
+        "POSTGRES_PASSWORD=x COMPOSE_HTTP_TIMEOUT={COMPOSE_HTTP_TIMEOUT} docker-compose -f {} -f {} -p {} --profile agent down -v --remove-orphans -t 1",
         path_str(&p.files[0]),
         path_str(&p.files[1]),
         p.name
