@@ -105,7 +105,8 @@ mod tests {
         fs::create_dir_all(host.path().join("srv/data")).unwrap();
         fs::create_dir_all(host.path().join("etc")).unwrap();
         symlink("/etc", host.path().join("srv/data/escape")).unwrap();
-        symlink("../data", host.path().join("srv/rel")).unwrap();
+        symlink("data", host.path().join("srv/rel")).unwrap();
+        symlink("../srv/data", host.path().join("srv/up")).unwrap();
         assert_eq!(
             resolve(&view, Path::new("/srv/data/escape/x")).unwrap(),
             PathBuf::from("/etc/x")
@@ -113,6 +114,10 @@ mod tests {
         assert_eq!(
             resolve(&view, Path::new("/srv/rel/new/dir")).unwrap(),
             PathBuf::from("/srv/data/new/dir")
+        );
+        assert_eq!(
+            resolve(&view, Path::new("/srv/up/x")).unwrap(),
+            PathBuf::from("/srv/data/x")
         );
     }
 

@@ -123,7 +123,6 @@ impl Sys for LinuxSys {
 /// Mount points listed in a mountinfo text (field 5, with `\040`-style escapes decoded).
 pub fn parse_mountinfo(text: &str) -> Vec<PathBuf> {
     text.lines()
-        .rev()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|p| PathBuf::from(unescape(p)))
         .collect()

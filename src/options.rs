@@ -318,6 +318,13 @@ fn parse_snapshot(value: &str) -> Result<SnapshotPolicy, OptionError> {
 pub fn parse_keep(value: &str) -> Result<Keep, OptionError> {
     const ACCEPTED: &str = "a count like 10, or a list like last=10,daily=7,weekly=4,monthly=12";
     if let Ok(n) = value.parse::<u32>() {
+        if n == 0 {
+            return Err(refuse(
+                "keep",
+                value,
+                "keep at least one snapshot; ".to_string() + ACCEPTED,
+            ));
+        }
         return Ok(Keep {
             last: n,
             daily: 0,
