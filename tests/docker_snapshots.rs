@@ -1,44 +1,21 @@
 //! Snapshots with the real dockerd: snapshot-on-unmount of an allspark volume and `allspark.snapshot=on-stop` of a local volume.
 
 mod common;
+mod harness;
 mod legacy;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{docker, docker_ok, ensure_busybox_image, require_docker, unique_name, wait_until};
+use harness::Agent;
 use legacy::{run, LegacyPlugin};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
 
-struct Agent(Child);
-
-impl Agent {
-    fn start(p: &LegacyPlugin) -> Agent {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p.dir.path().join("agent.log"))
-            .unwrap();
-        Agent(
-            Command::new(BIN)
-                .arg("--root")
-                .arg(p.root())
-                .args(["agent", "--spool-poll-ms", "50"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn start_agent(p: &LegacyPlugin) -> Agent {
+    Agent::start(&p.root(), &p.dir.path().join("agent.log"), &[])
 }
 
 fn cli_ok(p: &LegacyPlugin, args: &[&str]) -> String {
@@ -71,7 +48,7 @@ fn a_stopped_container_leaves_a_snapshot_and_the_next_one_is_incremental() {
     }
     let image = ensure_busybox_image();
     let mut p = LegacyPlugin::start();
-    let _agent = Agent::start(&p);
+    let _agent = start_agent(&p);
     let ws = unique_name("workspace");
     let out = p.create(&ws, &["snapshot=on-unmount", "uid=1000", "gid=1000"]);
     assert!(
@@ -136,7 +113,7 @@ fn a_labelled_container_gets_its_local_volumes_snapshotted_when_it_stops() {
     }
     let image = ensure_busybox_image();
     let p = LegacyPlugin::start();
-    let _agent = Agent::start(&p);
+    let _agent = start_agent(&p);
     let local = unique_name("localvol");
     docker_ok(&["volume", "create", &local]);
     struct Rm(String);

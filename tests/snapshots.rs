@@ -3,10 +3,10 @@
 mod harness;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use harness::{err_of, Plugin};
+use harness::{err_of, wait_for, Agent, Plugin};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
@@ -40,42 +40,12 @@ fn snapshots(p: &Plugin, volume: &str) -> Vec<Value> {
         .clone()
 }
 
-struct Agent(Child);
-
-impl Agent {
-    fn start(p: &Plugin) -> Agent {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p.dir.path().join("agent.log"))
-            .unwrap();
-        Agent(
-            Command::new(BIN)
-                .arg("--root")
-                .arg(p.root())
-                .args(["agent", "--no-docker-events", "--spool-poll-ms", "50"])
-                .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn start_agent(p: &Plugin) -> Agent {
+    Agent::start(
+        &p.root(),
+        &p.dir.path().join("agent.log"),
+        &["--no-docker-events"],
+    )
 }
 
 fn data(p: &Plugin, name: &str) -> PathBuf {
@@ -135,7 +105,7 @@ fn tree(dir: &Path) -> Vec<(String, String)> {
 #[test]
 fn unmount_hook_snapshots_incrementally_and_restore_gives_the_first_state_back() {
     let p = Plugin::start(BIN);
-    let _agent = Agent::start(&p);
+    let _agent = start_agent(&p);
     let (_, v) = p.call(
         "VolumeDriver.Create",
         json!({"Name": "ws", "Opts": {"snapshot": "on-unmount", "keep": "10"}}),
@@ -183,7 +153,7 @@ fn unmount_hook_snapshots_incrementally_and_restore_gives_the_first_state_back()
 #[test]
 fn on_mount_snapshot_is_taken_before_the_mount_returns() {
     let p = Plugin::start(BIN);
-    let _agent = Agent::start(&p);
+    let _agent = start_agent(&p);
     p.call(
         "VolumeDriver.Create",
         json!({"Name": "pre", "Opts": {"snapshot": "on-mount"}}),
@@ -237,7 +207,7 @@ fn events_wait_while_the_agent_is_down_and_are_done_once() {
     let spooled = std::fs::read_dir(p.root().join("spool")).unwrap().count();
     assert_eq!(spooled, 3, "three unmount events wait in the spool");
     assert!(snapshots(&p, "late").is_empty());
-    let agent = Agent::start(&p);
+    let agent = start_agent(&p);
     wait_for("the spool to drain", Duration::from_secs(30), || {
         std::fs::read_dir(p.root().join("spool")).unwrap().count() == 0
     });
@@ -261,7 +231,7 @@ fn events_wait_while_the_agent_is_down_and_are_done_once() {
             .unwrap(),
     )
     .unwrap();
-    let _agent = Agent::start(&p);
+    let _agent = start_agent(&p);
     wait_for("the replayed event", Duration::from_secs(30), || {
         !replay.exists()
     });
@@ -293,7 +263,7 @@ fn kill9_of_the_agent_mid_snapshot_leaves_no_partial_snapshot() {
         }
     });
     let snapdir = p.root().join("snapshots/big");
-    let mut agent = Agent::start(&p);
+    let mut agent = start_agent(&p);
     wait_for("the snapshot to start", Duration::from_secs(30), || {
         std::fs::read_dir(&snapdir)
             .map(|d| {
@@ -313,7 +283,7 @@ fn kill9_of_the_agent_mid_snapshot_leaves_no_partial_snapshot() {
         1,
         "the event is kept for a retry"
     );
-    let _agent = Agent::start(&p);
+    let _agent = start_agent(&p);
     wait_for("the retried snapshot", Duration::from_secs(60), || {
         snapshots(&p, "big").len() == 1
     });

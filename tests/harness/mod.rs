@@ -171,3 +171,44 @@ pub fn mount_opts(point: &Path) -> String {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     allspark::mounts::mount_options(&text, point).unwrap_or_default()
 }
+
+/// An `allspark agent` process on a root, killed when dropped.
+pub struct Agent(pub Child);
+
+impl Agent {
+    /// Start the agent on `root`, logging to `log`, with extra arguments (e.g. `--no-docker-events`).
+    pub fn start(root: &Path, log: &Path, extra: &[&str]) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Agent(
+            Command::new(env!("CARGO_BIN_EXE_allspark"))
+                .arg("--root")
+                .arg(root)
+                .args(["agent", "--spool-poll-ms", "50"])
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("start allspark agent"),
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Poll `f` every 50 ms until it holds, or fail after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
