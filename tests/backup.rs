@@ -204,8 +204,16 @@ fn only_backup_dir(broot: &Path) -> PathBuf {
 fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore_work() {
     let p = Plugin::start(BIN);
     let root = p.root();
-    create(&p, "db-data", json!({"backup": "highest", "class": "critical"}));
-    create(&p, "app-data", json!({"backup": "high", "uid": "1000", "mode": "0750"}));
+    create(
+        &p,
+        "db-data",
+        json!({"backup": "highest", "class": "critical"}),
+    );
+    create(
+        &p,
+        "app-data",
+        json!({"backup": "high", "uid": "1000", "mode": "0750"}),
+    );
     create(&p, "logs", json!({"backup": "low", "class": "temporary"}));
     create(&p, "cache", json!({"backup": "none"}));
     let app = data_dir(&p, "app-data");
@@ -219,7 +227,13 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
     let broot = p.dir.path().join("backups");
     let out = allspark(
         &root,
-        &["backup", "run", "daily", "--backup-root", broot.to_str().unwrap()],
+        &[
+            "backup",
+            "run",
+            "daily",
+            "--backup-root",
+            broot.to_str().unwrap(),
+        ],
     );
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "no Docker = a failed run: {t}");
@@ -228,11 +242,18 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
     let dir = only_backup_dir(&broot);
     let mut files = names(&dir);
     files.sort();
-    assert_eq!(files, vec!["app-data.tar.gz", "db-data.tar.gz", "manifest.json"]);
+    assert_eq!(
+        files,
+        vec!["app-data.tar.gz", "db-data.tar.gz", "manifest.json"]
+    );
     let m: Value = serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["type"], "daily");
     assert_eq!(m["outcome"], "failed");
-    assert_eq!(m["volumes"], json!(["db-data", "app-data"]), "highest priority first");
+    assert_eq!(
+        m["volumes"],
+        json!(["db-data", "app-data"]),
+        "highest priority first"
+    );
     assert_eq!(m["databases"], json!([]));
     assert!(m["errors"][0].as_str().unwrap().contains("Docker"), "{m}");
     assert!(m["timestamp"].as_str().unwrap().ends_with('Z'));
@@ -242,10 +263,9 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
         assert_eq!(f["kind"], "volume");
         assert_eq!(f["sha256"].as_str().unwrap().len(), 64);
     }
-    let last: Value = serde_json::from_slice(
-        &fs::read(root.join("state/agent/last-backup-daily.json")).unwrap(),
-    )
-    .unwrap();
+    let last: Value =
+        serde_json::from_slice(&fs::read(root.join("state/agent/last-backup-daily.json")).unwrap())
+            .unwrap();
     assert_eq!(last["ok"], false);
     assert!(last["finished_at"].as_str().is_some());
 
@@ -272,7 +292,13 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
     // ls shows it, with its outcome.
     let out = allspark(
         &root,
-        &["backup", "ls", "--json", "--backup-root", broot.to_str().unwrap()],
+        &[
+            "backup",
+            "ls",
+            "--json",
+            "--backup-root",
+            broot.to_str().unwrap(),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let ls: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -292,7 +318,10 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
     let out = allspark(&root, &["backup", "restore", dir_s, "--volume", "app-data"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("REPLACE"), "{}", text(&out));
-    assert!(app.join("new.txt").exists(), "nothing changed without --yes");
+    assert!(
+        app.join("new.txt").exists(),
+        "nothing changed without --yes"
+    );
     let out = allspark(
         &root,
         &["backup", "restore", dir_s, "--volume", "app-data", "--yes"],
@@ -387,7 +416,10 @@ fn include_temporary_and_an_incomplete_dir_is_not_a_backup() {
 
     let incomplete = broot.join("daily/20240101_020000");
     fs::create_dir_all(&incomplete).unwrap();
-    let out = allspark(&p.root(), &["backup", "verify", incomplete.to_str().unwrap()]);
+    let out = allspark(
+        &p.root(),
+        &["backup", "verify", incomplete.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("incomplete"), "{}", text(&out));
     let out = allspark(

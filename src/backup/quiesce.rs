@@ -21,9 +21,6 @@ use crate::docker::ContainerInfo;
 use crate::fsutil;
 use crate::snapshot::ops::Ctx;
 
-/// Seconds Docker waits for a container to stop before killing it.
-pub const STOP_TIMEOUT_S: i64 = 30;
-
 /// `<root>/state/agent/stopped-for-backup.json`.
 pub fn record_path(layout: &Layout) -> PathBuf {
     layout.agent_dir().join("stopped-for-backup.json")
@@ -73,10 +70,11 @@ fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
 }
 
-/// Stop one container (Docker API, [`STOP_TIMEOUT_S`]).
+/// Stop one container (Docker API), with the container's own stop timeout
+/// (`stop_grace_period` in compose, `--stop-timeout`; Docker's default 10 s).
 pub async fn stop_container(docker: &Docker, c: &Stopped) -> Result<(), String> {
     match docker
-        .stop_container(&c.id, Some(StopContainerOptions { t: STOP_TIMEOUT_S }))
+        .stop_container(&c.id, None::<StopContainerOptions>)
         .await
     {
         Ok(()) => Ok(()),

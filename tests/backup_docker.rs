@@ -1,0 +1,429 @@
+//! Backups with the real dockerd: a dump through `docker exec`, a container stopped for the archive and started again, a failing dump, restore (volumes and the dump hook), a damaged archive, and the agent restarting what a crashed backup stopped.
+//!
+//! Every container carries `allspark.test.scope=<unique>` and every command
+//! runs with `--container-label allspark.test.scope=<unique>`, so parallel
+//! tests never dump or stop each other's containers.
+
+mod common;
+mod legacy;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{
+    docker, docker_ok, ensure_busybox_image, require_docker, unique_name, wait_until, Cleanup,
+};
+use legacy::{run, LegacyPlugin};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_allspark");
+/// A long sleep that stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it: 10 s per stop).
+const SLEEP: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
+
+fn allspark(p: &LegacyPlugin, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--root")
+        .arg(p.root())
+        .args(args)
+        .env("ALLSPARK_LOG", "info")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn state(container: &str, field: &str) -> String {
+    docker_ok(&[
+        "inspect",
+        "--format",
+        &format!("{{{{.State.{field}}}}}"),
+        container,
+    ])
+    .trim()
+    .to_string()
+}
+
+fn time(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        .with_timezone(&Utc)
+}
+
+fn backup_dirs(broot: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(broot.join("daily"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'));
+    v.sort();
+    v
+}
+
+fn manifest(dir: &Path) -> Value {
+    serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn gunzip(path: &Path) -> String {
+    let out = Command::new("gzip").arg("-dc").arg(path).output().unwrap();
+    assert!(out.status.success(), "gzip -dc {}", path.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn backup_dump_stop_restore_and_damage_with_dockerd() {
+    if !require_docker() {
+        return;
+    }
+    let image = ensure_busybox_image();
+    let mut p = LegacyPlugin::start();
+    let scope_value = unique_name("scope");
+    let scope = format!("allspark.test.scope={scope_value}");
+    let data = unique_name("data");
+    let tmpvol = unique_name("scratch");
+    let dbvol = unique_name("dbvol");
+    for (v, o) in [
+        (&data, "backup=highest"),
+        (&tmpvol, "class=temporary"),
+        (&dbvol, "backup=high"),
+    ] {
+        let out = p.create(v, &[o]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let db = unique_name("db");
+    let target = unique_name("target");
+    let bad = unique_name("baddb");
+    let mut cleanup = Cleanup::new();
+    for c in [&db, &target, &bad] {
+        cleanup.add(format!("docker rm -f {c}"));
+    }
+    run(
+        &image,
+        &format!("{data}:/data"),
+        "mkdir -p /data/sub && echo precious > /data/sub/file && seq 1 20000 > /data/big",
+    );
+    run(&image, &format!("{tmpvol}:/t"), "echo scratch > /t/x");
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &db,
+        "--label",
+        &scope,
+        "--label",
+        "allspark.backup.dump=echo KNOWN-DUMP-TEXT; echo to-stderr >&2",
+        "--label",
+        // Fails the first time, as a database still starting would: the restore tries again.
+        "allspark.restore.exec=test -e /tmp/ready || { touch /tmp/ready; echo not ready >&2; exit 3; }; cat > /dump/restored.sql",
+        "-v",
+        &format!("{dbvol}:/dump"),
+        &image,
+        "sh",
+        "-c",
+        SLEEP,
+    ]);
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &target,
+        "--label",
+        &scope,
+        "--label",
+        "allspark.backup.stop=true",
+        "-v",
+        &format!("{data}:/data"),
+        "-v",
+        &format!("{tmpvol}:/t"),
+        &image,
+        "sh",
+        "-c",
+        SLEEP,
+    ]);
+    let started_before = time(&state(&target, "StartedAt"));
+
+    let broot = p.dir.path().join("backups");
+    let broot_s = broot.to_str().unwrap().to_string();
+    let out = allspark(
+        &p,
+        &[
+            "backup",
+            "run",
+            "daily",
+            "--backup-root",
+            &broot_s,
+            "--container-label",
+            &scope,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(": ok"), "summary line: {}", text(&out));
+    let dirs = backup_dirs(&broot);
+    assert_eq!(dirs.len(), 1);
+    let good = dirs[0].clone();
+    let m = manifest(&good);
+    assert_eq!(m["outcome"], "ok", "{m}");
+    assert_eq!(
+        m["volumes"],
+        serde_json::json!([data.clone(), dbvol.clone()])
+    );
+    assert_eq!(m["databases"], serde_json::json!([db.clone()]));
+    assert_eq!(m["stopped_containers"], serde_json::json!([target.clone()]));
+    assert!(
+        !good.join(format!("{tmpvol}.tar.gz")).exists(),
+        "temporary volume not backed up"
+    );
+    for f in m["files"].as_array().unwrap() {
+        let path = good.join(f["name"].as_str().unwrap());
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            f["size"].as_u64().unwrap()
+        );
+    }
+    let dump = gunzip(&good.join(format!("{db}.sql.gz")));
+    assert_eq!(dump, "KNOWN-DUMP-TEXT\n", "stderr is not in the dump");
+
+    // The target was stopped during the run and runs again.
+    assert_eq!(state(&target, "Running"), "true");
+    let started_after = time(&state(&target, "StartedAt"));
+    let finished = time(&state(&target, "FinishedAt"));
+    let (run_start, run_end) = (
+        time(m["started_at"].as_str().unwrap()),
+        time(m["finished_at"].as_str().unwrap()),
+    );
+    assert!(started_after > started_before);
+    assert!(
+        finished >= run_start && finished <= run_end && started_after <= run_end,
+        "stopped at {finished}, started at {started_after}, run {run_start}..{run_end}"
+    );
+    assert!(!p
+        .root()
+        .join("state/agent/stopped-for-backup.json")
+        .exists());
+
+    // GNU tar extracts the archive.
+    let x = p.dir.path().join("x");
+    fs::create_dir_all(&x).unwrap();
+    let st = Command::new("tar")
+        .arg("xzf")
+        .arg(good.join(format!("{data}.tar.gz")))
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        fs::read_to_string(x.join("sub/file")).unwrap(),
+        "precious\n"
+    );
+
+    // A failing dump command: exit 1, the error in the manifest, the target started again.
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &bad,
+        "--label",
+        &scope,
+        "--label",
+        "allspark.backup.dump=false",
+        &image,
+        "sh",
+        "-c",
+        SLEEP,
+    ]);
+    let before = time(&state(&target, "StartedAt"));
+    let out = allspark(
+        &p,
+        &[
+            "backup",
+            "run",
+            "daily",
+            "--backup-root",
+            &broot_s,
+            "--container-label",
+            &scope,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(&bad), "{}", text(&out));
+    let dirs = backup_dirs(&broot);
+    assert_eq!(dirs.len(), 2);
+    let failed = dirs[1].clone();
+    let m = manifest(&failed);
+    assert_eq!(m["outcome"], "failed");
+    let errors = m["errors"].to_string();
+    assert!(
+        errors.contains(&bad) && errors.contains("exited with status 1"),
+        "{errors}"
+    );
+    assert!(!failed.join(format!("{bad}.sql.gz")).exists());
+    assert!(failed.join(format!("{db}.sql.gz")).exists());
+    assert_eq!(state(&target, "Running"), "true");
+    assert!(time(&state(&target, "StartedAt")) > before);
+    let last: Value = serde_json::from_slice(
+        &fs::read(p.root().join("state/agent/last-backup-daily.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["ok"], false);
+    docker_ok(&["rm", "-f", &bad]);
+
+    // Restore the good backup after deleting and changing files.
+    docker_ok(&[
+        "exec",
+        &target,
+        "sh",
+        "-c",
+        "rm -rf /data/sub && echo changed > /data/big && echo new > /data/new",
+    ]);
+    let good_s = good.to_str().unwrap();
+    let out = allspark(
+        &p,
+        &["backup", "restore", good_s, "--container-label", &scope],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&target) && t.contains(&db) && t.contains("REPLACE"),
+        "{t}"
+    );
+    let before = time(&state(&target, "StartedAt"));
+    let out = allspark(
+        &p,
+        &[
+            "backup",
+            "restore",
+            good_s,
+            "--yes",
+            "--container-label",
+            &scope,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(state(&target, "Running"), "true");
+    assert_eq!(state(&db, "Running"), "true");
+    assert!(time(&state(&target, "StartedAt")) > before);
+    assert_eq!(
+        docker_ok(&["exec", &target, "cat", "/data/sub/file"]),
+        "precious\n"
+    );
+    assert_eq!(
+        docker_ok(&[
+            "exec",
+            &target,
+            "sh",
+            "-c",
+            "seq 1 20000 | cmp - /data/big && echo same"
+        ]),
+        "same\n"
+    );
+    assert!(!docker(&["exec", &target, "test", "-e", "/data/new"])
+        .status
+        .success());
+    assert_eq!(
+        docker_ok(&["exec", &db, "cat", "/dump/restored.sql"]),
+        "KNOWN-DUMP-TEXT\n",
+        "the restore hook got the dump on stdin"
+    );
+
+    // A damaged archive: verify and restore fail naming it, nothing is stopped.
+    let out = allspark(&p, &["backup", "verify", good_s]);
+    assert!(out.status.success(), "{}", text(&out));
+    let archive = good.join(format!("{data}.tar.gz"));
+    let mut bytes = fs::read(&archive).unwrap();
+    let n = bytes.len();
+    bytes.truncate(n - 10);
+    fs::write(&archive, &bytes).unwrap();
+    let out = allspark(&p, &["backup", "verify", good_s]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{data}.tar.gz")),
+        "{}",
+        text(&out)
+    );
+    let before = time(&state(&target, "StartedAt"));
+    let out = allspark(
+        &p,
+        &[
+            "backup",
+            "restore",
+            good_s,
+            "--yes",
+            "--container-label",
+            &scope,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{data}.tar.gz")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        time(&state(&target, "StartedAt")),
+        before,
+        "nothing was stopped"
+    );
+}
+
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_agent_starts_what_a_crashed_backup_stopped() {
+    if !require_docker() {
+        return;
+    }
+    let image = ensure_busybox_image();
+    let p = LegacyPlugin::start();
+    let c = unique_name("stopped");
+    let mut cleanup = Cleanup::new();
+    cleanup.add(format!("docker rm -f {c}"));
+    let id = docker_ok(&["run", "-d", "--name", &c, &image, "sleep", "3600"])
+        .trim()
+        .to_string();
+    docker_ok(&["stop", "-t", "1", &c]);
+    // What a backup killed with -9 while the container was stopped leaves behind.
+    let agent_dir = p.root().join("state/agent");
+    fs::create_dir_all(&agent_dir).unwrap();
+    let record = agent_dir.join("stopped-for-backup.json");
+    fs::write(
+        &record,
+        serde_json::json!({
+            "operation": "backup daily", "pid": 1, "started_at": "2024-01-01T02:00:00Z",
+            "containers": [{"id": id, "name": c}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let log = fs::File::create(p.dir.path().join("agent.log")).unwrap();
+    let _agent = Agent(
+        Command::new(BIN)
+            .arg("--root")
+            .arg(p.root())
+            .args(["agent", "--no-docker-events", "--no-schedule"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(
+        "the agent started the container again",
+        Duration::from_secs(30),
+        || state(&c, "Running") == "true" && !record.exists(),
+    );
+}
