@@ -10,7 +10,12 @@
 //! - [`ensure_busybox_image`]: the offline test image (static busybox).
 //! - [`unique_name`]: names that never collide between tests or runs.
 //! - [`Cleanup`]: shell commands run on drop, also when a test panics.
-//! - [`allspark_bin`], [`repo_root`], [`sh`] / [`sh_ok`].
+//! - [`allspark_bin`]: a plain function, because this module is compiled into
+//!   each test crate, where `env!("CARGO_BIN_EXE_allspark")` is defined.
+//! - [`repo_root`], [`sh`] / [`sh_ok`], [`wait_until`], [`path_str`],
+//!   [`ensure_root_shared`] (host `/` shared, for `rslave` binds).
+//!
+//! Not every test binary uses every helper, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
 use std::fs;
