@@ -434,3 +434,66 @@ fn include_temporary_and_an_incomplete_dir_is_not_a_backup() {
     );
     assert!(text(&out).contains("incomplete"), "{}", text(&out));
 }
+
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_agent_runs_a_missed_scheduled_backup_once_at_start() {
+    let p = Plugin::start(BIN);
+    create(&p, "app-data", json!({"backup": "high"}));
+    fs::write(data_dir(&p, "app-data").join("f"), "data").unwrap();
+    let root = p.root();
+    let broot = p.dir.path().join("backups");
+    let agent_dir = root.join("state/agent");
+    fs::create_dir_all(&agent_dir).unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    // The daily last ran long ago (the agent was down since); the others ran just now.
+    fs::write(
+        agent_dir.join("schedule.json"),
+        json!({"last_run": {"daily": "2020-01-01T02:00:00Z", "weekly": now, "monthly": now, "verify": now}})
+            .to_string(),
+    )
+    .unwrap();
+    let log = fs::File::create(p.dir.path().join("agent.log")).unwrap();
+    let _agent = Agent(
+        Command::new(BIN)
+            .arg("--root")
+            .arg(&root)
+            .args(["--docker", NO_DOCKER])
+            .args(["agent", "--no-docker-events", "--backup-root"])
+            .arg(&broot)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(log))
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !agent_dir.join("last-backup-daily.json").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled backup ran; agent log:\n{}",
+            fs::read_to_string(p.dir.path().join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let daily = names(&broot.join("daily"));
+    assert_eq!(daily.len(), 1, "ran once: {daily:?}");
+    assert!(names(&broot.join("daily").join(&daily[0])).contains(&"app-data.tar.gz".to_string()));
+    assert!(names(&broot.join("weekly")).is_empty());
+    assert!(names(&broot.join("monthly")).is_empty());
+    let state: Value =
+        serde_json::from_slice(&fs::read(agent_dir.join("schedule.json")).unwrap()).unwrap();
+    let last = state["last_run"]["daily"].as_str().unwrap();
+    assert!(
+        last.starts_with(&chrono::Utc::now().format("%Y-").to_string()),
+        "{state}"
+    );
+}

@@ -57,6 +57,8 @@ pub struct PlannedVolume {
     pub file: String,
     /// Its data directory (`None`: no such allspark volume here).
     pub target: Option<PathBuf>,
+    /// `parent=` volumes whose data lies inside it: replaced too, must not be mounted either.
+    pub nested: Vec<String>,
 }
 
 /// A dump to restore.
@@ -108,10 +110,18 @@ impl RestorePlan {
             match &v.target {
                 Some(t) => {
                     s += &format!(
-                        "  REPLACE the whole content of volume {} ({}) with {}\n",
+                        "  REPLACE the whole content of volume {} ({}) with {}{}\n",
                         v.name,
                         t.display(),
-                        v.file
+                        v.file,
+                        if v.nested.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                " (and so of the volumes inside it: {})",
+                                v.nested.join(", ")
+                            )
+                        }
                     )
                 }
                 None => s += &format!("  (volume {} does not exist here)\n", v.name),
@@ -172,6 +182,7 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
         }
     }
     let store = Store::new(ctx.layout.clone());
+    let records = store.all().map(|(ok, _)| ok).unwrap_or_default();
     let mut problems = Vec::new();
     let mut volumes = Vec::new();
     for f in m.files.iter().filter(|f| f.kind == FileKind::Volume) {
@@ -200,10 +211,15 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
                 None
             }
         };
+        let nested = super::run::with_descendants(&records, &f.source)
+            .into_iter()
+            .skip(1)
+            .collect();
         volumes.push(PlannedVolume {
             name: f.source.clone(),
             file: f.name.clone(),
             target,
+            nested,
         });
     }
     let mut dumps: Vec<PlannedDump> = m
@@ -225,12 +241,14 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
         let docker = crate::docker::connect(&ctx.docker_url).await?;
         let mut users = Vec::new();
         for v in volumes.iter().filter(|v| v.target.is_some()) {
-            users.extend(
-                crate::docker::containers(&docker, Some(&v.name))
-                    .await?
-                    .into_iter()
-                    .filter(|c| c.running),
-            );
+            for name in std::iter::once(&v.name).chain(v.nested.iter()) {
+                users.extend(
+                    crate::docker::containers(&docker, Some(name))
+                        .await?
+                        .into_iter()
+                        .filter(|c| c.running),
+                );
+            }
         }
         let running = running_containers(&docker, settings.container_label.as_ref()).await?;
         anyhow::Ok((users, running))
@@ -487,7 +505,17 @@ fn restore_volume(
     let lock_path = ctx.layout.snapshot_lock(&v.name);
     let _snap = FileLock::acquire(&lock_path, LockKind::Exclusive)
         .map_err(|e| format!("cannot take {}: {e}", lock_path.display()))?;
-    wait_unmounted(&store, &v.name)?;
+    let mut nested_locks = Vec::new();
+    for n in &v.nested {
+        let p = ctx.layout.snapshot_lock(n);
+        nested_locks.push(
+            FileLock::acquire(&p, LockKind::Exclusive)
+                .map_err(|e| format!("cannot take {}: {e}", p.display()))?,
+        );
+    }
+    for n in std::iter::once(&v.name).chain(v.nested.iter()) {
+        wait_unmounted(&store, n)?;
+    }
     let path = dir.join(&v.file);
     let f = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let staging = staging_dir(target).map_err(|e| e.to_string())?;

@@ -106,18 +106,61 @@ impl RunReport {
 }
 
 /// The volumes a run of these settings backs up, in order (highest priority first, then by name).
+///
+/// A `parent=` child whose parent (or grand-parent …) is backed up is left
+/// out: its data is inside the parent's archive already.
 pub fn select_volumes(
     records: &[Arc<VolumeRecord>],
     include_temporary: bool,
 ) -> Vec<Arc<VolumeRecord>> {
+    let wanted = |r: &VolumeRecord| {
+        r.spec.backup != BackupPriority::None
+            && (include_temporary || r.spec.class != Class::Temporary)
+    };
+    let by_name = |n: &str| records.iter().find(|r| r.name == n);
+    let inside_a_backed_up_parent = |r: &VolumeRecord| {
+        let mut cur = r.spec.parent.clone();
+        let mut hops = 0;
+        while let (Some(p), true) = (cur, hops < 64) {
+            match by_name(&p) {
+                Some(pr) if wanted(pr) => return true,
+                Some(pr) => cur = pr.spec.parent.clone(),
+                None => return false,
+            }
+            hops += 1;
+        }
+        false
+    };
     let mut v: Vec<Arc<VolumeRecord>> = records
         .iter()
-        .filter(|r| r.spec.backup != BackupPriority::None)
-        .filter(|r| include_temporary || r.spec.class != Class::Temporary)
+        .filter(|r| wanted(r))
+        .filter(|r| {
+            let skip = inside_a_backed_up_parent(r);
+            if skip {
+                tracing::debug!(volume = %r.name, "inside its parent's archive; not archived on its own");
+            }
+            !skip
+        })
         .cloned()
         .collect();
     v.sort_by(|a, b| (a.spec.backup, &a.name).cmp(&(b.spec.backup, &b.name)));
     v
+}
+
+/// `name` and the `parent=` volumes inside it (children, grand-children …).
+pub fn with_descendants(records: &[Arc<VolumeRecord>], name: &str) -> Vec<String> {
+    let mut out = vec![name.to_string()];
+    let mut i = 0;
+    while i < out.len() && out.len() < 10_000 {
+        let cur = out[i].clone();
+        for r in records {
+            if r.spec.parent.as_deref() == Some(cur.as_str()) && !out.contains(&r.name) {
+                out.push(r.name.clone());
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Running containers (only those with the filter label, if any).
@@ -550,4 +593,68 @@ fn archive_volume(
         },
         warning,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::parse;
+    use crate::store::{DataLocation, RECORD_VERSION};
+    use std::collections::BTreeMap;
+
+    fn rec(name: &str, opts: &[(&str, &str)]) -> Arc<VolumeRecord> {
+        let options: BTreeMap<String, String> = opts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Arc::new(VolumeRecord {
+            version: RECORD_VERSION,
+            name: name.into(),
+            created_at: Utc::now(),
+            spec: parse(Some(&options)).unwrap(),
+            options,
+            data: DataLocation::Managed {
+                volume: name.into(),
+                subdir: None,
+            },
+            mounts: BTreeMap::new(),
+            last_mounted_at: None,
+            last_unmounted_at: None,
+            previous_data: None,
+        })
+    }
+
+    #[test]
+    fn selection_orders_by_priority_and_leaves_out_none_temporary_and_children() {
+        let all = vec![
+            rec("redis-data", &[("backup", "medium")]),
+            rec("postgres-data", &[("backup", "highest")]),
+            rec("log-data", &[("backup", "low"), ("class", "temporary")]),
+            rec("cache", &[("backup", "none")]),
+            rec("builder-data", &[("backup", "high")]),
+            rec("target-workspaces", &[("backup", "medium")]),
+            rec(
+                "project-1",
+                &[("parent", "target-workspaces"), ("backup", "high")],
+            ),
+            rec("orphan-child", &[("parent", "cache")]),
+        ];
+        let names =
+            |v: Vec<Arc<VolumeRecord>>| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(select_volumes(&all, false)),
+            vec![
+                "postgres-data",
+                "builder-data",
+                "orphan-child",
+                "redis-data",
+                "target-workspaces"
+            ]
+        );
+        assert!(names(select_volumes(&all, true)).contains(&"log-data".to_string()));
+        assert_eq!(
+            with_descendants(&all, "target-workspaces"),
+            vec!["target-workspaces", "project-1"]
+        );
+    }
 }
