@@ -39,6 +39,9 @@ pub const DEFAULT_WEEKLY: &str = "0 3 * * 0";
 pub const DEFAULT_MONTHLY: &str = "0 4 1 * *";
 pub const DEFAULT_VERIFY: &str = "0 5 2 * *";
 
+/// The scheduler looks at the clock (and at leftover stopped containers) at least this often.
+const RECHECK: Duration = Duration::from_secs(60);
+
 /// A parsed 5-field cron expression.
 #[derive(Clone, Debug)]
 pub struct Cron {
@@ -329,10 +332,13 @@ pub fn run_loop(ctx: Ctx, cfg: ScheduleConfig, stop: Arc<AtomicBool>) {
             }
         }
         let mut state = load_state(&ctx.layout);
+        let known = state.last_run.len();
         let now = Local::now();
         let jobs = due_jobs(&cfg, &mut state, &now);
-        if let Err(e) = save_state(&ctx.layout, &state) {
-            tracing::error!(error = %format!("{e:#}"), "cannot save the schedule state");
+        if state.last_run.len() != known {
+            if let Err(e) = save_state(&ctx.layout, &state) {
+                tracing::error!(error = %format!("{e:#}"), "cannot save the schedule state");
+            }
         }
         for job in jobs {
             if stop.load(Ordering::SeqCst) {
@@ -347,7 +353,8 @@ pub fn run_loop(ctx: Ctx, cfg: ScheduleConfig, stop: Arc<AtomicBool>) {
                 tracing::error!(error = %format!("{e:#}"), "cannot save the schedule state");
             }
         }
-        // Sleep until the next due time, waking every few seconds to notice a stop or a clock change.
+        // Sleep until the next due time (at most a minute, so a clock change or a
+        // leftover record is noticed), waking every few seconds to notice a stop.
         let now = Local::now();
         let next = cfg
             .jobs()
@@ -356,7 +363,8 @@ pub fn run_loop(ctx: Ctx, cfg: ScheduleConfig, stop: Arc<AtomicBool>) {
             .min();
         let wait = next
             .map(|n| (n - now).to_std().unwrap_or_default())
-            .unwrap_or(Duration::from_secs(3600));
+            .unwrap_or(RECHECK)
+            .min(RECHECK);
         let mut slept = Duration::ZERO;
         while slept < wait && !stop.load(Ordering::SeqCst) {
             let step = (wait - slept).min(Duration::from_secs(5));

@@ -60,6 +60,7 @@ pub struct RootArg {
 pub enum BackupCmd {
     /// Back up now: dumps, volumes (highest priority first), manifest, then retention. Exit 1 if anything failed.
     Run {
+        /// daily, weekly or monthly (the subdirectory of the backup root).
         #[arg(value_parser = parse_type)]
         kind: BackupType,
         /// Also back up volumes of class `temporary`.
