@@ -95,35 +95,6 @@ pub async fn containers(
         .collect())
 }
 
-/// Named volumes of one container (by inspect; works for stopped containers too).
-pub async fn container_volumes(
-    docker: &Docker,
-    id: &str,
-) -> anyhow::Result<Option<(String, HashMap<String, String>, Vec<String>)>> {
-    match docker.inspect_container(id, None).await {
-        Ok(c) => {
-            let name = c
-                .name
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string();
-            let labels = c.config.and_then(|cfg| cfg.labels).unwrap_or_default();
-            let vols = c
-                .mounts
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|m| m.typ == Some(bollard::models::MountPointTypeEnum::VOLUME))
-                .filter_map(|m| m.name)
-                .collect();
-            Ok(Some((name, labels, vols)))
-        }
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot inspect container {id}")),
-    }
-}
-
 /// Run a future to completion on a small runtime (for the synchronous CLI).
 pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     let rt = tokio::runtime::Builder::new_current_thread()

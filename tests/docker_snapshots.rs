@@ -158,3 +158,52 @@ fn a_labelled_container_gets_its_local_volumes_snapshotted_when_it_stops() {
         "precious"
     );
 }
+
+#[test]
+fn a_container_that_stops_while_the_agent_is_down_is_caught_up_from_the_events_cursor() {
+    if !require_docker() {
+        return;
+    }
+    let image = ensure_busybox_image();
+    let p = LegacyPlugin::start();
+    let local = unique_name("missed");
+    docker_ok(&["volume", "create", &local]);
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = docker(&["volume", "rm", "-f", &self.0]);
+        }
+    }
+    let _rm = Rm(local.clone());
+    let cursor = p.root().join("state/agent/events-cursor.json");
+    {
+        let _agent = start_agent(&p);
+        wait_until(
+            "the agent to save its events cursor",
+            Duration::from_secs(30),
+            || cursor.exists(),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The agent is down: this container's stop is only in dockerd's event log.
+    docker_ok(&[
+        "run",
+        "--rm",
+        "--label",
+        "allspark.snapshot=on-stop",
+        "-v",
+        &format!("{local}:/data"),
+        &image,
+        "sh",
+        "-c",
+        "echo while-away > /data/file",
+    ]);
+    assert!(snapshots(&p, &local).is_empty());
+    let _agent = start_agent(&p);
+    wait_until(
+        "the missed stop to be caught up",
+        Duration::from_secs(60),
+        || snapshots(&p, &local).len() == 1,
+    );
+    assert_eq!(snapshots(&p, &local)[0]["trigger"], "stop");
+}
