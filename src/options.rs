@@ -354,7 +354,10 @@ pub fn parse_keep(value: &str) -> Result<Keep, OptionError> {
             _ => return Err(refuse("keep", value, ACCEPTED)),
         }
     }
-    if k.last + k.daily + k.weekly + k.monthly == 0 {
+    if [k.last, k.daily, k.weekly, k.monthly]
+        .iter()
+        .all(|n| *n == 0)
+    {
         return Err(refuse(
             "keep",
             value,
@@ -547,6 +550,17 @@ mod tests {
         assert!(parse(Some(&opts(&[("class", &"x".repeat(5000))]))).is_err());
         assert!(parse(Some(&opts(&[("device", "/a\nb")]))).is_err());
         assert!(parse(Some(&opts(&[("device", "/a\0b")]))).is_err());
+    }
+
+    #[test]
+    fn keep_counts_near_u32_max_do_not_overflow() {
+        // Found by fuzzing (fuzz/regressions/requests/keep-sum-overflow): the sum overflowed.
+        assert_eq!(
+            parse_keep("last=4294967295,daily=1").unwrap().last,
+            u32::MAX
+        );
+        assert!(parse_keep("last=4294967295,daily=4294967295,weekly=2").is_ok());
+        assert!(parse_keep("last=0,daily=0").is_err());
     }
 
     #[test]
