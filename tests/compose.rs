@@ -14,12 +14,12 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use common::{
-    allspark_bin, docker, docker_ok, ensure_busybox_image, ensure_root_shared, path_str, repo_root,
-    require_docker, unique_name, Cleanup,
+    docker, docker_ok, ensure_busybox_image, forget_dead_legacy_drivers, path_str,
+    plugin_script_ok, reap_stale_test_plugins, repo_root, require_docker, Cleanup, TestPlugin,
 };
 
 /// The volumes of the compose file, in file order.
@@ -117,69 +117,24 @@ fn stat(p: &Project, service: &str, format: &str, path: &str) -> String {
         .to_string()
 }
 
-fn plugin_script(script: &str, args: &[&Path], rest: &[&str]) -> Output {
-    Command::new("bash")
-        .arg(repo_root().join("plugin").join(script))
-        .args(args)
-        .args(rest)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run plugin/{script}: {e}"))
-}
-
 #[test]
 fn compose_platform_volumes_have_their_owner_mode_flags_and_keep_data() {
     if !require_docker() {
         return;
     }
-    ensure_root_shared();
     ensure_busybox_image();
-    let base = unique_name("allspark-test-compose");
-    let plugin = format!("{base}:latest");
-    let dir = PathBuf::from("/var/lib/allspark-test").join(&base);
-    let (root, binds) = (dir.join("root"), dir.join("binds"));
-    fs::create_dir_all(&root).unwrap();
-    fs::create_dir_all(&binds).unwrap();
-
+    reap_stale_test_plugins();
+    forget_dead_legacy_drivers();
+    // The plugin (driver) and the agent image, from this test run's binary.
+    let test_plugin = TestPlugin::start("allspark-test-compose");
+    let plugin = test_plugin.name.clone();
+    let (dir, root, binds) = (
+        test_plugin.root.base.clone(),
+        test_plugin.root.root(),
+        test_plugin.root.binds(),
+    );
+    plugin_script_ok("agent-image.sh", &[AGENT_TEST_IMAGE]);
     let mut cleanup = Cleanup::new();
-    let d = dir.display();
-    cleanup.add(format!(
-        "if grep -q ' {d}' /proc/self/mountinfo; then echo 'mounts left under {d}; not removing it' >&2; exit 1; fi; rm -rf '{d}'"
-    ));
-    cleanup.add(format!(
-        "docker plugin disable -f {plugin} >/dev/null 2>&1; docker plugin rm -f {plugin}"
-    ));
-
-    // The plugin and the agent image, from this test run's binary.
-    let bin = allspark_bin();
-    let out = plugin_script(
-        "build.sh",
-        &[Path::new("--binary"), &bin],
-        &["--strip", &plugin],
-    );
-    assert!(
-        out.status.success(),
-        "plugin/build.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    docker_ok(&[
-        "plugin",
-        "set",
-        &plugin,
-        &format!("state.source={}", root.display()),
-        &format!("ALLSPARK_BIND_ROOTS={}", binds.display()),
-    ]);
-    docker_ok(&["plugin", "enable", &plugin]);
-    let out = plugin_script(
-        "agent-image.sh",
-        &[Path::new("--binary"), &bin],
-        &["--strip", AGENT_TEST_IMAGE],
-    );
-    assert!(
-        out.status.success(),
-        "plugin/agent-image.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     // The compose file as shipped, with host paths moved into the scratch dir
     // and `driver: allspark` pointing at the test plugin.
@@ -211,7 +166,7 @@ fn compose_platform_volumes_have_their_owner_mode_flags_and_keep_data() {
     let compose_file = dir.join("docker-compose.yml");
     fs::write(&compose_file, text).unwrap();
     let p = Project {
-        name: base.clone(),
+        name: plugin.trim_end_matches(":latest").to_string(),
         files: [compose_file, repo_root().join("compose/test-override.yml")],
     };
     let volumes: Vec<String> = VOLUMES.iter().map(|v| p.volume(v)).collect();

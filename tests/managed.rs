@@ -20,70 +20,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::{
-    allspark_bin, docker, docker_ok, ensure_busybox_image, ensure_root_shared, path_str, repo_root,
-    require_docker, sh_ok, unique_name, wait_until, Cleanup,
+    docker, docker_ok, ensure_busybox_image, ensure_root_shared, path_str, plugin_script,
+    plugin_script_ok, reap_stale_test_plugins, require_docker, restart_dockerd, unique_name,
+    wait_until, Cleanup, TestRoot,
 };
 
 /// Serializes the tests of this binary: one restarts dockerd under the others.
 static DOCKERD: Mutex<()> = Mutex::new(());
-
-/// A scratch directory for one test plugin: `root/` (its state root, the
-/// plugin's `state` mount) and `binds/` (its only allowed bind root).
-struct TestDirs {
-    base: PathBuf,
-}
-
-impl TestDirs {
-    fn new(name: &str, cleanup: &mut Cleanup) -> TestDirs {
-        let base = PathBuf::from("/var/lib/allspark-test").join(name);
-        fs::create_dir_all(base.join("root")).unwrap();
-        fs::create_dir_all(base.join("binds")).unwrap();
-        // Runs last: removes the scratch directory unless something is still mounted below it.
-        let b = base.display();
-        cleanup.add(format!(
-            "if grep -q ' {b}' /proc/self/mountinfo; then echo 'mounts left under {b}; not removing it' >&2; exit 1; fi; rm -rf '{b}'"
-        ));
-        TestDirs { base }
-    }
-    fn root(&self) -> PathBuf {
-        self.base.join("root")
-    }
-    fn binds(&self) -> PathBuf {
-        self.base.join("binds")
-    }
-    /// `docker plugin set` arguments that point a plugin at these directories.
-    fn settings(&self) -> Vec<String> {
-        vec![
-            format!("state.source={}", self.root().display()),
-            format!("ALLSPARK_BIND_ROOTS={}", self.binds().display()),
-            "ALLSPARK_LOG=debug".to_string(),
-        ]
-    }
-}
-
-/// Runs plugin/build.sh with the test binary; returns the output.
-fn build_plugin(args: &[&str]) -> std::process::Output {
-    Command::new("bash")
-        .arg(repo_root().join("plugin/build.sh"))
-        .arg("--binary")
-        .arg(allspark_bin())
-        .arg("--strip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run plugin/build.sh")
-}
-
-fn build_plugin_ok(args: &[&str]) -> String {
-    let out = build_plugin(args);
-    assert!(
-        out.status.success(),
-        "plugin/build.sh {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `sh -c SCRIPT` in a throwaway busybox container with `-v VOLUME_SPEC`s; returns stdout.
 fn run_with(image: &str, volumes: &[String], script: &str) -> String {
@@ -198,84 +141,6 @@ fn check_volumes(image: &str, plugin: &str, managed: &str, bound: &str, when: &s
     }
 }
 
-/// Restarts dockerd the way this machine runs it: systemd, the Debian init
-/// script (start-stop-daemon pid file), or a dockerd started by hand / by an
-/// init without either, which is stopped and started again with the same
-/// command line, environment and log file.
-fn restart_dockerd() {
-    let quiet = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if quiet("systemctl", &["is-active", "--quiet", "docker"]) {
-        sh_ok("systemctl restart docker");
-    } else if Path::new("/var/run/docker-ssd.pid").exists()
-        && Path::new("/etc/init.d/docker").exists()
-    {
-        sh_ok("/etc/init.d/docker restart");
-    } else {
-        let pid = fs::read_to_string("/var/run/docker.pid")
-            .expect("read /var/run/docker.pid (is dockerd running?)")
-            .trim()
-            .to_string();
-        let proc_dir = PathBuf::from("/proc").join(&pid);
-        let split = |b: Vec<u8>| -> Vec<String> {
-            b.split(|c| *c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        };
-        let argv = split(fs::read(proc_dir.join("cmdline")).expect("dockerd cmdline"));
-        let env = split(fs::read(proc_dir.join("environ")).expect("dockerd environ"));
-        let log = fs::read_link(proc_dir.join("fd/2"))
-            .ok()
-            .filter(|p| p.is_absolute() && p.is_file())
-            .unwrap_or_else(|| PathBuf::from("/var/log/dockerd.log"));
-        let cwd = fs::read_link(proc_dir.join("cwd")).unwrap_or_else(|_| PathBuf::from("/"));
-        sh_ok(&format!("kill -TERM {pid}"));
-        wait_until("the old dockerd exited", Duration::from_secs(90), || {
-            !proc_dir.exists()
-        });
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open the dockerd log");
-        // `setsid --fork` returns at once and leaves dockerd a child of init,
-        // in its own session, outliving the test as before.
-        let mut cmd = Command::new("setsid");
-        cmd.arg("--fork")
-            .args(&argv)
-            .env_clear()
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        for kv in &env {
-            if let Some((k, v)) = kv.split_once('=') {
-                cmd.env(k, v);
-            }
-        }
-        if !env.iter().any(|kv| kv.starts_with("PATH=")) {
-            cmd.env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            );
-        }
-        let status = cmd.status().expect("run setsid --fork dockerd");
-        assert!(status.success(), "starting dockerd again failed: {status}");
-    }
-    wait_until("dockerd answers again", Duration::from_secs(120), || {
-        docker(&["info"]).status.success()
-    });
-}
-
 #[test]
 fn managed_plugin_keeps_volumes_across_disable_upgrade_and_daemon_restart() {
     let _serial = DOCKERD.lock().unwrap_or_else(|e| e.into_inner());
@@ -283,17 +148,18 @@ fn managed_plugin_keeps_volumes_across_disable_upgrade_and_daemon_restart() {
         return;
     }
     ensure_root_shared();
+    reap_stale_test_plugins();
     let image = ensure_busybox_image();
     let base = unique_name("allspark-test-managed");
     let plugin = format!("{base}:latest");
+    let dirs = TestRoot::new(&base);
     let mut cleanup = Cleanup::new();
-    let dirs = TestDirs::new(&base, &mut cleanup);
     cleanup.add(format!(
         "docker plugin disable -f {plugin} >/dev/null 2>&1; docker plugin rm -f {plugin}"
     ));
 
     // Package and create; the config is what plugin/config.json says.
-    assert_eq!(build_plugin_ok(&[&plugin]).trim(), plugin);
+    assert_eq!(plugin_script_ok("build.sh", &[&plugin]).trim(), plugin);
     let config: serde_json::Value = serde_json::from_str(&docker_ok(&[
         "plugin",
         "inspect",
@@ -397,7 +263,7 @@ fn managed_plugin_keeps_volumes_across_disable_upgrade_and_daemon_restart() {
         "sleep",
         "600",
     ]);
-    let refused = build_plugin(&[&plugin]);
+    let refused = plugin_script("build.sh", &[&plugin]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success(),
@@ -414,7 +280,7 @@ fn managed_plugin_keeps_volumes_across_disable_upgrade_and_daemon_restart() {
     docker_ok(&["rm", "-f", &holder]);
 
     // Upgrade: rebuild and replace; settings carried over, enabled again, volumes kept.
-    build_plugin_ok(&[&plugin]);
+    plugin_script_ok("build.sh", &[&plugin]);
     assert!(
         plugin_enabled(&plugin),
         "a replaced enabled plugin is enabled again"
@@ -559,10 +425,11 @@ fn managed_plugin_pushed_to_a_registry_installs_and_serves_a_volume() {
         return;
     }
     ensure_root_shared();
+    reap_stale_test_plugins();
     let image = ensure_busybox_image();
     let base = unique_name("allspark-test-pushed");
+    let dirs = TestRoot::new(&base);
     let mut cleanup = Cleanup::new();
-    let dirs = TestDirs::new(&base, &mut cleanup);
     let registry = Registry::start();
     let remote = format!("127.0.0.1:{}/{base}:latest", registry.port);
     let alias = format!("{base}-installed:latest");
@@ -571,20 +438,7 @@ fn managed_plugin_pushed_to_a_registry_installs_and_serves_a_volume() {
         "docker plugin disable -f {alias} >/dev/null 2>&1; docker plugin rm -f {alias}"
     ));
 
-    let push = Command::new("bash")
-        .arg(repo_root().join("plugin/push.sh"))
-        .arg("--binary")
-        .arg(allspark_bin())
-        .arg("--strip")
-        .arg(&remote)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run plugin/push.sh");
-    assert!(
-        push.status.success(),
-        "plugin/push.sh failed:\n{}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    plugin_script_ok("push.sh", &[&remote]);
     docker_ok(&["plugin", "rm", &remote]);
 
     // What a user on another machine does: install from the registry, with settings.

@@ -14,6 +14,13 @@
 //!   each test crate, where `env!("CARGO_BIN_EXE_allspark")` is defined.
 //! - [`repo_root`], [`sh`] / [`sh_ok`], [`wait_until`], [`path_str`],
 //!   [`ensure_root_shared`] (host `/` shared, for `rslave` binds).
+//! - [`TestPlugin`]: the managed plugin built from this test run's binary under
+//!   a unique name, with its own state and bind roots ([`TestRoot`]), removed on
+//!   drop. Prefer it to a legacy socket plugin in tests against dockerd: dockerd
+//!   never forgets a legacy driver whose socket is gone (see
+//!   [`forget_dead_legacy_drivers`]), a removed managed plugin leaves nothing.
+//! - [`plugin_script`]: run plugin/build.sh, push.sh or agent-image.sh on the
+//!   test binary; [`restart_dockerd`].
 //!
 //! Not every test binary uses every helper, hence `allow(dead_code)`.
 #![allow(dead_code)]
@@ -401,4 +408,289 @@ pub fn ensure_root_shared() {
         "source '{}'\nallspark_ensure_root_propagation test",
         lib.display()
     ));
+}
+
+/// A scratch state root for a test plugin under `/var/lib/allspark-test/<name>`:
+/// `root/` (the plugin's `state` mount: records, managed volumes, snapshots)
+/// and `binds/` (its only allowed bind root, for `device=` paths). Removed on
+/// drop unless something is still mounted below it.
+pub struct TestRoot {
+    pub base: PathBuf,
+}
+
+impl TestRoot {
+    pub fn new(name: &str) -> TestRoot {
+        let base = PathBuf::from("/var/lib/allspark-test").join(name);
+        fs::create_dir_all(base.join("root")).unwrap();
+        fs::create_dir_all(base.join("binds")).unwrap();
+        TestRoot { base }
+    }
+
+    /// The state root (the plugin's `state.source`).
+    pub fn root(&self) -> PathBuf {
+        self.base.join("root")
+    }
+
+    /// The allowed bind root (`ALLSPARK_BIND_ROOTS`).
+    pub fn binds(&self) -> PathBuf {
+        self.base.join("binds")
+    }
+
+    /// `docker plugin set` / `docker plugin install` settings pointing a plugin here.
+    pub fn settings(&self) -> Vec<String> {
+        vec![
+            format!("state.source={}", self.root().display()),
+            format!("ALLSPARK_BIND_ROOTS={}", self.binds().display()),
+            "ALLSPARK_LOG=debug".to_string(),
+        ]
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = format!(" {}", self.base.display());
+        if mountinfo.contains(&prefix) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "cleanup: mounts left under {}; not removing it",
+                self.base.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.base);
+        }
+    }
+}
+
+/// Runs `bash plugin/SCRIPT --binary <test binary> --strip ARGS…` and returns its output.
+pub fn plugin_script(script: &str, args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(repo_root().join("plugin").join(script))
+        .arg("--binary")
+        .arg(allspark_bin())
+        .arg("--strip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run plugin/{script}: {e}"))
+}
+
+/// Like [`plugin_script`], but panics with its stderr unless it succeeds; returns stdout.
+pub fn plugin_script_ok(script: &str, args: &[&str]) -> String {
+    let out = plugin_script(script, args);
+    assert!(
+        out.status.success(),
+        "plugin/{script} {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The managed plugin built from this test run's binary (plugin/build.sh),
+/// named `<prefix>-<unique>:latest` (never `allspark:latest`), pointed at its
+/// own [`TestRoot`] and enabled. Dropping it disables and removes the plugin,
+/// then the scratch root. Declare it before the guard that removes the test's
+/// volumes, so the volumes go first, while the plugin still answers.
+pub struct TestPlugin {
+    /// The driver name, `NAME:latest`.
+    pub name: String,
+    pub root: TestRoot,
+}
+
+impl TestPlugin {
+    pub fn start(prefix: &str) -> TestPlugin {
+        ensure_root_shared();
+        reap_stale_test_plugins();
+        let base = unique_name(prefix);
+        let plugin = TestPlugin {
+            name: format!("{base}:latest"),
+            root: TestRoot::new(&base),
+        };
+        plugin_script_ok("build.sh", &[&plugin.name]);
+        let mut set = vec!["plugin".to_string(), "set".to_string(), plugin.name.clone()];
+        set.extend(plugin.root.settings());
+        docker_ok(&set.iter().map(String::as_str).collect::<Vec<_>>());
+        docker_ok(&["plugin", "enable", &plugin.name]);
+        plugin
+    }
+}
+
+impl Drop for TestPlugin {
+    fn drop(&mut self) {
+        let _ = docker(&["plugin", "disable", "-f", &self.name]);
+        let out = docker(&["plugin", "rm", "-f", &self.name]);
+        if !out.status.success() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "cleanup: docker plugin rm -f {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+}
+
+/// The pid in a [`unique_name`] (`PREFIX-<pid>-<n>-<time>`), if `name` is one.
+fn pid_of_unique_name(name: &str) -> Option<u32> {
+    let mut fields = name.rsplit('-');
+    let (_time, _n, pid) = (fields.next()?, fields.next()?, fields.next()?);
+    pid.parse().ok()
+}
+
+/// Removes what killed test runs left behind (their guards never ran): test
+/// plugins named `…allspark-test-…-<pid>-<n>-<time>` whose test process is
+/// gone, and their scratch roots under /var/lib/allspark-test. Such a plugin
+/// is worse than clutter: after a dockerd restart it stays "enabled" without
+/// a running process when its state directory is gone, and dockerd 20.10 then
+/// panics (nil plugin client) on every lookup of an unknown volume name.
+pub fn reap_stale_test_plugins() {
+    let alive = |pid: u32| Path::new("/proc").join(pid.to_string()).exists();
+    let list = docker(&["plugin", "ls", "--format", "{{.Name}}"]);
+    for name in String::from_utf8_lossy(&list.stdout).lines() {
+        let base = name
+            .rsplit('/')
+            .next()
+            .unwrap_or(name)
+            .trim_end_matches(":latest");
+        if !base.starts_with("allspark-test-") {
+            continue;
+        }
+        match pid_of_unique_name(base.trim_end_matches("-installed")) {
+            Some(pid) if !alive(pid) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: removing the stale test plugin {name} (its test process {pid} is gone)"
+                );
+                let _ = docker(&["plugin", "disable", "-f", name]);
+                let _ = docker(&["plugin", "rm", "-f", name]);
+            }
+            _ => {}
+        }
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for entry in fs::read_dir("/var/lib/allspark-test")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if matches!(pid_of_unique_name(&name), Some(pid) if !alive(pid))
+            && !mountinfo.contains(&format!(" {}", path.display()))
+        {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Restarts dockerd the way this machine runs it: systemd, the Debian init
+/// script (start-stop-daemon pid file), or a dockerd started by hand or by an
+/// init without either, which is stopped and started again with the same
+/// command line, environment and log file. Waits until it answers.
+pub fn restart_dockerd() {
+    let quiet = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if quiet("systemctl", &["is-active", "--quiet", "docker"]) {
+        sh_ok("systemctl restart docker");
+    } else if Path::new("/var/run/docker-ssd.pid").exists()
+        && Path::new("/etc/init.d/docker").exists()
+    {
+        sh_ok("/etc/init.d/docker restart");
+    } else {
+        let pid = fs::read_to_string("/var/run/docker.pid")
+            .expect("read /var/run/docker.pid (is dockerd running?)")
+            .trim()
+            .to_string();
+        let proc_dir = PathBuf::from("/proc").join(&pid);
+        let split = |b: Vec<u8>| -> Vec<String> {
+            b.split(|c| *c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        };
+        let argv = split(fs::read(proc_dir.join("cmdline")).expect("dockerd cmdline"));
+        let env = split(fs::read(proc_dir.join("environ")).expect("dockerd environ"));
+        let log = fs::read_link(proc_dir.join("fd/2"))
+            .ok()
+            .filter(|p| p.is_absolute() && p.is_file())
+            .unwrap_or_else(|| PathBuf::from("/var/log/dockerd.log"));
+        let cwd = fs::read_link(proc_dir.join("cwd")).unwrap_or_else(|_| PathBuf::from("/"));
+        sh_ok(&format!("kill -TERM {pid}"));
+        wait_until("the old dockerd exited", Duration::from_secs(90), || {
+            !proc_dir.exists()
+        });
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the dockerd log");
+        // `setsid --fork` returns at once and leaves dockerd a child of init,
+        // in its own session, outliving the test as before.
+        let mut cmd = Command::new("setsid");
+        cmd.arg("--fork")
+            .args(&argv)
+            .env_clear()
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for kv in &env {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        if !env.iter().any(|kv| kv.starts_with("PATH=")) {
+            cmd.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+        }
+        let status = cmd.status().expect("run setsid --fork dockerd");
+        assert!(status.success(), "starting dockerd again failed: {status}");
+    }
+    wait_until("dockerd answers again", Duration::from_secs(120), || {
+        docker(&["info"]).status.success()
+    });
+}
+
+/// dockerd remembers every legacy (socket) volume driver it ever used, until
+/// it restarts; once such a socket is gone, each lookup of a volume name it
+/// does not know (`docker volume inspect`, which docker-compose does for every
+/// volume) asks every dead driver with retries: about 15 s each, minutes in
+/// all. This probes one such lookup and, when it takes longer than 10 s,
+/// restarts dockerd, the only way to make it forget them.
+pub fn forget_dead_legacy_drivers() {
+    let probe = unique_name("allspark-probe-no-such-volume");
+    let mut child = Command::new("docker")
+        .args(["volume", "inspect", &probe])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run docker volume inspect");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = writeln!(
+        std::io::stderr(),
+        "note: dockerd takes over 10 s to look up an unknown volume (dead legacy volume drivers \
+         from earlier tests); restarting dockerd so it forgets them"
+    );
+    restart_dockerd();
 }
