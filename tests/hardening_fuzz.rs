@@ -1,0 +1,329 @@
+//! Fuzzing without the fuzz toolchain: every seed (`fuzz/seeds/<target>/`) and every input that once
+//! crashed a target (`fuzz/regressions/<target>/`) replayed through the same harness code the
+//! cargo-fuzz targets run (`fuzz/src/harness.rs`), as plain tests. `scripts/fuzz.sh` does the
+//! fuzzing itself; `write_fuzz_seeds` (ignored) regenerates the seeds.
+
+#[path = "../fuzz/src/harness.rs"]
+mod harness;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+}
+
+/// Feed every file of the target's seed and regression directories to `run`.
+fn replay(target: &str, run: fn(&[u8])) {
+    let mut fed = 0;
+    for kind in ["seeds", "regressions"] {
+        let dir = fuzz_dir().join(kind).join(target);
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let bytes = fs::read(&f).unwrap();
+            eprintln!("{target}: {}", f.display());
+            run(&bytes);
+            fed += 1;
+        }
+    }
+    assert!(fed > 0, "no seeds for fuzz target {target}");
+    eprintln!("{target}: {fed} inputs replayed");
+}
+
+#[test]
+fn fuzz_requests_seeds_and_regressions() {
+    replay("requests", harness::requests);
+}
+
+#[test]
+fn fuzz_driver_api_seeds_and_regressions() {
+    replay("driver_api", harness::driver_api);
+}
+
+#[test]
+fn fuzz_state_files_seeds_and_regressions() {
+    replay("state_files", harness::state_files);
+}
+
+#[test]
+fn fuzz_extract_seeds_and_regressions() {
+    replay("extract", harness::extract);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeds: `cargo test --test hardening_fuzz -- --ignored write_fuzz_seeds`
+// ---------------------------------------------------------------------------------------------
+
+fn put(target: &str, name: &str, selector: Option<u8>, body: &[u8]) {
+    let dir = fuzz_dir().join("seeds").join(target);
+    fs::create_dir_all(&dir).unwrap();
+    let mut bytes = Vec::new();
+    bytes.extend(selector);
+    bytes.extend_from_slice(body);
+    fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn gz(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn header(name: &[u8], ty: tar::EntryType, size: u64, link: &[u8]) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+    h.set_mode(0o644);
+    h.set_mtime(1_500_000_000);
+    h.set_size(size);
+    h.set_entry_type(ty);
+    h.set_cksum();
+    h
+}
+
+/// (name, type, data, link target) of one raw tar entry.
+type RawEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8], &'a [u8]);
+
+fn raw_tar(entries: &[RawEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, ty, data, link) in entries {
+        out.extend_from_slice(header(name, *ty, data.len() as u64, link).as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend([0u8; 1024]);
+    out
+}
+
+#[test]
+#[ignore = "regenerates fuzz/seeds; run by hand"]
+fn write_fuzz_seeds() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let _ = fs::remove_dir_all(fuzz_dir().join("seeds"));
+
+    // requests: selector byte (see harness::requests), then the input.
+    for (i, (sel, body)) in [
+        (0, r#"{"Name":"v","Opts":null}"#),
+        (0, r#"{"Name":"pg","Opts":{"type":"none","o":"bind,noatime,nodiratime","device":"/srv/pg","uid":"999","gid":"999","mode":"0700"}}"#),
+        (0, r#"{"Name":"ws","Opts":{"snapshot":"on-unmount","keep":"last=10,daily=7,weekly=4,monthly=12","backup":"high","class":"critical","size":"50G"}}"#),
+        (0, r#"{"Name":"p1","Opts":{"template":"snapshot:base@20261125T200000.000000Z","parent":"target-workspaces","class":"temporary"}}"#),
+        (1, r#"{"Name":"v"}"#),
+        (2, r#"{"Name":"v","ID":"0123456789abcdef"}"#),
+        (3, r#"{"o":"ro,nosuid,nodev,noexec","size":"1.5T","keep":"3"}"#),
+        (4, "last=10,daily=7,weekly=4,monthly=12"),
+        (5, "1.5GiB"),
+        (6, "rbind,ro,relatime"),
+        (7, "20261125T201814.253835Z"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        put("requests", &format!("seed-{i:02}"), Some(*sel), body.as_bytes());
+    }
+
+    // driver_api: the harness decodes bytes into calls; a few hand-made call sequences
+    // (create a, mount a c1, unmount, remove; a device volume; a child volume) and noise.
+    let sequences: [&[u8]; 4] = [
+        // create "a" (opts: 1 pair snapshot=on-unmount), mount a/c1, unmount a/c1, remove a, list
+        &[
+            0, 3, 0, 1, 1, 6, 4, 3, 2, 3, 0, 1, 0, 5, 3, 0, 1, 0, 6, 3, 0, 9,
+        ],
+        // create "b" with device=<binds>/x, mount, get, path
+        &[0, 3, 1, 1, 1, 2, 2, 2, 3, 3, 1, 1, 0, 7, 3, 1, 8, 3, 1],
+        // create "p", create "a" with parent=p, remove p (refused), remove a, remove p
+        &[0, 3, 4, 0, 1, 3, 0, 1, 12, 2, 4, 6, 3, 4, 6, 3, 0, 6, 3, 4],
+        // raw bodies and unknown calls
+        b"\x0a\x02\x05{bad}\x0a\x09\x00\x0b\x00\x0b\x01",
+    ];
+    for (i, s) in sequences.iter().enumerate() {
+        put("driver_api", &format!("seed-{i:02}"), None, s);
+    }
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..4 {
+        let noise: Vec<u8> = (0..200)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        put("driver_api", &format!("noise-{i:02}"), None, &noise);
+    }
+
+    // state_files: real files written by allspark itself.
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = allspark::config::Layout::new(tmp.path().join("root"));
+    layout.ensure().unwrap();
+    let sys = std::sync::Arc::new(allspark::mounts::RecordingSys::default());
+    let driver = allspark::driver::Driver::new(
+        layout.clone(),
+        sys,
+        allspark::driver::DriverSettings {
+            mount_dir: layout.mounts_dir(),
+            bind_roots: vec![layout.root.clone()],
+            view: Default::default(),
+            snapshot_wait: std::time::Duration::ZERO,
+        },
+    )
+    .unwrap();
+    let opts: std::collections::BTreeMap<String, String> = [
+        ("snapshot", "on-unmount"),
+        ("keep", "last=3,daily=2"),
+        ("size", "2G"),
+        ("class", "critical"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    driver.create("vol", Some(&opts)).unwrap();
+    driver.mount("vol", "c1").unwrap();
+    put(
+        "state_files",
+        "record",
+        Some(2),
+        &fs::read(layout.record("vol")).unwrap(),
+    );
+    driver.unmount("vol", "c1").unwrap();
+    let data = layout.managed_data("vol");
+    fs::create_dir_all(data.join("dir/sub")).unwrap();
+    fs::write(data.join("dir/sub/file.txt"), b"hello").unwrap();
+    fs::write(data.join("setuid"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(data.join("setuid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    symlink("dir/sub", data.join("link")).unwrap();
+    fs::hard_link(data.join("dir/sub/file.txt"), data.join("hard")).unwrap();
+    fs::write(data.join("l".repeat(120)), b"long name").unwrap();
+    let _ = xattr::set(data.join("dir"), "user.seed", b"a\nb");
+    nix::unistd::mkfifo(
+        &data.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let sparse = fs::File::create(data.join("sparse")).unwrap();
+    sparse.set_len(1 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&sparse, b"x", 40960).unwrap();
+    drop(sparse);
+    let ctx = allspark::snapshot::ops::Ctx {
+        layout: layout.clone(),
+        view: Default::default(),
+        docker_url: "unix:///nonexistent.sock".into(),
+    };
+    let first = allspark::snapshot::ops::take(
+        &ctx,
+        "vol",
+        allspark::snapshot::Trigger::Manual,
+        None,
+        false,
+        None,
+    )
+    .unwrap();
+    fs::remove_file(data.join("hard")).unwrap();
+    fs::write(data.join("new"), b"new").unwrap();
+    let second = allspark::snapshot::ops::take(
+        &ctx,
+        "vol",
+        allspark::snapshot::Trigger::Unmount,
+        Some("00000000000000000001-0000000001-00000001.json".into()),
+        false,
+        None,
+    )
+    .unwrap();
+    for (name, outcome) in [("full", first), ("incremental", second)] {
+        let allspark::snapshot::CreateOutcome::Created(m) = outcome else {
+            panic!("no snapshot")
+        };
+        let dir = layout.volume_snapshots("vol").join(&m.id);
+        put(
+            "state_files",
+            &format!("manifest-{name}"),
+            Some(0),
+            &fs::read(dir.join("manifest.json")).unwrap(),
+        );
+        put(
+            "state_files",
+            &format!("index-{name}"),
+            Some(3),
+            &fs::read(dir.join("index")).unwrap(),
+        );
+        put(
+            "extract",
+            &format!("snapshot-{name}.tar.gz"),
+            Some(0),
+            &fs::read(dir.join("snapshot.tar.gz")).unwrap(),
+        );
+    }
+    let ev = allspark::spool::Event {
+        kind: allspark::spool::EventKind::Unmount,
+        volume: "vol".into(),
+        at: chrono::Utc::now(),
+        container: Some("abc".into()),
+    };
+    put(
+        "state_files",
+        "spool-event",
+        Some(1),
+        &serde_json::to_vec(&ev).unwrap(),
+    );
+    put(
+        "state_files",
+        "usage",
+        Some(4),
+        br#"{"bytes":12345,"files":3,"measured_at":"2026-11-25T20:18:14Z"}"#,
+    );
+
+    // extract: the uncompressed tar of the same tree (gzip-wrapped by the harness, bit 0),
+    // over a populated destination (bit 3), and hostile archives.
+    let mut tar_bytes = Vec::new();
+    allspark::archive::write_tree(
+        &data,
+        &mut tar_bytes,
+        &allspark::archive::WriteOptions::default(),
+    )
+    .unwrap();
+    put("extract", "tree.tar", Some(1), &tar_bytes);
+    put("extract", "tree-over-existing.tar", Some(1 | 8), &tar_bytes);
+    put("extract", "tree-verify.tar", Some(1 | 2), &tar_bytes);
+    use tar::EntryType as T;
+    let hostile: [(&str, Vec<u8>); 6] = [
+        (
+            "dotdot",
+            raw_tar(&[
+                (b"./ok", T::Regular, b"ok", b""),
+                (b"../../escaped", T::Regular, b"x", b""),
+            ]),
+        ),
+        (
+            "absolute",
+            raw_tar(&[(b"/nonexistent-allspark-fuzz/x", T::Regular, b"x", b"")]),
+        ),
+        (
+            "symlink-write-through",
+            raw_tar(&[
+                (b"./l", T::Symlink, b"", b"../outside"),
+                (b"./l/precious", T::Regular, b"pwned", b""),
+            ]),
+        ),
+        (
+            "hardlink-out",
+            raw_tar(&[(b"./h", T::Link, b"", b"../outside/precious")]),
+        ),
+        ("device", raw_tar(&[(b"./null", T::Char, b"", b"")])),
+        (
+            "existing-link",
+            raw_tar(&[(b"./link/precious", T::Regular, b"pwned", b"")]),
+        ),
+    ];
+    for (name, t) in hostile {
+        put("extract", &format!("hostile-{name}.tar"), Some(1 | 8), &t);
+        put(
+            "extract",
+            &format!("hostile-{name}.tar.gz"),
+            Some(4 | 8),
+            &gz(&t),
+        );
+    }
+    eprintln!("seeds written under {}", fuzz_dir().join("seeds").display());
+}
