@@ -55,9 +55,17 @@ EOF
 
 # The classic builder: FROM scratch needs no base image and no network, and it
 # does not depend on the buildx CLI plugin being installed.
+old_id="$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
 echo "agent-image.sh: docker build -t $image" >&2
 if ! out="$(DOCKER_BUILDKIT=0 docker build --quiet -t "$image" "$work" 2>&1)"; then
     echo "$out" >&2
     die "docker build of $image failed"
+fi
+# The image this tag named before is left without a name: remove it, unless
+# a container still uses it (then scripts/install.sh removes it after replacing
+# the container).
+new_id="$(docker image inspect --format '{{.Id}}' "$image")"
+if [[ -n "$old_id" && "$old_id" != "$new_id" ]]; then
+    docker image rm "$old_id" >/dev/null 2>&1 || true
 fi
 echo "$image"

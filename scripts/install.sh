@@ -65,7 +65,9 @@ echo "install.sh: plugin $plugin enabled (state root $state_root); use it with d
 
 if [[ "$agent" == 1 ]]; then
     "$repo/plugin/agent-image.sh" --binary "$binary" "$agent_image" >/dev/null
+    old_image=""
     if docker container inspect "$agent_name" >/dev/null 2>&1; then
+        old_image="$(docker container inspect --format '{{.Image}}' "$agent_name")"
         echo "install.sh: replacing the running $agent_name container"
         docker stop -t 30 "$agent_name" >/dev/null 2>&1 || true
         docker rm -f "$agent_name" >/dev/null
@@ -87,6 +89,9 @@ if [[ "$agent" == 1 ]]; then
     if [[ "$(docker container inspect -f '{{.State.Running}}' "$agent_name")" != true ]]; then
         docker logs --tail 20 "$agent_name" >&2 || true
         die "the agent container $agent_name stopped right after starting (its log is above)"
+    fi
+    if [[ -n "$old_image" && "$old_image" != "$(docker container inspect --format '{{.Image}}' "$agent_name")" ]]; then
+        docker image rm "$old_image" >/dev/null 2>&1 || true   # the previous build, now unnamed
     fi
     echo "install.sh: agent container $agent_name running ($agent_image)"
 else
