@@ -5,6 +5,8 @@
 //! `ALLSPARK_BENCH_RUNS` (default 3; the median is reported).
 //! "Cold" means without the listing cache, not with an empty page cache: the
 //! tree was just written, so all three contenders read metadata from memory.
+//! Wall time depends on what else runs on the machine; the CPU column (user +
+//! system, all threads; `du`'s from `RUSAGE_CHILDREN`) is the steadier figure.
 
 use std::fs;
 use std::io::Write;
@@ -65,16 +67,29 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
+/// CPU time (user + system) of this process (`RUSAGE_SELF`, all threads) or of its waited-for children.
+fn cpu(who: libc::c_int) -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes into the struct we pass.
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Median wall time, median CPU time (of this process and of children), and the last result.
+fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> (Duration, Duration, T) {
     let mut times = Vec::new();
+    let mut cpus = Vec::new();
     let mut last = None;
     for _ in 0..runs {
+        let c0 = cpu(libc::RUSAGE_SELF) + cpu(libc::RUSAGE_CHILDREN);
         let t = Instant::now();
         let r = f();
         times.push(t.elapsed());
+        cpus.push(cpu(libc::RUSAGE_SELF) + cpu(libc::RUSAGE_CHILDREN) - c0);
         last = Some(r);
     }
-    (median(times), last.unwrap())
+    (median(times), median(cpus), last.unwrap())
 }
 
 fn du(dir: &Path) -> u64 {
@@ -127,48 +142,84 @@ fn main() {
     std::thread::sleep(usage::RACY_WINDOW + Duration::from_millis(500));
 
     let default = MeasureOptions::default();
-    let (cold, w) = time(runs, || usage::measure_with(&root, &default).unwrap());
+    let opts = |threads| MeasureOptions { threads };
+    let (cold, cold_cpu, w) = time(runs, || usage::measure_with(&root, &default).unwrap());
     assert_eq!(w.usage.files, made as u64);
-    let four = MeasureOptions { threads: 4 };
-    let (cold4, _) = time(runs, || usage::measure_with(&root, &four).unwrap());
+    let mut cold_rows = Vec::new();
+    for n in [2, 4, 8] {
+        let (t, c, r) = time(runs, || usage::measure_with(&root, &opts(n)).unwrap());
+        assert_eq!(r.usage, w.usage, "{n} threads disagree");
+        cold_rows.push((n, t, c));
+    }
     let prime = Instant::now();
     let first = usage::measure_cached(&root, &cache).unwrap();
     let prime = prime.elapsed();
     assert_eq!(first.dirs_listed, dirs as u64);
-    let (warm, ww) = time(runs, || usage::measure_cached(&root, &cache).unwrap());
+    let (warm, warm_cpu, ww) = time(runs, || usage::measure_cached(&root, &cache).unwrap());
     assert_eq!(
         ww.dirs_reused, dirs as u64,
         "warm runs must reuse every listing"
     );
-    let (du_t, du_bytes) = time(runs, || du(&root));
+    let mut warm_rows = Vec::new();
+    for n in [2, 4] {
+        let (t, c, r) = time(runs, || {
+            usage::measure_cached_with(&root, &cache, &opts(n)).unwrap()
+        });
+        assert_eq!(r.usage, w.usage, "{n} threads disagree");
+        warm_rows.push((n, t, c));
+    }
+    let (du_t, du_cpu, du_bytes) = time(runs, || du(&root));
     assert_eq!(w.usage.bytes, du_bytes, "measure and du disagree");
     assert_eq!(ww.usage, w.usage, "warm and cold disagree");
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     let cache_size = fs::metadata(&cache).map(|m| m.len()).unwrap_or(0);
     println!();
     println!(
-        "{:<44} {:>10} {:>10}",
-        "median of {runs} runs".replace("{runs}", &runs.to_string()),
-        "time",
-        "vs du"
+        "{:<52} {:>10} {:>10} {:>10}",
+        format!("median of {runs} runs"),
+        "wall",
+        "vs du",
+        "cpu"
     );
-    let row = |name: &str, d: Duration| {
+    let row = |name: &str, d: Duration, c: Duration| {
         println!(
-            "{:<44} {:>10.1?} {:>9.2}x",
+            "{:<52} {:>10.1?} {:>9.2}x {:>10.1?}",
             name,
             d,
-            du_t.as_secs_f64() / d.as_secs_f64()
+            du_t.as_secs_f64() / d.as_secs_f64(),
+            c
         );
     };
-    row("du -s -x --block-size=1", du_t);
+    row("du -s -x --block-size=1", du_t, du_cpu);
     row(
-        &format!("measure, cold (no cache, {} threads)", default.threads),
+        &format!(
+            "measure, cold (no cache, default {} threads)",
+            default.threads
+        ),
         cold,
+        cold_cpu,
     );
-    row("measure, cold (no cache, 4 threads)", cold4);
-    row("measure, warm (listing cache)", warm);
+    for (n, t, c) in &cold_rows {
+        row(&format!("measure, cold (no cache, {n} threads)"), *t, *c);
+    }
+    row(
+        &format!(
+            "measure, warm (listing cache, default {} threads)",
+            default.threads
+        ),
+        warm,
+        warm_cpu,
+    );
+    for (n, t, c) in &warm_rows {
+        row(
+            &format!("measure, warm (listing cache, {n} threads)"),
+            *t,
+            *c,
+        );
+    }
     println!(
-        "{:<44} {:>10.1?}",
+        "{:<52} {:>10.1?}",
         "measure, priming run (lists + writes cache)", prime
     );
     println!();
@@ -177,7 +228,20 @@ fn main() {
         w.usage.bytes, w.usage.apparent_bytes, w.usage.files, w.usage.dirs, cache_size
     );
     println!(
-        "warm / cold = {:.2} (the cache saves the readdir calls; every entry is still stat'ed)",
-        warm.as_secs_f64() / cold.as_secs_f64()
+        "warm / cold = {:.2} wall, {:.2} cpu (the cache saves the readdir calls; every entry is still stat'ed)",
+        warm.as_secs_f64() / cold.as_secs_f64(),
+        warm_cpu.as_secs_f64() / cold_cpu.as_secs_f64()
+    );
+    println!(
+        "cpu vs du: cold {:.2}x, warm {:.2}x of du's cpu time",
+        cold_cpu.as_secs_f64() / du_cpu.as_secs_f64(),
+        warm_cpu.as_secs_f64() / du_cpu.as_secs_f64()
+    );
+    println!(
+        "load average at the end: {} (other work on the machine skews the figures)",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 }

@@ -718,7 +718,8 @@ pub fn measure_all(layout: &Layout, view: &HostView) -> Vec<VolumeUsage> {
 
 /// Measure every volume through its listing cache, write each volume's [`UsageCache`]
 /// atomically (what `docker volume inspect` shows), and stat the filesystems holding them.
-/// Volumes are measured one after another; each walk is itself parallel.
+/// Volumes are measured one after another; each walk is itself parallel. A `parent=`
+/// child's data lies inside its parent's directory, so the parent's figures include it.
 pub fn measure_report(layout: &Layout, view: &HostView, opts: &ReportOptions) -> Report {
     let store = Store::new(layout.clone());
     let (records, bad) = match store.all() {
