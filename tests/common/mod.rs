@@ -624,7 +624,11 @@ pub fn restart_dockerd() {
             .ok()
             .filter(|p| p.is_absolute() && p.is_file())
             .unwrap_or_else(|| PathBuf::from("/var/log/dockerd.log"));
-        let cwd = fs::read_link(proc_dir.join("cwd")).unwrap_or_else(|_| PathBuf::from("/"));
+        // Its working directory may be gone (a deleted checkout that started it): then `/`.
+        let cwd = fs::read_link(proc_dir.join("cwd"))
+            .ok()
+            .filter(|d| d.is_dir())
+            .unwrap_or_else(|| PathBuf::from("/"));
         sh_ok(&format!("kill -TERM {pid}"));
         wait_until("the old dockerd exited", Duration::from_secs(90), || {
             !proc_dir.exists()
@@ -655,8 +659,20 @@ pub fn restart_dockerd() {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             );
         }
-        let status = cmd.status().expect("run setsid --fork dockerd");
-        assert!(status.success(), "starting dockerd again failed: {status}");
+        match cmd.status() {
+            Ok(status) if status.success() => {}
+            other => {
+                // Never leave the machine without a daemon: start a plain one.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: starting dockerd as before failed ({other:?}); starting `dockerd` from / instead"
+                );
+                sh_ok(&format!(
+                    "cd / && setsid --fork dockerd >>'{}' 2>&1 </dev/null",
+                    log.display()
+                ));
+            }
+        }
     }
     wait_until("dockerd answers again", Duration::from_secs(120), || {
         docker(&["info"]).status.success()
