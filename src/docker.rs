@@ -55,6 +55,23 @@ pub struct ContainerInfo {
     pub volumes: Vec<String>,
 }
 
+/// Containers matching Docker list `filters` (`all`: stopped ones too), as `ContainerInfo`.
+pub async fn list(
+    docker: &Docker,
+    all: bool,
+    filters: HashMap<String, Vec<String>>,
+) -> anyhow::Result<Vec<ContainerInfo>> {
+    let list = docker
+        .list_containers(Some(ListContainersOptions {
+            all,
+            filters,
+            ..Default::default()
+        }))
+        .await
+        .context("cannot list containers")?;
+    Ok(list.into_iter().map(info).collect())
+}
+
 /// All containers (running or not), optionally only those using `volume`.
 pub async fn containers(
     docker: &Docker,
@@ -64,35 +81,28 @@ pub async fn containers(
     if let Some(v) = volume {
         filters.insert("volume".to_string(), vec![v.to_string()]);
     }
-    let list = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters,
-            ..Default::default()
-        }))
-        .await
-        .context("cannot list containers")?;
-    Ok(list
-        .into_iter()
-        .map(|c| ContainerInfo {
-            id: c.id.unwrap_or_default(),
-            name: c
-                .names
-                .and_then(|n| n.first().cloned())
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string(),
-            running: c.state.as_deref() == Some("running"),
-            labels: c.labels.unwrap_or_default(),
-            volumes: c
-                .mounts
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|m| m.typ == Some(bollard::models::MountPointTypeEnum::VOLUME))
-                .filter_map(|m| m.name)
-                .collect(),
-        })
-        .collect())
+    list(docker, true, filters).await
+}
+
+fn info(c: bollard::models::ContainerSummary) -> ContainerInfo {
+    ContainerInfo {
+        id: c.id.unwrap_or_default(),
+        name: c
+            .names
+            .and_then(|n| n.first().cloned())
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        running: c.state.as_deref() == Some("running"),
+        labels: c.labels.unwrap_or_default(),
+        volumes: c
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.typ == Some(bollard::models::MountPointTypeEnum::VOLUME))
+            .filter_map(|m| m.name)
+            .collect(),
+    }
 }
 
 /// Run a future to completion on a small runtime (for the synchronous CLI).

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use bollard::container::ListContainersOptions;
 use bollard::Docker;
 use chrono::{Local, Utc};
 
@@ -173,35 +172,9 @@ pub async fn running_containers(
     if let Some(f) = filter {
         filters.insert("label".to_string(), vec![f.to_string()]);
     }
-    let list = docker
-        .list_containers(Some(ListContainersOptions {
-            all: false,
-            filters,
-            ..Default::default()
-        }))
+    let mut out = crate::docker::list(docker, false, filters)
         .await
         .context("cannot list the running containers")?;
-    let mut out: Vec<ContainerInfo> = list
-        .into_iter()
-        .map(|c| ContainerInfo {
-            id: c.id.unwrap_or_default(),
-            name: c
-                .names
-                .and_then(|n| n.first().cloned())
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string(),
-            running: true,
-            labels: c.labels.unwrap_or_default(),
-            volumes: c
-                .mounts
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|m| m.typ == Some(bollard::models::MountPointTypeEnum::VOLUME))
-                .filter_map(|m| m.name)
-                .collect(),
-        })
-        .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
