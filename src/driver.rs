@@ -17,7 +17,7 @@ use crate::names;
 use crate::options::{self, VolumeSpec};
 use crate::spool::{self, Event, EventKind};
 use crate::status;
-use crate::store::{DataLocation, Store, StoreError, VolumeRecord, RECORD_VERSION};
+use crate::store::{DataLocation, Store, StoreError, VolumeRecord};
 
 /// What the driver needs to know besides the root.
 #[derive(Clone, Debug)]
@@ -135,18 +135,7 @@ impl Driver {
                 "cannot set owner/mode of {}",
                 local.display()
             )))?;
-        let record = VolumeRecord {
-            version: RECORD_VERSION,
-            name: name.to_string(),
-            created_at: Utc::now(),
-            options: opts.cloned().unwrap_or_default(),
-            spec,
-            data,
-            mounts: BTreeMap::new(),
-            last_mounted_at: None,
-            last_unmounted_at: None,
-            previous_data: None,
-        };
+        let record = VolumeRecord::new(name, opts.cloned().unwrap_or_default(), spec, data);
         self.store.save(&record)?;
         Ok(())
     }

@@ -88,6 +88,44 @@ pub struct VolumeRecord {
 }
 
 impl VolumeRecord {
+    /// A new, unmounted record created now.
+    pub fn new(
+        name: &str,
+        options: BTreeMap<String, String>,
+        spec: VolumeSpec,
+        data: DataLocation,
+    ) -> VolumeRecord {
+        VolumeRecord {
+            version: RECORD_VERSION,
+            name: name.to_string(),
+            created_at: Utc::now(),
+            options,
+            spec,
+            data,
+            mounts: BTreeMap::new(),
+            last_mounted_at: None,
+            last_unmounted_at: None,
+            previous_data: None,
+        }
+    }
+
+    /// A new managed-directory record from `key=value` options (fixtures, tools).
+    pub fn managed(
+        name: &str,
+        opts: &[(&str, &str)],
+    ) -> Result<VolumeRecord, crate::options::OptionError> {
+        let options: BTreeMap<String, String> = opts
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let spec = crate::options::parse(Some(&options))?;
+        let data = DataLocation::Managed {
+            volume: name.to_string(),
+            subdir: None,
+        };
+        Ok(VolumeRecord::new(name, options, spec, data))
+    }
+
     /// How many references are live.
     pub fn mount_count(&self) -> u32 {
         self.mounts.values().sum()
@@ -266,21 +304,7 @@ mod tests {
     use super::*;
 
     fn record(name: &str) -> VolumeRecord {
-        VolumeRecord {
-            version: RECORD_VERSION,
-            name: name.into(),
-            created_at: Utc::now(),
-            options: BTreeMap::new(),
-            spec: VolumeSpec::default(),
-            data: DataLocation::Managed {
-                volume: name.into(),
-                subdir: None,
-            },
-            mounts: BTreeMap::new(),
-            last_mounted_at: None,
-            last_unmounted_at: None,
-            previous_data: None,
-        }
+        VolumeRecord::managed(name, &[]).unwrap()
     }
 
     #[test]

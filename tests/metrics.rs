@@ -8,7 +8,7 @@ use std::path::Path;
 use allspark::callstats::CallTotals;
 use allspark::config::{HostView, Layout};
 use allspark::metrics::{self, MetricsState};
-use allspark::store::{DataLocation, Store, VolumeRecord, RECORD_VERSION};
+use allspark::store::{Store, VolumeRecord};
 use allspark::usage::{self, ReportOptions};
 use chrono::Utc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -133,25 +133,8 @@ fn write(p: &Path, bytes: &[u8]) {
 }
 
 fn save(layout: &Layout, name: &str, opts: &[(&str, &str)], mounts: u32) {
-    let options: BTreeMap<String, String> = opts
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let rec = VolumeRecord {
-        version: RECORD_VERSION,
-        name: name.into(),
-        created_at: Utc::now(),
-        spec: allspark::options::parse(Some(&options)).unwrap(),
-        options,
-        data: DataLocation::Managed {
-            volume: name.into(),
-            subdir: None,
-        },
-        mounts: (0..mounts).map(|i| (format!("m{i}"), 1)).collect(),
-        last_mounted_at: None,
-        last_unmounted_at: None,
-        previous_data: None,
-    };
+    let mut rec = VolumeRecord::managed(name, opts).unwrap();
+    rec.mounts = (0..mounts).map(|i| (format!("m{i}"), 1)).collect();
     Store::new(layout.clone()).save(&rec).unwrap();
     fs::create_dir_all(layout.managed_data(name)).unwrap();
 }

@@ -1,6 +1,5 @@
 //! Usage measurement against `du`, the listing cache under modification, `measure_all` + `allspark usage --json` on a real root, and alert crossings (once per crossing, persisted).
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -12,7 +11,7 @@ use std::time::Duration;
 use allspark::alerts::{self, AlertConfig, AlertState, Subject, Transition};
 use allspark::config::{HostView, Layout};
 use allspark::status;
-use allspark::store::{DataLocation, Store, VolumeRecord, RECORD_VERSION};
+use allspark::store::{Store, VolumeRecord};
 use allspark::usage::{self, ReportOptions};
 use chrono::Utc;
 
@@ -222,25 +221,9 @@ fn walk_does_not_leave_the_tree_through_symlinks() {
 }
 
 fn record(name: &str, opts: &[(&str, &str)], mounts: &[(&str, u32)]) -> VolumeRecord {
-    let options: BTreeMap<String, String> = opts
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    VolumeRecord {
-        version: RECORD_VERSION,
-        name: name.into(),
-        created_at: Utc::now(),
-        spec: allspark::options::parse(Some(&options)).unwrap(),
-        options,
-        data: DataLocation::Managed {
-            volume: name.into(),
-            subdir: None,
-        },
-        mounts: mounts.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
-        last_mounted_at: None,
-        last_unmounted_at: None,
-        previous_data: None,
-    }
+    let mut r = VolumeRecord::managed(name, opts).unwrap();
+    r.mounts = mounts.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    r
 }
 
 /// A root with `alpha` (size 100K, ~94 % full, one snapshot, mounted twice) and `beta` (no size).

@@ -571,30 +571,9 @@ fn archive_volume(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::parse;
-    use crate::store::{DataLocation, RECORD_VERSION};
-    use std::collections::BTreeMap;
 
     fn rec(name: &str, opts: &[(&str, &str)]) -> Arc<VolumeRecord> {
-        let options: BTreeMap<String, String> = opts
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Arc::new(VolumeRecord {
-            version: RECORD_VERSION,
-            name: name.into(),
-            created_at: Utc::now(),
-            spec: parse(Some(&options)).unwrap(),
-            options,
-            data: DataLocation::Managed {
-                volume: name.into(),
-                subdir: None,
-            },
-            mounts: BTreeMap::new(),
-            last_mounted_at: None,
-            last_unmounted_at: None,
-            previous_data: None,
-        })
+        Arc::new(VolumeRecord::managed(name, opts).unwrap())
     }
 
     #[test]
