@@ -4,7 +4,8 @@
 # The project's one test command: formatting, lints, then every test.
 #   cargo fmt --check
 #   cargo clippy --all-targets -- -D warnings
-#   cargo test --all-targets, then cargo test --doc
+#   cargo test --all-targets --no-fail-fast (every test binary runs; all
+#   failures are listed), then cargo test --doc
 # With arguments, the last step is `cargo test ARGS…` instead (e.g.
 # scripts/test.sh --test managed).
 #
@@ -30,7 +31,7 @@ step cargo clippy --all-targets -- -D warnings
 if [[ $# -gt 0 ]]; then
     step cargo test "$@"
 else
-    step cargo test --all-targets
+    step cargo test --all-targets --no-fail-fast
     step cargo test --doc
 fi
 echo >&2
