@@ -442,6 +442,7 @@ impl Driver {
 
     /// The mountpoint of an existing volume.
     pub fn path(&self, name: &str) -> Result<PathBuf> {
+        names::validate(name).map_err(DriverError::Invalid)?;
         self.store
             .load(name)?
             .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
