@@ -246,15 +246,19 @@ impl Driver {
             )));
         }
         if rec.data.owned() {
-            let dir = match &rec.data {
-                DataLocation::Managed { subdir: None, .. } => self.layout.volumes_dir().join(name),
-                other => other.local_path(&self.layout, &self.settings.view),
-            };
-            self.discard(name, &dir)?;
+            self.discard(name, &self.owned_dir(&rec))?;
         }
         self.store.delete(name)?;
         self.empty_trash();
         Ok(())
+    }
+
+    /// What Remove moves to the trash: all of `volumes/<name>` for a managed volume, the subdirectory of a child.
+    fn owned_dir(&self, rec: &VolumeRecord) -> PathBuf {
+        match &rec.data {
+            DataLocation::Managed { subdir: None, .. } => self.layout.volumes_dir().join(&rec.name),
+            other => other.local_path(&self.layout, &self.settings.view),
+        }
     }
 
     /// Move a directory into the trash (atomic), to be deleted once the record is gone.
@@ -273,12 +277,18 @@ impl Driver {
         Ok(())
     }
 
-    /// Delete what removed volumes left in the trash.
+    /// Delete what removed volumes left in the trash. An entry whose volume still has a record
+    /// belongs to a removal not finished yet, or interrupted (`reconcile` puts that data back).
     pub fn empty_trash(&self) {
         let Ok(entries) = fs::read_dir(self.layout.trash_dir()) else {
             return;
         };
         for e in entries.flatten() {
+            if let Some(name) = trash_owner(&e.file_name()) {
+                if !matches!(self.store.load(&name), Ok(None)) {
+                    continue;
+                }
+            }
             if let Err(err) = fs::remove_dir_all(e.path()) {
                 tracing::warn!(path = %e.path().display(), %err, "cannot empty the trash");
             }
@@ -533,9 +543,51 @@ impl Driver {
                 }
             }
         }
+        self.put_back_interrupted_removals();
         self.empty_trash();
         Ok(())
     }
+
+    /// A Remove killed after moving the data to the trash but before deleting the record left a
+    /// volume without its data; the removal was never acknowledged, so the data goes back.
+    fn put_back_interrupted_removals(&self) {
+        let Ok(entries) = fs::read_dir(self.layout.trash_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Some(name) = trash_owner(&e.file_name()) else {
+                continue;
+            };
+            let Ok(_lock) = self.store.lock(&name) else {
+                continue;
+            };
+            let Ok(Some(rec)) = self.store.load(&name) else {
+                continue;
+            };
+            let dir = self.owned_dir(&rec);
+            if !rec.data.owned() || dir.exists() {
+                continue;
+            }
+            match fs::rename(e.path(), &dir) {
+                Ok(()) => {
+                    if let Some(parent) = dir.parent() {
+                        let _ = fsutil::fsync_dir(parent);
+                    }
+                    tracing::warn!(volume = %name, path = %dir.display(), "a removal was interrupted before it was acknowledged: the volume's data is put back");
+                }
+                Err(err) => {
+                    tracing::error!(volume = %name, from = %e.path().display(), %err, "cannot put back the data of an interrupted removal; it stays in the trash")
+                }
+            }
+        }
+    }
+}
+
+/// The volume a trash entry (`<name>.<nanoseconds>`) came from.
+fn trash_owner(file: &std::ffi::OsStr) -> Option<String> {
+    let (name, stamp) = file.to_str()?.rsplit_once('.')?;
+    let stamp_ok = !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit());
+    (stamp_ok && names::validate(name).is_ok()).then(|| name.to_string())
 }
 
 /// Create `dir` and missing parents; returns the topmost directory created, if any.

@@ -4,6 +4,7 @@
 mod harness;
 
 use std::fs;
+use std::time::{Duration, Instant};
 
 use harness::{err_of, Plugin};
 use serde_json::json;
@@ -27,4 +28,65 @@ fn path_refuses_a_name_that_is_not_a_volume_name() {
         );
     }
     assert!(p.root().join("state/decoy.json").exists());
+}
+
+/// Found by tests/hardening_crash.rs: a Remove killed after moving the data to the trash but
+/// before deleting the record left the volume in place with its data gone (the restart emptied
+/// the trash) although the removal was never acknowledged.
+#[test]
+fn a_remove_interrupted_before_the_record_is_deleted_gets_its_data_back() {
+    let mut p = Plugin::start(BIN);
+    for name in ["kept", "child-parent"] {
+        let (_, v) = p.call("VolumeDriver.Create", json!({"Name": name, "Opts": null}));
+        assert_eq!(err_of(&v), "");
+    }
+    let (_, v) = p.call(
+        "VolumeDriver.Create",
+        json!({"Name": "child", "Opts": {"parent": "child-parent"}}),
+    );
+    assert_eq!(err_of(&v), "");
+    let root = p.root();
+    fs::write(root.join("volumes/kept/data/precious"), b"kept's data").unwrap();
+    fs::write(
+        root.join("volumes/child-parent/data/child/f"),
+        b"child's data",
+    )
+    .unwrap();
+    p.kill9();
+    // The state a kill leaves between the rename into the trash and the record deletion.
+    fs::rename(
+        root.join("volumes/kept"),
+        root.join("trash/kept.1795640172369659104"),
+    )
+    .unwrap();
+    fs::rename(
+        root.join("volumes/child-parent/data/child"),
+        root.join("trash/child.1795640172369659105"),
+    )
+    .unwrap();
+    // And a finished removal whose trash was not emptied yet.
+    fs::create_dir_all(root.join("trash/gone.1795640172369659106/data")).unwrap();
+    p.spawn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_dir(root.join("trash")).unwrap().count() != 0 {
+        assert!(Instant::now() < deadline, "trash not handled: {}", p.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        fs::read(root.join("volumes/kept/data/precious")).unwrap(),
+        b"kept's data"
+    );
+    assert_eq!(
+        fs::read(root.join("volumes/child-parent/data/child/f")).unwrap(),
+        b"child's data"
+    );
+    assert!(p.log().contains("data is put back"), "{}", p.log());
+    // Docker retries the removal: now it completes.
+    for name in ["kept", "child"] {
+        let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": name}));
+        assert_eq!(err_of(&v), "");
+    }
+    assert!(!root.join("volumes/kept").exists());
+    assert!(!root.join("volumes/child-parent/data/child").exists());
+    assert_eq!(fs::read_dir(root.join("trash")).unwrap().count(), 0);
 }
