@@ -22,6 +22,8 @@ use crate::protocol::{ErrResponse, CONTENT_TYPE};
 pub const MAX_BODY: usize = 1 << 20;
 /// How long a client may take to send its request headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its request body once the headers are in.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for calls in flight.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,10 +65,17 @@ async fn serve_request<H: Handler>(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{} is not accepted; every call is a POST", req.method()),
         )
+    } else if hyper::body::Body::size_hint(req.body()).lower() > MAX_BODY as u64 {
+        too_large()
     } else {
         let call = req.uri().path().trim_start_matches('/').to_string();
-        match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(collected) => {
+        let body = Limited::new(req.into_body(), MAX_BODY).collect();
+        match tokio::time::timeout(BODY_TIMEOUT, body).await {
+            Err(_) => Reply::err(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+            ),
+            Ok(Ok(collected)) => {
                 let body = collected.to_bytes();
                 match tokio::task::spawn_blocking(move || handler.handle(&call, &body)).await {
                     Ok(r) => r,
@@ -76,14 +85,11 @@ async fn serve_request<H: Handler>(
                     ),
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
                     .is_some()
                 {
-                    Reply::err(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("request body is larger than {MAX_BODY} bytes"),
-                    )
+                    too_large()
                 } else {
                     Reply::err(
                         StatusCode::BAD_REQUEST,
@@ -100,6 +106,13 @@ async fn serve_request<H: Handler>(
         hyper::header::HeaderValue::from_static(CONTENT_TYPE),
     );
     Ok(resp)
+}
+
+fn too_large() -> Reply {
+    Reply::err(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than {MAX_BODY} bytes"),
+    )
 }
 
 /// Bind the socket (mode 0660), refusing to steal one another server is answering on.

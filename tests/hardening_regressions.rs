@@ -4,6 +4,8 @@
 mod harness;
 
 use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use harness::{err_of, Plugin};
@@ -89,4 +91,67 @@ fn a_remove_interrupted_before_the_record_is_deleted_gets_its_data_back() {
     assert!(!root.join("volumes/kept").exists());
     assert!(!root.join("volumes/child-parent/data/child").exists());
     assert_eq!(fs::read_dir(root.join("trash")).unwrap().count(), 0);
+}
+
+fn send(p: &Plugin, head: &str) -> UnixStream {
+    let mut s = UnixStream::connect(p.socket()).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s
+}
+
+fn reply_of(mut s: UnixStream, wait: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// Found by tests/hardening_input.rs: a request announcing a 10 GiB body was not refused until
+/// the bytes came, and a body that trickles in held its connection forever (the header timeout
+/// stops at the end of the headers).
+#[test]
+fn an_oversized_announced_body_is_refused_at_once_and_a_slow_body_times_out() {
+    let p = Plugin::start(BIN);
+    let s = send(
+        &p,
+        "POST /VolumeDriver.Create HTTP/1.1\r\nHost: x\r\nContent-Length: 10737418240\r\n\r\n",
+    );
+    let (reply, took) = reply_of(s, Duration::from_secs(30));
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("larger than"), "{reply}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    let mut s = send(
+        &p,
+        "POST /VolumeDriver.List HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+    );
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < allspark::server::BODY_TIMEOUT + Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_secs(1));
+        if s.write_all(b" ").is_err() {
+            closed = true;
+            break;
+        }
+        s.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        let mut b = [0u8; 256];
+        if let Ok(n) = s.read(&mut b) {
+            let text = String::from_utf8_lossy(&b[..n]);
+            assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+            closed = true;
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(closed, "a body sent one byte per second was never cut off");
+    assert!(
+        took <= allspark::server::BODY_TIMEOUT + Duration::from_secs(3),
+        "{took:?}"
+    );
+    let (_, v) = p.call("VolumeDriver.List", json!({}));
+    assert_eq!(err_of(&v), "");
 }
