@@ -8,7 +8,8 @@
 //!   through a symlink are refused;
 //! * hard links must point to an existing regular file inside the
 //!   destination, by a relative path that passes through no symlink;
-//! * device nodes are refused unless [`ExtractOptions::allow_devices`];
+//! * device nodes are refused unless [`ExtractOptions::allow_devices`] (or
+//!   skipped with a warning under [`ExtractOptions::skip_devices`]);
 //! * GNU tar's PAX sparse format (`GNU.sparse.*` records, written by GNU tar
 //!   in POSIX format with `--sparse`) is refused: tar-rs would store the
 //!   sparse map inside the file. Old-GNU sparse entries (ours) are fine;
@@ -55,6 +56,9 @@ const MAX_LISTED: usize = 1000;
 pub struct ExtractOptions {
     /// Create character and block device nodes (refused by default).
     pub allow_devices: bool,
+    /// Skip device nodes (with a warning naming each, counted in the report) instead of
+    /// refusing the archive; ignored when `allow_devices` is set.
+    pub skip_devices: bool,
     /// Read and check everything without writing anything: every byte is
     /// decompressed (so every gzip member's crc32 is checked), every header
     /// parsed and every path checked (symlink write-through is detected
@@ -77,6 +81,7 @@ impl Default for ExtractOptions {
     fn default() -> Self {
         ExtractOptions {
             allow_devices: false,
+            skip_devices: false,
             verify_only: false,
             preserve_ownership: true,
             skip_refused: false,
@@ -102,6 +107,8 @@ pub struct ExtractReport {
     pub hardlinks: u64,
     /// FIFOs and device nodes.
     pub specials: u64,
+    /// Device nodes skipped under [`ExtractOptions::skip_devices`].
+    pub devices_skipped: u64,
     /// Apparent size of the regular files.
     pub bytes: u64,
     /// Compressed bytes read (the whole input).
@@ -539,6 +546,11 @@ impl Extractor<'_> {
             }
             EntryType::Fifo | EntryType::Char | EntryType::Block => {
                 if ty != EntryType::Fifo && !self.opts.allow_devices {
+                    if self.opts.skip_devices {
+                        self.report.devices_skipped += 1;
+                        tracing::warn!(entry = %shown, "device node not restored: allspark never creates device nodes (GNU tar can restore it from the archive)");
+                        return Ok(());
+                    }
                     return self.refuse(
                         &shown,
                         "device nodes are not restored unless explicitly allowed",

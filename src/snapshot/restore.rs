@@ -98,7 +98,11 @@ pub fn extract_chain(
         let p = archive_path(layout, m);
         let f = File::open(&p)
             .map_err(|e| SnapshotError::io(format!("cannot open {}", p.display()), e))?;
-        let opts = ExtractOptions::default();
+        // A volume may hold device nodes (a rootfs build): restore everything else.
+        let opts = ExtractOptions {
+            skip_devices: true,
+            ..Default::default()
+        };
         let r = archive::extract(
             BufReader::with_capacity(1 << 20, Counting::new(f, progress)),
             dest,

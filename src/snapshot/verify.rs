@@ -33,6 +33,7 @@ pub fn verify_chain(
             .map_err(|e| SnapshotError::io(format!("cannot open {}", p.display()), e))?;
         let opts = ExtractOptions {
             verify_only: true,
+            skip_devices: true,
             ..Default::default()
         };
         let r = archive::extract(
