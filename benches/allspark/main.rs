@@ -1,0 +1,259 @@
+//! allspark against Docker's `local` driver, GNU tar and pigz, in one run, with a report.
+//!
+//! Run with `scripts/bench.sh [--quick]` (or `cargo bench --bench allspark -- [--quick]`).
+//! Needs root (real bind mounts) and, for the Docker sections, a running
+//! dockerd (they are reported as skipped without one). Every figure is the
+//! median of several runs, with min and max; every ratio compares two
+//! figures measured in the same run, interleaved. The table goes to stdout
+//! and to `bench-results/latest.{md,json}` (`--out DIR` to change).
+//!
+//! Options (after `--`): `--quick` (smaller workspace, fewer volumes and
+//! runs: a smoke check of a minute or two), `--only docker,socket,snapshots`,
+//! `--out DIR`, `--generate DIR` (only write the workspace there). Scratch space: `ALLSPARK_BENCH_DIR` (default `/var/tmp`).
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+mod client;
+mod docker;
+mod gen;
+mod plugin;
+mod report;
+mod snapshots;
+mod socket;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use report::Report;
+
+/// Sizes and repetitions of one run.
+#[derive(Clone, Debug)]
+pub struct Cfg {
+    pub quick: bool,
+    /// Rounds of the socket phases and start-up runs.
+    pub runs: usize,
+    /// Duration of one socket phase.
+    pub phase: Duration,
+    pub list_per_round: usize,
+    pub volumes: usize,
+    pub docker_warmup: usize,
+    pub docker_runs: usize,
+    pub snap_runs: usize,
+    pub ws_files: usize,
+    pub ws_bytes: u64,
+}
+
+impl Cfg {
+    fn full() -> Cfg {
+        Cfg {
+            quick: false,
+            runs: 5,
+            phase: Duration::from_secs(2),
+            list_per_round: 6,
+            volumes: 10_000,
+            docker_warmup: 3,
+            docker_runs: 15,
+            snap_runs: 3,
+            ws_files: 20_000,
+            ws_bytes: 1 << 30,
+        }
+    }
+    fn quick() -> Cfg {
+        Cfg {
+            quick: true,
+            runs: 3,
+            phase: Duration::from_millis(500),
+            list_per_round: 2,
+            volumes: 2_000,
+            docker_warmup: 1,
+            docker_runs: 4,
+            snap_runs: 2,
+            ws_files: 2_000,
+            ws_bytes: 100 << 20,
+        }
+    }
+}
+
+pub fn nproc() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn sh(cmd: &str) -> String {
+    Command::new("bash")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn storage_driver() -> String {
+    let s = sh("docker info --format '{{.Driver}}' 2>/dev/null");
+    if s.is_empty() {
+        "(no dockerd)".into()
+    } else {
+        s
+    }
+}
+
+fn machine() -> Vec<(String, String)> {
+    let model = sh("lscpu | sed -n 's/^Model name: *//p' | head -1");
+    let mem = sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo");
+    let fs = sh("df -T /var/tmp | awk 'NR==2 {print $2\" (\"$1\")\"}'");
+    let git = sh(&format!(
+        "cd '{}' && git rev-parse --short HEAD && (git diff --quiet HEAD -- src Cargo.toml || echo '(src modified)')",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .replace('\n', " ");
+    vec![
+        ("cores (nproc)".into(), nproc().to_string()),
+        ("CPU".into(), model),
+        ("memory".into(), mem),
+        ("kernel".into(), sh("uname -r")),
+        ("scratch filesystem".into(), fs),
+        (
+            "docker".into(),
+            format!(
+                "{} (storage driver {})",
+                sh("docker version --format '{{.Server.Version}}' 2>/dev/null"),
+                storage_driver()
+            ),
+        ),
+        (
+            "tools".into(),
+            format!(
+                "{}, gzip {}, pigz {}",
+                sh("tar --version | head -1"),
+                sh("gzip --version | head -1 | awk '{print $2}'"),
+                sh("pigz --version 2>&1 | awk '{print $2}'")
+            ),
+        ),
+        ("rustc".into(), sh("rustc --version")),
+        ("allspark".into(), git),
+        (
+            "load average at start".into(),
+            sh("cut -d' ' -f1-3 /proc/loadavg"),
+        ),
+    ]
+}
+
+fn scratch(prefix: &str, parent: &Path) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .unwrap_or_else(|e| panic!("cannot create scratch space in {}: {e}", parent.display()))
+}
+
+/// Remove a scratch directory after unmounting what a plugin may have left there.
+fn dispose(dir: tempfile::TempDir) {
+    plugin::unmount_under(dir.path());
+    let _ = dir.close();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --all-targets` also runs this binary (without --bench): do nothing then.
+    if !args.iter().any(|a| a == "--bench") {
+        println!(
+            "allspark bench: run with `scripts/bench.sh [--quick]` (cargo bench --bench allspark)"
+        );
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(dir) = value("--generate") {
+        // Debugging aid: write the workspace of the chosen mode into DIR and stop.
+        let cfg = if quick { Cfg::quick() } else { Cfg::full() };
+        std::fs::create_dir_all(&dir).expect("create the directory");
+        let tree = gen::generate(Path::new(&dir), cfg.ws_files, cfg.ws_bytes).expect("generate");
+        println!(
+            "{} files, {} directories, {} bytes in {dir}",
+            tree.files.len(),
+            tree.dirs,
+            tree.bytes
+        );
+        return;
+    }
+    let only: Option<Vec<String>> =
+        value("--only").map(|s| s.split(',').map(str::to_string).collect());
+    let wants = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let out_dir = value("--out")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results"));
+    let parent =
+        PathBuf::from(std::env::var("ALLSPARK_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()));
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the bench needs root (the plugin makes real bind mounts)"
+    );
+    let cfg = if quick { Cfg::quick() } else { Cfg::full() };
+    let bin = common::allspark_bin();
+
+    let started = Instant::now();
+    let mut report = Report {
+        mode: if quick { "quick" } else { "full" }.into(),
+        started: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        machine: machine(),
+        ..Default::default()
+    };
+    eprintln!(
+        "allspark bench ({} mode), binary {}",
+        report.mode,
+        bin.display()
+    );
+
+    if wants("docker") {
+        // dockerd must see the plugin's bind mounts: keep the root under /var/lib like the e2e tests.
+        let dir = scratch("allspark-bench-docker-", Path::new("/var/lib"));
+        let (secs, targets) = docker::run(&cfg, &bin, dir.path());
+        report.sections.extend(secs);
+        report.targets.extend(targets);
+        dispose(dir);
+    }
+    if wants("socket") {
+        let dir = scratch("allspark-bench-socket-", &parent);
+        let (sec, targets) = socket::run(&cfg, &bin, dir.path());
+        report.sections.push(sec);
+        report.targets.extend(targets);
+        dispose(dir);
+    }
+    if wants("snapshots") {
+        let dir = scratch("allspark-bench-snap-", &parent);
+        let (sec, targets) = snapshots::run(&cfg, &bin, dir.path());
+        report.sections.push(sec);
+        report.targets.extend(targets);
+        dispose(dir);
+    }
+    report.total_secs = started.elapsed().as_secs_f64();
+    report.machine.push((
+        "load average at end".into(),
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
+    ));
+    if quick {
+        report.notes.push(
+            "Quick mode: a smoke check with a smaller workspace, fewer volumes and runs; its figures are not comparable to the targets.".into(),
+        );
+    }
+
+    print!("{}", report.text());
+    std::fs::create_dir_all(&out_dir).expect("create the output directory");
+    let json = serde_json::to_string_pretty(&report.json()).expect("JSON");
+    let md = format!("## allspark benchmarks\n\n{}", report.markdown());
+    std::fs::write(out_dir.join("latest.json"), &json).expect("write latest.json");
+    std::fs::write(out_dir.join("latest.md"), &md).expect("write latest.md");
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    std::fs::write(out_dir.join(format!("{stamp}-{}.json", report.mode)), &json)
+        .expect("write the dated copy");
+    eprintln!(
+        "\nwrote {0}/latest.md and {0}/latest.json",
+        out_dir.display()
+    );
+}
