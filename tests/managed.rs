@@ -20,9 +20,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::{
-    docker, docker_ok, ensure_busybox_image, ensure_root_shared, path_str, plugin_script,
-    plugin_script_ok, reap_stale_test_plugins, require_docker, restart_dockerd, unique_name,
-    wait_until, Cleanup, TestRoot,
+    docker, docker_ok, ensure_busybox_image, ensure_root_shared, forget_dead_legacy_drivers,
+    path_str, plugin_script, plugin_script_ok, reap_stale_test_plugins, require_docker,
+    restart_dockerd, unique_name, wait_until, Cleanup, TestRoot,
 };
 
 /// Serializes the tests of this binary: one restarts dockerd under the others.
@@ -149,6 +149,7 @@ fn managed_plugin_keeps_volumes_across_disable_upgrade_and_daemon_restart() {
     }
     ensure_root_shared();
     reap_stale_test_plugins();
+    forget_dead_legacy_drivers();
     let image = ensure_busybox_image();
     let base = unique_name("allspark-test-managed");
     let plugin = format!("{base}:latest");
@@ -426,6 +427,7 @@ fn managed_plugin_pushed_to_a_registry_installs_and_serves_a_volume() {
     }
     ensure_root_shared();
     reap_stale_test_plugins();
+    forget_dead_legacy_drivers();
     let image = ensure_busybox_image();
     let base = unique_name("allspark-test-pushed");
     let dirs = TestRoot::new(&base);
