@@ -86,6 +86,7 @@ pub fn restore_over(
     let _snap = FileLock::acquire(&snap_lock, LockKind::Exclusive)
         .with_context(|| format!("cannot take {}", snap_lock.display()))?;
     refuse_if_in_use(ctx, &vref)?;
+    restore::remove_stale_staging(&vref.dir);
     Ok(restore::restore_chain_into(
         &ctx.layout,
         &chain,

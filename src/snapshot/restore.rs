@@ -60,6 +60,32 @@ pub fn staging_dir(target: &Path) -> Result<PathBuf, SnapshotError> {
     Ok(staging)
 }
 
+/// Delete the staging directories that restores killed midway left next to `target` (a partial
+/// extraction, or the old content awaiting deletion). Call only while holding the volume's
+/// snapshot lock, which every restore over a volume holds.
+pub fn remove_stale_staging(target: &Path) {
+    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.allspark-staging-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        match fs::remove_dir_all(e.path()) {
+            Ok(()) => {
+                tracing::info!(path = %e.path().display(), "removed the staging directory of an interrupted restore")
+            }
+            Err(err) => {
+                tracing::warn!(path = %e.path().display(), %err, "cannot remove the staging directory of an interrupted restore")
+            }
+        }
+    }
+}
+
 /// Extract `chain` (full first) into a new staging directory and swap it with `target`.
 /// The old content is deleted only after the swap; a failure leaves `target` untouched.
 pub fn restore_chain_into(
