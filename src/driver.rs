@@ -245,10 +245,21 @@ impl Driver {
                 children.join(", ")
             )));
         }
-        if rec.data.owned() {
-            self.discard(name, &self.owned_dir(&rec))?;
+        let dir = self.owned_dir(&rec);
+        let discarded = if rec.data.owned() {
+            self.discard(name, &dir)?
+        } else {
+            None
+        };
+        if let Err(e) = self.store.delete(name) {
+            // The record stays, so the data stays too.
+            if let Some(trash) = discarded {
+                if let Err(err) = fs::rename(&trash, &dir) {
+                    tracing::error!(volume = name, from = %trash.display(), %err, "cannot put the data back after a failed removal; the next start of the plugin does");
+                }
+            }
+            return Err(e.into());
         }
-        self.store.delete(name)?;
         self.empty_trash();
         Ok(())
     }
@@ -262,9 +273,10 @@ impl Driver {
     }
 
     /// Move a directory into the trash (atomic), to be deleted once the record is gone.
-    fn discard(&self, name: &str, dir: &Path) -> Result<()> {
+    /// Returns where the directory went, if it existed.
+    fn discard(&self, name: &str, dir: &Path) -> Result<Option<PathBuf>> {
         if !dir.exists() {
-            return Ok(());
+            return Ok(None);
         }
         let stamp = Utc::now().timestamp_nanos_opt().unwrap_or_default();
         let trash = self.layout.trash_dir().join(format!("{name}.{stamp}"));
@@ -272,9 +284,11 @@ impl Driver {
             "cannot move {} to the trash",
             dir.display()
         )))?;
-        fsutil::fsync_dir(&self.layout.trash_dir())
-            .map_err(io_ctx("cannot sync the trash directory"))?;
-        Ok(())
+        if let Err(e) = fsutil::fsync_dir(&self.layout.trash_dir()) {
+            let _ = fs::rename(&trash, dir);
+            return Err(io_ctx("cannot sync the trash directory")(e));
+        }
+        Ok(Some(trash))
     }
 
     /// Delete what removed volumes left in the trash. An entry whose volume still has a record

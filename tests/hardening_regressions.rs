@@ -207,3 +207,46 @@ fn a_volume_holding_a_device_node_is_snapshotted_verified_and_restored() {
     assert!(fs::symlink_metadata(data.join("dev/null")).is_err());
     assert!(data.join("dev").is_dir());
 }
+
+/// Bind-mount a directory read-only onto itself, until dropped.
+struct ReadOnly(std::path::PathBuf);
+
+impl ReadOnly {
+    fn make(dir: &std::path::Path) -> ReadOnly {
+        use nix::mount::{mount, MsFlags};
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(None::<&str>, dir, None::<&str>, ro, None::<&str>).unwrap();
+        ReadOnly(dir.to_path_buf())
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Found by tests/hardening_faults.rs: a Remove whose record could not be deleted (read-only or
+/// failing state directory) had already moved the data into the trash and left it there: the
+/// volume stayed, empty, until the plugin restarted.
+#[test]
+fn a_remove_that_cannot_delete_the_record_keeps_the_data_in_place() {
+    let p = Plugin::start(BIN);
+    let (_, v) = p.call(
+        "VolumeDriver.Create",
+        json!({"Name": "stays", "Opts": null}),
+    );
+    assert_eq!(err_of(&v), "");
+    let data = p.root().join("volumes/stays/data");
+    fs::write(data.join("precious"), b"still here").unwrap();
+    let ro = ReadOnly::make(&p.root().join("state"));
+    let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": "stays"}));
+    assert!(err_of(&v).contains("Read-only file system"), "{v}");
+    assert_eq!(fs::read(data.join("precious")).unwrap(), b"still here");
+    assert_eq!(fs::read_dir(p.root().join("trash")).unwrap().count(), 0);
+    drop(ro);
+    let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": "stays"}));
+    assert_eq!(err_of(&v), "");
+    assert!(!p.root().join("volumes/stays").exists());
+}
