@@ -220,12 +220,18 @@ impl Driver {
             return Ok(());
         };
         let n = rec.mount_count();
-        if n > 0 {
+        let live = self.is_live_mount(&self.mountpoint(name));
+        if n > 0 && live {
             return Err(DriverError::Busy(format!(
                 "volume {name} is mounted by {n} container(s); stop them before removing it"
             )));
         }
-        if self.is_live_mount(&self.mountpoint(name)) {
+        if n > 0 {
+            // Under the lock, references without their bind mount are stale: an Unmount
+            // removed the mount but could not record it (full or read-only disk).
+            tracing::warn!(volume = name, refs = n, "references without a live mount are stale: ignored");
+        }
+        if live {
             return Err(DriverError::Busy(format!(
                 "volume {name} is still bind-mounted at {}; unmount it before removing the volume",
                 self.mountpoint(name).display()
@@ -328,6 +334,12 @@ impl Driver {
         let target = self.mountpoint(name);
         let mut rec = (*rec).clone();
         if rec.mount_count() == 0 || !self.is_live_mount(&target) {
+            if rec.mount_count() > 0 {
+                // Stale: an Unmount removed the bind mount but could not record it (full or
+                // read-only disk). Kept, they would keep the new mount alive after its Unmount.
+                tracing::warn!(volume = name, refs = ?rec.mounts, "references without a live mount are stale: cleared");
+                rec.mounts.clear();
+            }
             self.bind(&rec, &target)?;
             rec.last_mounted_at = Some(Utc::now());
         }

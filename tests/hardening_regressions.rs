@@ -250,3 +250,32 @@ fn a_remove_that_cannot_delete_the_record_keeps_the_data_in_place() {
     assert_eq!(err_of(&v), "");
     assert!(!p.root().join("volumes/stays").exists());
 }
+
+/// Found by tests/hardening_faults.rs: an Unmount that removed the bind mount but could not record
+/// it (full disk) left a reference without a mount. Docker does not repeat the Unmount, so the
+/// reference blocked the volume's removal ("mounted by 1 container") and, worse, kept the next
+/// container's bind mount alive after that container's Unmount. Under the volume's lock such a
+/// reference is stale: Mount clears it, Remove ignores it.
+#[test]
+fn a_reference_left_without_its_mount_neither_keeps_the_next_mount_nor_blocks_removal() {
+    let p = Plugin::start(BIN);
+    for name in ["a", "b"] {
+        let (_, v) = p.call("VolumeDriver.Create", json!({"Name": name, "Opts": null}));
+        assert_eq!(err_of(&v), "");
+        let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": name, "ID": "c1"}));
+        assert_eq!(err_of(&v), "");
+        // The state such an Unmount leaves: the mount gone, the reference recorded.
+        nix::mount::umount2(&p.mount_dir().join(name), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+    let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "a", "ID": "c2"}));
+    assert_eq!(err_of(&v), "");
+    let (_, v) = p.call("VolumeDriver.Unmount", json!({"Name": "a", "ID": "c2"}));
+    assert_eq!(err_of(&v), "");
+    assert!(p.live_mounts().is_empty(), "{:?}", p.live_mounts());
+    let (_, v) = p.call("VolumeDriver.Get", json!({"Name": "a"}));
+    assert_eq!(v["Volume"]["Status"]["mounted"], 0);
+    for name in ["a", "b"] {
+        let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": name}));
+        assert_eq!(err_of(&v), "", "{name}");
+    }
+}
