@@ -279,3 +279,36 @@ fn a_reference_left_without_its_mount_neither_keeps_the_next_mount_nor_blocks_re
         assert_eq!(err_of(&v), "", "{name}");
     }
 }
+
+/// Found by tests/hardening_faults.rs: extracting onto a full filesystem failed with "failed to
+/// unpack `…/blob`" and nothing more (tar-rs keeps the cause two errors deep); the operator could
+/// not tell a full disk from a damaged archive.
+#[test]
+fn an_extraction_that_runs_out_of_space_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let blob: Vec<u8> = (0..256u32 << 10).map(|i| (i * 7919 % 251) as u8).collect();
+    fs::write(src.join("blob"), &blob).unwrap();
+    let mut tar = Vec::new();
+    allspark::archive::write_tree(&src, &mut tar, &Default::default()).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let small = dir.path().join("small");
+    fs::create_dir(&small).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .unwrap();
+    let err = allspark::archive::extract(&gz[..], &small.join("dest"), &Default::default())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    let _ = nix::mount::umount2(&small, nix::mount::MntFlags::MNT_DETACH);
+    assert!(err.contains("No space left on device"), "{err}");
+}

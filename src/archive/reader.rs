@@ -266,6 +266,24 @@ fn join_comps(comps: &[&[u8]]) -> Vec<u8> {
     comps.join(&b'/')
 }
 
+/// tar-rs wraps the error of an unpack in layers that only say "failed to unpack `path`":
+/// bring the innermost cause (e.g. "No space left on device") into the message.
+fn with_cause(e: io::Error) -> io::Error {
+    let mut cause = None;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = match e.get_ref() {
+        Some(inner) => inner.source(),
+        None => None,
+    };
+    while let Some(c) = cur {
+        cause = Some(c.to_string());
+        cur = c.source();
+    }
+    match cause {
+        Some(c) if !e.to_string().contains(&c) => io::Error::new(e.kind(), format!("{e}: {c}")),
+        _ => e,
+    }
+}
+
 fn is_not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
@@ -293,7 +311,7 @@ impl Extractor<'_> {
         if stream {
             self.stream_error(e)
         } else {
-            ArchiveError::io("extract", path, e)
+            ArchiveError::io("extract", path, with_cause(e))
         }
     }
 
