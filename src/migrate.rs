@@ -132,6 +132,7 @@ pub fn migrate(
 
 /// Delete the data a migration left at the old place.
 pub fn cleanup(layout: &Layout, view: &HostView, name: &str) -> anyhow::Result<Option<PathBuf>> {
+    crate::names::validate(name).map_err(anyhow::Error::msg)?;
     let store = Store::new(layout.clone());
     let _lock = store.lock(name)?;
     let mut r = (*store

@@ -312,3 +312,42 @@ fn an_extraction_that_runs_out_of_space_says_so() {
     let _ = nix::mount::umount2(&small, nix::mount::MntFlags::MNT_DETACH);
     assert!(err.contains("No space left on device"), "{err}");
 }
+
+/// Found by tests/hardening_input.rs: `snapshot prune` and `volume cleanup` built paths from the
+/// volume name unchecked: `snapshot prune ../decoy` applied retention to (and deleted) snapshot
+/// directories outside the snapshot store, `volume cleanup ../../x` created `x.lock` outside the
+/// locks directory.
+#[test]
+fn prune_and_cleanup_refuse_names_that_are_not_volume_names() {
+    let p = Plugin::start(BIN);
+    let (_, v) = p.call("VolumeDriver.Create", json!({"Name": "v", "Opts": null}));
+    assert_eq!(err_of(&v), "");
+    fs::write(p.root().join("volumes/v/data/f"), b"1").unwrap();
+    let out = cli(&p, &["snapshot", "create", "v"]);
+    assert!(out.status.success());
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Twelve valid-looking snapshots outside the store: more than the default keep of 10.
+    let src = p.root().join("snapshots/v").join(&id);
+    let decoy = p.root().join("decoy");
+    for i in 0..12 {
+        let dir = decoy.join(format!("2020010{}T0000{i:02}.000000Z", i % 9 + 1));
+        fs::create_dir_all(&dir).unwrap();
+        for f in ["manifest.json", "snapshot.tar.gz", "index"] {
+            fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let m = fs::read_to_string(dir.join("manifest.json")).unwrap();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        fs::write(dir.join("manifest.json"), m.replace(&id, &name)).unwrap();
+    }
+    let out = cli(&p, &["snapshot", "prune", "../decoy"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("names must match"), "{err}");
+    assert_eq!(fs::read_dir(&decoy).unwrap().count(), 12, "decoys deleted");
+
+    let out = cli(&p, &["volume", "cleanup", "../../lockprobe"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("names must match"), "{err}");
+    assert!(!p.dir.path().join("lockprobe.lock").exists());
+}

@@ -54,6 +54,7 @@ pub fn plan(all: &[Manifest], keep: &Keep) -> BTreeSet<String> {
 
 /// Delete the snapshots `plan` does not keep, newest first (children before parents). Returns the removed ids.
 pub fn prune(layout: &Layout, volume: &str, keep: &Keep) -> Result<Vec<String>, SnapshotError> {
+    crate::names::validate(volume).map_err(SnapshotError::Invalid)?;
     let lock_path = layout.snapshot_lock(volume);
     let _lock = FileLock::acquire(&lock_path, LockKind::Exclusive)
         .map_err(|e| SnapshotError::io(format!("cannot take {}", lock_path.display()), e))?;
