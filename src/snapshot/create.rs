@@ -1,6 +1,7 @@
 //! Taking a snapshot: under the volume's snapshot lock, incremental to the last one, visible only when complete.
 
-use std::fs::{self, File};
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Instant;
 
@@ -146,7 +147,13 @@ fn write_snapshot(
     fsutil::ensure_dir(tmp, 0o700)
         .map_err(|e| SnapshotError::io(format!("cannot create {}", tmp.display()), e))?;
     let archive_path = tmp.join(ARCHIVE_NAME);
-    let file = File::create(&archive_path)
+    // 0600 like every state file: the archive holds the volume's data.
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&archive_path)
         .map_err(|e| SnapshotError::io(format!("cannot create {}", archive_path.display()), e))?;
     let progress = req
         .progress
