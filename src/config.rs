@@ -50,6 +50,10 @@ impl Layout {
     pub fn trash_dir(&self) -> PathBuf {
         self.root.join("trash")
     }
+    /// Private mount where flagged bind mounts are prepared before they go to the mount directory.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join("staging")
+    }
     pub fn mounts_dir(&self) -> PathBuf {
         self.root.join("mounts")
     }
@@ -81,6 +85,7 @@ impl Layout {
     pub fn own_dirs(&self) -> Vec<PathBuf> {
         [
             "state",
+            "staging",
             "volumes",
             "mounts",
             "spool",

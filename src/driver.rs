@@ -229,7 +229,11 @@ impl Driver {
         if n > 0 {
             // Under the lock, references without their bind mount are stale: an Unmount
             // removed the mount but could not record it (full or read-only disk).
-            tracing::warn!(volume = name, refs = n, "references without a live mount are stale: ignored");
+            tracing::warn!(
+                volume = name,
+                refs = n,
+                "references without a live mount are stale: ignored"
+            );
         }
         if live {
             return Err(DriverError::Busy(format!(
@@ -526,10 +530,17 @@ impl Driver {
 
     /// Bring records and mounts back into agreement after a restart (see README: Durability).
     pub fn reconcile(&self) -> Result<()> {
-        let live: Vec<PathBuf> = self
+        let all = self
             .sys
             .mount_points()
-            .map_err(io_ctx("cannot read /proc/self/mountinfo"))?
+            .map_err(io_ctx("cannot read /proc/self/mountinfo"))?;
+        let staging = self.layout.staging_dir();
+        for half_done in all.iter().filter(|p| p.parent() == Some(staging.as_path())) {
+            tracing::warn!(mount = %half_done.display(), "a bind mount left half-prepared by a crash: removed");
+            let _ = self.sys.unmount(half_done);
+            let _ = fs::remove_dir(half_done);
+        }
+        let live: Vec<PathBuf> = all
             .into_iter()
             .filter(|p| p.parent() == Some(self.settings.mount_dir.as_path()))
             .collect();

@@ -29,8 +29,18 @@ pub trait Sys: Send + Sync {
     fn mount_points(&self) -> io::Result<Vec<PathBuf>>;
 }
 
-/// The real system calls.
-pub struct LinuxSys;
+/// The real system calls. Flagged binds are prepared under `staging` (a private mount).
+pub struct LinuxSys {
+    pub staging: PathBuf,
+}
+
+impl LinuxSys {
+    pub fn new(staging: impl Into<PathBuf>) -> LinuxSys {
+        LinuxSys {
+            staging: staging.into(),
+        }
+    }
+}
 
 /// Mount flags for the remount that applies the `o` options.
 pub fn remount_flags(f: &MountFlags) -> MsFlags {
@@ -57,35 +67,65 @@ pub fn needs_remount(f: &MountFlags) -> bool {
     remount_flags(f) != MsFlags::MS_REMOUNT | MsFlags::MS_BIND
 }
 
+impl LinuxSys {
+    /// Make `dir` a private mount of its own (once), so binds staged inside it never propagate anywhere.
+    fn private_staging(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.staging)?;
+        let points = self.mount_points()?;
+        if !points.iter().any(|p| p == &self.staging) {
+            mount(
+                Some(&self.staging),
+                &self.staging,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+        }
+        mount(
+            None::<&str>,
+            &self.staging,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )?;
+        Ok(())
+    }
+}
+
 impl Sys for LinuxSys {
+    /// Bind `src` on a private staging point, apply the flags there, then bind that onto `dst`.
+    /// A remount of `dst` itself would change only this namespace's copy: in a managed plugin,
+    /// `dst` lies in the propagated mount and the copy the host (and so the container) gets is
+    /// made at bind time. Binding an already-flagged mount makes every copy carry the flags.
     fn bind_mount(&self, src: &Path, dst: &Path, flags: &MountFlags) -> io::Result<()> {
         let mut bind = MsFlags::MS_BIND;
         if flags.recursive {
             bind |= MsFlags::MS_REC;
         }
-        mount(Some(src), dst, None::<&str>, bind, None::<&str>)?;
-        if needs_remount(flags) {
-            if let Err(e) = mount(
+        if !needs_remount(flags) {
+            return Ok(mount(Some(src), dst, None::<&str>, bind, None::<&str>)?);
+        }
+        self.private_staging()?;
+        let name = dst
+            .file_name()
+            .ok_or_else(|| io::Error::other(format!("{} has no name", dst.display())))?;
+        let stage = self.staging.join(name);
+        fs::create_dir_all(&stage)?;
+        let staged = (|| -> io::Result<()> {
+            mount(Some(src), &stage, None::<&str>, bind, None::<&str>)?;
+            mount(
                 None::<&str>,
-                dst,
+                &stage,
                 None::<&str>,
                 remount_flags(flags),
                 None::<&str>,
-            ) {
-                let _ = umount2(dst, MntFlags::MNT_DETACH);
-                return Err(e.into());
-            }
-        }
-        // Keep the volume's mount private to this mount point: nothing a container mounts
-        // below it propagates back into the backing directory.
-        let _ = mount(
-            None::<&str>,
-            dst,
-            None::<&str>,
-            MsFlags::MS_PRIVATE,
-            None::<&str>,
-        );
-        Ok(())
+            )?;
+            mount(Some(&stage), dst, None::<&str>, bind, None::<&str>)?;
+            Ok(())
+        })();
+        let _ = umount2(&stage, MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&stage);
+        staged
     }
 
     fn unmount(&self, dst: &Path) -> io::Result<()> {

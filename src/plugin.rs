@@ -78,14 +78,17 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the state root {}", cfg.root.display()))?;
     let _root_lock = lock_root(&layout)?;
     let driver = Arc::new(
-        Driver::new(layout.clone(), Arc::new(LinuxSys), cfg.settings.clone()).with_context(
-            || {
-                format!(
-                    "cannot prepare the mount directory {}",
-                    cfg.settings.mount_dir.display()
-                )
-            },
-        )?,
+        Driver::new(
+            layout.clone(),
+            Arc::new(LinuxSys::new(layout.staging_dir())),
+            cfg.settings.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot prepare the mount directory {}",
+                cfg.settings.mount_dir.display()
+            )
+        })?,
     );
     limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()

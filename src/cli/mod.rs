@@ -68,11 +68,8 @@ impl Cli {
             view: crate::config::HostView::new(self.host_prefix.as_deref()),
             snapshot_wait,
         };
-        Ok(crate::driver::Driver::new(
-            layout,
-            std::sync::Arc::new(crate::mounts::LinuxSys),
-            settings,
-        )?)
+        let sys = std::sync::Arc::new(crate::mounts::LinuxSys::new(layout.staging_dir()));
+        Ok(crate::driver::Driver::new(layout, sys, settings)?)
     }
 
     /// The shared context of snapshot and backup work.

@@ -149,7 +149,7 @@ pub fn restore_into_new(
         .unwrap_or_default();
     let driver = Driver::new(
         ctx.layout.clone(),
-        Arc::new(LinuxSys),
+        Arc::new(LinuxSys::new(ctx.layout.staging_dir())),
         DriverSettings {
             mount_dir: ctx.layout.mounts_dir(),
             bind_roots: vec![ctx.layout.root.clone()],

@@ -1,11 +1,31 @@
 //! A plugin on a legacy socket (`/run/docker/plugins/<driver>.sock`) for end-to-end tests against the real dockerd.
+//!
+//! Every test uses the same driver name, one at a time: dockerd remembers each socket driver it
+//! has talked to until it restarts, and looking up an unknown volume waits on every dead one, so
+//! a fresh name per test would make dockerd slower with every run.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{docker, unique_name};
+use crate::common::docker;
+
+/// The one legacy driver name of the tests.
+pub const DRIVER: &str = "allspark-legacy-test";
+
+/// Serializes the tests of a binary that use the legacy driver.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Serializes them across processes too (test binaries run by different people at once).
+fn machine_wide_turn() -> allspark::fsutil::FileLock {
+    std::fs::create_dir_all("/run/docker/plugins").unwrap();
+    allspark::fsutil::FileLock::acquire(
+        std::path::Path::new(&format!("/run/docker/plugins/{DRIVER}.lock")),
+        allspark::fsutil::LockKind::Exclusive,
+    )
+    .expect("lock the legacy test driver")
+}
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
 
@@ -15,11 +35,15 @@ pub struct LegacyPlugin {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub volumes: Vec<String>,
+    _turn: std::sync::MutexGuard<'static, ()>,
+    _machine_turn: allspark::fsutil::FileLock,
 }
 
 impl LegacyPlugin {
     pub fn start() -> LegacyPlugin {
-        let driver = unique_name("allspark-e2e");
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let machine_turn = machine_wide_turn();
+        let driver = DRIVER.to_string();
         let dir = tempfile::Builder::new()
             .prefix("allspark-e2e-")
             .tempdir_in("/var/lib")
@@ -29,7 +53,10 @@ impl LegacyPlugin {
             dir,
             child: None,
             volumes: Vec::new(),
+            _turn: turn,
+            _machine_turn: machine_turn,
         };
+        let _ = std::fs::remove_file(p.socket());
         p.spawn();
         p
     }
