@@ -80,6 +80,8 @@ if [[ "$agent" == 1 ]]; then
         -e ALLSPARK_BACKUP_ROOT=/backups/allspark \
         -e ALLSPARK_HOST_PREFIX=/host \
         -e ALLSPARK_LOG="${ALLSPARK_LOG:-info}" \
+        -e ALLSPARK_METRICS="${ALLSPARK_METRICS:-127.0.0.1:9477}" \
+        -v /etc/localtime:/etc/localtime:ro \
         -v "$state_root:/var/lib/allspark" \
         -v "$backup_root:/backups/allspark" \
         -v /var/run/docker.sock:/var/run/docker.sock \
