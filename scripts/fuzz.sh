@@ -22,7 +22,8 @@
 #
 # Environment: FUZZ_JOBS (parallel targets, default nproc), FUZZ_SANITIZER
 # (default none: the code is safe Rust; `address` for the unsafe dependencies),
-# FUZZ_RSS_MB (default 2048).
+# FUZZ_RSS_MB (default 2048), FUZZ_CODEGEN_UNITS (default 16: a cold build takes
+# ~3.5 min instead of ~5.5 on 2 cores).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,6 +34,7 @@ targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(requests driver_api state_files extract)
 jobs=${FUZZ_JOBS:-$(nproc)}
 sanitizer=${FUZZ_SANITIZER:-none}
+cgu=${FUZZ_CODEGEN_UNITS:-16}
 rss=${FUZZ_RSS_MB:-2048}
 log() { echo "fuzz: $*" >&2; }
 
@@ -49,7 +51,7 @@ fi
 
 started=$(date +%s)
 log "building ${#targets[@]} target(s), sanitizer $sanitizer"
-(cd fuzz && cargo fuzz build -s "$sanitizer")
+(cd fuzz && cargo fuzz build -s "$sanitizer" --codegen-units "$cgu")
 built=$(date +%s)
 bindir=fuzz/target/x86_64-unknown-linux-gnu/release
 logs=fuzz/target/logs
