@@ -552,15 +552,15 @@ fn corrupted_state_files_are_named_with_the_way_out_and_harm_nothing_else() {
     assert!(log.contains("corrupt spool event moved aside"), "{log}");
     let snaps: Vec<Value> =
         serde_json::from_str(&cli_ok(&p, &["snapshot", "ls", "fine", "--json"])).unwrap();
-    assert_eq!(
-        snaps.len(),
-        2,
-        "the unmount after the corrupt event was snapshotted"
+    // One or two unmount snapshots (the first event is skipped if the second Mount came first).
+    assert!(
+        (2..=3).contains(&snaps.len()),
+        "the unmounts after the corrupt event were snapshotted: {snaps:?}"
     );
     assert_eq!(
         snaps[1]["parent"],
         Value::Null,
-        "full, since the index was unreadable"
+        "the first one after the damage is full, since the index was unreadable"
     );
     assert!(log.contains("index is unreadable"), "{log}");
     cli_ok(&p, &["snapshot", "verify", "fine"]);
