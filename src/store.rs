@@ -295,28 +295,27 @@ impl Store {
     /// walking the same path components again (see docs/benchmarks.md).
     pub fn all(&self) -> Result<(Vec<Arc<VolumeRecord>>, Vec<StoreError>), StoreError> {
         let dir = self.layout.state_dir();
-        let mut found = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
-            let entry = entry.map_err(io_err("list", &dir))?;
-            if let Some(name) = record_name(&entry.file_name()) {
-                let meta = match entry.metadata() {
-                    // `load` follows a symlinked record; so does this.
-                    Ok(m) if m.file_type().is_symlink() => fs::metadata(entry.path()),
-                    other => other,
-                };
-                found.push((name, entry.path(), meta));
-            }
-        }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
         let mut ok = Vec::new();
         let mut bad = Vec::new();
-        for (name, path, meta) in found {
-            match self.load_with(&name, &path, meta) {
+        for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
+            let entry = entry.map_err(io_err("list", &dir))?;
+            let Some(name) = record_name(&entry.file_name()) else {
+                continue;
+            };
+            let meta = match entry.metadata() {
+                // `load` follows a symlinked record; so does this.
+                Ok(m) if m.file_type().is_symlink() => fs::metadata(entry.path()),
+                other => other,
+            };
+            match self.load_with(&name, &entry.path(), meta) {
                 Ok(Some(r)) => ok.push(r),
                 Ok(None) => {}
-                Err(e) => bad.push(e),
+                Err(e) => bad.push((name, e)),
             }
         }
+        ok.sort_by(|a, b| a.name.cmp(&b.name));
+        bad.sort_by(|a, b| a.0.cmp(&b.0));
+        let bad = bad.into_iter().map(|(_, e)| e).collect();
         Ok((ok, bad))
     }
 }
