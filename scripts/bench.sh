@@ -39,6 +39,7 @@ fi
 for tool in tar gzip pigz; do
     command -v "$tool" >/dev/null || { echo "bench.sh: $tool is missing (apt-get install -y $tool)" >&2; exit 1; }
 done
+[[ -x /usr/bin/time ]] || echo "bench.sh: /usr/bin/time is missing (apt-get install -y time): CLI peak memory will show 0" >&2
 
 cargo bench --bench allspark -- "${args[@]}"
 

@@ -41,6 +41,8 @@ pub struct Cfg {
     pub docker_warmup: usize,
     pub docker_runs: usize,
     pub snap_runs: usize,
+    /// Rounds of restore vs tar xzf (cheaper than a full snapshot round, and noisier).
+    pub restore_runs: usize,
     pub ws_files: usize,
     pub ws_bytes: u64,
 }
@@ -56,6 +58,7 @@ impl Cfg {
             docker_warmup: 3,
             docker_runs: 15,
             snap_runs: 3,
+            restore_runs: 5,
             ws_files: 20_000,
             ws_bytes: 1 << 30,
         }
@@ -70,6 +73,7 @@ impl Cfg {
             docker_warmup: 1,
             docker_runs: 4,
             snap_runs: 2,
+            restore_runs: 2,
             ws_files: 2_000,
             ws_bytes: 100 << 20,
         }
@@ -140,6 +144,17 @@ fn machine() -> Vec<(String, String)> {
     ]
 }
 
+/// Total stall time (µs) of a /proc/pressure file's `some` line.
+fn pressure_total(resource: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/pressure/{resource}")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("some"))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
 fn scratch(prefix: &str, parent: &Path) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(prefix)
@@ -198,6 +213,7 @@ fn main() {
     let bin = common::allspark_bin();
 
     let started = Instant::now();
+    let pressure0: Vec<Option<f64>> = ["cpu", "io"].iter().map(|r| pressure_total(r)).collect();
     let mut report = Report {
         mode: if quick { "quick" } else { "full" }.into(),
         started: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
@@ -237,6 +253,22 @@ fn main() {
         "load average at end".into(),
         sh("cut -d' ' -f1-3 /proc/loadavg"),
     ));
+    // Pressure stall information: the share of the run during which some task
+    // waited for a CPU (or for I/O): how much other work competed with the bench.
+    let wall_us = report.total_secs * 1e6;
+    let stalls: Vec<String> = ["cpu", "io"]
+        .iter()
+        .zip(&pressure0)
+        .filter_map(|(r, p0)| {
+            let d = pressure_total(r)? - (*p0)?;
+            Some(format!("{r} {:.0} %", d / wall_us * 100.0))
+        })
+        .collect();
+    if !stalls.is_empty() {
+        report
+            .machine
+            .push(("stalls during the run (PSI some)".into(), stalls.join(", ")));
+    }
     if quick {
         report.notes.push(
             "Quick mode: a smoke check with a smaller workspace, fewer volumes and runs; its figures are not comparable to the targets.".into(),

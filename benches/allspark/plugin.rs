@@ -188,57 +188,65 @@ pub fn run_ok(cmd: &mut Command) -> String {
 /// What [`timed`] measured.
 pub struct Timed {
     pub secs: f64,
-    /// Peak resident memory of the child (ru_maxrss), KiB.
+    /// Peak resident memory of the command (max RSS), KiB.
     pub maxrss_kib: u64,
     pub stdout: String,
 }
 
-/// Run a command to completion, timing it from spawn to exit, with its peak memory (wait4 rusage).
-/// Panics with the output unless it succeeds.
+/// Run a command to completion, timing it from spawn to exit, with its peak
+/// memory. Panics with the output unless it succeeds.
+///
+/// The peak comes from `/usr/bin/time -f %M` (wait4's ru_maxrss of its child):
+/// read directly by this process, ru_maxrss would be at least this process's
+/// own size, which the child inherits at fork and keeps through exec.
 pub fn timed(cmd: &mut Command) -> Timed {
-    use std::io::Read;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let mut so = child.stdout.take().expect("stdout");
-    let mut se = child.stderr.take().expect("stderr");
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: plain wait4 on our own child; `ru` is a zeroed out-parameter.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = loop {
-        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-        if rc == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
+    let gnu_time = Path::new("/usr/bin/time");
+    let rss_file = std::env::temp_dir().join(format!("allspark-bench-rss-{}", std::process::id()));
+    let mut wrapped;
+    let run: &mut Command = if gnu_time.exists() {
+        wrapped = Command::new(gnu_time);
+        wrapped
+            .arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(&rss_file)
+            .arg("--")
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
         }
-        break rc;
+        if let Some(d) = cmd.get_current_dir() {
+            wrapped.current_dir(d);
+        }
+        &mut wrapped
+    } else {
+        cmd
     };
+    run.stdin(Stdio::null());
+    let start = Instant::now();
+    let out = run
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {run:?}: {e}"));
     let secs = start.elapsed().as_secs_f64();
-    // The child is reaped: `Child` must not wait for it again (dropping it does not).
-    drop(child);
-    let stdout = t_out.join().unwrap_or_default();
-    let stderr = t_err.join().unwrap_or_default();
     assert!(
-        rc == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed (wait status {status}):\n{stderr}{stdout}"
+        out.status.success(),
+        "{run:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
+    let maxrss_kib = std::fs::read_to_string(&rss_file)
+        .ok()
+        .and_then(|t| t.lines().last().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(0);
+    let _ = std::fs::remove_file(&rss_file);
     Timed {
         secs,
-        maxrss_kib: ru.ru_maxrss as u64,
-        stdout,
+        maxrss_kib,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
     }
 }

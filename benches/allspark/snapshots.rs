@@ -254,11 +254,11 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
     // Restore of the full snapshot into a new volume vs tar xzf of the gzip -6 archive.
     eprintln!(
         "snapshots: restore, {} rounds of allspark / tar xzf",
-        cfg.snap_runs
+        cfg.restore_runs
     );
     let (mut t_rest, mut t_xzf, mut rss_rest) = (vec![], vec![], vec![]);
     let mut checked = false;
-    for round in 0..cfg.snap_runs {
+    for round in 0..cfg.restore_runs {
         for k in 0..2 {
             if (k + round) % 2 == 0 {
                 let new = format!("ws-restore-{round}");
@@ -302,7 +302,7 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
     let r_rest = sec.ratio("snap.restore", "snap.xzf").unwrap_or(f64::NAN);
     sec.add(
         "mem.full",
-        "CLI peak memory: full snapshot (max RSS)",
+        "CLI peak memory: full snapshot (max RSS, /usr/bin/time)",
         Unit::KiB,
         rss_full,
     );
