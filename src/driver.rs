@@ -343,6 +343,13 @@ impl Driver {
                 // read-only disk). Kept, they would keep the new mount alive after its Unmount.
                 tracing::warn!(volume = name, refs = ?rec.mounts, "references without a live mount are stale: cleared");
                 rec.mounts.clear();
+            } else if self.is_live_mount(&target) {
+                // A bind mount nobody references (a crash between the bind and the record, not
+                // yet recovered): replace it rather than stack a second one on it.
+                tracing::warn!(volume = name, "a bind mount without a reference: replaced");
+                self.sys
+                    .unmount(&target)
+                    .map_err(io_ctx(format!("cannot unmount {}", target.display())))?;
             }
             self.bind(&rec, &target)?;
             rec.last_mounted_at = Some(Utc::now());
@@ -534,8 +541,14 @@ impl Driver {
             .sys
             .mount_points()
             .map_err(io_ctx("cannot read /proc/self/mountinfo"))?;
+        // Calls are served while this runs (the socket listens first): every decision below is
+        // taken again under the volume's lock, against the mount table as it is then.
         let staging = self.layout.staging_dir();
         for half_done in all.iter().filter(|p| p.parent() == Some(staging.as_path())) {
+            let _lock = self.lock_for_mount(half_done)?;
+            if !self.is_live_mount(half_done) {
+                continue;
+            }
             tracing::warn!(mount = %half_done.display(), "a bind mount left half-prepared by a crash: removed");
             let _ = self.sys.unmount(half_done);
             let _ = fs::remove_dir(half_done);
@@ -551,7 +564,7 @@ impl Driver {
                 continue;
             };
             let target = self.mountpoint(&rec.name);
-            if rec.mount_count() > 0 && !live.contains(&target) {
+            if rec.mount_count() > 0 && !self.is_live_mount(&target) {
                 tracing::warn!(volume = %rec.name, refs = rec.mount_count(), "references without a live mount: cleared");
                 let mut r = (*rec).clone();
                 r.mounts.clear();
@@ -564,6 +577,10 @@ impl Driver {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let _lock = self.lock_for_mount(target)?;
+            if !self.is_live_mount(target) {
+                continue;
+            }
             let referenced = names::validate(&name).is_ok()
                 && self
                     .store
@@ -583,6 +600,18 @@ impl Driver {
         self.put_back_interrupted_removals();
         self.empty_trash();
         Ok(())
+    }
+
+    /// The record lock of the volume a mount point (in the mount or staging directory) belongs to.
+    fn lock_for_mount(&self, point: &Path) -> Result<Option<FileLock>> {
+        let name = point
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if names::validate(&name).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(self.store.lock(&name)?))
     }
 
     /// A Remove killed after moving the data to the trash but before deleting the record left a

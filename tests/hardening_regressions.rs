@@ -351,3 +351,66 @@ fn prune_and_cleanup_refuse_names_that_are_not_volume_names() {
     assert!(err.contains("names must match"), "{err}");
     assert!(!p.dir.path().join("lockprobe.lock").exists());
 }
+
+/// Found by tests/hardening_crash.rs (seeds 300, 306, 307): the plugin listens first and recovers
+/// after, and recovery worked from the mount table read when it started. A Mount served meanwhile
+/// (dockerd retries as soon as the socket answers) had its fresh reference cleared ("references
+/// without a live mount") and its bind mount left without a reference; a stale mount met by a
+/// Mount got a second bind stacked on it.
+#[test]
+fn calls_served_during_recovery_keep_their_references_and_mounts() {
+    let mut p = Plugin::start(BIN);
+    for i in 0..50 {
+        let (_, v) = p.call(
+            "VolumeDriver.Create",
+            json!({"Name": format!("v{i:02}"), "Opts": null}),
+        );
+        assert_eq!(err_of(&v), "");
+    }
+    // A stale mount without a reference (a crash between the bind and the record).
+    let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "v48", "ID": "old"}));
+    assert_eq!(err_of(&v), "");
+    p.kill9();
+    let rec = p.root().join("state/volumes/v48.json");
+    let mut r: serde_json::Value = serde_json::from_slice(&fs::read(&rec).unwrap()).unwrap();
+    r["mounts"] = json!({});
+    fs::write(&rec, serde_json::to_vec(&r).unwrap()).unwrap();
+    // Hold recovery at the first volume, after it has read the mount table.
+    let first = allspark::fsutil::FileLock::acquire(
+        &p.root().join("locks/v00.lock"),
+        allspark::fsutil::LockKind::Exclusive,
+    )
+    .unwrap();
+    p.spawn();
+    std::thread::sleep(Duration::from_millis(300));
+    for name in ["v49", "v48"] {
+        let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": name, "ID": "new"}));
+        assert_eq!(err_of(&v), "", "{name}");
+    }
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.log().matches("recovery done").count() < 2 {
+        assert!(Instant::now() < deadline, "no recovery: {}", p.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for name in ["v49", "v48"] {
+        let (_, v) = p.call("VolumeDriver.Get", json!({"Name": name}));
+        assert_eq!(
+            v["Volume"]["Status"]["mounted"], 1,
+            "{name}: reference lost"
+        );
+    }
+    let mut live = p.live_mounts();
+    live.sort();
+    assert_eq!(
+        live,
+        vec![p.mount_dir().join("v48"), p.mount_dir().join("v49")],
+        "one mount per mounted volume\n{}",
+        p.log()
+    );
+    for name in ["v49", "v48"] {
+        let (_, v) = p.call("VolumeDriver.Unmount", json!({"Name": name, "ID": "new"}));
+        assert_eq!(err_of(&v), "");
+    }
+    assert!(p.live_mounts().is_empty(), "{:?}", p.live_mounts());
+}
