@@ -56,7 +56,7 @@ impl Cfg {
             list_per_round: 6,
             volumes: 10_000,
             docker_warmup: 3,
-            docker_runs: 15,
+            docker_runs: 25,
             snap_runs: 3,
             restore_runs: 5,
             ws_files: 20_000,

@@ -190,13 +190,15 @@ pub struct Timed {
     pub secs: f64,
     /// Peak resident memory of the command (max RSS), KiB.
     pub maxrss_kib: u64,
+    /// CPU time (user + system) of the command and the children it waited for, seconds.
+    pub cpu_secs: f64,
     pub stdout: String,
 }
 
 /// Run a command to completion, timing it from spawn to exit, with its peak
 /// memory. Panics with the output unless it succeeds.
 ///
-/// The peak comes from `/usr/bin/time -f %M` (wait4's ru_maxrss of its child):
+/// The peak and the CPU time come from `/usr/bin/time -f '%M %U %S'` (wait4's rusage of its child):
 /// read directly by this process, ru_maxrss would be at least this process's
 /// own size, which the child inherits at fork and keeps through exec.
 pub fn timed(cmd: &mut Command) -> Timed {
@@ -207,7 +209,7 @@ pub fn timed(cmd: &mut Command) -> Timed {
         wrapped = Command::new(gnu_time);
         wrapped
             .arg("-f")
-            .arg("%M")
+            .arg("%M %U %S")
             .arg("-o")
             .arg(&rss_file)
             .arg("--")
@@ -239,14 +241,23 @@ pub fn timed(cmd: &mut Command) -> Timed {
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
-    let maxrss_kib = std::fs::read_to_string(&rss_file)
-        .ok()
-        .and_then(|t| t.lines().last().and_then(|l| l.trim().parse().ok()))
-        .unwrap_or(0);
+    let measured = std::fs::read_to_string(&rss_file).unwrap_or_default();
+    let fields: Vec<f64> = measured
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let (maxrss_kib, cpu_secs) = match fields[..] {
+        [rss, user, sys] => (rss as u64, user + sys),
+        _ => (0, 0.0),
+    };
     let _ = std::fs::remove_file(&rss_file);
     Timed {
         secs,
         maxrss_kib,
+        cpu_secs,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
     }
 }
