@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench.sh [--quick] [--only docker,socket,snapshots] [--out DIR] [--publish]
+# scripts/bench.sh [--quick] [--only docker,socket,snapshots] [--out DIR] [--nice N] [--publish]
 #
 # allspark against Docker's `local` driver, GNU tar and pigz, in one run
 # (release build): prints a table and writes bench-results/latest.{md,json}.
@@ -9,9 +9,11 @@
 #   --out DIR   where the reports go (default bench-results/)
 #   --publish   afterwards, copy the report into docs/benchmarks.md (between the
 #               bench markers) and docs/benchmarks.json
+#   --nice N    run the bench and every contender at priority N (e.g. -10) on a
+#               machine shared with other work (dockerd keeps its own)
 # Needs root (real bind mounts); the Docker sections need a running dockerd
 # and are reported as skipped without one. Scratch space: ALLSPARK_BENCH_DIR
-# (default /var/tmp; the snapshot section needs about 5 GB free there).
+# (default /var/tmp; a full run needs about 5 GB free there).
 # Benchmarks never fail because something is slow: missed targets are
 # reported, the exit status is 0.
 set -euo pipefail
@@ -24,9 +26,10 @@ out=bench-results
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --publish) publish=1 ;;
+        --nice) export ALLSPARK_BENCH_NICE="$2"; shift ;;
         --out) out="$2"; args+=(--out "$2"); shift ;;
         --quick|--only) args+=("$1"); [[ "$1" == --only ]] && { args+=("$2"); shift; } ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
