@@ -49,6 +49,8 @@ fi
 # Same dependency versions as the main crate (fuzz/ is its own workspace; its lock is not tracked).
 [[ -f fuzz/Cargo.lock ]] || cp Cargo.lock fuzz/Cargo.lock
 
+# The fuzz crate builds into fuzz/target whatever the caller's CARGO_TARGET_DIR says.
+unset CARGO_TARGET_DIR
 started=$(date +%s)
 log "building ${#targets[@]} target(s), sanitizer $sanitizer"
 (cd fuzz && cargo fuzz build -s "$sanitizer" --codegen-units "$cgu")
