@@ -33,24 +33,15 @@ fn replay(target: &str, run: fn(&[u8])) {
     eprintln!("{target}: {fed} inputs replayed");
 }
 
+/// One test for the four targets, one after the other: they share the harness's per-process
+/// scratch directory, removed at the end (it lives on tmpfs).
 #[test]
-fn fuzz_requests_seeds_and_regressions() {
+fn fuzz_seeds_and_regressions_replay_cleanly() {
     replay("requests", harness::requests);
-}
-
-#[test]
-fn fuzz_driver_api_seeds_and_regressions() {
     replay("driver_api", harness::driver_api);
-}
-
-#[test]
-fn fuzz_state_files_seeds_and_regressions() {
     replay("state_files", harness::state_files);
-}
-
-#[test]
-fn fuzz_extract_seeds_and_regressions() {
     replay("extract", harness::extract);
+    harness::remove_scratch();
 }
 
 // ---------------------------------------------------------------------------------------------
