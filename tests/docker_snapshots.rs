@@ -7,7 +7,7 @@ mod legacy;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{docker, docker_ok, ensure_busybox_image, require_docker, unique_name, wait_until};
+use common::{docker_ok, ensure_busybox_image, require_docker, unique_name, wait_until, Cleanup};
 use harness::Agent;
 use legacy::{run, LegacyPlugin};
 use serde_json::Value;
@@ -116,13 +116,8 @@ fn a_labelled_container_gets_its_local_volumes_snapshotted_when_it_stops() {
     let _agent = start_agent(&p);
     let local = unique_name("localvol");
     docker_ok(&["volume", "create", &local]);
-    struct Rm(String);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = docker(&["volume", "rm", "-f", &self.0]);
-        }
-    }
-    let _rm = Rm(local.clone());
+    let mut cleanup = Cleanup::new();
+    cleanup.add(format!("docker volume rm -f {local}"));
     // Give the agent a moment to subscribe to events.
     std::thread::sleep(Duration::from_secs(1));
     docker_ok(&[
@@ -168,13 +163,8 @@ fn a_container_that_stops_while_the_agent_is_down_is_caught_up_from_the_events_c
     let p = LegacyPlugin::start();
     let local = unique_name("missed");
     docker_ok(&["volume", "create", &local]);
-    struct Rm(String);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = docker(&["volume", "rm", "-f", &self.0]);
-        }
-    }
-    let _rm = Rm(local.clone());
+    let mut cleanup = Cleanup::new();
+    cleanup.add(format!("docker volume rm -f {local}"));
     let cursor = p.root().join("state/agent/events-cursor.json");
     {
         let _agent = start_agent(&p);
