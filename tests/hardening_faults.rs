@@ -14,33 +14,13 @@ mod legacy;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{err_of, Plugin};
+use harness::{cli, cli_ok, err_of, Plugin};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
-
-fn cli(p: &Plugin, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--root")
-        .arg(p.root())
-        .args(args)
-        .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
-        .output()
-        .unwrap()
-}
-
-fn cli_ok(p: &Plugin, args: &[&str]) -> String {
-    let out = cli(p, args);
-    assert!(
-        out.status.success(),
-        "allspark {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn create(p: &Plugin, name: &str, opts: Value) -> String {
     let (_, v) = p.call("VolumeDriver.Create", json!({"Name": name, "Opts": opts}));

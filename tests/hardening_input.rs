@@ -10,10 +10,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
 use std::time::{Duration, Instant};
 
-use harness::{err_of, Plugin};
+use harness::{cli, cli_ok, err_of, Plugin};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
@@ -110,26 +110,6 @@ fn state(p: &Plugin) -> Vec<String> {
             .map(move |f| format!("{d}/{f}"))
     })
     .collect()
-}
-
-fn cli(p: &Plugin, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--root")
-        .arg(p.root())
-        .args(args)
-        .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
-        .output()
-        .unwrap()
-}
-
-fn cli_ok(p: &Plugin, args: &[&str]) -> String {
-    let out = cli(p, args);
-    assert!(
-        out.status.success(),
-        "allspark {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 const NAME_RULE: &str = "names must match";

@@ -6,10 +6,10 @@ mod harness;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Output};
+
 use std::time::{Duration, Instant};
 
-use harness::{err_of, Plugin};
+use harness::{cli, err_of, Plugin};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
@@ -155,16 +155,6 @@ fn an_oversized_announced_body_is_refused_at_once_and_a_slow_body_times_out() {
     );
     let (_, v) = p.call("VolumeDriver.List", json!({}));
     assert_eq!(err_of(&v), "");
-}
-
-fn cli(p: &Plugin, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--root")
-        .arg(p.root())
-        .args(args)
-        .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
-        .output()
-        .unwrap()
 }
 
 /// Found by tests/hardening_input.rs: a snapshot of a volume holding a device node (a rootfs

@@ -3,34 +3,13 @@
 mod harness;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{err_of, wait_for, Agent, Plugin};
+use harness::{cli, cli_ok, err_of, wait_for, Agent, Plugin};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
-
-/// Run the CLI against the plugin's root.
-fn cli(p: &Plugin, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--root")
-        .arg(p.root())
-        .args(args)
-        .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
-        .output()
-        .unwrap()
-}
-
-fn cli_ok(p: &Plugin, args: &[&str]) -> String {
-    let out = cli(p, args);
-    assert!(
-        out.status.success(),
-        "allspark {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn snapshots(p: &Plugin, volume: &str) -> Vec<Value> {
     serde_json::from_str::<Value>(&cli_ok(p, &["snapshot", "ls", volume, "--json"]))

@@ -219,3 +219,25 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Run the CLI against the plugin's root (Docker pointed nowhere, so no test reaches the real daemon).
+pub fn cli(p: &Plugin, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_allspark"))
+        .arg("--root")
+        .arg(p.root())
+        .args(args)
+        .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
+        .output()
+        .unwrap()
+}
+
+/// `cli` that must succeed; its stdout.
+pub fn cli_ok(p: &Plugin, args: &[&str]) -> String {
+    let out = cli(p, args);
+    assert!(
+        out.status.success(),
+        "allspark {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
