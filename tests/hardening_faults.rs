@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{cli, cli_ok, err_of, Plugin};
+use harness::{cli, cli_ok, err_of, noise, Plugin};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
@@ -238,15 +238,7 @@ fn a_full_snapshot_store_keeps_the_event_and_the_agent_retries_once_space_is_bac
     let p = Plugin::start(BIN);
     assert_eq!(create(&p, "ws", json!({"snapshot": "on-unmount"})), "");
     let data = p.root().join("volumes/ws/data");
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..3u32 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = noise(0x9e37_79b9_7f4a_7c15, 3 << 20);
     fs::write(data.join("noise"), noise).unwrap();
     let snaps = Tmpfs::mount(&p.root().join("snapshots/ws"), "1m");
     let _agent = Agent::start(&p);
@@ -298,15 +290,7 @@ fn a_restore_onto_a_full_filesystem_fails_and_leaves_the_data_as_it_was() {
     let binds = Tmpfs::mount(&p.bind_root(), "2m");
     let dev = p.bind_root().join("small");
     assert_eq!(create(&p, "small", json!({"device": dev})), "");
-    let mut x = 0x1234_5678_9abc_def1u64;
-    let blob: Vec<u8> = (0..600u32 << 10)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let blob = noise(0x1234_5678_9abc_def1, 600 << 10);
     fs::write(dev.join("blob"), &blob).unwrap();
     let id = cli_ok(&p, &["snapshot", "create", "small"])
         .trim()

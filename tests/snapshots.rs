@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{cli, cli_ok, err_of, wait_for, Agent, Plugin};
+use harness::{cli, cli_ok, err_of, noise, wait_for, Agent, Plugin};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
@@ -229,16 +229,8 @@ fn kill9_of_the_agent_mid_snapshot_leaves_no_partial_snapshot() {
         json!({"Name": "big", "Opts": {"snapshot": "on-unmount"}}),
     );
     mount_cycle(&p, "big", "c", |mp| {
-        let mut rng_state = 0x12345678u64;
-        for i in 0..16 {
-            let mut buf = vec![0u8; 8 << 20];
-            for b in buf.iter_mut() {
-                rng_state ^= rng_state << 13;
-                rng_state ^= rng_state >> 7;
-                rng_state ^= rng_state << 17;
-                *b = rng_state as u8;
-            }
-            std::fs::write(mp.join(format!("blob{i}")), &buf).unwrap();
+        for i in 0..16u64 {
+            std::fs::write(mp.join(format!("blob{i}")), noise(0x1234_5678 + i, 8 << 20)).unwrap();
         }
     });
     let snapdir = p.root().join("snapshots/big");
@@ -300,15 +292,7 @@ fn a_full_disk_fails_the_snapshot_cleanly_and_keeps_older_ones() {
     let first = cli_ok(&p, &["snapshot", "create", "full"])
         .trim()
         .to_string();
-    let mut x = 0x9e3779b97f4a7c15u64;
-    let noise: Vec<u8> = (0..4u32 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = noise(0x9e37_79b9_7f4a_7c15, 4 << 20);
     std::fs::write(data(&p, "full").join("noise"), noise).unwrap();
     let out = cli(&p, &["snapshot", "create", "full", "--full"]);
     assert_eq!(out.status.code(), Some(1));
