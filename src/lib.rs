@@ -1,33 +1,21 @@
-//! allspark library: every piece the `allspark` binary dispatches to.
+//! allspark library: the `allspark plugin` process, the agent, and the operator CLI over shared state.
+//!
+//! - [`core`]: what every process shares: the state-root layout, names, options, records, spool.
+//! - [`fs`]: file-system primitives: durable writes and locks, host paths, tree copies.
+//! - [`plugin`]: the volume-driver process (socket server, protocol, driver, mounts).
+//! - [`agent`]: the companion process (spool worker, Docker events, schedule, usage, alerts, metrics).
+//! - [`archive`], [`snapshot`], [`backup`], [`usage`]: the data engines both processes and the CLI use.
+//! - [`ops`]: operator workflows (migrate, workspace cleanup, templates, volume references).
+//! - [`docker`]: the Docker API façade; [`cli`]: one function per subcommand.
 
 pub mod agent;
-pub mod alerts;
-pub mod api;
 pub mod archive;
 pub mod backup;
-pub mod callstats;
 pub mod cli;
-pub mod config;
-pub mod copy;
+pub mod core;
 pub mod docker;
-pub mod driver;
-pub mod fsutil;
-pub mod hostpath;
-pub mod logging;
-pub mod metrics;
-pub mod migrate;
-pub mod mounts;
-pub mod names;
-pub mod options;
+pub mod fs;
+pub mod ops;
 pub mod plugin;
-pub mod protocol;
-pub mod server;
 pub mod snapshot;
-pub mod snapshot_id;
-pub mod spool;
-pub mod status;
-pub mod store;
-pub mod template;
 pub mod usage;
-pub mod volref;
-pub mod workspace;

@@ -249,7 +249,7 @@ impl Run {
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| allspark::snapshot_id::validate(n).is_ok())
+                    .filter(|n| allspark::core::snapshot_id::validate(n).is_ok())
                     .collect()
             })
             .unwrap_or_default()
@@ -841,7 +841,7 @@ impl Run {
             let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
             for m in &listed {
                 let id = m["id"].as_str().unwrap_or("");
-                if id.starts_with('.') || allspark::snapshot_id::validate(id).is_err() {
+                if id.starts_with('.') || allspark::core::snapshot_id::validate(id).is_err() {
                     self.fail(format!("snapshot ls {name} lists {id:?}"));
                 }
             }

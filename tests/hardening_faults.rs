@@ -723,11 +723,12 @@ fn dockerd_restarted_under_running_containers_keeps_references_mounts_and_data_r
         Duration::from_secs(60),
         || refs(&v1) == 1 && refs(&v2) == 1,
     );
-    let mounts: Vec<PathBuf> =
-        allspark::mounts::parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap())
-            .into_iter()
-            .filter(|m| m.starts_with(plugin.root().join("mounts")))
-            .collect();
+    let mounts: Vec<PathBuf> = allspark::plugin::mounts::parse_mountinfo(
+        &fs::read_to_string("/proc/self/mountinfo").unwrap(),
+    )
+    .into_iter()
+    .filter(|m| m.starts_with(plugin.root().join("mounts")))
+    .collect();
     let mut unique = mounts.clone();
     unique.sort();
     unique.dedup();
@@ -756,11 +757,12 @@ fn dockerd_restarted_under_running_containers_keeps_references_mounts_and_data_r
     common::wait_until("all references gone", Duration::from_secs(60), || {
         refs(&v1) == 0 && refs(&v2) == 0
     });
-    let left: Vec<PathBuf> =
-        allspark::mounts::parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap())
-            .into_iter()
-            .filter(|m| m.starts_with(plugin.root().join("mounts")))
-            .collect();
+    let left: Vec<PathBuf> = allspark::plugin::mounts::parse_mountinfo(
+        &fs::read_to_string("/proc/self/mountinfo").unwrap(),
+    )
+    .into_iter()
+    .filter(|m| m.starts_with(plugin.root().join("mounts")))
+    .collect();
     assert!(left.is_empty(), "mounts left: {left:?}");
     eprintln!("dockerd restart: 3 containers, 2 volumes; references, mounts and data right before and after");
 }

@@ -147,13 +147,13 @@ fn write_fuzz_seeds() {
 
     // state_files: real files written by allspark itself.
     let tmp = tempfile::tempdir().unwrap();
-    let layout = allspark::config::Layout::new(tmp.path().join("root"));
+    let layout = allspark::core::layout::Layout::new(tmp.path().join("root"));
     layout.ensure().unwrap();
-    let sys = std::sync::Arc::new(allspark::mounts::RecordingSys::default());
-    let driver = allspark::driver::Driver::new(
+    let sys = std::sync::Arc::new(allspark::plugin::mounts::RecordingSys::default());
+    let driver = allspark::plugin::driver::Driver::new(
         layout.clone(),
         sys,
-        allspark::driver::DriverSettings {
+        allspark::plugin::driver::DriverSettings {
             mount_dir: layout.mounts_dir(),
             bind_roots: vec![layout.root.clone()],
             view: Default::default(),
@@ -246,8 +246,8 @@ fn write_fuzz_seeds() {
             &fs::read(dir.join("snapshot.tar.gz")).unwrap(),
         );
     }
-    let ev = allspark::spool::Event {
-        kind: allspark::spool::EventKind::Unmount,
+    let ev = allspark::core::spool::Event {
+        kind: allspark::core::spool::EventKind::Unmount,
         volume: "vol".into(),
         at: chrono::Utc::now(),
         container: Some("abc".into()),

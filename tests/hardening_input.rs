@@ -909,14 +909,14 @@ fn a_slowloris_client_is_cut_off_by_the_header_timeout_and_blocks_nobody() {
         }
     });
     let (took, how) = slow.join().unwrap();
-    let header_timeout = allspark::server::HEADER_TIMEOUT;
+    let header_timeout = allspark::plugin::server::HEADER_TIMEOUT;
     t.row(
         "client sending one header byte per second",
         format!("{how} after {took:?} (header timeout {header_timeout:?})"),
         how.contains("closed") && took <= header_timeout + Duration::from_secs(5),
     );
     let (took, how) = slow_body.join().unwrap();
-    let body_timeout = allspark::server::BODY_TIMEOUT;
+    let body_timeout = allspark::plugin::server::BODY_TIMEOUT;
     t.row(
         "client sending its body one byte per second",
         format!("{how} after {took:?} (body timeout {body_timeout:?})"),
@@ -952,7 +952,7 @@ fn five_hundred_idle_connections_do_not_stop_normal_calls() {
         err_of(&v).is_empty(),
     );
     // Idle connections that never send a byte are closed too (they hold descriptors).
-    let header_timeout = allspark::server::HEADER_TIMEOUT;
+    let header_timeout = allspark::plugin::server::HEADER_TIMEOUT;
     std::thread::sleep(header_timeout + Duration::from_secs(3));
     let closed = idle
         .iter()

@@ -132,7 +132,7 @@ fn an_oversized_announced_body_is_refused_at_once_and_a_slow_body_times_out() {
     );
     let started = Instant::now();
     let mut closed = false;
-    while started.elapsed() < allspark::server::BODY_TIMEOUT + Duration::from_secs(10) {
+    while started.elapsed() < allspark::plugin::server::BODY_TIMEOUT + Duration::from_secs(10) {
         std::thread::sleep(Duration::from_secs(1));
         if s.write_all(b" ").is_err() {
             closed = true;
@@ -150,7 +150,7 @@ fn an_oversized_announced_body_is_refused_at_once_and_a_slow_body_times_out() {
     let took = started.elapsed();
     assert!(closed, "a body sent one byte per second was never cut off");
     assert!(
-        took <= allspark::server::BODY_TIMEOUT + Duration::from_secs(3),
+        took <= allspark::plugin::server::BODY_TIMEOUT + Duration::from_secs(3),
         "{took:?}"
     );
     let (_, v) = p.call("VolumeDriver.List", json!({}));
@@ -366,9 +366,9 @@ fn calls_served_during_recovery_keep_their_references_and_mounts() {
     r["mounts"] = json!({});
     fs::write(&rec, serde_json::to_vec(&r).unwrap()).unwrap();
     // Hold recovery at the first volume, after it has read the mount table.
-    let first = allspark::fsutil::FileLock::acquire(
+    let first = allspark::fs::durable::FileLock::acquire(
         &p.root().join("locks/v00.lock"),
-        allspark::fsutil::LockKind::Exclusive,
+        allspark::fs::durable::LockKind::Exclusive,
     )
     .unwrap();
     p.spawn();

@@ -5,10 +5,10 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use allspark::callstats::CallTotals;
-use allspark::config::{HostView, Layout};
-use allspark::metrics::{self, MetricsState};
-use allspark::store::{Store, VolumeRecord};
+use allspark::agent::metrics::{self, MetricsState};
+use allspark::core::callstats::CallTotals;
+use allspark::core::layout::{HostView, Layout};
+use allspark::core::store::{Store, VolumeRecord};
 use allspark::usage::{self, ReportOptions};
 use chrono::Utc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -244,7 +244,11 @@ async fn scrape_over_tcp_and_parse() {
     assert_eq!(v("allspark_snapshot_bytes", "pg"), Some(777.0));
     assert_eq!(
         v("allspark_last_snapshot_timestamp_seconds", "pg"),
-        Some(allspark::snapshot_id::parse(snap_id).unwrap().timestamp() as f64)
+        Some(
+            allspark::core::snapshot_id::parse(snap_id)
+                .unwrap()
+                .timestamp() as f64
+        )
     );
     assert_eq!(v("allspark_last_snapshot_timestamp_seconds", "cache"), None);
     let mount = fs0.mount.to_string_lossy().to_string();

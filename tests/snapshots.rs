@@ -153,9 +153,9 @@ fn mount_waits_for_a_snapshot_in_progress_then_fails_clearly() {
         "VolumeDriver.Create",
         json!({"Name": "locked", "Opts": null}),
     );
-    let lock = allspark::fsutil::FileLock::acquire(
+    let lock = allspark::fs::durable::FileLock::acquire(
         &p.root().join("locks/locked.snap"),
-        allspark::fsutil::LockKind::Exclusive,
+        allspark::fs::durable::LockKind::Exclusive,
     )
     .unwrap();
     let started = Instant::now();

@@ -8,10 +8,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use allspark::alerts::{self, AlertConfig, AlertState, Subject, Transition};
-use allspark::config::{HostView, Layout};
-use allspark::status;
-use allspark::store::{Store, VolumeRecord};
+use allspark::agent::alerts::{self, AlertConfig, AlertState, Subject, Transition};
+use allspark::core::layout::{HostView, Layout};
+use allspark::core::status;
+use allspark::core::store::{Store, VolumeRecord};
 use allspark::usage::{self, ReportOptions};
 use chrono::Utc;
 

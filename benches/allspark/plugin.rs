@@ -159,7 +159,7 @@ impl Drop for Plugin {
 /// Detach every mount point under `dir` (bind mounts a killed plugin left).
 pub fn unmount_under(dir: &Path) {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = allspark::mounts::parse_mountinfo(&text)
+    let mut points: Vec<PathBuf> = allspark::plugin::mounts::parse_mountinfo(&text)
         .into_iter()
         .filter(|m| m.starts_with(dir))
         .collect();

@@ -69,7 +69,7 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
             .unwrap_or_else(|e| panic!("{method}: {e}"))
     };
     call("VolumeDriver.Create", br#"{"Name":"ws","Opts":{}}"#);
-    let data = allspark::config::Layout::new(&root).managed_data("ws");
+    let data = allspark::core::layout::Layout::new(&root).managed_data("ws");
 
     eprintln!(
         "snapshots: generating {} files, {:.2} GB under {}",
@@ -296,7 +296,7 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
                 c_rest.push(r.cpu_secs);
                 rss_rest.push(r.maxrss_kib as f64);
                 if !checked {
-                    let dir = allspark::config::Layout::new(&root).managed_data(&new);
+                    let dir = allspark::core::layout::Layout::new(&root).managed_data(&new);
                     let n = count_files(&dir);
                     assert_eq!(n, tree.files.len(), "restored file count");
                     checked = true;

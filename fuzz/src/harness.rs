@@ -18,17 +18,17 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use allspark::api::DriverApi;
 use allspark::archive::{self, ExtractOptions, Index};
-use allspark::config::{HostView, Layout};
-use allspark::driver::{Driver, DriverSettings};
-use allspark::mounts::{RecordingSys, Sys};
-use allspark::options::{self, MountFlags, VolumeSpec};
-use allspark::protocol::{CreateRequest, MountRequest, NameRequest};
-use allspark::server::Handler;
+use allspark::core::layout::{HostView, Layout};
+use allspark::core::options::{self, MountFlags, VolumeSpec};
+use allspark::core::store::{DataLocation, Store, StoreError};
+use allspark::core::{names, snapshot_id, spool, status};
+use allspark::plugin::api::DriverApi;
+use allspark::plugin::driver::{Driver, DriverSettings};
+use allspark::plugin::mounts::{RecordingSys, Sys};
+use allspark::plugin::protocol::{CreateRequest, MountRequest, NameRequest};
+use allspark::plugin::server::Handler;
 use allspark::snapshot::manifest;
-use allspark::store::{DataLocation, Store, StoreError};
-use allspark::{names, snapshot_id, spool, status};
 use serde_json::{json, Value};
 
 /// A host path no harness may ever create: device paths and symlinks aim at it.
@@ -196,7 +196,7 @@ pub fn requests(data: &[u8]) {
                     if let Ok(f) = options::parse_flags(&text) {
                         let atime = [f.noatime, f.relatime, f.strictatime];
                         assert!(atime.iter().filter(|b| **b).count() <= 1);
-                        let _ = allspark::mounts::remount_flags(&f);
+                        let _ = allspark::plugin::mounts::remount_flags(&f);
                     }
                 }
                 _ => {
@@ -818,7 +818,7 @@ fn record_file(dir: &Path, bytes: &[u8]) {
             assert_eq!(rec.name, "v");
             let _ = status::status(&layout, &rec);
             let again = serde_json::to_vec(&*rec).expect("record serializes");
-            let back: allspark::store::VolumeRecord =
+            let back: allspark::core::store::VolumeRecord =
                 serde_json::from_slice(&again).expect("record deserializes");
             assert_eq!(back, *rec, "record round trip");
             let (ok, bad) = store.all().expect("list");

@@ -11,9 +11,9 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Layout;
-use crate::fsutil;
-use crate::spool::{self, Event, EventKind};
+use crate::core::layout::Layout;
+use crate::core::spool::{self, Event, EventKind};
+use crate::fs::durable;
 
 /// The label that asks for a snapshot of a container's volumes when it stops.
 pub const SNAPSHOT_LABEL: &str = "allspark.snapshot";
@@ -36,7 +36,7 @@ fn load_cursor(layout: &Layout) -> Option<Cursor> {
 
 fn save_cursor(layout: &Layout, c: Cursor) {
     let bytes = serde_json::to_vec(&c).unwrap_or_default();
-    if let Err(e) = fsutil::atomic_write(&cursor_path(layout), &bytes, 0o600) {
+    if let Err(e) = durable::atomic_write(&cursor_path(layout), &bytes, 0o600) {
         tracing::warn!(%e, "cannot save the Docker events cursor");
     }
 }

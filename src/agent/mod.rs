@@ -1,6 +1,8 @@
 //! The `allspark agent` process: spool consumer, Docker events, schedules, usage and metrics, until SIGTERM.
 
+pub mod alerts;
 pub mod events;
+pub mod metrics;
 pub mod schedule;
 pub mod spool_worker;
 pub mod usage_task;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::fsutil::{FileLock, LockKind};
+use crate::fs::durable::{FileLock, LockKind};
 use crate::snapshot::ops::Ctx;
 
 /// Everything `allspark agent` needs.
@@ -69,13 +71,13 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 std::thread::sleep(spool_cfg.spool_poll);
             }
         });
-        let metrics_state = crate::metrics::MetricsState::new(layout.clone());
+        let metrics_state = crate::agent::metrics::MetricsState::new(layout.clone());
         if let Some(addr) = cfg.metrics {
-            crate::metrics::serve(addr, metrics_state.clone())
+            crate::agent::metrics::serve(addr, metrics_state.clone())
                 .await
                 .with_context(|| format!("cannot serve metrics on {addr}"))?;
         }
-        let alert_cfg = crate::alerts::AlertConfig { threshold: cfg.alert_threshold, ..Default::default() };
+        let alert_cfg = crate::agent::alerts::AlertConfig { threshold: cfg.alert_threshold, ..Default::default() };
         tokio::spawn(usage_task::run(layout.clone(), cfg.ctx.view.clone(), alert_cfg, cfg.usage_every, metrics_state, stop_rx.clone()));
         if cfg.docker_events {
             tokio::spawn(events::watch(layout.clone(), cfg.ctx.docker_url.clone()));

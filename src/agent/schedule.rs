@@ -29,8 +29,8 @@ use chrono::{DateTime, Local, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::{self, BackupType, Settings};
-use crate::config::Layout;
-use crate::fsutil;
+use crate::core::layout::Layout;
+use crate::fs::durable;
 use crate::snapshot::ops::Ctx;
 
 /// Default cron expressions.
@@ -214,8 +214,8 @@ pub fn load_state(layout: &Layout) -> State {
 
 pub fn save_state(layout: &Layout, s: &State) -> anyhow::Result<()> {
     let p = state_path(layout);
-    fsutil::ensure_dir(&layout.agent_dir(), 0o700)?;
-    fsutil::atomic_write(&p, &serde_json::to_vec_pretty(s)?, 0o600)
+    durable::ensure_dir(&layout.agent_dir(), 0o700)?;
+    durable::atomic_write(&p, &serde_json::to_vec_pretty(s)?, 0o600)
         .with_context(|| format!("cannot write {}", p.display()))
 }
 
@@ -309,7 +309,7 @@ pub fn verify_newest(ctx: &Ctx, settings: &Settings) {
     }
     let p = ctx.layout.agent_dir().join("last-verify.json");
     if let Ok(bytes) = serde_json::to_vec_pretty(&rec) {
-        if let Err(e) = fsutil::atomic_write(&p, &bytes, 0o644) {
+        if let Err(e) = durable::atomic_write(&p, &bytes, 0o644) {
             tracing::error!(path = %p.display(), %e, "cannot record the verify result");
         }
     }

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::core::spool::{self, EventKind};
 use crate::snapshot::ops::{self, Ctx};
 use crate::snapshot::{CreateOutcome, Trigger};
-use crate::spool::{self, EventKind};
 
 /// Retry bookkeeping of failed events (in memory: a restarted agent simply retries at once).
 #[derive(Default)]
@@ -80,7 +80,7 @@ fn handle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
         EventKind::Stop => Trigger::Stop,
     };
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
-    let volume_known = crate::store::Store::new(ctx.layout.clone())
+    let volume_known = crate::core::store::Store::new(ctx.layout.clone())
         .load(&event.volume)?
         .is_some();
     let started = Instant::now();

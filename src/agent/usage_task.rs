@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::alerts::{self, AlertConfig, AlertState};
-use crate::config::{HostView, Layout};
-use crate::metrics::MetricsState;
+use crate::agent::alerts::{self, AlertConfig, AlertState};
+use crate::agent::metrics::MetricsState;
+use crate::core::layout::{HostView, Layout};
 use crate::usage::ReportOptions;
 
 /// Measure now and then every `every`, until `stop` turns true.

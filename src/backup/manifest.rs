@@ -25,7 +25,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::BackupType;
-use crate::fsutil;
+use crate::fs::durable;
 
 /// File name of the manifest inside a backup directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -149,7 +149,7 @@ pub fn write(dir: &Path, m: &BackupManifest) -> anyhow::Result<()> {
     let path = super::manifest_path(dir);
     let mut bytes = serde_json::to_vec_pretty(m)?;
     bytes.push(b'\n');
-    fsutil::atomic_write(&path, &bytes, 0o644).with_context(|| {
+    durable::atomic_write(&path, &bytes, 0o644).with_context(|| {
         format!(
             "cannot write {}; check free space where backups are written",
             path.display()
@@ -169,15 +169,15 @@ pub struct LastBackup {
 
 /// Record the end of a run of `kind` atomically.
 pub fn write_last(
-    layout: &crate::config::Layout,
+    layout: &crate::core::layout::Layout,
     kind: BackupType,
     rec: &LastBackup,
 ) -> anyhow::Result<()> {
     let path = super::last_backup_path(layout, kind);
-    fsutil::ensure_dir(&layout.agent_dir(), 0o700)
+    durable::ensure_dir(&layout.agent_dir(), 0o700)
         .with_context(|| format!("cannot create {}", layout.agent_dir().display()))?;
     let bytes = serde_json::to_vec_pretty(rec)?;
-    fsutil::atomic_write(&path, &bytes, 0o644)
+    durable::atomic_write(&path, &bytes, 0o644)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

@@ -199,18 +199,20 @@ pub fn manifest_path(dir: &Path) -> PathBuf {
 }
 
 /// Where the last run of `kind` is recorded for metrics.
-pub fn last_backup_path(layout: &crate::config::Layout, kind: BackupType) -> PathBuf {
+pub fn last_backup_path(layout: &crate::core::layout::Layout, kind: BackupType) -> PathBuf {
     layout.agent_dir().join(format!("last-backup-{kind}.json"))
 }
 
 /// Lock serialising backups and restores on one state root (`<root>/state/agent/backup.lock`).
-pub fn lock_path(layout: &crate::config::Layout) -> PathBuf {
+pub fn lock_path(layout: &crate::core::layout::Layout) -> PathBuf {
     layout.agent_dir().join("backup.lock")
 }
 
 /// Take the backup lock, waiting (and saying so) when another backup or restore holds it.
-pub fn take_lock(layout: &crate::config::Layout) -> anyhow::Result<crate::fsutil::FileLock> {
-    use crate::fsutil::{ensure_dir, FileLock, LockKind};
+pub fn take_lock(
+    layout: &crate::core::layout::Layout,
+) -> anyhow::Result<crate::fs::durable::FileLock> {
+    use crate::fs::durable::{ensure_dir, FileLock, LockKind};
     use anyhow::Context;
     let dir = layout.agent_dir();
     ensure_dir(&dir, 0o700)

@@ -16,9 +16,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
-use crate::config::Layout;
+use crate::core::layout::Layout;
 use crate::docker::ContainerInfo;
-use crate::fsutil;
+use crate::fs::durable;
 use crate::snapshot::ops::Ctx;
 
 /// `<root>/state/agent/stopped-for-backup.json`.
@@ -45,10 +45,10 @@ pub struct StoppedRecord {
 
 fn write_record(layout: &Layout, rec: &StoppedRecord) -> anyhow::Result<()> {
     let path = record_path(layout);
-    fsutil::ensure_dir(&layout.agent_dir(), 0o700)
+    durable::ensure_dir(&layout.agent_dir(), 0o700)
         .with_context(|| format!("cannot create {}", layout.agent_dir().display()))?;
     let bytes = serde_json::to_vec_pretty(rec)?;
-    fsutil::atomic_write(&path, &bytes, 0o600)
+    durable::atomic_write(&path, &bytes, 0o600)
         .with_context(|| format!("cannot write {}; no container was stopped", path.display()))
 }
 
@@ -177,7 +177,7 @@ impl<'a> StopGuard<'a> {
         }
         let (failed, errors) = self.rt.block_on(start_all(&self.docker, &self.recorded));
         let result = if failed.is_empty() {
-            fsutil::remove_durable(&record_path(&self.layout))
+            durable::remove_durable(&record_path(&self.layout))
                 .with_context(|| format!("cannot delete {}", record_path(&self.layout).display()))
         } else {
             write_record(
@@ -234,7 +234,7 @@ pub fn restart_leftovers(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
         return Ok(Vec::new());
     }
     let lock_path = super::lock_path(layout);
-    let Some(_lock) = fsutil::FileLock::try_acquire(&lock_path, fsutil::LockKind::Exclusive)
+    let Some(_lock) = durable::FileLock::try_acquire(&lock_path, durable::LockKind::Exclusive)
         .with_context(|| format!("cannot open {}", lock_path.display()))?
     else {
         tracing::info!("a backup or restore is running; its stopped containers are its own");
@@ -249,7 +249,7 @@ pub fn restart_leftovers(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
         anyhow::Ok(start_all(&docker, &rec.containers).await)
     })??;
     if failed.is_empty() {
-        fsutil::remove_durable(&record_path(layout))
+        durable::remove_durable(&record_path(layout))
             .with_context(|| format!("cannot delete {}", record_path(layout).display()))?;
         Ok(rec.containers.iter().map(|c| c.name.clone()).collect())
     } else {

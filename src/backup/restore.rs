@@ -28,12 +28,12 @@ use super::quiesce::StopGuard;
 use super::run::{dump_name, running_containers, ItemProgress};
 use super::{verify, Settings, LABEL_RESTORE};
 use crate::archive::{self, ExtractOptions};
+use crate::core::store::Store;
 use crate::docker::ContainerInfo;
-use crate::fsutil::{FileLock, LockKind};
+use crate::fs::durable::{FileLock, LockKind};
 use crate::snapshot::ops::Ctx;
 use crate::snapshot::restore::{staging_dir, swap_in};
 use crate::snapshot::Counting;
-use crate::store::Store;
 
 /// How long a restore command is retried while the database starts.
 pub const DUMP_RETRY_WINDOW: Duration = Duration::from_secs(30);

@@ -36,11 +36,11 @@ use super::{
     dump, retention, BackupType, LabelFilter, Settings, LABEL_DUMP, LABEL_NAME, LABEL_STOP,
 };
 use crate::archive::{self, WriteOptions};
+use crate::core::options::{BackupPriority, Class};
+use crate::core::store::{Store, VolumeRecord};
 use crate::docker::ContainerInfo;
-use crate::fsutil::{self, FileLock, LockKind};
-use crate::options::{BackupPriority, Class};
+use crate::fs::durable::{self, FileLock, LockKind};
 use crate::snapshot::ops::Ctx;
-use crate::store::{Store, VolumeRecord};
 
 /// Progress of one item: `(item, Some(bytes so far))` while it runs, `(item, None)` when it is done.
 pub type ItemProgress = Arc<dyn Fn(&str, Option<u64>) + Send + Sync>;
@@ -191,7 +191,7 @@ pub fn dump_name(c: &ContainerInfo) -> String {
 /// Create `<root>/<type>/<YYYYmmdd_HHMMSS>` (mode 0700: backups hold secrets); a second run in the same second waits for the next one.
 fn create_dir(settings: &Settings, kind: BackupType) -> anyhow::Result<PathBuf> {
     let type_dir = settings.type_dir(kind);
-    fsutil::ensure_dir(&type_dir, 0o700).with_context(|| {
+    durable::ensure_dir(&type_dir, 0o700).with_context(|| {
         format!(
             "cannot create {}; check --backup-root (ALLSPARK_BACKUP_ROOT) and its permissions",
             type_dir.display()
@@ -203,7 +203,7 @@ fn create_dir(settings: &Settings, kind: BackupType) -> anyhow::Result<PathBuf> 
             Ok(()) => {
                 let _ =
                     fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-                fsutil::fsync_dir(&type_dir).ok();
+                durable::fsync_dir(&type_dir).ok();
                 return Ok(dir);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -463,7 +463,7 @@ fn do_dump(
     dir: &Path,
     m: &BackupManifest,
 ) -> Result<FileEntry, String> {
-    crate::names::validate(name).map_err(|e| {
+    crate::core::names::validate(name).map_err(|e| {
         format!(
             "container {}: its dump name is not usable as a file name ({e}); set the label {LABEL_NAME} to a plain name",
             c.name

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::agent::{self, schedule, AgentConfig};
-use crate::config::DEFAULT_BACKUP_ROOT;
+use crate::core::layout::DEFAULT_BACKUP_ROOT;
 use crate::snapshot::ops::Ctx;
 
 #[derive(Args, Debug)]

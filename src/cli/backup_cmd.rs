@@ -12,7 +12,7 @@ use super::progress::bytes_bar;
 use crate::backup::restore::{self, RestoreRequest};
 use crate::backup::run::{self, ItemProgress, RunOptions};
 use crate::backup::{catalog, retention, verify, BackupType, KeepDays, LabelFilter, Settings};
-use crate::config::DEFAULT_BACKUP_ROOT;
+use crate::core::layout::DEFAULT_BACKUP_ROOT;
 use crate::snapshot::ops::Ctx;
 
 /// Retention and container selection, shared with `allspark agent`.

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::DEFAULT_ROOT;
+use crate::core::layout::DEFAULT_ROOT;
 
 /// allspark: Docker volume plugin, snapshots, backups.
 #[derive(Parser, Debug)]
@@ -60,23 +60,23 @@ impl Cli {
         &self,
         mount_dir: Option<PathBuf>,
         snapshot_wait: std::time::Duration,
-    ) -> anyhow::Result<crate::driver::Driver> {
-        let layout = crate::config::Layout::new(&self.root);
-        let settings = crate::driver::DriverSettings {
+    ) -> anyhow::Result<crate::plugin::driver::Driver> {
+        let layout = crate::core::layout::Layout::new(&self.root);
+        let settings = crate::plugin::driver::DriverSettings {
             mount_dir: mount_dir.unwrap_or_else(|| layout.mounts_dir()),
             bind_roots: self.bind_roots(),
-            view: crate::config::HostView::new(self.host_prefix.as_deref()),
+            view: crate::core::layout::HostView::new(self.host_prefix.as_deref()),
             snapshot_wait,
         };
-        let sys = std::sync::Arc::new(crate::mounts::LinuxSys::new(layout.staging_dir()));
-        Ok(crate::driver::Driver::new(layout, sys, settings)?)
+        let sys = std::sync::Arc::new(crate::plugin::mounts::LinuxSys::new(layout.staging_dir()));
+        Ok(crate::plugin::driver::Driver::new(layout, sys, settings)?)
     }
 
     /// The shared context of snapshot and backup work.
     pub fn ctx(&self) -> crate::snapshot::ops::Ctx {
         crate::snapshot::ops::Ctx {
-            layout: crate::config::Layout::new(&self.root),
-            view: crate::config::HostView::new(self.host_prefix.as_deref()),
+            layout: crate::core::layout::Layout::new(&self.root),
+            view: crate::core::layout::HostView::new(self.host_prefix.as_deref()),
             docker_url: self.docker.clone(),
         }
     }
@@ -110,7 +110,7 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    crate::logging::init();
+    crate::core::logging::init();
     let result = match cli.command {
         Command::Plugin(ref a) => plugin_cmd::run(&cli, a),
         Command::Volume(ref c) => volume_cmd::run(&cli, c),

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::Cli;
-use crate::config::{HostView, Layout, DEFAULT_SOCKET};
-use crate::driver::DriverSettings;
+use crate::core::layout::{HostView, Layout, DEFAULT_SOCKET};
+use crate::plugin::driver::DriverSettings;
 use crate::plugin::{self, PluginConfig};
 
 #[derive(Args, Debug)]

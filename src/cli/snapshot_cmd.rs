@@ -77,7 +77,7 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
         SnapshotCmd::Ls { volume, json } => {
             let volumes = match volume {
                 Some(v) => {
-                    crate::names::validate(v).map_err(anyhow::Error::msg)?;
+                    crate::core::names::validate(v).map_err(anyhow::Error::msg)?;
                     vec![v.clone()]
                 }
                 None => catalog::volumes(&ctx.layout),
@@ -112,7 +112,7 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             }
         }
         SnapshotCmd::Verify { volume, id } => {
-            crate::names::validate(volume).map_err(anyhow::Error::msg)?;
+            crate::core::names::validate(volume).map_err(anyhow::Error::msg)?;
             let all = catalog::list(&ctx.layout, volume)?;
             let targets: Vec<Manifest> = match id {
                 Some(id) => catalog::chain(&all, &catalog::get(&ctx.layout, volume, id)?.id)?,
@@ -148,7 +148,7 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             into,
             yes,
         } => {
-            crate::names::validate(volume).map_err(anyhow::Error::msg)?;
+            crate::core::names::validate(volume).map_err(anyhow::Error::msg)?;
             let m = catalog::get(&ctx.layout, volume, id)?;
             if into.is_none() && !yes {
                 bail!(
@@ -179,10 +179,10 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             );
         }
         SnapshotCmd::Rm { volume, id } => {
-            crate::names::validate(volume).map_err(anyhow::Error::msg)?;
-            let _lock = crate::fsutil::FileLock::acquire(
+            crate::core::names::validate(volume).map_err(anyhow::Error::msg)?;
+            let _lock = crate::fs::durable::FileLock::acquire(
                 &ctx.layout.snapshot_lock(volume),
-                crate::fsutil::LockKind::Exclusive,
+                crate::fs::durable::LockKind::Exclusive,
             )?;
             catalog::get(&ctx.layout, volume, id)?;
             let all = catalog::list(&ctx.layout, volume)?;
@@ -198,7 +198,7 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             println!("removed {volume}@{id}");
         }
         SnapshotCmd::Prune { volume } => {
-            let vref = crate::volref::resolve(&ctx.layout, &ctx.view, &ctx.docker_url, volume)
+            let vref = crate::ops::volref::resolve(&ctx.layout, &ctx.view, &ctx.docker_url, volume)
                 .ok()
                 .map(|v| ops::keep_of(&v))
                 .unwrap_or_default();

@@ -22,7 +22,7 @@
 use clap::Args;
 
 use super::Cli;
-use crate::config::{HostView, Layout};
+use crate::core::layout::{HostView, Layout};
 use crate::usage::{self, Report, ReportOptions};
 
 #[derive(Args, Debug)]

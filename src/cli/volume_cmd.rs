@@ -3,9 +3,9 @@
 use clap::Subcommand;
 
 use super::Cli;
-use crate::config::Layout;
-use crate::status;
-use crate::store::Store;
+use crate::core::layout::Layout;
+use crate::core::status;
+use crate::core::store::Store;
 
 #[derive(Subcommand, Debug)]
 pub enum VolumeCmd {
@@ -69,7 +69,7 @@ pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
             }
         }
         VolumeCmd::Inspect { name } => {
-            crate::names::validate(name).map_err(anyhow::Error::msg)?;
+            crate::core::names::validate(name).map_err(anyhow::Error::msg)?;
             let r = store
                 .load(name)?
                 .ok_or_else(|| anyhow::anyhow!("no such volume: {name}"))?;
@@ -81,9 +81,10 @@ pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
             to,
             delete_source,
         } => {
-            let driver = cli.driver(None, crate::config::DEFAULT_SNAPSHOT_WAIT)?;
-            let view = crate::config::HostView::new(cli.host_prefix.as_deref());
-            let r = crate::migrate::migrate(&driver, &layout, &view, name, to, *delete_source)?;
+            let driver = cli.driver(None, crate::core::layout::DEFAULT_SNAPSHOT_WAIT)?;
+            let view = crate::core::layout::HostView::new(cli.host_prefix.as_deref());
+            let r =
+                crate::ops::migrate::migrate(&driver, &layout, &view, name, to, *delete_source)?;
             println!(
                 "migrated {name}: {} entries copied and verified from {} to {}; {}",
                 r.files,
@@ -97,8 +98,8 @@ pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
             );
         }
         VolumeCmd::Cleanup { name } => {
-            let view = crate::config::HostView::new(cli.host_prefix.as_deref());
-            match crate::migrate::cleanup(&layout, &view, name)? {
+            let view = crate::core::layout::HostView::new(cli.host_prefix.as_deref());
+            match crate::ops::migrate::cleanup(&layout, &view, name)? {
                 Some(dir) => println!("deleted the old data of {name} at {}", dir.display()),
                 None => println!("{name} has no old data to clean up"),
             }

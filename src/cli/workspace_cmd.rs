@@ -9,7 +9,7 @@ pub enum WorkspaceCmd {
     /// Snapshot, then remove temporary volumes and unused project workspaces older than an age.
     Prune {
         /// Unused for longer than this (e.g. 30d, 12h, 2w).
-        #[arg(long, value_parser = crate::workspace::parse_age)]
+        #[arg(long, value_parser = crate::ops::workspace::parse_age)]
         older_than: std::time::Duration,
         /// Only list what would be removed.
         #[arg(long)]
@@ -23,8 +23,8 @@ pub fn run(cli: &Cli, cmd: &WorkspaceCmd) -> anyhow::Result<()> {
             older_than,
             dry_run,
         } => {
-            let driver = cli.driver(None, crate::config::DEFAULT_SNAPSHOT_WAIT)?;
-            let done = crate::workspace::prune(&cli.ctx(), &driver, *older_than, *dry_run)?;
+            let driver = cli.driver(None, crate::core::layout::DEFAULT_SNAPSHOT_WAIT)?;
+            let done = crate::ops::workspace::prune(&cli.ctx(), &driver, *older_than, *dry_run)?;
             if done.is_empty() {
                 println!("nothing to prune");
             }

@@ -3,11 +3,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::config::Layout;
-use crate::fsutil;
+use crate::core::layout::Layout;
+use crate::core::snapshot_id;
+use crate::fs::durable;
 use crate::snapshot::manifest::{self, Manifest, MANIFEST_NAME};
 use crate::snapshot::SnapshotError;
-use crate::snapshot_id;
 
 /// Directory of one snapshot.
 pub fn snapshot_dir(layout: &Layout, volume: &str, id: &str) -> PathBuf {
@@ -49,7 +49,7 @@ pub fn volumes(layout: &Layout) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default();
-    v.retain(|n| crate::names::validate(n).is_ok());
+    v.retain(|n| crate::core::names::validate(n).is_ok());
     v.sort();
     v
 }
@@ -94,7 +94,7 @@ pub fn remove_dir(layout: &Layout, volume: &str, id: &str) -> Result<(), Snapsho
         .join(format!(".deleting-{id}"));
     fs::rename(&dir, &gone)
         .map_err(|e| SnapshotError::io(format!("cannot remove {}", dir.display()), e))?;
-    let _ = fsutil::fsync_dir(&layout.volume_snapshots(volume));
+    let _ = durable::fsync_dir(&layout.volume_snapshots(volume));
     fs::remove_dir_all(&gone)
         .map_err(|e| SnapshotError::io(format!("cannot delete {}", gone.display()), e))
 }

@@ -8,15 +8,15 @@ use std::time::Instant;
 use chrono::Utc;
 
 use crate::archive::{self, Index, WriteOptions};
-use crate::config::Layout;
-use crate::fsutil::{self, FileLock, LockKind};
+use crate::core::layout::Layout;
+use crate::core::snapshot_id;
+use crate::core::store::Store;
+use crate::fs::durable::{self, FileLock, LockKind};
 use crate::snapshot::catalog;
 use crate::snapshot::manifest::{
     Manifest, Trigger, ARCHIVE_NAME, INDEX_NAME, MANIFEST_FORMAT, MANIFEST_NAME,
 };
 use crate::snapshot::SnapshotError;
-use crate::snapshot_id;
-use crate::store::Store;
 
 /// A shared progress callback (bytes so far).
 pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
@@ -54,7 +54,7 @@ pub enum CreateOutcome {
 
 /// Take a snapshot. Holds the snapshot lock for the whole walk, so Mounts of the volume wait.
 pub fn create(layout: &Layout, req: &CreateRequest) -> Result<CreateOutcome, SnapshotError> {
-    crate::names::validate(req.volume).map_err(SnapshotError::Invalid)?;
+    crate::core::names::validate(req.volume).map_err(SnapshotError::Invalid)?;
     if !req.source.is_dir() {
         return Err(SnapshotError::NotFound(format!(
             "the data directory {} of volume {} does not exist",
@@ -63,7 +63,7 @@ pub fn create(layout: &Layout, req: &CreateRequest) -> Result<CreateOutcome, Sna
         )));
     }
     let vol_dir = layout.volume_snapshots(req.volume);
-    fsutil::ensure_dir(&vol_dir, 0o700)
+    durable::ensure_dir(&vol_dir, 0o700)
         .map_err(|e| SnapshotError::io(format!("cannot create {}", vol_dir.display()), e))?;
     let lock_path = layout.snapshot_lock(req.volume);
     let _lock = FileLock::acquire(&lock_path, LockKind::Exclusive)
@@ -144,7 +144,7 @@ fn write_snapshot(
 ) -> Result<Manifest, SnapshotError> {
     let started = Instant::now();
     let created_at = Utc::now();
-    fsutil::ensure_dir(tmp, 0o700)
+    durable::ensure_dir(tmp, 0o700)
         .map_err(|e| SnapshotError::io(format!("cannot create {}", tmp.display()), e))?;
     let archive_path = tmp.join(ARCHIVE_NAME);
     // 0600 like every state file: the archive holds the volume's data.
@@ -189,14 +189,14 @@ fn write_snapshot(
     let bytes =
         serde_json::to_vec_pretty(&manifest).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
     let mpath = tmp.join(MANIFEST_NAME);
-    fsutil::atomic_write(&mpath, &bytes, 0o600)
+    durable::atomic_write(&mpath, &bytes, 0o600)
         .map_err(|e| SnapshotError::io(format!("cannot write {}", mpath.display()), e))?;
-    fsutil::fsync_dir(tmp)
+    durable::fsync_dir(tmp)
         .map_err(|e| SnapshotError::io("cannot sync the snapshot directory", e))?;
     let final_dir = catalog::snapshot_dir(layout, req.volume, id);
     fs::rename(tmp, &final_dir)
         .map_err(|e| SnapshotError::io(format!("cannot publish {}", final_dir.display()), e))?;
-    fsutil::fsync_dir(&layout.volume_snapshots(req.volume))
+    durable::fsync_dir(&layout.volume_snapshots(req.volume))
         .map_err(|e| SnapshotError::io("cannot sync the snapshot directory", e))?;
     Ok(manifest)
 }

@@ -35,7 +35,7 @@ pub enum SnapshotError {
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::core::store::StoreError),
 }
 
 impl SnapshotError {

@@ -5,17 +5,17 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
-use crate::config::{HostView, Layout};
-use crate::driver::{Driver, DriverSettings};
-use crate::fsutil::{FileLock, LockKind};
-use crate::mounts::LinuxSys;
-use crate::options::Keep;
+use crate::core::layout::{HostView, Layout};
+use crate::core::options::Keep;
+use crate::core::store::Store;
+use crate::fs::durable::{FileLock, LockKind};
+use crate::ops::volref::{self, VolumeRef};
+use crate::plugin::driver::{Driver, DriverSettings};
+use crate::plugin::mounts::LinuxSys;
 use crate::snapshot::create::DEFAULT_FULL_EVERY;
 use crate::snapshot::{
     catalog, create, restore, retention, CreateOutcome, CreateRequest, RestoreReport, Trigger,
 };
-use crate::store::Store;
-use crate::volref::{self, VolumeRef};
 
 /// Where to find things: the root, the host view and Docker.
 #[derive(Clone, Debug)]
@@ -154,7 +154,7 @@ pub fn restore_into_new(
             mount_dir: ctx.layout.mounts_dir(),
             bind_roots: vec![ctx.layout.root.clone()],
             view: ctx.view.clone(),
-            snapshot_wait: crate::config::DEFAULT_SNAPSHOT_WAIT,
+            snapshot_wait: crate::core::layout::DEFAULT_SNAPSHOT_WAIT,
         },
     )?;
     driver.create(new, Some(&opts))?;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{renameat2, RenameFlags};
 
 use crate::archive::{self, ExtractOptions};
-use crate::config::Layout;
-use crate::fsutil;
+use crate::core::layout::Layout;
+use crate::fs::durable;
 use crate::snapshot::catalog;
 use crate::snapshot::manifest::Manifest;
 use crate::snapshot::{sha256_file, Counting, SnapshotError};
@@ -168,5 +168,5 @@ pub fn swap_in(staging: &Path, target: &Path) -> Result<(), SnapshotError> {
             )
         })?;
     }
-    fsutil::fsync_dir(parent).map_err(|e| SnapshotError::io("cannot sync after the swap", e))
+    durable::fsync_dir(parent).map_err(|e| SnapshotError::io("cannot sync after the swap", e))
 }

@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 
 use chrono::Datelike;
 
-use crate::config::Layout;
-use crate::fsutil::{FileLock, LockKind};
-use crate::options::Keep;
+use crate::core::layout::Layout;
+use crate::core::options::Keep;
+use crate::fs::durable::{FileLock, LockKind};
 use crate::snapshot::catalog;
 use crate::snapshot::manifest::Manifest;
 use crate::snapshot::SnapshotError;
@@ -54,7 +54,7 @@ pub fn plan(all: &[Manifest], keep: &Keep) -> BTreeSet<String> {
 
 /// Delete the snapshots `plan` does not keep, newest first (children before parents). Returns the removed ids.
 pub fn prune(layout: &Layout, volume: &str, keep: &Keep) -> Result<Vec<String>, SnapshotError> {
-    crate::names::validate(volume).map_err(SnapshotError::Invalid)?;
+    crate::core::names::validate(volume).map_err(SnapshotError::Invalid)?;
     let lock_path = layout.snapshot_lock(volume);
     let _lock = FileLock::acquire(&lock_path, LockKind::Exclusive)
         .map_err(|e| SnapshotError::io(format!("cannot take {}", lock_path.display()), e))?;

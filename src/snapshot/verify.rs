@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::BufReader;
 
 use crate::archive::{self, ExtractOptions};
-use crate::config::Layout;
+use crate::core::layout::Layout;
 use crate::snapshot::manifest::Manifest;
 use crate::snapshot::restore::{archive_path, check_checksums};
 use crate::snapshot::{Counting, SnapshotError};

@@ -120,7 +120,7 @@ impl Plugin {
     /// Live mount points under this plugin's mount directory.
     pub fn live_mounts(&self) -> Vec<PathBuf> {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        allspark::mounts::parse_mountinfo(&text)
+        allspark::plugin::mounts::parse_mountinfo(&text)
             .into_iter()
             .filter(|p| p.starts_with(self.mount_dir()))
             .collect()
@@ -132,7 +132,7 @@ impl Drop for Plugin {
         self.kill9();
         // Every mount under the scratch directory: volumes, and the plugin's private staging mount.
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<PathBuf> = allspark::mounts::parse_mountinfo(&text)
+        let mut ours: Vec<PathBuf> = allspark::plugin::mounts::parse_mountinfo(&text)
             .into_iter()
             .filter(|m| m.starts_with(self.dir.path()))
             .collect();
@@ -176,7 +176,7 @@ pub fn err_of(v: &Value) -> String {
 /// Mount options of a mount point, from our own mountinfo.
 pub fn mount_opts(point: &Path) -> String {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    allspark::mounts::mount_options(&text, point).unwrap_or_default()
+    allspark::plugin::mounts::mount_options(&text, point).unwrap_or_default()
 }
 
 /// An `allspark agent` process on a root, killed when dropped.

@@ -18,11 +18,11 @@ pub const DRIVER: &str = "allspark-legacy-test";
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Serializes them across processes too (test binaries run by different people at once).
-fn machine_wide_turn() -> allspark::fsutil::FileLock {
+fn machine_wide_turn() -> allspark::fs::durable::FileLock {
     std::fs::create_dir_all("/run/docker/plugins").unwrap();
-    allspark::fsutil::FileLock::acquire(
+    allspark::fs::durable::FileLock::acquire(
         std::path::Path::new(&format!("/run/docker/plugins/{DRIVER}.lock")),
-        allspark::fsutil::LockKind::Exclusive,
+        allspark::fs::durable::LockKind::Exclusive,
     )
     .expect("lock the legacy test driver")
 }
@@ -36,7 +36,7 @@ pub struct LegacyPlugin {
     pub child: Option<Child>,
     pub volumes: Vec<String>,
     _turn: std::sync::MutexGuard<'static, ()>,
-    _machine_turn: allspark::fsutil::FileLock,
+    _machine_turn: allspark::fs::durable::FileLock,
 }
 
 impl LegacyPlugin {
@@ -117,7 +117,7 @@ impl Drop for LegacyPlugin {
         self.kill9();
         let _ = std::fs::remove_file(self.socket());
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in allspark::mounts::parse_mountinfo(&text) {
+        for m in allspark::plugin::mounts::parse_mountinfo(&text) {
             if m.starts_with(self.dir.path()) {
                 let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
             }

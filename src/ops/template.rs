@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use crate::config::{HostView, Layout};
-use crate::options::Template;
+use crate::core::layout::{HostView, Layout};
+use crate::core::options::Template;
+use crate::core::store::Store;
 use crate::snapshot::{catalog, restore};
-use crate::store::Store;
 
 /// Copy the template's content into `dest` (an empty, new directory).
 pub fn fill(
@@ -21,7 +21,7 @@ pub fn fill(
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no volume {volume} to copy from; accepted: an existing allspark volume or snapshot:<volume>@<id>"))?;
             let src = rec.data.local_path(layout, view);
-            crate::copy::copy_tree(&src, dest)
+            crate::fs::copy::copy_tree(&src, dest)
                 .map_err(|e| format!("cannot copy volume {volume}: {e}"))?;
         }
         Template::Snapshot { volume, id } => {

@@ -5,8 +5,8 @@ use std::fs;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::config::Layout;
-use crate::store::{DataLocation, VolumeRecord};
+use crate::core::layout::Layout;
+use crate::core::store::{DataLocation, VolumeRecord};
 
 /// Usage figures measured by the agent (or `allspark usage`) and cached for the plugin.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub fn snapshot_ids(layout: &Layout, name: &str) -> Vec<String> {
         .map(|rd| {
             rd.flatten()
                 .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| crate::snapshot_id::validate(n).is_ok())
+                .filter(|n| crate::core::snapshot_id::validate(n).is_ok())
                 .collect()
         })
         .unwrap_or_default();

@@ -37,7 +37,7 @@ pub fn snapshot() -> BTreeMap<String, CallTotals> {
 /// Write the totals atomically to `path` (called periodically by the plugin).
 pub fn flush(path: &std::path::Path) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(&snapshot()).map_err(std::io::Error::other)?;
-    crate::fsutil::atomic_write(path, &bytes, 0o600)
+    crate::fs::durable::atomic_write(path, &bytes, 0o600)
 }
 
 /// Read totals written by `flush`.

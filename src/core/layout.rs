@@ -109,9 +109,9 @@ impl Layout {
             self.locks_dir(),
             self.snapshots_dir(),
         ] {
-            crate::fsutil::ensure_dir(&d, 0o700)?;
+            crate::fs::durable::ensure_dir(&d, 0o700)?;
         }
-        crate::fsutil::ensure_dir(&self.mounts_dir(), 0o755)?;
+        crate::fs::durable::ensure_dir(&self.mounts_dir(), 0o755)?;
         Ok(())
     }
 }

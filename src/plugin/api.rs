@@ -7,9 +7,9 @@ use hyper::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::driver::{Driver, DriverError};
-use crate::protocol::*;
-use crate::server::{Handler, Reply};
+use crate::plugin::driver::{Driver, DriverError};
+use crate::plugin::protocol::*;
+use crate::plugin::server::{Handler, Reply};
 
 /// The driver behind the socket.
 pub struct DriverApi {
@@ -122,7 +122,7 @@ impl Handler for DriverApi {
                 err
             );
         }
-        crate::callstats::record(call, reply.status.is_success(), micros);
+        crate::core::callstats::record(call, reply.status.is_success(), micros);
         reply
     }
 }

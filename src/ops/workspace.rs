@@ -5,11 +5,11 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use crate::driver::Driver;
-use crate::options::Class;
+use crate::core::options::Class;
+use crate::core::store::{Store, VolumeRecord};
+use crate::plugin::driver::Driver;
 use crate::snapshot::ops::{self, Ctx};
 use crate::snapshot::{CreateOutcome, Trigger};
-use crate::store::{Store, VolumeRecord};
 
 /// Parse an age like `30d`, `12h`, `2w`, `90m`.
 pub fn parse_age(s: &str) -> Result<Duration, String> {

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-use crate::config::{HostView, Layout};
-use crate::driver::Driver;
-use crate::fsutil::{FileLock, LockKind};
-use crate::store::{DataLocation, Store};
+use crate::core::layout::{HostView, Layout};
+use crate::core::store::{DataLocation, Store};
+use crate::fs::durable::{FileLock, LockKind};
+use crate::plugin::driver::Driver;
 
 /// Test hook: `ALLSPARK_CRASH_AT=<step>` aborts the process at that step (copied, verified, switched, deleted).
 fn crash_point(step: &str) {
@@ -44,7 +44,7 @@ pub fn migrate(
     to: &str,
     delete_source: bool,
 ) -> anyhow::Result<MigrateReport> {
-    crate::names::validate(name).map_err(anyhow::Error::msg)?;
+    crate::core::names::validate(name).map_err(anyhow::Error::msg)?;
     let store = Store::new(layout.clone());
     let host_to = driver.check_device(to)?;
     let _snap = FileLock::acquire(&layout.snapshot_lock(name), LockKind::Exclusive)?;
@@ -93,9 +93,9 @@ pub fn migrate(
             )
         })?;
     }
-    crate::copy::copy_tree(&from, &staging)
+    crate::fs::copy::copy_tree(&from, &staging)
         .with_context(|| format!("cannot copy {} to {}", from.display(), staging.display()))?;
-    crate::fsutil::fsync_dir(staging.parent().unwrap_or(Path::new("/")))?;
+    crate::fs::durable::fsync_dir(staging.parent().unwrap_or(Path::new("/")))?;
     crash_point("copied");
     let files = compare_trees(&from, &staging)?;
     crash_point("verified");
@@ -105,7 +105,7 @@ pub fn migrate(
     }
     fs::rename(&staging, &target)
         .with_context(|| format!("cannot move the copy to {}", target.display()))?;
-    crate::fsutil::fsync_dir(target.parent().unwrap_or(Path::new("/")))?;
+    crate::fs::durable::fsync_dir(target.parent().unwrap_or(Path::new("/")))?;
     {
         let _lock = store.lock(name)?;
         let mut r = (*store
@@ -132,7 +132,7 @@ pub fn migrate(
 
 /// Delete the data a migration left at the old place.
 pub fn cleanup(layout: &Layout, view: &HostView, name: &str) -> anyhow::Result<Option<PathBuf>> {
-    crate::names::validate(name).map_err(anyhow::Error::msg)?;
+    crate::core::names::validate(name).map_err(anyhow::Error::msg)?;
     let store = Store::new(layout.clone());
     let _lock = store.lock(name)?;
     let mut r = (*store

@@ -16,7 +16,7 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::protocol::{ErrResponse, CONTENT_TYPE};
+use crate::plugin::protocol::{ErrResponse, CONTENT_TYPE};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;

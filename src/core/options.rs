@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::names;
+use crate::core::names;
 
 /// Keys accepted in `driver_opts` / `docker volume create -o`.
 pub const KEYS: &[&str] = &[
@@ -436,7 +436,7 @@ fn parse_template(value: &str) -> Result<Template, OptionError> {
             .ok_or_else(|| refuse("template", value, ACCEPTED))?;
         names::validate(volume)
             .map_err(|e| refuse("template", value, format!("{ACCEPTED}: {e}")))?;
-        crate::snapshot_id::validate(id)
+        crate::core::snapshot_id::validate(id)
             .map_err(|e| refuse("template", value, format!("{ACCEPTED}: {e}")))?;
         return Ok(Template::Snapshot {
             volume: volume.into(),

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chown, Gid, Uid};
 
-use crate::options::MountFlags;
+use crate::core::options::MountFlags;
 
 /// The system calls the driver needs. `LinuxSys` is the real one; tests use a recorder.
 pub trait Sys: Send + Sync {

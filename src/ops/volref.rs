@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::bail;
 
-use crate::config::{HostView, Layout};
-use crate::store::{Store, VolumeRecord};
+use crate::core::layout::{HostView, Layout};
+use crate::core::store::{Store, VolumeRecord};
 
 /// A volume whose data this process can reach.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ pub fn resolve(
     docker_url: &str,
     name: &str,
 ) -> anyhow::Result<VolumeRef> {
-    crate::names::validate(name).map_err(anyhow::Error::msg)?;
+    crate::core::names::validate(name).map_err(anyhow::Error::msg)?;
     if let Some(rec) = Store::new(layout.clone()).load(name)? {
         return Ok(VolumeRef {
             name: name.to_string(),

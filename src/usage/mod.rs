@@ -75,10 +75,10 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{HostView, Layout};
-use crate::options::{BackupPriority, Class};
-use crate::status::{self, UsageCache};
-use crate::store::{Store, VolumeRecord};
+use crate::core::layout::{HostView, Layout};
+use crate::core::options::{BackupPriority, Class};
+use crate::core::status::{self, UsageCache};
+use crate::core::store::{Store, VolumeRecord};
 
 /// Default alert threshold, percent of a volume's `size` or of a filesystem.
 pub const DEFAULT_THRESHOLD_PERCENT: f64 = 80.0;
@@ -172,9 +172,9 @@ pub fn measure_cached_with(
     let (walk, new, changed) = walk(dir, Some(old), opts)?;
     if changed {
         if let Some(parent) = cache_file.parent() {
-            crate::fsutil::ensure_dir(parent, 0o700)?;
+            crate::fs::durable::ensure_dir(parent, 0o700)?;
         }
-        crate::fsutil::atomic_write(cache_file, &new.encode(), 0o600)?;
+        crate::fs::durable::atomic_write(cache_file, &new.encode(), 0o600)?;
     }
     Ok(walk)
 }
@@ -730,7 +730,7 @@ pub fn measure_report(layout: &Layout, view: &HostView, opts: &ReportOptions) ->
     for e in &record_errors {
         tracing::warn!("{e}");
     }
-    if let Err(e) = crate::fsutil::ensure_dir(&layout.usage_dir(), 0o700) {
+    if let Err(e) = crate::fs::durable::ensure_dir(&layout.usage_dir(), 0o700) {
         tracing::warn!(dir = %layout.usage_dir().display(), "cannot create usage directory: {e}");
     }
     let mut volumes = Vec::with_capacity(records.len());
@@ -792,7 +792,7 @@ fn measure_volume(
         snapshot_bytes,
         last_snapshot_at: last
             .as_deref()
-            .and_then(|id| crate::snapshot_id::parse(id).ok()),
+            .and_then(|id| crate::core::snapshot_id::parse(id).ok()),
         last_snapshot: last,
         mounted: rec.mount_count(),
         alert: false,
@@ -819,7 +819,9 @@ fn measure_volume(
                 measured_at: v.measured_at,
             };
             let bytes = serde_json::to_vec(&cache).expect("usage serializes");
-            if let Err(e) = crate::fsutil::atomic_write(&layout.usage(&rec.name), &bytes, 0o600) {
+            if let Err(e) =
+                crate::fs::durable::atomic_write(&layout.usage(&rec.name), &bytes, 0o600)
+            {
                 tracing::warn!(volume = %rec.name, "cannot write usage cache: {e}");
             }
         }

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Layout;
-use crate::fsutil;
+use crate::core::layout::Layout;
+use crate::fs::durable;
 
 /// What happened to a volume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +50,7 @@ fn event_file_name(at: DateTime<Utc>) -> String {
 pub fn write(layout: &Layout, event: &Event) -> io::Result<PathBuf> {
     let path = layout.spool_dir().join(event_file_name(event.at));
     let bytes = serde_json::to_vec(event).map_err(io::Error::other)?;
-    fsutil::atomic_write(&path, &bytes, 0o600)?;
+    durable::atomic_write(&path, &bytes, 0o600)?;
     Ok(path)
 }
 
@@ -83,7 +83,7 @@ pub fn read(path: &Path) -> io::Result<Event> {
 
 /// Delete an event after its work is durable.
 pub fn done(path: &Path) -> io::Result<()> {
-    fsutil::remove_durable(path)
+    durable::remove_durable(path)
 }
 
 #[cfg(test)]

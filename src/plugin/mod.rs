@@ -1,5 +1,11 @@
 //! The `allspark plugin` process: one server per root, listen first, recover after, stop on SIGTERM/SIGINT.
 
+pub mod api;
+pub mod driver;
+pub mod mounts;
+pub mod protocol;
+pub mod server;
+
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,12 +14,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::api::DriverApi;
-use crate::config::Layout;
-use crate::driver::{Driver, DriverSettings};
-use crate::fsutil::{FileLock, LockKind};
-use crate::mounts::LinuxSys;
-use crate::server;
+use crate::core::layout::Layout;
+use crate::fs::durable::{FileLock, LockKind};
+use crate::plugin::api::DriverApi;
+use crate::plugin::driver::{Driver, DriverSettings};
+use crate::plugin::mounts::LinuxSys;
 
 /// Everything `allspark plugin` needs.
 pub struct PluginConfig {
@@ -110,7 +115,7 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
                 tick.tick().await;
                 let p = stats_path.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    let _ = crate::callstats::flush(&p);
+                    let _ = crate::core::callstats::flush(&p);
                     release_free_memory();
                 })
                 .await;

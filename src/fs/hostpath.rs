@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::config::HostView;
+use crate::core::layout::HostView;
 
 const MAX_SYMLINKS: usize = 40;
 

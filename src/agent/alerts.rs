@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{HostView, Layout};
+use crate::core::layout::{HostView, Layout};
 use crate::usage::{self, Report, ReportOptions};
 
 /// Default hysteresis in percentage points.
@@ -259,7 +259,7 @@ impl AlertState {
             return Ok(());
         }
         if let Some(dir) = path.parent() {
-            crate::fsutil::ensure_dir(dir, 0o700)?;
+            crate::fs::durable::ensure_dir(dir, 0o700)?;
         }
         let p = Persisted {
             version: 1,
@@ -267,7 +267,7 @@ impl AlertState {
         };
         let mut bytes = serde_json::to_vec_pretty(&p).map_err(io::Error::other)?;
         bytes.push(b'\n');
-        crate::fsutil::atomic_write(path, &bytes, 0o600)?;
+        crate::fs::durable::atomic_write(path, &bytes, 0o600)?;
         self.dirty = false;
         Ok(())
     }
@@ -307,7 +307,7 @@ pub fn log_event(e: &AlertEvent) {
 /// `metrics::MetricsState::set_report`).
 ///
 /// ```no_run
-/// # use allspark::{alerts::*, config::*, usage::ReportOptions};
+/// # use allspark::{agent::alerts::*, core::layout::*, usage::ReportOptions};
 /// let layout = Layout::new("/var/lib/allspark");
 /// let view = HostView::default();
 /// let mut alerts = AlertState::load(&layout, AlertConfig::default());

@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::config::{HostView, Layout};
-use crate::fsutil::{self, FileLock, LockKind};
-use crate::hostpath;
-use crate::mounts::Sys;
-use crate::names;
-use crate::options::{self, VolumeSpec};
-use crate::spool::{self, Event, EventKind};
-use crate::status;
-use crate::store::{DataLocation, Store, StoreError, VolumeRecord};
+use crate::core::layout::{HostView, Layout};
+use crate::core::names;
+use crate::core::options::{self, VolumeSpec};
+use crate::core::spool::{self, Event, EventKind};
+use crate::core::status;
+use crate::core::store::{DataLocation, Store, StoreError, VolumeRecord};
+use crate::fs::durable::{self, FileLock, LockKind};
+use crate::fs::hostpath;
+use crate::plugin::mounts::Sys;
 
 /// What the driver needs to know besides the root.
 #[derive(Clone, Debug)]
@@ -64,7 +64,7 @@ pub struct Driver {
 impl Driver {
     pub fn new(layout: Layout, sys: Arc<dyn Sys>, settings: DriverSettings) -> io::Result<Driver> {
         layout.ensure()?;
-        fsutil::ensure_dir(&settings.mount_dir, 0o755)?;
+        durable::ensure_dir(&settings.mount_dir, 0o755)?;
         Ok(Driver {
             store: Store::new(layout.clone()),
             layout,
@@ -125,9 +125,10 @@ impl Driver {
         local: &Path,
     ) -> Result<()> {
         if let Some(template) = &spec.template {
-            crate::template::fill(&self.layout, &self.settings.view, template, local).map_err(
-                |e| DriverError::Invalid(format!("template={}: {e}", template_text(opts))),
-            )?;
+            crate::ops::template::fill(&self.layout, &self.settings.view, template, local)
+                .map_err(|e| {
+                    DriverError::Invalid(format!("template={}: {e}", template_text(opts)))
+                })?;
         }
         self.sys
             .set_owner_mode(local, spec.uid, spec.gid, spec.mode)
@@ -294,7 +295,7 @@ impl Driver {
             "cannot move {} to the trash",
             dir.display()
         )))?;
-        if let Err(e) = fsutil::fsync_dir(&self.layout.trash_dir()) {
+        if let Err(e) = durable::fsync_dir(&self.layout.trash_dir()) {
             let _ = fs::rename(&trash, dir);
             return Err(io_ctx("cannot sync the trash directory")(e));
         }
@@ -372,7 +373,7 @@ impl Driver {
                 "cannot set owner/mode of {}",
                 src.display()
             )))?;
-        fsutil::ensure_dir(target, 0o755)
+        durable::ensure_dir(target, 0o755)
             .map_err(io_ctx(format!("cannot create {}", target.display())))?;
         self.sys
             .bind_mount(&src, target, &rec.spec.flags)
@@ -399,7 +400,7 @@ impl Driver {
         }
         let local = rec.data.local_path(&self.layout, &self.settings.view);
         if !local.is_dir() {
-            fsutil::ensure_dir(&local, 0o755).map_err(io_ctx(format!(
+            durable::ensure_dir(&local, 0o755).map_err(io_ctx(format!(
                 "the backing directory {} of volume {} is missing and cannot be created",
                 local.display(),
                 rec.name
@@ -497,13 +498,13 @@ impl Driver {
     }
 
     /// One volume with its status; an error for an unknown volume (Docker relies on it).
-    pub fn get(&self, name: &str) -> Result<crate::protocol::Volume> {
+    pub fn get(&self, name: &str) -> Result<crate::plugin::protocol::Volume> {
         names::validate(name).map_err(DriverError::Invalid)?;
         let rec = self
             .store
             .load(name)?
             .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
-        Ok(crate::protocol::Volume {
+        Ok(crate::plugin::protocol::Volume {
             name: name.to_string(),
             mountpoint: self.mountpoint(name).to_string_lossy().into_owned(),
             created_at: Some(rec.created_at.to_rfc3339()),
@@ -512,14 +513,14 @@ impl Driver {
     }
 
     /// Every volume (name, mountpoint, creation time).
-    pub fn list(&self) -> Result<Vec<crate::protocol::Volume>> {
+    pub fn list(&self) -> Result<Vec<crate::plugin::protocol::Volume>> {
         let (records, bad) = self.store.all()?;
         for e in &bad {
             tracing::error!(%e, "a volume record cannot be read");
         }
         Ok(records
             .iter()
-            .map(|r| crate::protocol::Volume {
+            .map(|r| crate::plugin::protocol::Volume {
                 name: r.name.clone(),
                 mountpoint: self.mountpoint(&r.name).to_string_lossy().into_owned(),
                 created_at: Some(r.created_at.to_rfc3339()),
@@ -637,7 +638,7 @@ impl Driver {
             match fs::rename(e.path(), &dir) {
                 Ok(()) => {
                     if let Some(parent) = dir.parent() {
-                        let _ = fsutil::fsync_dir(parent);
+                        let _ = durable::fsync_dir(parent);
                     }
                     tracing::warn!(volume = %name, path = %dir.display(), "a removal was interrupted before it was acknowledged: the volume's data is put back");
                 }
@@ -667,7 +668,7 @@ fn create_dirs(dir: &Path) -> io::Result<Option<PathBuf>> {
         top = Some(c.to_path_buf());
         cur = c.parent();
     }
-    fsutil::ensure_dir(dir, 0o755)?;
+    durable::ensure_dir(dir, 0o755)?;
     Ok(top)
 }
 

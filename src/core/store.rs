@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{HostView, Layout};
-use crate::fsutil::{self, FileLock, LockKind};
-use crate::options::VolumeSpec;
+use crate::core::layout::{HostView, Layout};
+use crate::core::options::VolumeSpec;
+use crate::fs::durable::{self, FileLock, LockKind};
 
 /// Version of the record format written by this build.
 pub const RECORD_VERSION: u32 = 1;
@@ -113,12 +113,12 @@ impl VolumeRecord {
     pub fn managed(
         name: &str,
         opts: &[(&str, &str)],
-    ) -> Result<VolumeRecord, crate::options::OptionError> {
+    ) -> Result<VolumeRecord, crate::core::options::OptionError> {
         let options: BTreeMap<String, String> = opts
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let spec = crate::options::parse(Some(&options))?;
+        let spec = crate::core::options::parse(Some(&options))?;
         let data = DataLocation::Managed {
             volume: name.to_string(),
             subdir: None,
@@ -264,14 +264,14 @@ impl Store {
         let mut bytes =
             serde_json::to_vec_pretty(record).map_err(|e| self.corrupt(&path, e.to_string()))?;
         bytes.push(b'\n');
-        fsutil::atomic_write(&path, &bytes, 0o600).map_err(io_err("write", &path))
+        durable::atomic_write(&path, &bytes, 0o600).map_err(io_err("write", &path))
     }
 
     /// Delete a record durably. Caller holds the lock.
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
         let path = self.layout.record(name);
         self.cache_lock().remove(name);
-        fsutil::remove_durable(&path).map_err(io_err("delete", &path))
+        durable::remove_durable(&path).map_err(io_err("delete", &path))
     }
 
     /// Names of all volumes, sorted.
@@ -327,7 +327,7 @@ fn record_name(file: &std::ffi::OsStr) -> Option<String> {
         return None;
     }
     let name = file.strip_suffix(".json")?;
-    crate::names::validate(name).ok()?;
+    crate::core::names::validate(name).ok()?;
     Some(name.to_string())
 }
 

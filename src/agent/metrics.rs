@@ -25,7 +25,7 @@
 //!
 //! Volume and filesystem series come from the last [`Report`] handed to
 //! [`MetricsState::set_report`] (the agent measures periodically, see
-//! [`crate::alerts::measure_and_alert`]); before the first one they are absent.
+//! [`crate::agent::alerts::measure_and_alert`]); before the first one they are absent.
 //! Everything else is read at scrape time from small files: the plugin's
 //! `<root>/state/plugin-stats.json` (absent file: no plugin series), the spool
 //! directory listing, and `<root>/state/agent/last-backup-<type>.json`
@@ -62,7 +62,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-use crate::config::Layout;
+use crate::core::layout::Layout;
 use crate::usage::Report;
 
 /// Content type of a scrape answer.
@@ -330,7 +330,7 @@ pub fn render(layout: &Layout, report: Option<&Report>) -> String {
         }
     }
     set(&spool, &[], spool_depth(layout) as f64);
-    if let Some(stats) = crate::callstats::load(&plugin_stats_path(layout)) {
+    if let Some(stats) = crate::core::callstats::load(&plugin_stats_path(layout)) {
         for (call, t) in &stats {
             for (outcome, n) in [("ok", t.ok), ("error", t.errors)] {
                 calls

@@ -1,0 +1,11 @@
+//! What every allspark process shares: the state-root layout, names and ids, options, durable records, the spool, status and call statistics.
+
+pub mod callstats;
+pub mod layout;
+pub mod logging;
+pub mod names;
+pub mod options;
+pub mod snapshot_id;
+pub mod spool;
+pub mod status;
+pub mod store;

@@ -1,0 +1,5 @@
+//! File-system primitives: durable writes and locks, host paths given in `device=`, tree copies.
+
+pub mod copy;
+pub mod durable;
+pub mod hostpath;

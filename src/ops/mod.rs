@@ -1,0 +1,6 @@
+//! Operator workflows over volumes: migration, workspace cleanup, templates, volume references.
+
+pub mod migrate;
+pub mod template;
+pub mod volref;
+pub mod workspace;
