@@ -6,7 +6,7 @@
 # findings per target. Exits 1 if any target crashed, leaked, timed out or ran
 # out of memory; the input that did it is in fuzz/artifacts/<target>/. Once the
 # bug is fixed, copy that file into fuzz/regressions/<target>/: the plain test
-# `cargo test --test hardening_fuzz` replays it (and every seed) forever.
+# `cargo test --test hardening fuzz::` replays it (and every seed) forever.
 #
 # Targets (fuzz/src/harness.rs says what each checks):
 #   requests     request bodies as the driver decodes them, options::parse

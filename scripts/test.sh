@@ -7,7 +7,7 @@
 #   cargo test --all-targets --no-fail-fast (every test binary runs; all
 #   failures are listed), then cargo test --doc
 # With arguments, the last step is `cargo test ARGS…` instead (e.g.
-# scripts/test.sh --test managed).
+# scripts/test.sh --test docker managed::).
 #
 # End-to-end tests need a Docker daemon (and root). Without one they SKIP with a
 # loud banner, unless ALLSPARK_REQUIRE_DOCKER is set, which makes them fail;

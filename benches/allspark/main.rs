@@ -12,7 +12,7 @@
 //! `--out DIR`, `--generate DIR` (only write the workspace there). Priority of
 //! the bench and every contender: `ALLSPARK_BENCH_NICE` (e.g. -10). Scratch space: `ALLSPARK_BENCH_DIR` (default `/var/tmp`).
 
-#[path = "../../tests/common/mod.rs"]
+#[path = "../../tests/support/common.rs"]
 mod common;
 
 mod client;

@@ -1,5 +1,5 @@
 //! Fuzz harness bodies, shared by the cargo-fuzz targets (`fuzz/fuzz_targets/`) and the plain
-//! regression tests (`tests/hardening_fuzz.rs`, which compiles this file with `#[path]`).
+//! regression tests (`tests/hardening/fuzz.rs`, which compiles this file with `#[path]`).
 //!
 //! Each function takes arbitrary bytes, drives one piece of allspark with them and panics when an
 //! invariant breaks; a panic inside allspark is a finding too. Everything happens in a per-process

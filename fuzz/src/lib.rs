@@ -1,4 +1,4 @@
 //! The harness bodies of the fuzz targets. `harness.rs` is also compiled into the main crate's
-//! `tests/hardening_fuzz.rs`, which replays every seed and every saved crash as a plain test.
+//! `tests/hardening/fuzz.rs`, which replays every seed and every saved crash as a plain test.
 
 pub mod harness;

@@ -127,7 +127,7 @@ fn gauge(reg: &mut Registry, name: &str, help: &str) -> GaugeFamily {
 }
 
 /// Escape a label value as the text format requires (`\\`, `\"`, `\n`).
-/// prometheus-client 0.23 writes label values verbatim; tests/metrics.rs checks the result,
+/// prometheus-client 0.23 writes label values verbatim; tests/ops/metrics.rs checks the result,
 /// so a version that starts escaping by itself would be noticed (double escaping).
 fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());

@@ -4,12 +4,12 @@
 //!
 //! Every fault must give a clear error (naming the file, saying what to do), leave no half-made
 //! record, snapshot or mount, and heal once the fault is gone. Each test prints what it injected.
-//! (Also: tests/snapshots.rs a_full_disk_fails_the_snapshot_cleanly_and_keeps_older_ones,
-//! tests/restart.rs a_corrupt_record_is_reported_not_forgotten.)
+//! (Also: tests/ops/snapshots.rs a_full_disk_fails_the_snapshot_cleanly_and_keeps_older_ones,
+//! tests/plugin/restart.rs a_corrupt_record_is_reported_not_forgotten.)
 
-mod common;
-mod harness;
-mod legacy;
+use crate::support::common;
+use crate::support::harness;
+use crate::support::legacy;
 
 use std::fs;
 use std::io::Write;
@@ -643,9 +643,12 @@ fn dockerd_restart_allowed() -> bool {
 
 #[test]
 fn dockerd_restarted_under_running_containers_keeps_references_mounts_and_data_right() {
-    if !dockerd_restart_allowed() || !common::require_docker() {
+    if !dockerd_restart_allowed() {
         return;
     }
+    let Some(_docker) = common::require_docker() else {
+        return;
+    };
     let image = common::ensure_busybox_image();
     let live_restore = common::docker_ok(&["info", "--format", "{{.LiveRestoreEnabled}}"]);
     eprintln!("dockerd live-restore: {}", live_restore.trim());

@@ -1,7 +1,6 @@
 //! Hand-built hostile archives: every one is refused with a clear error and nothing is written outside the destination.
 
-#[path = "archive_util.rs"]
-mod util;
+use crate::util;
 
 use std::fs;
 use std::io::Write;

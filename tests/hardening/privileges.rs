@@ -1,9 +1,9 @@
 //! Privileges: who can talk to the plugin, who can read its state, what the managed plugin asks
 //! Docker for, and a read-only volume staying read-only for every container (end to end).
 
-mod common;
-mod harness;
-mod legacy;
+use crate::support::common;
+use crate::support::harness;
+use crate::support::legacy;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -206,9 +206,9 @@ fn the_managed_plugin_asks_for_cap_sys_admin_only() {
 
 #[test]
 fn a_read_only_volume_stays_read_only_in_every_container() {
-    if !common::require_docker() {
+    let Some(_docker) = common::require_docker() else {
         return;
-    }
+    };
     let image = common::ensure_busybox_image();
     let mut plugin = legacy::LegacyPlugin::start();
     let vol = common::unique_name("ro");

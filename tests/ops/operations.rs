@@ -1,6 +1,6 @@
 //! Operating volumes: templates, parent volumes, migration under crashes, workspace prune.
 
-mod harness;
+use crate::support::harness;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,6 @@
 //! Incremental snapshots: only changes are stored, deletions are listed, and full + incremental restores the new tree.
 
-#[path = "archive_util.rs"]
-mod util;
+use crate::util;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};

@@ -1,6 +1,6 @@
 //! Crash and restart: kill -9 in the middle of work, restart, and check state against what was acknowledged.
 
-mod harness;
+use crate::support::harness;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Regression tests of the bugs the hardening work found (fuzzing, crash injection, hostile
 //! input), each reduced to a deterministic case. docs/hardening.md lists them.
 
-mod harness;
+use crate::support::harness;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -14,7 +14,7 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
 
-/// Found by tests/hardening_input.rs: Path did not check the name, so `../decoy` read
+/// Found by tests/hardening/input.rs: Path did not check the name, so `../decoy` read
 /// `state/decoy.json` and answered that a "volume record" there was corrupt, telling the
 /// operator to move it aside.
 #[test]
@@ -33,7 +33,7 @@ fn path_refuses_a_name_that_is_not_a_volume_name() {
     assert!(p.root().join("state/decoy.json").exists());
 }
 
-/// Found by tests/hardening_crash.rs: a Remove killed after moving the data to the trash but
+/// Found by tests/hardening/crash.rs: a Remove killed after moving the data to the trash but
 /// before deleting the record left the volume in place with its data gone (the restart emptied
 /// the trash) although the removal was never acknowledged.
 #[test]
@@ -111,7 +111,7 @@ fn reply_of(mut s: UnixStream, wait: Duration) -> (String, Duration) {
     )
 }
 
-/// Found by tests/hardening_input.rs: a request announcing a 10 GiB body was not refused until
+/// Found by tests/hardening/input.rs: a request announcing a 10 GiB body was not refused until
 /// the bytes came, and a body that trickles in held its connection forever (the header timeout
 /// stops at the end of the headers).
 #[test]
@@ -157,7 +157,7 @@ fn an_oversized_announced_body_is_refused_at_once_and_a_slow_body_times_out() {
     assert_eq!(err_of(&v), "");
 }
 
-/// Found by tests/hardening_input.rs: a snapshot of a volume holding a device node (a rootfs
+/// Found by tests/hardening/input.rs: a snapshot of a volume holding a device node (a rootfs
 /// build, say) was taken, but verify and restore refused it whole ("not made by allspark or
 /// tampered with"), so nothing of that volume could be restored. Restore never creates device
 /// nodes; now it skips them, naming each, and restores the rest.
@@ -217,7 +217,7 @@ impl Drop for ReadOnly {
     }
 }
 
-/// Found by tests/hardening_faults.rs: a Remove whose record could not be deleted (read-only or
+/// Found by tests/hardening/faults.rs: a Remove whose record could not be deleted (read-only or
 /// failing state directory) had already moved the data into the trash and left it there: the
 /// volume stayed, empty, until the plugin restarted.
 #[test]
@@ -241,7 +241,7 @@ fn a_remove_that_cannot_delete_the_record_keeps_the_data_in_place() {
     assert!(!p.root().join("volumes/stays").exists());
 }
 
-/// Found by tests/hardening_faults.rs: an Unmount that removed the bind mount but could not record
+/// Found by tests/hardening/faults.rs: an Unmount that removed the bind mount but could not record
 /// it (full disk) left a reference without a mount. Docker does not repeat the Unmount, so the
 /// reference blocked the volume's removal ("mounted by 1 container") and, worse, kept the next
 /// container's bind mount alive after that container's Unmount. Under the volume's lock such a
@@ -270,7 +270,7 @@ fn a_reference_left_without_its_mount_neither_keeps_the_next_mount_nor_blocks_re
     }
 }
 
-/// Found by tests/hardening_faults.rs: extracting onto a full filesystem failed with "failed to
+/// Found by tests/hardening/faults.rs: extracting onto a full filesystem failed with "failed to
 /// unpack `…/blob`" and nothing more (tar-rs keeps the cause two errors deep); the operator could
 /// not tell a full disk from a damaged archive.
 #[test]
@@ -303,7 +303,7 @@ fn an_extraction_that_runs_out_of_space_says_so() {
     assert!(err.contains("No space left on device"), "{err}");
 }
 
-/// Found by tests/hardening_input.rs: `snapshot prune` and `volume cleanup` built paths from the
+/// Found by tests/hardening/input.rs: `snapshot prune` and `volume cleanup` built paths from the
 /// volume name unchecked: `snapshot prune ../decoy` applied retention to (and deleted) snapshot
 /// directories outside the snapshot store, `volume cleanup ../../x` created `x.lock` outside the
 /// locks directory.
@@ -342,7 +342,7 @@ fn prune_and_cleanup_refuse_names_that_are_not_volume_names() {
     assert!(!p.dir.path().join("lockprobe.lock").exists());
 }
 
-/// Found by tests/hardening_crash.rs (seeds 300, 306, 307): the plugin listens first and recovers
+/// Found by tests/hardening/crash.rs (seeds 300, 306, 307): the plugin listens first and recovers
 /// after, and recovery worked from the mount table read when it started. A Mount served meanwhile
 /// (dockerd retries as soon as the socket answers) had its fresh reference cleared ("references
 /// without a live mount") and its bind mount left without a reference; a stale mount met by a

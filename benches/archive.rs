@@ -1,15 +1,13 @@
-//! Manual throughput check of write_tree_gz (ignored by default).
+//! Manual throughput check of write_tree_gz on a tree of your choice.
 //!
-//! `ALLSPARK_BENCH_TREE=/some/dir cargo test --release --test archive_bench -- --ignored --nocapture`
+//! `ALLSPARK_BENCH_TREE=/some/dir cargo bench --bench archive`
 
 use std::fs::File;
 use std::time::Instant;
 
 use allspark::archive::{write_tree_gz, WriteOptions};
 
-#[test]
-#[ignore = "manual benchmark; set ALLSPARK_BENCH_TREE"]
-fn bench_write_tree_gz() {
+fn main() {
     let Some(tree) = std::env::var_os("ALLSPARK_BENCH_TREE") else {
         eprintln!("ALLSPARK_BENCH_TREE not set; nothing to measure");
         return;

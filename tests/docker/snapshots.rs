@@ -1,8 +1,8 @@
 //! Snapshots with the real dockerd: snapshot-on-unmount of an allspark volume and `allspark.snapshot=on-stop` of a local volume.
 
-mod common;
-mod harness;
-mod legacy;
+use crate::support::common;
+use crate::support::harness;
+use crate::support::legacy;
 
 use std::process::Command;
 use std::time::Duration;
@@ -43,9 +43,9 @@ fn snapshots(p: &LegacyPlugin, volume: &str) -> Vec<Value> {
 
 #[test]
 fn a_stopped_container_leaves_a_snapshot_and_the_next_one_is_incremental() {
-    if !require_docker() {
+    let Some(_docker) = require_docker() else {
         return;
-    }
+    };
     let image = ensure_busybox_image();
     let mut p = LegacyPlugin::start();
     let _agent = start_agent(&p);
@@ -108,9 +108,9 @@ fn a_stopped_container_leaves_a_snapshot_and_the_next_one_is_incremental() {
 
 #[test]
 fn a_labelled_container_gets_its_local_volumes_snapshotted_when_it_stops() {
-    if !require_docker() {
+    let Some(_docker) = require_docker() else {
         return;
-    }
+    };
     let image = ensure_busybox_image();
     let p = LegacyPlugin::start();
     let _agent = start_agent(&p);
@@ -156,9 +156,9 @@ fn a_labelled_container_gets_its_local_volumes_snapshotted_when_it_stops() {
 
 #[test]
 fn a_container_that_stops_while_the_agent_is_down_is_caught_up_from_the_events_cursor() {
-    if !require_docker() {
+    let Some(_docker) = require_docker() else {
         return;
-    }
+    };
     let image = ensure_busybox_image();
     let p = LegacyPlugin::start();
     let local = unique_name("missed");

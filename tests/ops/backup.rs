@@ -1,6 +1,6 @@
 //! Backups without dockerd: retention on real directories, the run's layout and manifest, GNU tar reading the archives, verify and restore refusing a damaged file, restore bringing data back.
 
-mod harness;
+use crate::support::harness;
 
 use std::fs;
 use std::path::{Path, PathBuf};

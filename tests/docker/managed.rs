@@ -9,7 +9,7 @@
 //!
 //! The tests of this file run one at a time (one restarts dockerd). Needs root.
 
-mod common;
+use crate::support::common;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -144,9 +144,9 @@ fn check_volumes(image: &str, plugin: &str, managed: &str, bound: &str, when: &s
 #[test]
 fn managed_plugin_keeps_volumes_across_disable_upgrade_and_daemon_restart() {
     let _serial = DOCKERD.lock().unwrap_or_else(|e| e.into_inner());
-    if !require_docker() {
+    let Some(_docker) = require_docker() else {
         return;
-    }
+    };
     ensure_root_shared();
     reap_stale_test_plugins();
     forget_dead_legacy_drivers();
@@ -422,9 +422,9 @@ impl Drop for Registry {
 #[test]
 fn managed_plugin_pushed_to_a_registry_installs_and_serves_a_volume() {
     let _serial = DOCKERD.lock().unwrap_or_else(|e| e.into_inner());
-    if !require_docker() {
+    let Some(_docker) = require_docker() else {
         return;
-    }
+    };
     ensure_root_shared();
     reap_stale_test_plugins();
     forget_dead_legacy_drivers();

@@ -3,8 +3,8 @@
 //! cargo-fuzz targets run (`fuzz/src/harness.rs`), as plain tests. `scripts/fuzz.sh` does the
 //! fuzzing itself; `write_fuzz_seeds` (ignored) regenerates the seeds.
 
-#[path = "../fuzz/src/harness.rs"]
-mod harness;
+#[path = "../../fuzz/src/harness.rs"]
+mod fuzz_harness;
 
 use std::fs;
 use std::io::Write;
@@ -37,15 +37,15 @@ fn replay(target: &str, run: fn(&[u8])) {
 /// scratch directory, removed at the end (it lives on tmpfs).
 #[test]
 fn fuzz_seeds_and_regressions_replay_cleanly() {
-    replay("requests", harness::requests);
-    replay("driver_api", harness::driver_api);
-    replay("state_files", harness::state_files);
-    replay("extract", harness::extract);
-    harness::remove_scratch();
+    replay("requests", fuzz_harness::requests);
+    replay("driver_api", fuzz_harness::driver_api);
+    replay("state_files", fuzz_harness::state_files);
+    replay("extract", fuzz_harness::extract);
+    fuzz_harness::remove_scratch();
 }
 
 // ---------------------------------------------------------------------------------------------
-// Seeds: `cargo test --test hardening_fuzz -- --ignored write_fuzz_seeds`
+// Seeds: `cargo test --test hardening -- --ignored fuzz::write_fuzz_seeds`
 // ---------------------------------------------------------------------------------------------
 
 fn put(target: &str, name: &str, selector: Option<u8>, body: &[u8]) {
@@ -95,7 +95,7 @@ fn write_fuzz_seeds() {
     use std::os::unix::fs::{symlink, PermissionsExt};
     let _ = fs::remove_dir_all(fuzz_dir().join("seeds"));
 
-    // requests: selector byte (see harness::requests), then the input.
+    // requests: selector byte (see fuzz_harness::requests), then the input.
     for (i, (sel, body)) in [
         (0, r#"{"Name":"v","Opts":null}"#),
         (0, r#"{"Name":"pg","Opts":{"type":"none","o":"bind,noatime,nodiratime","device":"/srv/pg","uid":"999","gid":"999","mode":"0700"}}"#),

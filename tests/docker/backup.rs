@@ -4,8 +4,8 @@
 //! runs with `--container-label allspark.test.scope=<unique>`, so parallel
 //! tests never dump or stop each other's containers.
 
-mod common;
-mod legacy;
+use crate::support::common;
+use crate::support::legacy;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -80,9 +80,9 @@ fn gunzip(path: &Path) -> String {
 
 #[test]
 fn backup_dump_stop_restore_and_damage_with_dockerd() {
-    if !require_docker() {
+    let Some(_docker) = require_docker() else {
         return;
-    }
+    };
     let image = ensure_busybox_image();
     let mut p = LegacyPlugin::start();
     let scope_value = unique_name("scope");
@@ -385,9 +385,9 @@ impl Drop for Agent {
 
 #[test]
 fn the_agent_starts_what_a_crashed_backup_stopped() {
-    if !require_docker() {
+    let Some(_docker) = require_docker() else {
         return;
-    }
+    };
     let image = ensure_busybox_image();
     let p = LegacyPlugin::start();
     let c = unique_name("stopped");

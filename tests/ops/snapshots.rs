@@ -1,6 +1,6 @@
 //! Snapshots end to end without Docker: the real plugin and agent on a scratch root, hooks through the spool, the CLI.
 
-mod harness;
+use crate::support::harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,9 +1,9 @@
 //! Hostile input: names, option values, `device` paths, CLI arguments, snapshot files and HTTP
 //! requests that try to escape, confuse or exhaust the plugin. Every case must be refused with a
 //! clear error (or, for the HTTP ones, cut off without hurting other clients); each test prints
-//! its table, and the archive cases covered by tests/archive_malicious.rs are listed by name.
+//! its table, and the archive cases covered by tests/archive/malicious.rs are listed by name.
 
-mod harness;
+use crate::support::harness;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -408,7 +408,7 @@ fn hostile_device_paths_are_refused_at_create_and_at_mount() {
         b"victim's"
     );
     eprintln!(
-        "(also: tests/protocol.rs device_paths_must_stay_under_a_bind_root_and_outside_our_dirs)"
+        "(also: tests/plugin/protocol.rs device_paths_must_stay_under_a_bind_root_and_outside_our_dirs)"
     );
     t.finish();
 }
@@ -570,18 +570,18 @@ fn hostile_snapshot_contents_and_manifests() {
         restored_link == Path::new("../../../../outside")
             && fs::read(outside.join("precious")).unwrap() == b"keep me",
     );
-    eprintln!("(also: tests/snapshots.rs a_malicious_snapshot_archive_is_refused_and_nothing_escapes, verify_names_a_corrupted_archive_and_restore_refuses_it; tests/hardening_regressions.rs a_volume_holding_a_device_node_is_snapshotted_verified_and_restored)");
+    eprintln!("(also: tests/ops/snapshots.rs a_malicious_snapshot_archive_is_refused_and_nothing_escapes, verify_names_a_corrupted_archive_and_restore_refuses_it; tests/hardening/regressions.rs a_volume_holding_a_device_node_is_snapshotted_verified_and_restored)");
     t.finish();
 }
 
-/// The archive cases of tests/archive_malicious.rs, listed in the table by name (not repeated).
+/// The archive cases of tests/archive/malicious.rs, listed in the table by name (not repeated).
 #[test]
 fn hostile_archive_cases_are_covered_by_archive_malicious() {
     let source = fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/archive_malicious.rs"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/archive/malicious.rs"),
     )
     .unwrap();
-    let mut t = Table::new("archives (tests/archive_malicious.rs)");
+    let mut t = Table::new("archives (tests/archive/malicious.rs)");
     for (case, test) in [
         (
             "entries with `..` (plain, PAX path, GNU long name)",
@@ -619,11 +619,11 @@ fn hostile_archive_cases_are_covered_by_archive_malicious() {
         ),
     ] {
         let present = source.contains(&format!("fn {test}()"));
-        t.row(case, format!("tests/archive_malicious.rs::{test}"), present);
+        t.row(case, format!("tests/archive/malicious.rs::{test}"), present);
     }
     t.row(
         "arbitrary bytes, raw and gzip-wrapped (fuzzing)",
-        "fuzz target `extract`, replayed by tests/hardening_fuzz.rs",
+        "fuzz target `extract`, replayed by tests/hardening/fuzz.rs",
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fuzz/seeds/extract")
             .is_dir(),
@@ -819,7 +819,7 @@ fn oversized_and_malformed_http_requests_are_refused() {
             .as_ref()
             .is_some_and(|_| UnixStream::connect(&sock).is_ok()),
     );
-    eprintln!("(also: tests/protocol.rs malformed_json_oversized_bodies_and_unknown_calls_get_errors_and_the_server_lives_on)");
+    eprintln!("(also: tests/plugin/protocol.rs malformed_json_oversized_bodies_and_unknown_calls_get_errors_and_the_server_lives_on)");
     t.finish();
 }
 

@@ -11,7 +11,7 @@
 //! the project down with its volumes, remove the plugin and the scratch
 //! directory, also when the test fails. Needs root and docker-compose.
 
-mod common;
+use crate::support::common;
 
 use std::fs;
 use std::path::PathBuf;
@@ -119,9 +119,9 @@ fn stat(p: &Project, service: &str, format: &str, path: &str) -> String {
 
 #[test]
 fn compose_platform_volumes_have_their_owner_mode_flags_and_keep_data() {
-    if !require_docker() {
+    let Some(_docker) = require_docker() else {
         return;
-    }
+    };
     ensure_busybox_image();
     reap_stale_test_plugins();
     forget_dead_legacy_drivers();

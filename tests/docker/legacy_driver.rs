@@ -1,16 +1,16 @@
 //! End-to-end against the real dockerd: the plugin on a legacy socket, `docker volume create` and `docker run`.
 
-mod common;
-mod legacy;
+use crate::support::common;
+use crate::support::legacy;
 
 use common::{docker, docker_ok, ensure_busybox_image, require_docker, unique_name};
 use legacy::{run, LegacyPlugin};
 
 #[test]
 fn docker_volumes_on_allspark_keep_data_owner_mode_and_flags() {
-    if !require_docker() {
+    let Some(_docker) = require_docker() else {
         return;
-    }
+    };
     let image = ensure_busybox_image();
     let mut p = LegacyPlugin::start();
     let ws = unique_name("ws");
@@ -82,9 +82,9 @@ fn docker_volumes_on_allspark_keep_data_owner_mode_and_flags() {
 
 #[test]
 fn docker_shows_our_error_for_bad_options_and_refuses_rm_in_use() {
-    if !require_docker() {
+    let Some(_docker) = require_docker() else {
         return;
-    }
+    };
     let image = ensure_busybox_image();
     let mut p = LegacyPlugin::start();
     let bad = unique_name("bad");
@@ -128,9 +128,9 @@ fn docker_shows_our_error_for_bad_options_and_refuses_rm_in_use() {
 
 #[test]
 fn volumes_survive_a_plugin_crash_and_mount_again() {
-    if !require_docker() {
+    let Some(_docker) = require_docker() else {
         return;
-    }
+    };
     let image = ensure_busybox_image();
     let mut p = LegacyPlugin::start();
     let names: Vec<String> = (0..3).map(|i| unique_name(&format!("keep{i}"))).collect();

@@ -90,9 +90,15 @@ pub fn docker_available() -> bool {
 /// captured by the test harness) and returns `false`, unless
 /// `ALLSPARK_REQUIRE_DOCKER` is set, in which case it panics: CI never
 /// mistakes a skipped end-to-end test for a passing one.
-pub fn require_docker() -> bool {
+///
+/// The returned [`DockerTurn`] serializes the tests of one binary that drive
+/// dockerd (they share the daemon, its plugins and the legacy driver name):
+/// hold it for the whole test.
+pub fn require_docker() -> Option<DockerTurn> {
     if docker_available() {
-        return true;
+        return Some(DockerTurn(
+            DOCKERD_TURN.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
     }
     let test = std::thread::current()
         .name()
@@ -111,8 +117,14 @@ pub fn require_docker() -> bool {
          This end-to-end test did NOT run. Start dockerd, or set ALLSPARK_REQUIRE_DOCKER=1\n\
          to make a missing daemon a failure (CI does).\n{bar}\n"
     );
-    false
+    None
 }
+
+/// One test at a time drives dockerd (see [`require_docker`]).
+static DOCKERD_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held while a test drives dockerd.
+pub struct DockerTurn(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
 
 /// Runs `docker ARGS…` and returns its output, whatever the exit status.
 pub fn docker(args: &[&str]) -> Output {

@@ -1,6 +1,6 @@
 //! The VolumeDriver protocol over the real socket: every call, every refusal, concurrency, limits.
 
-mod harness;
+use crate::support::harness;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

@@ -1,7 +1,6 @@
 //! Live data: files that grow, shrink or vanish while the tree is archived never abort the snapshot.
 
-#[path = "archive_util.rs"]
-mod util;
+use crate::util;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

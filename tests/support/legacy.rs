@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::docker;
+use crate::support::common::docker;
 
 /// The one legacy driver name of the tests.
 pub const DRIVER: &str = "allspark-legacy-test";
@@ -127,5 +127,5 @@ impl Drop for LegacyPlugin {
 
 /// Run a command in a throwaway container with a volume; its stdout.
 pub fn run(image: &str, vol: &str, script: &str) -> String {
-    crate::common::docker_ok(&["run", "--rm", "-v", vol, image, "sh", "-c", script])
+    crate::support::common::docker_ok(&["run", "--rm", "-v", vol, image, "sh", "-c", script])
 }

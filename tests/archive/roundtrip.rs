@@ -1,7 +1,6 @@
 //! Torture-tree roundtrip: write_tree_gz, then extract with our reader and with GNU tar, compare everything.
 
-#[path = "archive_util.rs"]
-mod util;
+use crate::util;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};

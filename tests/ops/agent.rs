@@ -1,6 +1,6 @@
 //! The agent's periodic work: usage in `Get` Status, a capacity alert logged once per crossing, `/metrics` scraped over TCP.
 
-mod harness;
+use crate::support::harness;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};

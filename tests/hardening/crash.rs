@@ -7,7 +7,7 @@
 //! `ALLSPARK_HARDENING_SEED` (default 1; `random` for a new one, printed). The counts are printed
 //! at the end (and recorded in docs/hardening.md).
 
-mod harness;
+use crate::support::harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

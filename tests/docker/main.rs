@@ -1,0 +1,10 @@
+//! End to end through the real dockerd: legacy and managed plugins, compose, snapshots and backups.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod backup;
+mod compose;
+mod legacy_driver;
+mod managed;
+mod snapshots;

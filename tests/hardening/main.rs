@@ -1,0 +1,11 @@
+//! Attacks, faults, crashes, privileges and fuzz-corpus replays.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod crash;
+mod faults;
+mod fuzz;
+mod input;
+mod privileges;
+mod regressions;

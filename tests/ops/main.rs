@@ -1,0 +1,11 @@
+//! The CLI and the agent against a socket-level plugin: snapshots, backups, operations, usage, metrics.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod agent;
+mod backup;
+mod metrics;
+mod operations;
+mod snapshots;
+mod usage;
