@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -196,7 +197,7 @@ pub fn requests(data: &[u8]) {
                     if let Ok(f) = options::parse_flags(&text) {
                         let atime = [f.noatime, f.relatime, f.strictatime];
                         assert!(atime.iter().filter(|b| **b).count() <= 1);
-                        let _ = allspark::plugin::mounts::remount_flags(&f);
+                        let _ = allspark::plugin::mounts::mount_attrs(&f);
                     }
                 }
                 _ => {
@@ -317,9 +318,15 @@ impl GuardSys {
     }
 }
 
+/// Where a descriptor's directory is now (what the kernel says, not a name we were given).
+fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
 impl Sys for GuardSys {
-    fn bind_mount(&self, src: &Path, dst: &Path, flags: &MountFlags) -> io::Result<()> {
-        self.check("bind-mount", src);
+    fn bind_mount(&self, src: BorrowedFd<'_>, dst: &Path, flags: &MountFlags) -> io::Result<()> {
+        self.check("bind-mount", &fd_path(src));
         self.check("bind-mount onto", dst);
         self.inner.bind_mount(src, dst, flags)
     }
@@ -329,13 +336,13 @@ impl Sys for GuardSys {
     }
     fn set_owner_mode(
         &self,
-        path: &Path,
+        dir: BorrowedFd<'_>,
         uid: Option<u32>,
         gid: Option<u32>,
         mode: Option<u32>,
     ) -> io::Result<()> {
-        self.check("chown/chmod", path);
-        self.inner.set_owner_mode(path, uid, gid, mode)
+        self.check("chown/chmod", &fd_path(dir));
+        self.inner.set_owner_mode(dir, uid, gid, mode)
     }
     fn mount_points(&self) -> io::Result<Vec<PathBuf>> {
         self.inner.mount_points()
@@ -414,6 +421,7 @@ pub fn driver_api(data: &[u8]) {
                 bind_roots: vec![binds.clone(), root.clone()],
                 view: HostView::default(),
                 snapshot_wait: Duration::ZERO,
+                protected: Vec::new(),
             },
         )
         .expect("driver"),

@@ -181,11 +181,7 @@ pub fn extract<R: Read>(
     let base = if opts.verify_only {
         PathBuf::new()
     } else {
-        fs::create_dir_all(dest)
-            .map_err(|e| ArchiveError::io("create the destination directory", dest, e))?;
-        let base = dest
-            .canonicalize()
-            .map_err(|e| ArchiveError::io("resolve the destination directory", dest, e))?;
+        let base = destination(dest, true)?;
         if !base.is_dir() {
             return Err(ArchiveError::io(
                 "extract into",
@@ -803,6 +799,24 @@ impl Extractor<'_> {
     }
 }
 
+/// The base every entry is written under. A descriptor's path (`/proc/self/fd/N`, see
+/// [`crate::fs::beneath::Dir::proc_path`]) names exactly the directory the caller opened, so it
+/// is used as is and never resolved to a name again (a container renaming the directory cannot
+/// redirect the extraction); any other path is created if asked and resolved once.
+fn destination(dest: &Path, create: bool) -> Result<PathBuf, ArchiveError> {
+    if dest.starts_with("/proc/self/fd") {
+        // "N/." so that calls which do not follow a final symlink (lchown, lsetxattr,
+        // utimensat(AT_SYMLINK_NOFOLLOW) on the root) act on the directory, not on the link.
+        return Ok(dest.join("."));
+    }
+    if create {
+        fs::create_dir_all(dest)
+            .map_err(|e| ArchiveError::io("create the destination directory", dest, e))?;
+    }
+    dest.canonicalize()
+        .map_err(|e| ArchiveError::io("resolve the destination directory", dest, e))
+}
+
 fn set_mtime(path: &Path, mtime: i64) -> Result<(), ArchiveError> {
     let t = TimeSpec::new(mtime, 0);
     utimensat(None, path, &t, &t, UtimensatFlags::NoFollowSymlink)
@@ -814,9 +828,7 @@ fn set_mtime(path: &Path, mtime: i64) -> Result<(), ArchiveError> {
 /// not exist are counted, not errors. A path that is absolute, contains
 /// `..`, or leads through a symlink is refused before anything is removed.
 pub fn apply_deletions(dest: &Path, deleted: &[String]) -> Result<DeletionReport, ArchiveError> {
-    let base = dest
-        .canonicalize()
-        .map_err(|e| ArchiveError::io("resolve the destination directory", dest, e))?;
+    let base = destination(dest, false)?;
     // First check every path, then remove: a bad list removes nothing.
     let mut targets: Vec<Option<(PathBuf, bool)>> = Vec::with_capacity(deleted.len());
     for s in deleted {

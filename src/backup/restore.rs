@@ -13,7 +13,7 @@
 //! starting after its container was restarted): make it safe to repeat (e.g.
 //! `psql -v ON_ERROR_STOP=1`, a dump made with `--clean`).
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ use crate::core::store::Store;
 use crate::docker::ContainerInfo;
 use crate::fs::durable::{FileLock, LockKind};
 use crate::snapshot::ops::Ctx;
-use crate::snapshot::restore::{staging_dir, swap_in};
+use crate::snapshot::restore::{remove_staged, staging_dir, swap_in, SwapTarget};
 use crate::snapshot::Counting;
 
 /// How long a restore command is retried while the database starts.
@@ -518,7 +518,13 @@ fn restore_volume(
     }
     let path = dir.join(&v.file);
     let f = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let staging = staging_dir(target).map_err(|e| e.to_string())?;
+    // Staging, swap and cleanup through the parent's descriptor (see SwapTarget).
+    let swap = match store.load(&v.name) {
+        Ok(Some(rec)) => SwapTarget::of(&rec.data, &ctx.layout, &ctx.view),
+        _ => SwapTarget::by_path(target),
+    }
+    .map_err(|e| e.to_string())?;
+    let (stage, stage_dir) = staging_dir(&swap).map_err(|e| e.to_string())?;
     let item = format!("restore {}", v.name);
     let tick = |n: u64| {
         if let Some(p) = progress {
@@ -527,22 +533,19 @@ fn restore_volume(
     };
     let result = archive::extract(
         BufReader::with_capacity(1 << 20, Counting::new(f, Some(&tick))),
-        &staging,
+        &stage_dir.proc_path(),
         &ExtractOptions::default(),
     )
     .map_err(|e| format!("{}: {e}", path.display()))
     .and_then(|r| {
-        swap_in(&staging, target).map_err(|e| e.to_string())?;
+        swap_in(&swap, &stage).map_err(|e| e.to_string())?;
         Ok(r)
     });
     if let Some(p) = progress {
         p(&item, None);
     }
-    if let Err(e) = fs::remove_dir_all(&staging) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %staging.display(), %e, "cannot delete the old content after the restore");
-        }
-    }
+    drop(stage_dir);
+    remove_staged(&swap, &stage);
     let r = result?;
     Ok(format!(
         "{} entries, {} bytes restored into {}",

@@ -39,6 +39,7 @@ use crate::archive::{self, WriteOptions};
 use crate::core::options::{BackupPriority, Class};
 use crate::core::store::{Store, VolumeRecord};
 use crate::docker::ContainerInfo;
+use crate::fs::beneath::Missing;
 use crate::fs::durable::{self, FileLock, LockKind};
 use crate::snapshot::ops::Ctx;
 
@@ -497,13 +498,18 @@ fn archive_volume(
     opts: &RunOptions,
 ) -> Result<(FileEntry, Option<String>), String> {
     let name = &rec.name;
-    let src = rec.data.local_path(&ctx.layout, &ctx.view);
-    if !src.is_dir() {
-        return Err(format!(
-            "volume {name}: its data directory {} is missing; the volume is not in the backup (check `allspark volume inspect {name}`)",
-            src.display()
-        ));
-    }
+    // Read through a descriptor opened without following symlinks (a `parent=` child swapped
+    // for a link to a host directory is refused, not archived).
+    let data = rec
+        .data
+        .open(&ctx.layout, &ctx.view, Missing::Refuse)
+        .map_err(|e| {
+            format!(
+                "volume {name}: its data directory cannot be read safely ({e}); the volume is not in the backup (check `allspark volume inspect {name}`)"
+            )
+        })?
+        .dir;
+    let src = data.proc_path();
     let lock_path = ctx.layout.snapshot_lock(name);
     let _snap = FileLock::acquire(&lock_path, LockKind::Shared)
         .map_err(|e| format!("volume {name}: cannot take {}: {e}", lock_path.display()))?;

@@ -55,6 +55,16 @@ impl Cli {
         }
     }
 
+    /// Host directories no `device=` may lie in or around besides the state root's own: the
+    /// backup root (`ALLSPARK_BACKUP_ROOT`, default /backups/allspark).
+    pub fn protected_dirs(&self) -> Vec<PathBuf> {
+        let backups = std::env::var_os("ALLSPARK_BACKUP_ROOT")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(crate::core::layout::DEFAULT_BACKUP_ROOT));
+        vec![backups]
+    }
+
     /// A driver over the records, for commands that create, remove or move volumes.
     pub fn driver(
         &self,
@@ -67,8 +77,9 @@ impl Cli {
             bind_roots: self.bind_roots(),
             view: crate::core::layout::HostView::new(self.host_prefix.as_deref()),
             snapshot_wait,
+            protected: self.protected_dirs(),
         };
-        let sys = std::sync::Arc::new(crate::plugin::mounts::LinuxSys::new(layout.staging_dir()));
+        let sys = std::sync::Arc::new(crate::plugin::mounts::LinuxSys::new());
         Ok(crate::plugin::driver::Driver::new(layout, sys, settings)?)
     }
 

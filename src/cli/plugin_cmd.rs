@@ -33,6 +33,7 @@ pub fn run(cli: &Cli, a: &PluginArgs) -> anyhow::Result<()> {
             bind_roots: cli.bind_roots(),
             view: HostView::new(cli.host_prefix.as_deref()),
             snapshot_wait: Duration::from_secs(a.snapshot_wait),
+            protected: cli.protected_dirs(),
         },
     })
 }

@@ -1,5 +1,6 @@
 //! File-system primitives: durable writes and locks, host paths given in `device=`, tree copies.
 
+pub mod beneath;
 pub mod copy;
 pub mod durable;
 pub mod hostpath;

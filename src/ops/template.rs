@@ -1,27 +1,32 @@
 //! Filling a new volume from a template: another volume's data or a snapshot, owners and modes preserved.
 
-use std::path::Path;
-
 use crate::core::layout::{HostView, Layout};
 use crate::core::options::Template;
 use crate::core::store::Store;
+use crate::fs::beneath::{Dir, Missing};
 use crate::snapshot::{catalog, restore};
 
-/// Copy the template's content into `dest` (an empty, new directory).
+/// Copy the template's content into `dest` (an empty, new directory, as a descriptor). The
+/// source volume is opened without following symlinks, like every volume root.
 pub fn fill(
     layout: &Layout,
     view: &HostView,
     template: &Template,
-    dest: &Path,
+    dest_dir: &Dir,
 ) -> Result<(), String> {
+    let dest = &dest_dir.proc_path();
     match template {
         Template::Volume { volume } => {
             let rec = Store::new(layout.clone())
                 .load(volume)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no volume {volume} to copy from; accepted: an existing allspark volume or snapshot:<volume>@<id>"))?;
-            let src = rec.data.local_path(layout, view);
-            crate::fs::copy::copy_tree(&src, dest)
+            let src = rec
+                .data
+                .open(layout, view, Missing::Refuse)
+                .map_err(|e| format!("cannot open volume {volume}: {e}"))?
+                .dir;
+            crate::fs::copy::copy_tree(&src.proc_path(), dest)
                 .map_err(|e| format!("cannot copy volume {volume}: {e}"))?;
         }
         Template::Snapshot { volume, id } => {

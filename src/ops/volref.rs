@@ -7,6 +7,8 @@ use anyhow::bail;
 
 use crate::core::layout::{HostView, Layout};
 use crate::core::store::{Store, VolumeRecord};
+use crate::fs::beneath::{Dir, Missing};
+use crate::snapshot::restore::SwapTarget;
 
 /// A volume whose data this process can reach.
 #[derive(Debug, Clone)]
@@ -17,6 +19,26 @@ pub struct VolumeRef {
     /// `allspark`, or the Docker driver of a foreign volume.
     pub driver: String,
     pub record: Option<Arc<VolumeRecord>>,
+}
+
+impl VolumeRef {
+    /// Where a restore swaps a new tree in (see [`SwapTarget`]): through descriptors for an
+    /// allspark volume, by Docker's own path for a foreign one.
+    pub fn swap_target(&self, layout: &Layout, view: &HostView) -> anyhow::Result<SwapTarget> {
+        Ok(match &self.record {
+            Some(rec) => SwapTarget::of(&rec.data, layout, view)?,
+            None => SwapTarget::by_path(&self.dir)?,
+        })
+    }
+
+    /// The data directory, opened without following symlinks (see [`crate::fs::beneath`]):
+    /// read it through [`Dir::proc_path`], never by its name again.
+    pub fn open(&self, layout: &Layout, view: &HostView) -> anyhow::Result<Dir> {
+        Ok(match &self.record {
+            Some(rec) => rec.data.open(layout, view, Missing::Refuse)?.dir,
+            None => Dir::open_anchor(&self.dir)?,
+        })
+    }
 }
 
 /// Find `name`: an allspark record, else (when Docker is reachable) a Docker volume.

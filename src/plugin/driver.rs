@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use crate::core::options::{self, VolumeSpec};
 use crate::core::spool::{self, Event, EventKind};
 use crate::core::status;
 use crate::core::store::{DataLocation, Store, StoreError, VolumeRecord};
+use crate::fs::beneath::{Dir, Missing, Opened};
 use crate::fs::durable::{self, FileLock, LockKind};
 use crate::fs::hostpath;
 use crate::plugin::mounts::Sys;
@@ -27,6 +29,9 @@ pub struct DriverSettings {
     pub bind_roots: Vec<PathBuf>,
     pub view: HostView,
     pub snapshot_wait: Duration,
+    /// Host directories no `device=` may lie in or around besides the state root's own
+    /// (the backup root, for one).
+    pub protected: Vec<PathBuf>,
 }
 
 /// A refused or failed call; the text is what `docker` prints.
@@ -97,16 +102,95 @@ impl Driver {
             )));
         }
         let data = self.locate(name, &spec)?;
-        let local = data.local_path(&self.layout, &self.settings.view);
-        let created =
-            create_dirs(&local).map_err(io_ctx(format!("cannot create {}", local.display())))?;
-        let result = self.fill_and_record(name, opts, spec, data, &local);
+        let opened = self.open_data(name, &data, Missing::Create)?;
+        let result = self.fill_and_record(name, opts, spec, data.clone(), &opened.dir);
         if result.is_err() {
-            if let Some(top) = created {
-                let _ = fs::remove_dir_all(&top);
+            if let Some(top) = &opened.created {
+                // Only what this call created, by the anchor-relative name it created.
+                let _ = self.remove_created(&data, top);
             }
         }
         result
+    }
+
+    /// Open a volume's data directory through its trusted anchor (see [`crate::fs::beneath`]),
+    /// then check a host directory's containment on the descriptor: below an allowed bind
+    /// root, and neither inside nor around one of allspark's own directories.
+    fn open_data(&self, name: &str, data: &DataLocation, missing: Missing) -> Result<Opened> {
+        let opened = data
+            .open(&self.layout, &self.settings.view, missing)
+            .map_err(|e| {
+                DriverError::Invalid(format!(
+                    "volume {name}: its data directory cannot be opened safely: {e}"
+                ))
+            })?;
+        if let DataLocation::Host { path } = data {
+            self.check_contained(name, path, &opened.dir)?;
+        }
+        Ok(opened)
+    }
+
+    /// The containment rules of a host directory, checked by device and inode on its descriptor.
+    fn check_contained(&self, name: &str, path: &Path, dir: &Dir) -> Result<()> {
+        let ctx = |e: io::Error| DriverError::Io {
+            context: format!("volume {name}: cannot check where {} lies", path.display()),
+            source: e,
+        };
+        let mut inside_root = false;
+        for root in &self.settings.bind_roots {
+            let local = self.settings.view.local(root);
+            let Ok(r) = Dir::open_anchor(&local) else {
+                continue;
+            };
+            if dir.is_within(r.id().map_err(ctx)?).map_err(ctx)? {
+                inside_root = true;
+                break;
+            }
+        }
+        if !inside_root {
+            return Err(DriverError::Invalid(format!(
+                "volume {name}: {} is not below an allowed bind root ({}); refusing to use it",
+                path.display(),
+                self.settings
+                    .bind_roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let id = dir.id().map_err(ctx)?;
+        for own in self.own_dirs() {
+            let Ok(o) = Dir::open_anchor(&own) else {
+                continue;
+            };
+            if dir.is_within(o.id().map_err(ctx)?).map_err(ctx)? || o.is_within(id).map_err(ctx)? {
+                return Err(DriverError::Invalid(format!(
+                    "volume {name}: {} overlaps allspark's own directory {}; refusing to use it",
+                    path.display(),
+                    own.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// allspark's own directories, which no `device=` may lie in or around.
+    fn own_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = self.layout.own_dirs();
+        dirs.push(self.settings.mount_dir.clone());
+        dirs.extend(
+            self.settings
+                .protected
+                .iter()
+                .map(|p| self.settings.view.local(p)),
+        );
+        dirs
+    }
+
+    /// Undo the directories a failed Create made (`top` is relative to the data's anchor).
+    fn remove_created(&self, data: &DataLocation, top: &Path) -> io::Result<()> {
+        fs::remove_dir_all(data.anchor_path(&self.layout, &self.settings.view, top))
     }
 
     fn locate_managed(&self, name: &str) -> DataLocation {
@@ -122,19 +206,18 @@ impl Driver {
         opts: Option<&BTreeMap<String, String>>,
         spec: VolumeSpec,
         data: DataLocation,
-        local: &Path,
+        dir: &Dir,
     ) -> Result<()> {
         if let Some(template) = &spec.template {
-            crate::ops::template::fill(&self.layout, &self.settings.view, template, local)
-                .map_err(|e| {
-                    DriverError::Invalid(format!("template={}: {e}", template_text(opts)))
-                })?;
+            crate::ops::template::fill(&self.layout, &self.settings.view, template, dir).map_err(
+                |e| DriverError::Invalid(format!("template={}: {e}", template_text(opts))),
+            )?;
         }
         self.sys
-            .set_owner_mode(local, spec.uid, spec.gid, spec.mode)
+            .set_owner_mode(dir.as_fd(), spec.uid, spec.gid, spec.mode)
             .map_err(io_ctx(format!(
                 "cannot set owner/mode of {}",
-                local.display()
+                dir.shown().display()
             )))?;
         let record = VolumeRecord::new(name, opts.cloned().unwrap_or_default(), spec, data);
         self.store.save(&record)?;
@@ -365,48 +448,31 @@ impl Driver {
         Ok(target)
     }
 
+    /// Open the data directory once and do everything through that descriptor: owner and mode,
+    /// then the mount itself.
     fn bind(&self, rec: &VolumeRecord, target: &Path) -> Result<()> {
-        let src = self.source_dir(rec)?;
+        let missing = if rec.data.owned() {
+            // A managed directory deleted behind our back is recreated (empty).
+            Missing::Create
+        } else {
+            Missing::Refuse
+        };
+        let src = self.open_data(&rec.name, &rec.data, missing)?.dir;
         self.sys
-            .set_owner_mode(&src, rec.spec.uid, rec.spec.gid, rec.spec.mode)
+            .set_owner_mode(src.as_fd(), rec.spec.uid, rec.spec.gid, rec.spec.mode)
             .map_err(io_ctx(format!(
                 "cannot set owner/mode of {}",
-                src.display()
+                src.shown().display()
             )))?;
         durable::ensure_dir(target, 0o755)
             .map_err(io_ctx(format!("cannot create {}", target.display())))?;
         self.sys
-            .bind_mount(&src, target, &rec.spec.flags)
+            .bind_mount(src.as_fd(), target, &rec.spec.flags)
             .map_err(io_ctx(format!(
                 "cannot bind-mount {} on {}",
-                src.display(),
+                src.shown().display(),
                 target.display()
             )))
-    }
-
-    /// The backing directory, re-checked against the bind roots (a symlink may have been swapped in).
-    fn source_dir(&self, rec: &VolumeRecord) -> Result<PathBuf> {
-        if let DataLocation::Host { path } = &rec.data {
-            let device = path.to_string_lossy().into_owned();
-            let now = self.check_device(&device)?;
-            if &now != path {
-                return Err(DriverError::Invalid(format!(
-                    "the backing directory of {} moved: {} now resolves to {}; refusing to mount",
-                    rec.name,
-                    path.display(),
-                    now.display()
-                )));
-            }
-        }
-        let local = rec.data.local_path(&self.layout, &self.settings.view);
-        if !local.is_dir() {
-            durable::ensure_dir(&local, 0o755).map_err(io_ctx(format!(
-                "the backing directory {} of volume {} is missing and cannot be created",
-                local.display(),
-                rec.name
-            )))?;
-        }
-        Ok(local)
     }
 
     fn wait_for_mount_snapshot(&self, name: &str) -> Result<()> {
@@ -655,21 +721,6 @@ fn trash_owner(file: &std::ffi::OsStr) -> Option<String> {
     let (name, stamp) = file.to_str()?.rsplit_once('.')?;
     let stamp_ok = !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit());
     (stamp_ok && names::validate(name).is_ok()).then(|| name.to_string())
-}
-
-/// Create `dir` and missing parents; returns the topmost directory created, if any.
-fn create_dirs(dir: &Path) -> io::Result<Option<PathBuf>> {
-    let mut top = None;
-    let mut cur = Some(dir);
-    while let Some(c) = cur {
-        if c.exists() {
-            break;
-        }
-        top = Some(c.to_path_buf());
-        cur = c.parent();
-    }
-    durable::ensure_dir(dir, 0o755)?;
-    Ok(top)
 }
 
 fn nearest_existing(p: &Path) -> PathBuf {

@@ -85,7 +85,7 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
     let driver = Arc::new(
         Driver::new(
             layout.clone(),
-            Arc::new(LinuxSys::new(layout.staging_dir())),
+            Arc::new(LinuxSys::new()),
             cfg.settings.clone(),
         )
         .with_context(|| {

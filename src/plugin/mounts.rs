@@ -1,26 +1,30 @@
-//! Bind mounts with flags, ownership of the volume root, and `/proc/self/mountinfo`, behind the `Sys` seam.
+//! Bind mounts with flags (new mount API, from descriptors), ownership of the volume root, and `/proc/self/mountinfo`, behind the `Sys` seam.
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::unistd::{chown, Gid, Uid};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use nix::mount::{umount2, MntFlags};
 
 use crate::core::options::MountFlags;
+use crate::fs::beneath::DirId;
 
-/// The system calls the driver needs. `LinuxSys` is the real one; tests use a recorder.
+/// The system calls the driver needs. `LinuxSys` is the real one; tests use [`RecordingSys`].
+///
+/// Directories are passed as descriptors opened beneath a trusted anchor (see
+/// [`crate::fs::beneath`]): nothing here resolves a volume's path by name again.
 pub trait Sys: Send + Sync {
-    /// Bind `src` onto `dst` and apply `flags` with a remount.
-    fn bind_mount(&self, src: &Path, dst: &Path, flags: &MountFlags) -> io::Result<()>;
+    /// Attach a copy of the directory `src` at `dst` with `flags` (recursively with `rbind`).
+    fn bind_mount(&self, src: BorrowedFd<'_>, dst: &Path, flags: &MountFlags) -> io::Result<()>;
     /// Remove the mount at `dst`.
     fn unmount(&self, dst: &Path) -> io::Result<()>;
-    /// Set owner (either part optional) and mode of a directory.
+    /// Set owner (either part optional) and mode of an open directory.
     fn set_owner_mode(
         &self,
-        path: &Path,
+        dir: BorrowedFd<'_>,
         uid: Option<u32>,
         gid: Option<u32>,
         mode: Option<u32>,
@@ -29,103 +33,98 @@ pub trait Sys: Send + Sync {
     fn mount_points(&self) -> io::Result<Vec<PathBuf>>;
 }
 
-/// The real system calls. Flagged binds are prepared under `staging` (a private mount).
-pub struct LinuxSys {
-    pub staging: PathBuf,
-}
+/// The real system calls: the new mount API (`open_tree`, `mount_setattr`, `move_mount`).
+pub struct LinuxSys;
 
 impl LinuxSys {
-    pub fn new(staging: impl Into<PathBuf>) -> LinuxSys {
-        LinuxSys {
-            staging: staging.into(),
-        }
+    pub fn new() -> LinuxSys {
+        LinuxSys
     }
 }
 
-/// Mount flags for the remount that applies the `o` options.
-pub fn remount_flags(f: &MountFlags) -> MsFlags {
-    let mut m = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
-    for (on, flag) in [
-        (f.readonly, MsFlags::MS_RDONLY),
-        (f.noatime, MsFlags::MS_NOATIME),
-        (f.nodiratime, MsFlags::MS_NODIRATIME),
-        (f.relatime, MsFlags::MS_RELATIME),
-        (f.strictatime, MsFlags::MS_STRICTATIME),
-        (f.nosuid, MsFlags::MS_NOSUID),
-        (f.nodev, MsFlags::MS_NODEV),
-        (f.noexec, MsFlags::MS_NOEXEC),
+impl Default for LinuxSys {
+    fn default() -> Self {
+        LinuxSys::new()
+    }
+}
+
+/// The `mount_setattr` change for a volume's flags: what to set and what to clear.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MountAttrs {
+    pub set: u64,
+    pub clear: u64,
+}
+
+/// The `MOUNT_ATTR_*` bits of the `o=` flags.
+pub fn mount_attrs(f: &MountFlags) -> MountAttrs {
+    let mut a = MountAttrs::default();
+    for (on, bit) in [
+        (f.readonly, libc::MOUNT_ATTR_RDONLY),
+        (f.nosuid, libc::MOUNT_ATTR_NOSUID),
+        (f.nodev, libc::MOUNT_ATTR_NODEV),
+        (f.noexec, libc::MOUNT_ATTR_NOEXEC),
+        (f.nodiratime, libc::MOUNT_ATTR_NODIRATIME),
     ] {
         if on {
-            m |= flag;
+            a.set |= bit;
         }
     }
-    m
-}
-
-/// Does the volume need a remount after the bind (any flag beyond plain `bind`)?
-pub fn needs_remount(f: &MountFlags) -> bool {
-    remount_flags(f) != MsFlags::MS_REMOUNT | MsFlags::MS_BIND
-}
-
-impl LinuxSys {
-    /// Make `dir` a private mount of its own (once), so binds staged inside it never propagate anywhere.
-    fn private_staging(&self) -> io::Result<()> {
-        fs::create_dir_all(&self.staging)?;
-        let points = self.mount_points()?;
-        if !points.iter().any(|p| p == &self.staging) {
-            mount(
-                Some(&self.staging),
-                &self.staging,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )?;
-        }
-        mount(
-            None::<&str>,
-            &self.staging,
-            None::<&str>,
-            MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )?;
-        Ok(())
+    // The access-time mode is one field: setting one clears the others.
+    let atime = if f.noatime {
+        Some(libc::MOUNT_ATTR_NOATIME)
+    } else if f.strictatime {
+        Some(libc::MOUNT_ATTR_STRICTATIME)
+    } else if f.relatime {
+        Some(libc::MOUNT_ATTR_RELATIME)
+    } else {
+        None
+    };
+    if let Some(bit) = atime {
+        a.set |= bit;
+        a.clear |= libc::MOUNT_ATTR__ATIME;
     }
+    a
 }
 
 impl Sys for LinuxSys {
-    /// Bind `src` on a private staging point, apply the flags there, then bind that onto `dst`.
-    /// A remount of `dst` itself would change only this namespace's copy: in a managed plugin,
-    /// `dst` lies in the propagated mount and the copy the host (and so the container) gets is
-    /// made at bind time. Binding an already-flagged mount makes every copy carry the flags.
-    fn bind_mount(&self, src: &Path, dst: &Path, flags: &MountFlags) -> io::Result<()> {
-        let mut bind = MsFlags::MS_BIND;
+    /// `open_tree(OPEN_TREE_CLONE [| AT_RECURSIVE])` of the descriptor gives a detached copy;
+    /// `mount_setattr` applies the flags to all of it (so `rbind,ro` is read-only all the way
+    /// down) and makes it a slave (it still receives the source's new submounts, and nothing
+    /// done to it propagates back to the source: unmounting it never unmounts the host's
+    /// submounts); `move_mount` attaches it at `dst`, where it propagates to the host like
+    /// any bind (a managed plugin's propagated mount). Backstop: the mount's root must be the
+    /// descriptor's directory, or it is detached again.
+    fn bind_mount(&self, src: BorrowedFd<'_>, dst: &Path, flags: &MountFlags) -> io::Result<()> {
+        use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+        let mut tree_flags = OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH;
         if flags.recursive {
-            bind |= MsFlags::MS_REC;
+            tree_flags |= OpenTreeFlags::AT_RECURSIVE;
         }
-        if !needs_remount(flags) {
-            return Ok(mount(Some(src), dst, None::<&str>, bind, None::<&str>)?);
+        let tree = rustix::mount::open_tree(src, c"", tree_flags)
+            .map_err(|e| io::Error::other(format!("open_tree: {e}")))?;
+        let attrs = mount_attrs(flags);
+        set_attrs(tree.as_fd(), flags.recursive, attrs)
+            .map_err(|e| io::Error::other(format!("mount_setattr: {e}")))?;
+        rustix::mount::move_mount(
+            tree.as_fd(),
+            c"",
+            rustix::fs::CWD,
+            dst,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| io::Error::other(format!("move_mount to {}: {e}", dst.display())))?;
+        let want = rustix::fs::fstat(src)?;
+        let got = rustix::fs::stat(dst)?;
+        if (want.st_dev, want.st_ino) != (got.st_dev, got.st_ino) {
+            let _ = umount2(dst, MntFlags::MNT_DETACH);
+            return Err(io::Error::other(format!(
+                "the mount at {} does not show the volume's directory; detached it again",
+                dst.display()
+            )));
         }
-        self.private_staging()?;
-        let name = dst
-            .file_name()
-            .ok_or_else(|| io::Error::other(format!("{} has no name", dst.display())))?;
-        let stage = self.staging.join(name);
-        fs::create_dir_all(&stage)?;
-        let staged = (|| -> io::Result<()> {
-            mount(Some(src), &stage, None::<&str>, bind, None::<&str>)?;
-            mount(
-                None::<&str>,
-                &stage,
-                None::<&str>,
-                remount_flags(flags),
-                None::<&str>,
-            )?;
-            mount(Some(&stage), dst, None::<&str>, bind, None::<&str>)?;
-            Ok(())
-        })();
-        let _ = umount2(&stage, MntFlags::MNT_DETACH);
-        let _ = fs::remove_dir(&stage);
-        staged
+        Ok(())
     }
 
     fn unmount(&self, dst: &Path) -> io::Result<()> {
@@ -139,16 +138,20 @@ impl Sys for LinuxSys {
 
     fn set_owner_mode(
         &self,
-        path: &Path,
+        dir: BorrowedFd<'_>,
         uid: Option<u32>,
         gid: Option<u32>,
         mode: Option<u32>,
     ) -> io::Result<()> {
         if uid.is_some() || gid.is_some() {
-            chown(path, uid.map(Uid::from_raw), gid.map(Gid::from_raw))?;
+            rustix::fs::fchown(
+                dir,
+                uid.map(rustix::fs::Uid::from_raw),
+                gid.map(rustix::fs::Gid::from_raw),
+            )?;
         }
         if let Some(m) = mode {
-            fs::set_permissions(path, fs::Permissions::from_mode(m))?;
+            rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(m))?;
         }
         Ok(())
     }
@@ -158,6 +161,37 @@ impl Sys for LinuxSys {
             "/proc/self/mountinfo",
         )?))
     }
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH [| AT_RECURSIVE])`: the flags, and slave propagation.
+/// (rustix has no wrapper for this system call.)
+fn set_attrs(tree: BorrowedFd<'_>, recursive: bool, attrs: MountAttrs) -> io::Result<()> {
+    let mut at = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        at |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    let attr = libc::mount_attr {
+        attr_set: attrs.set,
+        attr_clr: attrs.clear,
+        propagation: libc::MS_SLAVE,
+        userns_fd: 0,
+    };
+    // SAFETY: a valid descriptor, a NUL-terminated empty path, and a mount_attr of the size
+    // passed; the kernel only reads it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            at,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Mount points listed in a mountinfo text (field 5, with `\040`-style escapes decoded).
@@ -201,24 +235,58 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// One call the driver made, with typed arguments (directories by device and inode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    Bind {
+        src: DirId,
+        dst: PathBuf,
+        recursive: bool,
+        attrs: MountAttrs,
+    },
+    Unmount {
+        dst: PathBuf,
+    },
+    Own {
+        dir: DirId,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: Option<u32>,
+    },
+}
+
 /// A fake `Sys` that records calls and keeps a set of "mounted" paths.
 #[derive(Default)]
 pub struct RecordingSys {
-    pub calls: Mutex<Vec<String>>,
+    pub calls: Mutex<Vec<Call>>,
     pub mounted: Mutex<Vec<PathBuf>>,
 }
 
-impl Sys for RecordingSys {
-    fn bind_mount(&self, src: &Path, dst: &Path, flags: &MountFlags) -> io::Result<()> {
+fn dir_id(fd: BorrowedFd<'_>) -> io::Result<DirId> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(DirId {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
+}
+
+impl RecordingSys {
+    fn record(&self, call: Call) {
         self.calls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(format!(
-                "bind {} {} {:?}",
-                src.display(),
-                dst.display(),
-                remount_flags(flags)
-            ));
+            .push(call);
+    }
+}
+
+impl Sys for RecordingSys {
+    fn bind_mount(&self, src: BorrowedFd<'_>, dst: &Path, flags: &MountFlags) -> io::Result<()> {
+        self.record(Call::Bind {
+            src: dir_id(src)?,
+            dst: dst.to_path_buf(),
+            recursive: flags.recursive,
+            attrs: mount_attrs(flags),
+        });
         self.mounted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -226,10 +294,9 @@ impl Sys for RecordingSys {
         Ok(())
     }
     fn unmount(&self, dst: &Path) -> io::Result<()> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(format!("umount {}", dst.display()));
+        self.record(Call::Unmount {
+            dst: dst.to_path_buf(),
+        });
         self.mounted
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -238,15 +305,17 @@ impl Sys for RecordingSys {
     }
     fn set_owner_mode(
         &self,
-        path: &Path,
+        dir: BorrowedFd<'_>,
         uid: Option<u32>,
         gid: Option<u32>,
         mode: Option<u32>,
     ) -> io::Result<()> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(format!("own {} {uid:?} {gid:?} {mode:?}", path.display()));
+        self.record(Call::Own {
+            dir: dir_id(dir)?,
+            uid,
+            gid,
+            mode,
+        });
         Ok(())
     }
     fn mount_points(&self) -> io::Result<Vec<PathBuf>> {
@@ -276,17 +345,24 @@ mod tests {
     }
 
     #[test]
-    fn flags_map_to_remount_bits() {
+    fn flags_map_to_mount_attributes() {
         let f = MountFlags {
             readonly: true,
             noatime: true,
             ..Default::default()
         };
-        let m = remount_flags(&f);
-        assert!(m.contains(
-            MsFlags::MS_RDONLY | MsFlags::MS_NOATIME | MsFlags::MS_BIND | MsFlags::MS_REMOUNT
-        ));
-        assert!(!needs_remount(&MountFlags::default()));
-        assert!(needs_remount(&f));
+        let a = mount_attrs(&f);
+        assert_eq!(a.set, libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOATIME);
+        assert_eq!(a.clear, libc::MOUNT_ATTR__ATIME);
+        assert_eq!(mount_attrs(&MountFlags::default()), MountAttrs::default());
+        let strict = mount_attrs(&MountFlags {
+            strictatime: true,
+            nodiratime: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            strict.set,
+            libc::MOUNT_ATTR_STRICTATIME | libc::MOUNT_ATTR_NODIRATIME
+        );
     }
 }

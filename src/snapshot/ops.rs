@@ -35,11 +35,13 @@ pub fn take(
     progress: Option<crate::snapshot::create::Progress>,
 ) -> anyhow::Result<CreateOutcome> {
     let vref = volref::resolve(&ctx.layout, &ctx.view, &ctx.docker_url, name)?;
+    // Read through a descriptor opened without following symlinks.
+    let data = vref.open(&ctx.layout, &ctx.view)?;
     let outcome = create(
         &ctx.layout,
         &CreateRequest {
             volume: name,
-            source: &vref.dir,
+            source: &data.proc_path(),
             trigger,
             event,
             driver: Some(vref.driver.clone()),
@@ -86,11 +88,12 @@ pub fn restore_over(
     let _snap = FileLock::acquire(&snap_lock, LockKind::Exclusive)
         .with_context(|| format!("cannot take {}", snap_lock.display()))?;
     refuse_if_in_use(ctx, &vref)?;
-    restore::remove_stale_staging(&vref.dir);
+    let target = vref.swap_target(&ctx.layout, &ctx.view)?;
+    restore::remove_stale_staging(&target);
     Ok(restore::restore_chain_into(
         &ctx.layout,
         &chain,
-        &vref.dir,
+        &target,
         progress,
     )?)
 }
@@ -149,17 +152,18 @@ pub fn restore_into_new(
         .unwrap_or_default();
     let driver = Driver::new(
         ctx.layout.clone(),
-        Arc::new(LinuxSys::new(ctx.layout.staging_dir())),
+        Arc::new(LinuxSys::new()),
         DriverSettings {
             mount_dir: ctx.layout.mounts_dir(),
             bind_roots: vec![ctx.layout.root.clone()],
             view: ctx.view.clone(),
             snapshot_wait: crate::core::layout::DEFAULT_SNAPSHOT_WAIT,
+            protected: Vec::new(),
         },
     )?;
     driver.create(new, Some(&opts))?;
     let rec = store.load(new)?.context("the new volume disappeared")?;
-    let target = rec.data.local_path(&ctx.layout, &ctx.view);
+    let target = restore::SwapTarget::of(&rec.data, &ctx.layout, &ctx.view)?;
     let report = restore::restore_chain_into(&ctx.layout, &chain, &target, progress);
     if report.is_err() {
         let _ = driver.remove(new);

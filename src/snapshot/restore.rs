@@ -1,14 +1,14 @@
 //! Restoring: a chain of archives extracted into a fresh staging directory, then swapped in atomically.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{renameat2, RenameFlags};
-
 use crate::archive::{self, ExtractOptions};
-use crate::core::layout::Layout;
-use crate::fs::durable;
+use crate::core::layout::{HostView, Layout};
+use crate::core::store::DataLocation;
+use crate::fs::beneath::{Dir, Missing};
 use crate::snapshot::catalog;
 use crate::snapshot::manifest::Manifest;
 use crate::snapshot::{sha256_file, Counting, SnapshotError};
@@ -44,68 +44,125 @@ pub fn check_checksums(layout: &Layout, chain: &[Manifest]) -> Result<(), Snapsh
     Ok(())
 }
 
-/// A fresh staging directory next to `target` (same filesystem, so the swap is a rename).
-pub fn staging_dir(target: &Path) -> Result<PathBuf, SnapshotError> {
-    let parent = target.parent().ok_or_else(|| {
-        SnapshotError::Invalid(format!("cannot restore into {}", target.display()))
-    })?;
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
-    let staging = parent.join(format!(".{name}.allspark-staging-{stamp}"));
-    fs::create_dir(&staging)
-        .map_err(|e| SnapshotError::io(format!("cannot create {}", staging.display()), e))?;
-    Ok(staging)
+/// Where a restore swaps its new tree in: the data directory's parent, as a descriptor opened
+/// without following symlinks, and the data directory's name in it. Staging, swap and cleanup
+/// all happen relative to that descriptor, so a container that can rename entries beside the
+/// data directory (a parent volume's) cannot redirect them.
+#[derive(Debug)]
+pub struct SwapTarget {
+    pub parent: Dir,
+    pub name: OsString,
 }
 
-/// Delete the staging directories that restores killed midway left next to `target` (a partial
-/// extraction, or the old content awaiting deletion). Call only while holding the volume's
-/// snapshot lock, which every restore over a volume holds.
-pub fn remove_stale_staging(target: &Path) {
-    let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
-        return;
-    };
-    let prefix = format!(".{}.allspark-staging-", name.to_string_lossy());
-    let Ok(entries) = fs::read_dir(parent) else {
+impl SwapTarget {
+    /// The data directory of a recorded volume.
+    pub fn of(
+        data: &DataLocation,
+        layout: &Layout,
+        view: &HostView,
+    ) -> Result<SwapTarget, SnapshotError> {
+        let (parent, name) = data
+            .open_parent(layout, view)
+            .map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+        Ok(SwapTarget { parent, name })
+    }
+
+    /// A directory named by a trusted path (a Docker-managed volume's `_data`).
+    pub fn by_path(target: &Path) -> Result<SwapTarget, SnapshotError> {
+        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+            return Err(SnapshotError::Invalid(format!(
+                "cannot restore into {}",
+                target.display()
+            )));
+        };
+        let parent = Dir::open_anchor(parent)
+            .map_err(|e| SnapshotError::io(format!("cannot open {}", parent.display()), e))?;
+        Ok(SwapTarget {
+            parent,
+            name: name.to_os_string(),
+        })
+    }
+
+    /// The target as users know it, for messages.
+    pub fn shown(&self) -> PathBuf {
+        self.parent.shown().join(&self.name)
+    }
+
+    fn staging_prefix(&self) -> String {
+        format!(".{}.allspark-staging-", self.name.to_string_lossy())
+    }
+}
+
+/// A fresh staging directory beside the target (same filesystem, so the swap is a rename),
+/// made with `mkdirat` in the parent's descriptor and opened without following links.
+pub fn staging_dir(t: &SwapTarget) -> Result<(OsString, Dir), SnapshotError> {
+    let stamp = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let name = OsString::from(format!("{}{stamp}", t.staging_prefix()));
+    let opened = t
+        .parent
+        .open_beneath(Path::new(&name), Missing::Create)
+        .map_err(|e| SnapshotError::Invalid(format!("cannot create a staging directory: {e}")))?;
+    if opened.created.is_none() {
+        return Err(SnapshotError::Invalid(format!(
+            "{} already exists; another restore is running",
+            t.parent.shown().join(&name).display()
+        )));
+    }
+    Ok((name, opened.dir))
+}
+
+/// Delete the staging directories that restores killed midway left beside the target (a
+/// partial extraction, or the old content awaiting deletion). Call only while holding the
+/// volume's snapshot lock, which every restore over a volume holds.
+pub fn remove_stale_staging(t: &SwapTarget) {
+    let prefix = t.staging_prefix();
+    let base = t.parent.proc_path();
+    let Ok(entries) = fs::read_dir(&base) else {
         return;
     };
     for e in entries.flatten() {
         if !e.file_name().to_string_lossy().starts_with(&prefix) {
             continue;
         }
-        match fs::remove_dir_all(e.path()) {
+        let shown = t.parent.shown().join(e.file_name());
+        // remove_dir_all does not follow a symlink put in the staging directory's place.
+        match fs::remove_dir_all(base.join(e.file_name())) {
             Ok(()) => {
-                tracing::info!(path = %e.path().display(), "removed the staging directory of an interrupted restore")
+                tracing::info!(path = %shown.display(), "removed the staging directory of an interrupted restore")
             }
             Err(err) => {
-                tracing::warn!(path = %e.path().display(), %err, "cannot remove the staging directory of an interrupted restore")
+                tracing::warn!(path = %shown.display(), %err, "cannot remove the staging directory of an interrupted restore")
             }
         }
     }
 }
 
-/// Extract `chain` (full first) into a new staging directory and swap it with `target`.
-/// The old content is deleted only after the swap; a failure leaves `target` untouched.
+/// Extract `chain` (full first) into a new staging directory and swap it with the target.
+/// The old content is deleted only after the swap; a failure leaves the target untouched.
 pub fn restore_chain_into(
     layout: &Layout,
     chain: &[Manifest],
-    target: &Path,
+    target: &SwapTarget,
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> Result<RestoreReport, SnapshotError> {
     check_checksums(layout, chain)?;
-    let staging = staging_dir(target)?;
-    let result = extract_chain(layout, chain, &staging, progress).and_then(|r| {
-        swap_in(&staging, target)?;
+    let (stage, dir) = staging_dir(target)?;
+    let result = extract_chain(layout, chain, &dir.proc_path(), progress).and_then(|r| {
+        swap_in(target, &stage)?;
         Ok(r)
     });
-    if let Err(e) = fs::remove_dir_all(&staging) {
+    drop(dir);
+    remove_staged(target, &stage);
+    result
+}
+
+/// Delete the staging directory (after a swap it holds the old content).
+pub fn remove_staged(target: &SwapTarget, stage: &OsStr) {
+    if let Err(e) = fs::remove_dir_all(target.parent.proc_path().join(stage)) {
         if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %staging.display(), %e, "cannot delete the old content after the restore");
+            tracing::warn!(path = %target.parent.shown().join(stage).display(), %e, "cannot delete the old content after the restore");
         }
     }
-    result
 }
 
 /// Extract a chain into `dest` (deletions of each incremental first, then its archive).
@@ -142,12 +199,24 @@ pub fn extract_chain(
     Ok(report)
 }
 
-/// Atomically exchange `staging` and `target` (or rename when `target` does not exist).
-pub fn swap_in(staging: &Path, target: &Path) -> Result<(), SnapshotError> {
-    let parent = target.parent().unwrap_or(Path::new("/"));
-    if target.exists() {
-        renameat2(None, staging, None, target, RenameFlags::RENAME_EXCHANGE).map_err(|e| {
-            let hint = if e == nix::errno::Errno::EBUSY {
+/// Atomically exchange the staging directory and the target, in the parent's descriptor (or
+/// rename when the target does not exist).
+pub fn swap_in(t: &SwapTarget, stage: &OsStr) -> Result<(), SnapshotError> {
+    let shown = t.shown();
+    let exists = rustix::fs::statat(
+        &t.parent,
+        t.name.as_os_str(),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .is_ok();
+    let flags = if exists {
+        rustix::fs::RenameFlags::EXCHANGE
+    } else {
+        rustix::fs::RenameFlags::NOREPLACE
+    };
+    rustix::fs::renameat_with(&t.parent, stage, &t.parent, t.name.as_os_str(), flags).map_err(
+        |e| {
+            let hint = if e == rustix::io::Errno::BUSY {
                 " (it is a mount point; restore into a new volume with --into instead)"
             } else {
                 ""
@@ -155,18 +224,14 @@ pub fn swap_in(staging: &Path, target: &Path) -> Result<(), SnapshotError> {
             SnapshotError::io(
                 format!(
                     "cannot swap the restored data into {}{hint}",
-                    target.display()
+                    shown.display()
                 ),
                 e.into(),
             )
-        })?;
-    } else {
-        fs::rename(staging, target).map_err(|e| {
-            SnapshotError::io(
-                format!("cannot move the restored data to {}", target.display()),
-                e,
-            )
-        })?;
-    }
-    durable::fsync_dir(parent).map_err(|e| SnapshotError::io("cannot sync after the swap", e))
+        },
+    )?;
+    t.parent
+        .file()
+        .and_then(|f| f.sync_all())
+        .map_err(|e| SnapshotError::io("cannot sync after the swap", e))
 }

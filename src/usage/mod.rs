@@ -79,6 +79,7 @@ use crate::core::layout::{HostView, Layout};
 use crate::core::options::{BackupPriority, Class};
 use crate::core::status::{self, UsageCache};
 use crate::core::store::{Store, VolumeRecord};
+use crate::fs::beneath::Missing;
 
 /// Default alert threshold, percent of a volume's `size` or of a filesystem.
 pub const DEFAULT_THRESHOLD_PERCENT: f64 = 80.0;
@@ -737,7 +738,7 @@ pub fn measure_report(layout: &Layout, view: &HostView, opts: &ReportOptions) ->
     let mut by_dev: Vec<(u64, PathBuf, Vec<String>)> = Vec::new();
     for rec in &records {
         let path = rec.data.local_path(layout, view);
-        let u = measure_volume(layout, rec, &path, opts);
+        let u = measure_volume(layout, view, rec, &path, opts);
         if u.error.is_none() {
             if let Ok(m) = fs::metadata(&path) {
                 match by_dev.iter_mut().find(|(d, _, _)| *d == m.dev()) {
@@ -767,6 +768,7 @@ pub fn measure_report(layout: &Layout, view: &HostView, opts: &ReportOptions) ->
 
 fn measure_volume(
     layout: &Layout,
+    view: &HostView,
     rec: &VolumeRecord,
     path: &Path,
     opts: &ReportOptions,
@@ -800,7 +802,17 @@ fn measure_volume(
         error: None,
     };
     let cache_file = listing_cache_path(layout, &rec.name);
-    match measure_cached_with(path, &cache_file, &opts.measure) {
+    // The root is opened without following symlinks (a `parent=` child swapped for a link to
+    // a host directory is refused, not measured) and walked through its descriptor.
+    let root = match rec.data.open(layout, view, Missing::Refuse) {
+        Ok(o) => o.dir,
+        Err(e) => {
+            tracing::warn!(volume = %rec.name, "cannot measure volume: {e}");
+            v.error = Some(format!("cannot measure: {e}"));
+            return v;
+        }
+    };
+    match measure_cached_with(&root.proc_path(), &cache_file, &opts.measure) {
         Ok(w) => {
             if w.errors > 0 {
                 tracing::warn!(volume = %rec.name, errors = w.errors, first = ?w.first_error,

@@ -158,6 +158,7 @@ fn write_fuzz_seeds() {
             bind_roots: vec![layout.root.clone()],
             view: Default::default(),
             snapshot_wait: std::time::Duration::ZERO,
+            protected: Vec::new(),
         },
     )
     .unwrap();

@@ -4,6 +4,7 @@
 mod support;
 
 mod crash;
+mod escapes;
 mod faults;
 mod fuzz;
 mod input;
