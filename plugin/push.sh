@@ -4,7 +4,9 @@
 # Builds the managed plugin under the name REGISTRY/NAME:TAG (plugin/build.sh)
 # and pushes it with `docker plugin push`. Install it elsewhere with
 #   docker plugin install --grant-all-permissions --alias allspark REGISTRY/NAME:TAG
-# (--alias allspark makes `driver: allspark` in compose files find it).
+# Docker tags the alias: the driver name is then `allspark:latest`, and compose
+# files must say `driver: allspark:latest` (docker-compose v1 compares names
+# verbatim; `driver: allspark` is the name of scripts/install.sh's host service).
 # The local copy under REGISTRY/NAME:TAG stays; remove it with `docker plugin rm`.
 set -euo pipefail
 
