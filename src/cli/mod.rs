@@ -122,6 +122,14 @@ pub fn main() -> i32 {
         Err(e) => e.exit(),
     };
     crate::core::logging::init();
+    if !matches!(cli.command, Command::Plugin(_) | Command::Agent(_)) {
+        // A command whose output is piped into `head` ends quietly when the pipe closes, as
+        // other Unix tools do (the long-running processes keep Rust's default: EPIPE errors).
+        // SAFETY: setting a signal disposition to the default, before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Plugin(ref a) => plugin_cmd::run(&cli, a),
         Command::Volume(ref c) => volume_cmd::run(&cli, c),

@@ -95,7 +95,7 @@ impl DriverApi {
             _ => (
                 Reply::err(
                     StatusCode::NOT_FOUND,
-                    format!("unknown call /{call}; this plugin implements Plugin.Activate and VolumeDriver.*"),
+                    format!("unknown call /{}; this plugin implements Plugin.Activate and VolumeDriver.*", shown_call(call)),
                 ),
                 None,
             ),
@@ -103,10 +103,53 @@ impl DriverApi {
     }
 }
 
+/// The calls this plugin answers: statistics are kept per known call, and every other path
+/// counts under [`UNKNOWN_CALL`], so junk requests cannot grow them.
+pub const KNOWN_CALLS: &[&str] = &[
+    "Plugin.Activate",
+    "VolumeDriver.Capabilities",
+    "VolumeDriver.Create",
+    "VolumeDriver.Remove",
+    "VolumeDriver.Mount",
+    "VolumeDriver.Unmount",
+    "VolumeDriver.Path",
+    "VolumeDriver.Get",
+    "VolumeDriver.List",
+];
+
+/// The statistics key of every call not in [`KNOWN_CALLS`].
+pub const UNKNOWN_CALL: &str = "unknown";
+
+/// Longest part of a request path that goes into a log line or an error.
+const MAX_SHOWN_CALL: usize = 64;
+
+/// The statistics key of a call.
+pub fn call_key(call: &str) -> &'static str {
+    KNOWN_CALLS
+        .iter()
+        .find(|k| **k == call)
+        .copied()
+        .unwrap_or(UNKNOWN_CALL)
+}
+
+/// A request path as logs and errors show it: escaped and cut short.
+fn shown_call(call: &str) -> String {
+    let cut: String = call.chars().take(MAX_SHOWN_CALL).collect();
+    let more = if cut.len() < call.len() { "…" } else { "" };
+    format!("{}{more}", cut.escape_debug())
+}
+
 impl Handler for DriverApi {
-    fn handle(&self, call: &str, body: &[u8]) -> Reply {
+    fn handle(&self, raw_call: &str, body: &[u8]) -> Reply {
         let started = Instant::now();
-        let (reply, volume) = self.dispatch(call, body);
+        let (reply, volume) = self.dispatch(raw_call, body);
+        let key = call_key(raw_call);
+        let shown = shown_call(raw_call);
+        let call = if key == UNKNOWN_CALL {
+            shown.as_str()
+        } else {
+            key
+        };
         let micros = started.elapsed().as_micros() as u64;
         let volume = volume.unwrap_or_default();
         if reply.status.is_success() {
@@ -122,7 +165,7 @@ impl Handler for DriverApi {
                 err
             );
         }
-        crate::core::callstats::record(call, reply.status.is_success(), micros);
+        crate::core::callstats::record(key, reply.status.is_success(), micros);
         reply
     }
 }

@@ -410,10 +410,13 @@ impl Driver {
             .store
             .load(name)?
             .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
+        // One deadline for the whole call, well under Docker's own Mount timeout (120 s): the
+        // on-mount snapshot and the snapshot lock share it.
+        let deadline = Instant::now() + self.settings.snapshot_wait;
         if rec.mount_count() == 0 && rec.spec.snapshot.on_mount() {
-            self.wait_for_mount_snapshot(name)?;
+            self.wait_for_mount_snapshot(name, deadline)?;
         }
-        let _snap = self.wait_for_snapshot_lock(name)?;
+        let _snap = self.wait_for_snapshot_lock(name, deadline)?;
         let _lock = self.store.lock(name)?;
         let rec = self
             .store
@@ -475,16 +478,27 @@ impl Driver {
             )))
     }
 
-    fn wait_for_mount_snapshot(&self, name: &str) -> Result<()> {
-        let event = Event {
-            kind: EventKind::Mount,
-            volume: name.to_string(),
-            at: Utc::now(),
-            container: None,
+    /// Spool an on-mount event (unless one for this volume is already pending: a Mount that
+    /// timed out and was retried does not queue a second snapshot) and wait for the agent to
+    /// consume it, until `deadline`.
+    fn wait_for_mount_snapshot(&self, name: &str, deadline: Instant) -> Result<()> {
+        let pending = spool::pending(&self.layout)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|f| spool::read(f).is_ok_and(|e| e.kind == EventKind::Mount && e.volume == name));
+        let file = match pending {
+            Some(f) => f,
+            None => {
+                let event = Event {
+                    kind: EventKind::Mount,
+                    volume: name.to_string(),
+                    at: Utc::now(),
+                    container: None,
+                };
+                spool::write(&self.layout, &event)
+                    .map_err(io_ctx("cannot write the spool event"))?
+            }
         };
-        let file =
-            spool::write(&self.layout, &event).map_err(io_ctx("cannot write the spool event"))?;
-        let deadline = Instant::now() + self.settings.snapshot_wait;
         while file.exists() {
             if Instant::now() >= deadline {
                 tracing::warn!(volume = name, "the on-mount snapshot did not finish within the snapshot wait; mounting anyway (the agent will take it when it runs)");
@@ -495,9 +509,10 @@ impl Driver {
         Ok(())
     }
 
-    fn wait_for_snapshot_lock(&self, name: &str) -> Result<FileLock> {
+    fn wait_for_snapshot_lock(&self, name: &str, deadline: Instant) -> Result<FileLock> {
         let p = self.layout.snapshot_lock(name);
-        FileLock::acquire_within(&p, LockKind::Shared, self.settings.snapshot_wait)
+        let left = deadline.saturating_duration_since(Instant::now());
+        FileLock::acquire_within(&p, LockKind::Shared, left)
             .map_err(io_ctx(format!("cannot take the snapshot lock {}", p.display())))?
             .ok_or_else(|| {
                 DriverError::Busy(format!(

@@ -136,8 +136,17 @@ pub fn bind(socket: &Path) -> std::io::Result<UnixListener> {
         }
         std::fs::remove_file(socket)?;
     }
-    let listener = UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    // Bound inside a fresh 0700 directory, set to 0660 there, then renamed into place: the
+    // socket is never reachable with the wider mode bind() gives it under the umask.
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    let private = tempfile::Builder::new()
+        .prefix(".allspark-bind-")
+        .tempdir_in(dir)?;
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))?;
+    let staged = private.path().join("sock");
+    let listener = UnixListener::bind(&staged)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))?;
+    std::fs::rename(&staged, socket)?;
     Ok(listener)
 }
 

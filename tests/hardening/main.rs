@@ -8,5 +8,6 @@ mod escapes;
 mod faults;
 mod fuzz;
 mod input;
+mod limits;
 mod privileges;
 mod regressions;
