@@ -29,7 +29,9 @@ use super::run::{dump_name, running_containers, ItemProgress};
 use super::{verify, Settings, LABEL_RESTORE};
 use crate::archive::{self, ExtractOptions};
 use crate::core::store::Store;
+use crate::core::topology;
 use crate::docker::ContainerInfo;
+use crate::fs::beneath::Missing;
 use crate::fs::durable::{FileLock, LockKind};
 use crate::snapshot::ops::Ctx;
 use crate::snapshot::restore::{remove_staged, staging_dir, swap_in, SwapTarget};
@@ -516,6 +518,28 @@ fn restore_volume(
     for n in std::iter::once(&v.name).chain(v.nested.iter()) {
         wait_unmounted(&store, n)?;
     }
+    // Every other volume sharing the tree (a parent around it, another volume on the same
+    // device=): kept from mounting while the tree is swapped, refused if in use.
+    let _family_locks = match store.load(&v.name) {
+        Ok(Some(rec)) => {
+            let data = rec
+                .data
+                .open(&ctx.layout, &ctx.view, Missing::Refuse)
+                .map_err(|e| format!("volume {}: {e}", v.name))?
+                .dir;
+            let shown = rec.data.local_path(&ctx.layout, &ctx.view);
+            let fam = topology::family(&ctx.layout, &ctx.view, &data, &shown);
+            let mut others = fam.clone();
+            others.members.retain(|m| !v.nested.contains(&m.name));
+            let locks = topology::lock_members(&ctx.layout, &others, &v.name, UNMOUNT_WAIT)?;
+            let fam = topology::family(&ctx.layout, &ctx.view, &data, &shown);
+            if let Some(refusal) = fam.refusal(&v.name, &format!("restore volume {}", v.name)) {
+                return Err(refusal);
+            }
+            locks
+        }
+        _ => Vec::new(),
+    };
     let path = dir.join(&v.file);
     let f = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     // Staging, swap and cleanup through the parent's descriptor (see SwapTarget).

@@ -9,3 +9,4 @@ pub mod snapshot_id;
 pub mod spool;
 pub mod status;
 pub mod store;
+pub mod topology;

@@ -120,7 +120,8 @@ impl DataLocation {
         self.anchored(layout, view).0.join(rel)
     }
 
-    /// Does removing the volume delete this data? Only managed directories are ours to delete.
+    /// Does removing the volume delete this data? Only managed directories are ours to delete
+    /// (and among them, not a directory a child adopted: see [`VolumeRecord::adopted`]).
     pub fn owned(&self) -> bool {
         matches!(self, DataLocation::Managed { .. })
     }
@@ -153,6 +154,10 @@ pub struct VolumeRecord {
     /// A previous location kept after a migration until cleaned up.
     #[serde(default)]
     pub previous_data: Option<DataLocation>,
+    /// The data directory existed (with content) before this volume was created: allspark
+    /// did not create that data, so Remove keeps it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 }
 
 impl VolumeRecord {
@@ -174,6 +179,7 @@ impl VolumeRecord {
             last_mounted_at: None,
             last_unmounted_at: None,
             previous_data: None,
+            adopted: false,
         }
     }
 

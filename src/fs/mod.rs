@@ -4,3 +4,4 @@ pub mod beneath;
 pub mod copy;
 pub mod durable;
 pub mod hostpath;
+pub mod mountinfo;

@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 
 use crate::core::layout::{HostView, Layout};
 use crate::core::store::{DataLocation, Store};
+use crate::core::topology;
+use crate::fs::beneath::{Dir, Missing};
 use crate::fs::durable::{FileLock, LockKind};
 use crate::plugin::driver::Driver;
 
@@ -73,10 +75,35 @@ pub fn migrate(
             rec.spec.parent.as_deref().unwrap_or("")
         );
     }
+    let children: Vec<String> = store
+        .all()?
+        .0
+        .iter()
+        .filter(|r| r.spec.parent.as_deref() == Some(name))
+        .map(|r| r.name.clone())
+        .collect();
+    if !children.is_empty() {
+        // Their records name places inside this volume's data: moving the data alone would
+        // leave them behind, and a cleanup would then delete their data.
+        bail!(
+            "volume {name} is the parent of {}; a parent cannot be migrated while it has children (remove or recreate them elsewhere first) — nothing was changed",
+            children.join(", ")
+        );
+    }
     let from = rec.data.local_path(layout, view);
     let target = view.local(&host_to);
     if target == from {
         bail!("volume {name} already lives at {to}");
+    }
+    let source = rec
+        .data
+        .open(layout, view, Missing::Refuse)
+        .with_context(|| format!("volume {name}: cannot open its data"))?
+        .dir;
+    check_not_nested(&source, &target, to)?;
+    let fam = topology::family(layout, view, &source, &from);
+    if let Some(refusal) = fam.refusal(name, &format!("migrate volume {name}")) {
+        bail!(refusal);
     }
     if fs::read_dir(&target)
         .map(|mut d| d.next().is_some())
@@ -85,19 +112,18 @@ pub fn migrate(
         bail!("{to} is not empty; choose an empty or new directory");
     }
     let staging = PathBuf::from(format!("{}.allspark-migrating", target.display()));
-    if staging.exists() {
-        fs::remove_dir_all(&staging).with_context(|| {
-            format!(
-                "cannot discard an earlier half copy at {}",
-                staging.display()
-            )
-        })?;
-    }
-    crate::fs::copy::copy_tree(&from, &staging)
+    discard_marked_staging(&staging)?;
+    crate::fs::durable::ensure_dir(&staging, 0o700)?;
+    fs::write(staging.join(STAGING_MARKER), name.as_bytes())
+        .with_context(|| format!("cannot mark {}", staging.display()))?;
+    crate::fs::copy::copy_tree(&source.proc_path(), &staging)
         .with_context(|| format!("cannot copy {} to {}", from.display(), staging.display()))?;
+    // The copy is complete: it stops being a disposable half copy (a crash from here on
+    // leaves a directory the next attempt refuses to delete, naming it).
+    fs::remove_file(staging.join(STAGING_MARKER))?;
     crate::fs::durable::fsync_dir(staging.parent().unwrap_or(Path::new("/")))?;
     crash_point("copied");
-    let files = compare_trees(&from, &staging)?;
+    let files = compare_trees(&source.proc_path(), &staging)?;
     crash_point("verified");
     if target.exists() {
         fs::remove_dir(&target)
@@ -130,6 +156,51 @@ pub fn migrate(
     })
 }
 
+/// The file that marks a half copy as allspark's own, and so disposable.
+const STAGING_MARKER: &str = ".allspark-migrating";
+
+/// Delete a half copy an earlier, interrupted migration left, but only one allspark marked:
+/// anything else at that name (another volume's `device=` directory, say) is refused.
+fn discard_marked_staging(staging: &Path) -> anyhow::Result<()> {
+    let meta = match fs::symlink_metadata(staging) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", staging.display())),
+    };
+    if !meta.is_dir() || !staging.join(STAGING_MARKER).is_file() {
+        bail!(
+            "{} exists and is not a half copy allspark made (no {STAGING_MARKER} marker); move it away and migrate again — nothing was deleted",
+            staging.display()
+        );
+    }
+    fs::remove_dir_all(staging).with_context(|| {
+        format!(
+            "cannot discard an earlier half copy at {}",
+            staging.display()
+        )
+    })
+}
+
+/// Refuse a target inside the source (the copy would copy itself) or the source inside the
+/// target, compared by device and inode (the target's nearest existing ancestor).
+fn check_not_nested(source: &Dir, target: &Path, to: &str) -> anyhow::Result<()> {
+    let mut existing = target;
+    while fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(p) => existing = p,
+            None => return Ok(()),
+        }
+    }
+    let t = Dir::open_anchor(existing)?;
+    if t.is_within(source.id()?)? {
+        bail!("--to {to} lies inside the volume's own data; choose a directory outside it");
+    }
+    if source.is_within(t.id()?)? && existing == target {
+        bail!("--to {to} contains the volume's data; choose a directory outside it");
+    }
+    Ok(())
+}
+
 /// Delete the data a migration left at the old place.
 pub fn cleanup(layout: &Layout, view: &HostView, name: &str) -> anyhow::Result<Option<PathBuf>> {
     crate::core::names::validate(name).map_err(anyhow::Error::msg)?;
@@ -143,6 +214,25 @@ pub fn cleanup(layout: &Layout, view: &HostView, name: &str) -> anyhow::Result<O
         return Ok(None);
     };
     let dir = prev.local_path(layout, view);
+    if let Ok(opened) = prev.open(layout, view, Missing::Refuse) {
+        // Another volume on the same directory, inside it or around it keeps it alive.
+        let fam = topology::family(layout, view, &opened.dir, &dir);
+        if let Some(other) = fam.members.iter().find(|m| m.name != name) {
+            bail!(
+                "the old data of {name} at {} is still used by volume {} (it {}); it is kept — nothing was deleted",
+                dir.display(),
+                other.name,
+                other.relation.as_str()
+            );
+        }
+        if let Some(m) = fam.mounts_below.first() {
+            bail!(
+                "the old data of {name} at {} holds a live mount {}; it is kept — nothing was deleted",
+                dir.display(),
+                m.display()
+            );
+        }
+    }
     if dir.exists() {
         fs::remove_dir_all(&dir)
             .with_context(|| format!("cannot delete the old data at {}", dir.display()))?;

@@ -34,14 +34,52 @@ pub fn is_candidate_kind(r: &VolumeRecord) -> bool {
     r.spec.class == Class::Temporary || r.spec.parent.is_some()
 }
 
-/// When the volume was last in use (its last unmount, else its creation).
+/// When the volume itself was last in use (its last unmount, else its creation).
 pub fn last_used(r: &VolumeRecord) -> DateTime<Utc> {
     r.last_unmounted_at
         .or(r.last_mounted_at)
         .unwrap_or(r.created_at)
 }
 
-/// The volumes `prune` would remove now: candidates, unmounted, unused for longer than `age`.
+/// The volume and its ancestors (`parent=` chain), nearest first. A project workspace is used
+/// through its parent's mount too (the builder works in it), so they count as its uses.
+fn lineage<'a>(
+    records: &'a [std::sync::Arc<VolumeRecord>],
+    r: &'a VolumeRecord,
+) -> Vec<&'a VolumeRecord> {
+    let mut out = vec![r];
+    let mut cur = r;
+    while let Some(p) = cur.spec.parent.as_deref() {
+        match records.iter().find(|x| x.name == p) {
+            Some(parent) if !out.iter().any(|o| o.name == parent.name) => {
+                out.push(parent);
+                cur = parent;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Is the volume in use now: mounted itself, or through a mounted ancestor?
+pub fn in_use(records: &[std::sync::Arc<VolumeRecord>], r: &VolumeRecord) -> bool {
+    lineage(records, r).iter().any(|x| x.mount_count() > 0)
+}
+
+/// When the volume was last in use, through itself or an ancestor.
+pub fn last_used_in_family(
+    records: &[std::sync::Arc<VolumeRecord>],
+    r: &VolumeRecord,
+) -> DateTime<Utc> {
+    lineage(records, r)
+        .iter()
+        .map(|x| last_used(x))
+        .max()
+        .unwrap_or(r.created_at)
+}
+
+/// The volumes `prune` would remove now: candidates not in use (neither mounted nor under a
+/// mounted ancestor), unused for longer than `age`.
 pub fn plan(
     records: &[std::sync::Arc<VolumeRecord>],
     age: Duration,
@@ -50,7 +88,11 @@ pub fn plan(
     let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
     let mut names: Vec<String> = records
         .iter()
-        .filter(|r| is_candidate_kind(r) && r.mount_count() == 0 && now - last_used(r) > age)
+        .filter(|r| {
+            is_candidate_kind(r)
+                && !in_use(records, r)
+                && now - last_used_in_family(records, r) > age
+        })
         .map(|r| r.name.clone())
         .collect();
     // Children before parents, so a parent whose children all go can go too.
@@ -92,10 +134,19 @@ pub fn prune(
                 continue;
             }
         };
-        let still_unused = store.load(&name)?.is_some_and(|r| r.mount_count() == 0);
+        let (now_records, _) = store.all()?;
+        let still_unused = now_records
+            .iter()
+            .find(|r| r.name == name)
+            .is_some_and(|r| !in_use(&now_records, r));
         if !still_unused {
-            done.push((name, format!("kept: mounted again (snapshot {id} taken)")));
+            done.push((name, format!("kept: in use again (snapshot {id} taken)")));
             continue;
+        }
+        if let Some(rec) = now_records.iter().find(|r| r.name == name) {
+            ops::save_removed_options(&ctx.layout, rec).with_context(|| {
+                format!("cannot keep the options of {name}; it was not removed")
+            })?;
         }
         remove_via_docker_or_driver(ctx, driver, &name)?;
         done.push((name.clone(), format!("removed (snapshot {id} kept; restore with `allspark snapshot restore {name} {id} --into {name}`)")));

@@ -103,7 +103,24 @@ impl Driver {
         }
         let data = self.locate(name, &spec)?;
         let opened = self.open_data(name, &data, Missing::Create)?;
-        let result = self.fill_and_record(name, opts, spec, data.clone(), &opened.dir);
+        // A directory that existed with content is not ours: a template never overwrites it,
+        // and Remove keeps it.
+        let existing_content = opened.created.is_none()
+            && !opened.dir.is_empty().map_err(io_ctx(format!(
+                "cannot read {}",
+                opened.dir.shown().display()
+            )))?;
+        if existing_content && spec.template.is_some() {
+            return Err(DriverError::Conflict(format!(
+                "{} already holds data; template= fills only an empty or new directory (nothing was changed)",
+                opened.dir.shown().display()
+            )));
+        }
+        let adopted = existing_content && spec.parent.is_some();
+        if adopted {
+            tracing::warn!(volume = name, path = %opened.dir.shown().display(), "the child's directory already holds data: adopted, and kept when the volume is removed");
+        }
+        let result = self.fill_and_record(name, opts, spec, data.clone(), &opened.dir, adopted);
         if result.is_err() {
             if let Some(top) = &opened.created {
                 // Only what this call created, by the anchor-relative name it created.
@@ -207,6 +224,7 @@ impl Driver {
         spec: VolumeSpec,
         data: DataLocation,
         dir: &Dir,
+        adopted: bool,
     ) -> Result<()> {
         if let Some(template) = &spec.template {
             crate::ops::template::fill(&self.layout, &self.settings.view, template, dir).map_err(
@@ -219,7 +237,8 @@ impl Driver {
                 "cannot set owner/mode of {}",
                 dir.shown().display()
             )))?;
-        let record = VolumeRecord::new(name, opts.cloned().unwrap_or_default(), spec, data);
+        let mut record = VolumeRecord::new(name, opts.cloned().unwrap_or_default(), spec, data);
+        record.adopted = adopted;
         self.store.save(&record)?;
         Ok(())
     }
@@ -340,9 +359,12 @@ impl Driver {
             )));
         }
         let dir = self.owned_dir(&rec);
-        let discarded = if rec.data.owned() {
+        let discarded = if rec.data.owned() && !rec.adopted {
             self.discard(name, &dir)?
         } else {
+            if rec.adopted {
+                tracing::warn!(volume = name, path = %dir.display(), "the volume adopted an existing directory at Create: its data is kept");
+            }
             None
         };
         if let Err(e) = self.store.delete(name) {

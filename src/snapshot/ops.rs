@@ -7,9 +7,13 @@ use anyhow::{bail, Context};
 
 use crate::core::layout::{HostView, Layout};
 use crate::core::options::Keep;
-use crate::core::store::Store;
+use crate::core::store::{Store, VolumeRecord};
+use crate::core::topology;
 use crate::fs::durable::{FileLock, LockKind};
 use crate::ops::volref::{self, VolumeRef};
+
+/// How long an operation waits for the snapshot locks of the volumes sharing its tree.
+const FAMILY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::plugin::driver::{Driver, DriverSettings};
 use crate::plugin::mounts::LinuxSys;
 use crate::snapshot::create::DEFAULT_FULL_EVERY;
@@ -88,6 +92,17 @@ pub fn restore_over(
     let _snap = FileLock::acquire(&snap_lock, LockKind::Exclusive)
         .with_context(|| format!("cannot take {}", snap_lock.display()))?;
     refuse_if_in_use(ctx, &vref)?;
+    // Every volume sharing the tree (children inside it, a parent around it, another volume
+    // on the same device=): kept from mounting while the tree is swapped, refused if in use.
+    let data = vref.open(&ctx.layout, &ctx.view)?;
+    let fam = topology::family(&ctx.layout, &ctx.view, &data, &vref.dir);
+    let _family_locks = topology::lock_members(&ctx.layout, &fam, name, FAMILY_LOCK_WAIT)
+        .map_err(anyhow::Error::msg)?;
+    let fam = topology::family(&ctx.layout, &ctx.view, &data, &vref.dir);
+    if let Some(refusal) = fam.refusal(name, &format!("restore volume {name}")) {
+        bail!(refusal);
+    }
+    drop(data);
     let target = vref.swap_target(&ctx.layout, &ctx.view)?;
     restore::remove_stale_staging(&target);
     Ok(restore::restore_chain_into(
@@ -125,6 +140,25 @@ fn refuse_if_in_use(ctx: &Ctx, vref: &VolumeRef) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the options of a removed volume are kept beside its snapshots.
+fn removed_options_path(layout: &Layout, name: &str) -> std::path::PathBuf {
+    layout.volume_snapshots(name).join("volume-options.json")
+}
+
+/// Keep a volume's Create options beside its snapshots before it is removed (`workspace
+/// prune`), so `snapshot restore --into NAME` recreates it as it was.
+pub fn save_removed_options(layout: &Layout, rec: &VolumeRecord) -> anyhow::Result<()> {
+    let dir = layout.volume_snapshots(&rec.name);
+    crate::fs::durable::ensure_dir(&dir, 0o700)?;
+    let bytes = serde_json::to_vec_pretty(&rec.options)?;
+    crate::fs::durable::atomic_write(&removed_options_path(layout, &rec.name), &bytes, 0o600)?;
+    Ok(())
+}
+
+fn load_removed_options(layout: &Layout, name: &str) -> Option<BTreeMap<String, String>> {
+    serde_json::from_slice(&std::fs::read(removed_options_path(layout, name)).ok()?).ok()
+}
+
 /// Restore snapshot `id` of `name` into a new allspark volume `new` (created with the source's options, without its device).
 pub fn restore_into_new(
     ctx: &Ctx,
@@ -140,16 +174,21 @@ pub fn restore_into_new(
     if store.load(new)?.is_some() {
         bail!("volume {new} already exists; choose a new name for --into");
     }
-    let opts: BTreeMap<String, String> = store
-        .load(name)?
-        .map(|r| {
-            r.options
-                .iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "device" | "type" | "parent" | "template"))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
+    // The source's options (a removed volume's, as `workspace prune` kept them), without its
+    // place and first content; a volume recreated under its own name keeps its parent, so a
+    // pruned project workspace comes back inside its parent.
+    let source_opts = match store.load(name)? {
+        Some(r) => r.options.clone(),
+        None => load_removed_options(&ctx.layout, name).unwrap_or_default(),
+    };
+    let opts: BTreeMap<String, String> = source_opts
+        .into_iter()
+        .filter(|(k, _)| match k.as_str() {
+            "device" | "type" | "template" => false,
+            "parent" => new == name,
+            _ => true,
         })
-        .unwrap_or_default();
+        .collect();
     let driver = Driver::new(
         ctx.layout.clone(),
         Arc::new(LinuxSys::new()),

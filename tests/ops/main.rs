@@ -7,5 +7,6 @@ mod agent;
 mod backup;
 mod metrics;
 mod operations;
+mod shared_tree;
 mod snapshots;
 mod usage;
