@@ -29,6 +29,13 @@ impl Layout {
     pub fn record(&self, name: &str) -> PathBuf {
         self.state_dir().join(format!("{name}.json"))
     }
+    /// Mount references of this boot (`<name>.json`): runtime state, never fsynced.
+    pub fn refs_dir(&self) -> PathBuf {
+        self.root.join("state").join("refs")
+    }
+    pub fn refs(&self, name: &str) -> PathBuf {
+        self.refs_dir().join(format!("{name}.json"))
+    }
     /// Cached usage figures written by the agent (`<name>.json`).
     pub fn usage_dir(&self) -> PathBuf {
         self.root.join("state").join("usage")
@@ -101,6 +108,7 @@ impl Layout {
     pub fn ensure(&self) -> std::io::Result<()> {
         for d in [
             self.state_dir(),
+            self.refs_dir(),
             self.usage_dir(),
             self.agent_dir(),
             self.volumes_dir(),

@@ -144,8 +144,10 @@ pub struct VolumeRecord {
     pub options: BTreeMap<String, String>,
     pub spec: VolumeSpec,
     pub data: DataLocation,
-    /// Live references: Docker mount ID -> how many times it is mounted.
-    #[serde(default)]
+    /// Live references: Docker mount ID -> how many times it is mounted. Runtime state, kept
+    /// in `<root>/state/refs/<name>.json` for this boot (see [`Runtime`]), not in the durable
+    /// record (older records that carry it are still read).
+    #[serde(default, skip_serializing)]
     pub mounts: BTreeMap<String, u32>,
     #[serde(default)]
     pub last_mounted_at: Option<DateTime<Utc>>,
@@ -240,6 +242,42 @@ struct Cached {
     record: Arc<VolumeRecord>,
 }
 
+/// The runtime part of a volume: its mount references, which describe bind mounts and so die
+/// with the host. Written atomically without fsync (a crash of the plugin keeps it: the page
+/// cache survives; a reboot voids it: the boot id changes).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub boot_id: String,
+    #[serde(default)]
+    pub mounts: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub last_mounted_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_unmounted_at: Option<DateTime<Utc>>,
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`; `ALLSPARK_BOOT_ID` overrides it, for
+/// tests that simulate a reboot).
+pub fn boot_id() -> String {
+    if let Some(id) = std::env::var_os("ALLSPARK_BOOT_ID").filter(|v| !v.is_empty()) {
+        return id.to_string_lossy().into_owned();
+    }
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
+    .clone()
+}
+
+fn later(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
 /// Access to the records. The files are the truth; the in-memory cache is checked
 /// against each file's inode, size and mtime on every read, so it is never stale.
 pub struct Store {
@@ -292,10 +330,13 @@ impl Store {
             meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
             meta.size(),
         );
-        if let Some(c) = self.cache_lock().get(name) {
-            if (c.ino, c.mtime_ns, c.size) == key {
-                return Ok(Some(c.record.clone()));
-            }
+        let cached = self
+            .cache_lock()
+            .get(name)
+            .filter(|c| (c.ino, c.mtime_ns, c.size) == key)
+            .map(|c| c.record.clone());
+        if let Some(record) = cached {
+            return Ok(Some(self.with_runtime(record)));
         }
         let bytes = match fs::read(path) {
             Ok(b) => b,
@@ -317,7 +358,53 @@ impl Store {
                 record: record.clone(),
             },
         );
-        Ok(Some(record))
+        Ok(Some(self.with_runtime(record)))
+    }
+
+    /// The record with this boot's runtime part: references from another boot are void (their
+    /// bind mounts died with it); the last-use times are kept whatever the boot.
+    fn with_runtime(&self, record: Arc<VolumeRecord>) -> Arc<VolumeRecord> {
+        let Ok(bytes) = fs::read(self.layout.refs(&record.name)) else {
+            // No runtime file: a record from before runtime files keeps its own references.
+            return record;
+        };
+        let Ok(rt) = serde_json::from_slice::<Runtime>(&bytes) else {
+            tracing::warn!(volume = %record.name, "unreadable mount references: treated as none");
+            let mut r = (*record).clone();
+            r.mounts.clear();
+            return Arc::new(r);
+        };
+        let mut r = (*record).clone();
+        r.mounts = if rt.boot_id == boot_id() {
+            rt.mounts
+        } else {
+            BTreeMap::new()
+        };
+        r.last_mounted_at = later(r.last_mounted_at, rt.last_mounted_at);
+        r.last_unmounted_at = later(r.last_unmounted_at, rt.last_unmounted_at);
+        Arc::new(r)
+    }
+
+    /// Write the runtime part (references, last-use times) atomically, without fsync: it
+    /// must survive a crash of the plugin, not a reboot. Caller holds the lock.
+    pub fn save_runtime(&self, record: &VolumeRecord) -> Result<(), StoreError> {
+        let path = self.layout.refs(&record.name);
+        let rt = Runtime {
+            boot_id: boot_id(),
+            mounts: record.mounts.clone(),
+            last_mounted_at: record.last_mounted_at,
+            last_unmounted_at: record.last_unmounted_at,
+        };
+        let bytes = serde_json::to_vec(&rt).map_err(|e| self.corrupt(&path, e.to_string()))?;
+        match durable::replace_file(&path, &bytes, 0o600) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // A state root from before runtime files: make the directory once.
+                durable::ensure_dir(&self.layout.refs_dir(), 0o700)
+                    .and_then(|()| durable::replace_file(&path, &bytes, 0o600))
+                    .map_err(io_err("write", &path))
+            }
+            other => other.map_err(io_err("write", &path)),
+        }
     }
 
     fn corrupt(&self, path: &Path, reason: String) -> StoreError {
@@ -332,20 +419,27 @@ impl Store {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Write a record atomically (temp, fsync, rename, fsync dir). Caller holds the lock.
+    /// Write a record atomically (temp, fsync, rename, fsync dir), and its runtime part (see
+    /// [`save_runtime`](Self::save_runtime)). Caller holds the lock.
     pub fn save(&self, record: &VolumeRecord) -> Result<(), StoreError> {
         let path = self.layout.record(&record.name);
         let mut bytes =
             serde_json::to_vec_pretty(record).map_err(|e| self.corrupt(&path, e.to_string()))?;
         bytes.push(b'\n');
-        durable::atomic_write(&path, &bytes, 0o600).map_err(io_err("write", &path))
+        durable::atomic_write(&path, &bytes, 0o600).map_err(io_err("write", &path))?;
+        self.save_runtime(record)
     }
 
     /// Delete a record durably. Caller holds the lock.
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
         let path = self.layout.record(name);
         self.cache_lock().remove(name);
-        durable::remove_durable(&path).map_err(io_err("delete", &path))
+        durable::remove_durable(&path).map_err(io_err("delete", &path))?;
+        let refs = self.layout.refs(name);
+        match fs::remove_file(&refs) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("delete", &refs)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Names of all volumes, sorted.

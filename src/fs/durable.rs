@@ -47,6 +47,26 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Replace `path` atomically (temp file, rename) without fsync: readers see the old or the new
+/// content, and a crash of the process keeps the new one (the page cache survives it); a power
+/// loss may bring the old one back. For runtime state only.
+pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Remove a file durably; a missing file is not an error.
 pub fn remove_durable(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {

@@ -464,7 +464,7 @@ impl Driver {
             rec.last_mounted_at = Some(Utc::now());
         }
         *rec.mounts.entry(id.to_string()).or_insert(0) += 1;
-        if let Err(e) = self.store.save(&rec) {
+        if let Err(e) = self.store.save_runtime(&rec) {
             if rec.mount_count() == 1 {
                 let _ = self.sys.unmount(&target);
             }
@@ -576,7 +576,7 @@ impl Driver {
             let _ = fs::remove_dir(&target);
             rec.last_unmounted_at = Some(Utc::now());
         }
-        self.store.save(&rec)?;
+        self.store.save_runtime(&rec)?;
         if last && rec.spec.snapshot.on_unmount() {
             let event = Event {
                 kind: EventKind::Unmount,
@@ -615,18 +615,17 @@ impl Driver {
         })
     }
 
-    /// Every volume (name, mountpoint, creation time).
+    /// Every volume: names and mountpoints, all Docker needs, from the directory listing of
+    /// the records (no record is read; Get gives the rest).
     pub fn list(&self) -> Result<Vec<crate::plugin::protocol::Volume>> {
-        let (records, bad) = self.store.all()?;
-        for e in &bad {
-            tracing::error!(%e, "a volume record cannot be read");
-        }
-        Ok(records
-            .iter()
-            .map(|r| crate::plugin::protocol::Volume {
-                name: r.name.clone(),
-                mountpoint: self.mountpoint(&r.name).to_string_lossy().into_owned(),
-                created_at: Some(r.created_at.to_rfc3339()),
+        Ok(self
+            .store
+            .names()?
+            .into_iter()
+            .map(|name| crate::plugin::protocol::Volume {
+                mountpoint: self.mountpoint(&name).to_string_lossy().into_owned(),
+                name,
+                created_at: None,
                 status: None,
             })
             .collect())
@@ -673,7 +672,7 @@ impl Driver {
                 let mut r = (*rec).clone();
                 r.mounts.clear();
                 r.last_unmounted_at = Some(Utc::now());
-                self.store.save(&r)?;
+                self.store.save_runtime(&r)?;
             }
         }
         for target in &live {

@@ -100,6 +100,9 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // Handlers first: a SIGTERM that arrives as soon as the socket answers still drains.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         let listener = server::bind(&cfg.socket).with_context(|| format!("cannot listen on {}", cfg.socket.display()))?;
         tracing::info!(socket = %cfg.socket.display(), root = %cfg.root.display(), "allspark plugin listening");
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -121,8 +124,6 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
                 .await;
             }
         });
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => {},

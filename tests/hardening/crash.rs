@@ -684,9 +684,7 @@ impl Run {
     }
 
     fn record_mounts(&self, name: &str) -> BTreeMap<String, u64> {
-        self.record(name)
-            .and_then(|r| serde_json::from_value(r["mounts"].clone()).ok())
-            .unwrap_or_default()
+        harness::refs(&self.root(), name)
     }
 
     /// Decide what an interrupted call did, from the state on disk after recovery.

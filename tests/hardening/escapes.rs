@@ -385,3 +385,32 @@ fn rbind_with_flags_keeps_the_hosts_submounts_and_shows_them_read_only() {
 fn harness_mount_points() -> Vec<PathBuf> {
     allspark::plugin::mounts::parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap())
 }
+
+#[test]
+fn a_device_inside_or_around_the_backup_root_is_refused() {
+    let dir = tempfile::Builder::new()
+        .prefix("allspark-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let backups = dir.path().join("binds/backups");
+    fs::create_dir_all(backups.join("daily")).unwrap();
+    let mut p = Plugin::start(BIN);
+    p.kill9();
+    p.env.push((
+        "ALLSPARK_BACKUP_ROOT".into(),
+        backups.to_string_lossy().into_owned(),
+    ));
+    p.extra_args = vec![
+        "--bind-root".into(),
+        dir.path().join("binds").to_string_lossy().into_owned(),
+    ];
+    p.spawn();
+    for device in [backups.join("daily"), dir.path().join("binds")] {
+        let err = create(&p, "grab", json!({"device": device.to_str().unwrap()}));
+        assert!(
+            err.contains("overlaps allspark's own directory"),
+            "device={}: {err}",
+            device.display()
+        );
+    }
+}

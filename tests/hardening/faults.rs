@@ -124,6 +124,7 @@ impl SmallRoot {
             dir,
             bin: PathBuf::from(BIN),
             extra_args: Vec::new(),
+            env: Vec::new(),
         };
         p.spawn();
         SmallRoot { p, fs: Some(fs) }
@@ -467,8 +468,9 @@ fn corrupted_state_files_are_named_with_the_way_out_and_harm_nothing_else() {
         .iter()
         .map(|x| x["Name"].as_str().unwrap())
         .collect();
-    assert_eq!(listed, ["fine"]);
-    assert!(p.log().contains("a volume record cannot be read"));
+    // List comes from the directory of records: a corrupt record is still a volume Docker
+    // must not forget (its Get names the corruption, above).
+    assert_eq!(listed, ["alien", "empty", "fine", "garbage", "trunc"]);
 
     // A corrupt spool event is moved aside (named), and the events after it are still done.
     let spool = p.root().join("spool");

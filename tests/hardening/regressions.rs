@@ -361,10 +361,7 @@ fn calls_served_during_recovery_keep_their_references_and_mounts() {
     let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "v48", "ID": "old"}));
     assert_eq!(err_of(&v), "");
     p.kill9();
-    let rec = p.root().join("state/volumes/v48.json");
-    let mut r: serde_json::Value = serde_json::from_slice(&fs::read(&rec).unwrap()).unwrap();
-    r["mounts"] = json!({});
-    fs::write(&rec, serde_json::to_vec(&r).unwrap()).unwrap();
+    harness::set_refs(&p.root(), "v48", json!({}));
     // Hold recovery at the first volume, after it has read the mount table.
     let first = allspark::fs::durable::FileLock::acquire(
         &p.root().join("locks/v00.lock"),

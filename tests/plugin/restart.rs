@@ -113,11 +113,7 @@ fn restart_clears_references_whose_mount_is_gone_and_removes_stale_mounts() {
     )
     .unwrap();
     // "stale" lost its reference record (e.g. an Unmount that crashed after unmounting in Docker's view).
-    let rec_path = p.root().join("state/volumes/stale.json");
-    let mut rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
-    rec["mounts"] = json!({});
-    std::fs::write(&rec_path, serde_json::to_vec(&rec).unwrap()).unwrap();
+    harness::set_refs(&p.root(), "stale", json!({}));
     p.spawn();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !p.live_mounts().is_empty() || mounted(&p, "gone") != Some(0) {
@@ -157,4 +153,45 @@ fn a_corrupt_record_is_reported_not_forgotten() {
     );
     let (_, v) = p.call("VolumeDriver.Get", json!({"Name": "fine"}));
     assert_eq!(err_of(&v), "", "other volumes keep working");
+}
+
+#[test]
+fn references_are_runtime_state_kept_across_kill9_and_void_after_a_new_boot() {
+    let mut p = Plugin::start(BIN);
+    let (_, v) = p.call("VolumeDriver.Create", json!({"Name": "rt", "Opts": null}));
+    assert_eq!(err_of(&v), "");
+    let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "rt", "ID": "c1"}));
+    assert_eq!(err_of(&v), "");
+    assert_eq!(harness::refs(&p.root(), "rt").get("c1"), Some(&1));
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.root().join("state/volumes/rt.json")).unwrap())
+            .unwrap();
+    assert!(
+        record.get("mounts").is_none(),
+        "references stay out of the durable record: {record}"
+    );
+    // A crash keeps them (and the live mount they describe).
+    p.kill9();
+    p.spawn();
+    assert_eq!(mounted(&p, "rt"), Some(1));
+    assert_eq!(p.live_mounts(), vec![p.mount_dir().join("rt")]);
+    // A new boot voids them: the plugin reconciles the mount it no longer references.
+    p.kill9();
+    p.env
+        .push(("ALLSPARK_BOOT_ID".into(), "another-boot".into()));
+    p.spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p.live_mounts().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a mount from the old boot was kept: {}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(mounted(&p, "rt"), Some(0));
+    let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "rt", "ID": "c2"}));
+    assert_eq!(err_of(&v), "");
+    let (_, v) = p.call("VolumeDriver.Unmount", json!({"Name": "rt", "ID": "c2"}));
+    assert_eq!(err_of(&v), "");
 }

@@ -17,6 +17,8 @@ pub struct Plugin {
     pub dir: tempfile::TempDir,
     pub bin: PathBuf,
     pub extra_args: Vec<String>,
+    /// Extra environment of the plugin process (e.g. `ALLSPARK_BOOT_ID` to simulate a reboot).
+    pub env: Vec<(String, String)>,
 }
 
 impl Plugin {
@@ -50,6 +52,7 @@ impl Plugin {
             dir,
             bin: PathBuf::from(bin),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
         };
         p.spawn();
         p
@@ -69,6 +72,7 @@ impl Plugin {
             .arg(self.root())
             .args(&self.extra_args)
             .env("ALLSPARK_LOG", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
@@ -218,6 +222,26 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The mount references the plugin keeps for `name` this boot (its runtime file), by mount ID.
+pub fn refs(root: &Path, name: &str) -> std::collections::BTreeMap<String, u64> {
+    let layout = allspark::core::layout::Layout::new(root);
+    std::fs::read(layout.refs(name))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| serde_json::from_value(v["mounts"].clone()).ok())
+        .unwrap_or_default()
+}
+
+/// Overwrite the mount references of `name` (as a crash between an unmount and its record
+/// would leave them).
+pub fn set_refs(root: &Path, name: &str, mounts: Value) {
+    let layout = allspark::core::layout::Layout::new(root);
+    let path = layout.refs(name);
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["mounts"] = mounts;
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
 }
 
 /// Run the CLI against the plugin's root (Docker pointed nowhere, so no test reaches the real daemon).
