@@ -12,6 +12,7 @@ pub mod agent;
 pub mod archive;
 pub mod backup;
 pub mod cli;
+pub mod context;
 pub mod core;
 pub mod docker;
 pub mod fs;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::context::Ctx;
 use crate::fs::durable::{FileLock, LockKind};
-use crate::snapshot::ops::Ctx;
 
 /// Everything `allspark agent` needs.
 #[derive(Clone, Debug)]

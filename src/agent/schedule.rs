@@ -29,9 +29,9 @@ use chrono::{DateTime, Local, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::{self, BackupType, Settings};
+use crate::context::Ctx;
 use crate::core::layout::Layout;
 use crate::fs::durable;
-use crate::snapshot::ops::Ctx;
 
 /// Default cron expressions.
 pub const DEFAULT_DAILY: &str = "0 2 * * *";

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::context::Ctx;
 use crate::core::spool::{self, EventKind};
-use crate::snapshot::ops::{self, Ctx};
+use crate::snapshot::ops;
 use crate::snapshot::{CreateOutcome, Trigger};
 
 /// Retry bookkeeping of failed events (in memory: a restarted agent simply retries at once).

@@ -16,10 +16,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
+use crate::context::Ctx;
 use crate::core::layout::Layout;
 use crate::docker::ContainerInfo;
 use crate::fs::durable;
-use crate::snapshot::ops::Ctx;
 
 /// `<root>/state/agent/stopped-for-backup.json`.
 pub fn record_path(layout: &Layout) -> PathBuf {

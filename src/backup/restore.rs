@@ -28,12 +28,12 @@ use super::quiesce::StopGuard;
 use super::run::{dump_name, running_containers, ItemProgress};
 use super::{verify, Settings, LABEL_RESTORE};
 use crate::archive::{self, ExtractOptions};
+use crate::context::Ctx;
 use crate::core::store::Store;
 use crate::core::topology;
 use crate::docker::ContainerInfo;
 use crate::fs::beneath::Missing;
 use crate::fs::durable::{FileLock, LockKind};
-use crate::snapshot::ops::Ctx;
 use crate::snapshot::restore::{remove_staged, staging_dir, swap_in, SwapTarget};
 use crate::snapshot::Counting;
 

@@ -36,12 +36,12 @@ use super::{
     dump, retention, BackupType, LabelFilter, Settings, LABEL_DUMP, LABEL_NAME, LABEL_STOP,
 };
 use crate::archive::{self, WriteOptions};
+use crate::context::Ctx;
 use crate::core::options::{BackupPriority, Class};
 use crate::core::store::{Store, VolumeRecord};
 use crate::docker::ContainerInfo;
 use crate::fs::beneath::Missing;
 use crate::fs::durable::{self, FileLock, LockKind};
-use crate::snapshot::ops::Ctx;
 
 /// Progress of one item: `(item, Some(bytes so far))` while it runs, `(item, None)` when it is done.
 pub type ItemProgress = Arc<dyn Fn(&str, Option<u64>) + Send + Sync>;

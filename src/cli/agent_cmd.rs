@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::agent::{self, schedule, AgentConfig};
+use crate::context::Ctx;
 use crate::core::layout::DEFAULT_BACKUP_ROOT;
-use crate::snapshot::ops::Ctx;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {

@@ -8,12 +8,13 @@ use chrono::Local;
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 
+use super::output::human;
 use super::progress::bytes_bar;
 use crate::backup::restore::{self, RestoreRequest};
 use crate::backup::run::{self, ItemProgress, RunOptions};
 use crate::backup::{catalog, retention, verify, BackupType, KeepDays, LabelFilter, Settings};
+use crate::context::Ctx;
 use crate::core::layout::DEFAULT_BACKUP_ROOT;
-use crate::snapshot::ops::Ctx;
 
 /// Retention and container selection, shared with `allspark agent`.
 #[derive(Args, Debug, Clone)]
@@ -142,21 +143,6 @@ fn item_bars() -> ItemProgress {
             }
         }
     })
-}
-
-fn human(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 
 mod agent_cmd;
 mod backup_cmd;
+mod output;
 mod plugin_cmd;
 mod progress;
 mod snapshot_cmd;
@@ -79,13 +80,12 @@ impl Cli {
             snapshot_wait,
             protected: self.protected_dirs(),
         };
-        let sys = std::sync::Arc::new(crate::plugin::mounts::LinuxSys::new());
-        Ok(crate::plugin::driver::Driver::new(layout, sys, settings)?)
+        Ok(crate::context::driver(layout, settings)?)
     }
 
     /// The shared context of snapshot and backup work.
-    pub fn ctx(&self) -> crate::snapshot::ops::Ctx {
-        crate::snapshot::ops::Ctx {
+    pub fn ctx(&self) -> crate::context::Ctx {
+        crate::context::Ctx {
             layout: crate::core::layout::Layout::new(&self.root),
             view: crate::core::layout::HostView::new(self.host_prefix.as_deref()),
             docker_url: self.docker.clone(),

@@ -4,7 +4,8 @@ use anyhow::bail;
 use clap::Subcommand;
 
 use super::progress::bytes_bar;
-use crate::snapshot::ops::{self, Ctx};
+use crate::context::Ctx;
+use crate::snapshot::ops;
 use crate::snapshot::{catalog, retention, verify, CreateOutcome, Manifest, Trigger};
 
 #[derive(Subcommand, Debug)]
@@ -98,7 +99,7 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                         "{:<24} {:<24} {:<9} {:<11} {:>8} {:>12} {:>12}",
                         m.volume,
                         m.id,
-                        format!("{:?}", m.trigger).to_lowercase(),
+                        m.trigger.as_str().to_string(),
                         if m.parent.is_some() {
                             "incremental"
                         } else {

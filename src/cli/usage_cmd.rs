@@ -21,6 +21,7 @@
 
 use clap::Args;
 
+use super::output::human;
 use super::Cli;
 use crate::core::layout::{HostView, Layout};
 use crate::usage::{self, Report, ReportOptions};
@@ -76,25 +77,6 @@ pub fn run(cli: &Cli, args: &UsageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binary units with one decimal: `512B`, `1.5K`, `20.0G`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["K", "M", "G", "T", "P", "E"];
-    if bytes < 1024 {
-        return format!("{bytes}B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1}{}", UNITS[u])
-}
-
-fn lower<T: std::fmt::Debug>(v: T) -> String {
-    format!("{v:?}").to_lowercase()
-}
-
 /// The human-readable report.
 pub fn table(r: &Report) -> String {
     use std::fmt::Write;
@@ -131,8 +113,8 @@ pub fn table(r: &Report) -> String {
                 .map(|p| format!("{p:.1}%"))
                 .unwrap_or_else(|| "-".into()),
             files,
-            lower(v.class),
-            lower(v.backup),
+            v.class.as_str().to_string(),
+            v.backup.as_str().to_string(),
             v.snapshots,
             human(v.snapshot_bytes),
             v.last_snapshot_at
@@ -173,17 +155,4 @@ pub fn table(r: &Report) -> String {
         );
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(0), "0B");
-        assert_eq!(human(1023), "1023B");
-        assert_eq!(human(1536), "1.5K");
-        assert_eq!(human(50 << 30), "50.0G");
-    }
 }

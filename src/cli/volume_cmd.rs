@@ -54,8 +54,8 @@ pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
                     println!(
                         "{:<32} {:<10} {:<8} {:>7}  {}",
                         r.name,
-                        format!("{:?}", r.spec.class).to_lowercase(),
-                        format!("{:?}", r.spec.backup).to_lowercase(),
+                        r.spec.class.as_str().to_string(),
+                        r.spec.backup.as_str().to_string(),
                         r.mount_count(),
                         r.data.local_path(&layout, &Default::default()).display()
                     );

@@ -39,6 +39,15 @@ pub enum SnapshotPolicy {
 }
 
 impl SnapshotPolicy {
+    /// The option value, as users write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotPolicy::None => "none",
+            SnapshotPolicy::OnUnmount => "on-unmount",
+            SnapshotPolicy::OnMount => "on-mount",
+            SnapshotPolicy::OnBoth => "on-both",
+        }
+    }
     pub fn on_mount(self) -> bool {
         matches!(self, SnapshotPolicy::OnMount | SnapshotPolicy::OnBoth)
     }
@@ -59,6 +68,19 @@ pub enum BackupPriority {
     None,
 }
 
+impl BackupPriority {
+    /// The option value, as users write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupPriority::Highest => "highest",
+            BackupPriority::High => "high",
+            BackupPriority::Medium => "medium",
+            BackupPriority::Low => "low",
+            BackupPriority::None => "none",
+        }
+    }
+}
+
 /// Persistence class, shown in usage and inspect.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,6 +89,17 @@ pub enum Class {
     #[default]
     Important,
     Temporary,
+}
+
+impl Class {
+    /// The option value, as users write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Critical => "critical",
+            Class::Important => "important",
+            Class::Temporary => "temporary",
+        }
+    }
 }
 
 /// Retention of automatic snapshots.
@@ -451,6 +484,32 @@ fn parse_template(value: &str) -> Result<Template, OptionError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn as_str_is_the_value_users_write() {
+        use serde_json::to_value;
+        for p in [
+            SnapshotPolicy::None,
+            SnapshotPolicy::OnUnmount,
+            SnapshotPolicy::OnMount,
+            SnapshotPolicy::OnBoth,
+        ] {
+            assert_eq!(to_value(p).unwrap(), p.as_str());
+            assert_eq!(parse_snapshot(p.as_str()).unwrap(), p);
+        }
+        for b in [
+            BackupPriority::Highest,
+            BackupPriority::High,
+            BackupPriority::Medium,
+            BackupPriority::Low,
+            BackupPriority::None,
+        ] {
+            assert_eq!(to_value(b).unwrap(), b.as_str());
+        }
+        for c in [Class::Critical, Class::Important, Class::Temporary] {
+            assert_eq!(to_value(c).unwrap(), c.as_str());
+        }
+    }
+
     use super::*;
 
     fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

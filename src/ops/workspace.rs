@@ -5,10 +5,11 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
+use crate::context::Ctx;
 use crate::core::options::Class;
 use crate::core::store::{Store, VolumeRecord};
 use crate::plugin::driver::Driver;
-use crate::snapshot::ops::{self, Ctx};
+use crate::snapshot::ops;
 use crate::snapshot::{CreateOutcome, Trigger};
 
 /// Parse an age like `30d`, `12h`, `2w`, `90m`.

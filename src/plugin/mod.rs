@@ -17,8 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::core::layout::Layout;
 use crate::fs::durable::{FileLock, LockKind};
 use crate::plugin::api::DriverApi;
-use crate::plugin::driver::{Driver, DriverSettings};
-use crate::plugin::mounts::LinuxSys;
+use crate::plugin::driver::DriverSettings;
 
 /// Everything `allspark plugin` needs.
 pub struct PluginConfig {
@@ -83,12 +82,7 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the state root {}", cfg.root.display()))?;
     let _root_lock = lock_root(&layout)?;
     let driver = Arc::new(
-        Driver::new(
-            layout.clone(),
-            Arc::new(LinuxSys::new()),
-            cfg.settings.clone(),
-        )
-        .with_context(|| {
+        crate::context::driver(layout.clone(), cfg.settings.clone()).with_context(|| {
             format!(
                 "cannot prepare the mount directory {}",
                 cfg.settings.mount_dir.display()

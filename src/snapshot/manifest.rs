@@ -30,6 +30,19 @@ pub enum Trigger {
     Schedule,
 }
 
+impl Trigger {
+    /// The name shown by `snapshot ls` (the serialized form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Unmount => "unmount",
+            Trigger::Mount => "mount",
+            Trigger::Stop => "stop",
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+        }
+    }
+}
+
 /// Everything known about one snapshot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {

@@ -1,11 +1,11 @@
 //! Snapshot operations on named volumes, shared by the CLI and the agent: take (then prune), restore, restore into a new volume.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
-use crate::core::layout::{HostView, Layout};
+use crate::context::Ctx;
+use crate::core::layout::Layout;
 use crate::core::options::Keep;
 use crate::core::store::{Store, VolumeRecord};
 use crate::core::topology;
@@ -14,20 +14,11 @@ use crate::ops::volref::{self, VolumeRef};
 
 /// How long an operation waits for the snapshot locks of the volumes sharing its tree.
 const FAMILY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-use crate::plugin::driver::{Driver, DriverSettings};
-use crate::plugin::mounts::LinuxSys;
+use crate::plugin::driver::DriverSettings;
 use crate::snapshot::create::DEFAULT_FULL_EVERY;
 use crate::snapshot::{
     catalog, create, restore, retention, CreateOutcome, CreateRequest, RestoreReport, Trigger,
 };
-
-/// Where to find things: the root, the host view and Docker.
-#[derive(Clone, Debug)]
-pub struct Ctx {
-    pub layout: Layout,
-    pub view: HostView,
-    pub docker_url: String,
-}
 
 /// Snapshot a volume now, then apply its retention.
 pub fn take(
@@ -189,17 +180,13 @@ pub fn restore_into_new(
             _ => true,
         })
         .collect();
-    let driver = Driver::new(
-        ctx.layout.clone(),
-        Arc::new(LinuxSys::new()),
-        DriverSettings {
-            mount_dir: ctx.layout.mounts_dir(),
-            bind_roots: vec![ctx.layout.root.clone()],
-            view: ctx.view.clone(),
-            snapshot_wait: crate::core::layout::DEFAULT_SNAPSHOT_WAIT,
-            protected: Vec::new(),
-        },
-    )?;
+    let driver = ctx.driver(DriverSettings {
+        mount_dir: ctx.layout.mounts_dir(),
+        bind_roots: vec![ctx.layout.root.clone()],
+        view: ctx.view.clone(),
+        snapshot_wait: crate::core::layout::DEFAULT_SNAPSHOT_WAIT,
+        protected: Vec::new(),
+    })?;
     driver.create(new, Some(&opts))?;
     let rec = store.load(new)?.context("the new volume disappeared")?;
     let target = restore::SwapTarget::of(&rec.data, &ctx.layout, &ctx.view)?;

@@ -198,7 +198,7 @@ fn write_fuzz_seeds() {
     sparse.set_len(1 << 20).unwrap();
     std::os::unix::fs::FileExt::write_at(&sparse, b"x", 40960).unwrap();
     drop(sparse);
-    let ctx = allspark::snapshot::ops::Ctx {
+    let ctx = allspark::context::Ctx {
         layout: layout.clone(),
         view: Default::default(),
         docker_url: "unix:///nonexistent.sock".into(),
