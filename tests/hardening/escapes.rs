@@ -4,10 +4,11 @@
 //! outside directory exactly as it was: owner, mode and content.
 
 use crate::support::harness;
+use crate::support::outside::{files_holding_secret, Outside};
 
 use std::ffi::CString;
 use std::fs;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,55 +18,6 @@ use harness::{cli, err_of, Plugin};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
-
-/// A root-owned 0700 directory outside every volume, holding a secret.
-struct Outside {
-    dir: tempfile::TempDir,
-}
-
-/// What must not change: owner, mode, and the names and contents inside.
-#[derive(Debug, PartialEq)]
-struct Seen {
-    uid: u32,
-    gid: u32,
-    mode: u32,
-    entries: Vec<(String, Vec<u8>)>,
-}
-
-const SECRET: &[u8] = b"host secret 7f3a";
-
-impl Outside {
-    fn new() -> Outside {
-        let dir = tempfile::Builder::new()
-            .prefix("allspark-outside-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        fs::write(dir.path().join("secret"), SECRET).unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
-        Outside { dir }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn seen(&self) -> Seen {
-        let m = fs::metadata(self.path()).unwrap();
-        let mut entries: Vec<(String, Vec<u8>)> = fs::read_dir(self.path())
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                let content = fs::read(e.path()).unwrap_or_default();
-                (e.file_name().to_string_lossy().into_owned(), content)
-            })
-            .collect();
-        entries.sort();
-        Seen {
-            uid: m.uid(),
-            gid: m.gid(),
-            mode: m.mode() & 0o7777,
-            entries,
-        }
-    }
-}
 
 fn create(p: &Plugin, name: &str, opts: serde_json::Value) -> String {
     let (_, v) = p.call("VolumeDriver.Create", json!({"Name": name, "Opts": opts}));
@@ -82,30 +34,6 @@ fn mount(p: &Plugin, name: &str, id: &str) -> (String, Option<PathBuf>) {
 fn unmount(p: &Plugin, name: &str, id: &str) {
     let (_, v) = p.call("VolumeDriver.Unmount", json!({"Name": name, "ID": id}));
     assert_eq!(err_of(&v), "", "unmount {name}");
-}
-
-/// Every file below `dir` whose content holds the secret (archives are compressed, so the
-/// snapshot check reads the restored trees instead; this is for plain files).
-fn files_holding_secret(dir: &Path) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file()
-                && fs::read(e.path())
-                    .unwrap_or_default()
-                    .windows(SECRET.len())
-                    .any(|w| w == SECRET)
-            {
-                hits.push(e.path());
-            }
-        }
-    }
-    hits
 }
 
 #[test]

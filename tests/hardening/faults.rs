@@ -625,27 +625,9 @@ fn five_hundred_events_wait_while_the_agent_is_down_and_none_is_lost() {
     );
 }
 
-/// Restarting dockerd stops every container of this machine: only when CI asks for it.
-fn dockerd_restart_allowed() -> bool {
-    if matches!(
-        std::env::var("ALLSPARK_TEST_DOCKERD_RESTART").as_deref(),
-        Ok("1")
-    ) {
-        return true;
-    }
-    let bar = "!".repeat(78);
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n{bar}\nSKIPPED: dockerd restart test: it restarts the machine's dockerd (every other\n\
-         container and test using Docker is disturbed). Set ALLSPARK_TEST_DOCKERD_RESTART=1\n\
-         (.ci/run does) to run it.\n{bar}\n"
-    );
-    false
-}
-
 #[test]
 fn dockerd_restarted_under_running_containers_keeps_references_mounts_and_data_right() {
-    if !dockerd_restart_allowed() {
+    if !common::dockerd_restart_allowed("dockerd restart test") {
         return;
     }
     let Some(_docker) = common::require_docker() else {

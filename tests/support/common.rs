@@ -7,7 +7,9 @@
 //!   unset = a loud `SKIPPED:` banner on stderr; set = the test fails.
 //! - [`docker`] / [`docker_ok`]: run the docker CLI (the second panics with
 //!   stderr on failure and returns stdout).
-//! - [`ensure_busybox_image`]: the offline test image (static busybox).
+//! - [`ensure_busybox_image`]: the offline test image (static busybox);
+//!   [`ensure_sleeper_image`] (busybox that waits, for compose services) and
+//!   [`ensure_db_images`] (scripts/db-images.sh: postgres:15 and redis:7 stand-ins).
 //! - [`unique_name`]: names that never collide between tests or runs.
 //! - [`Cleanup`]: shell commands run on drop, also when a test panics.
 //! - [`allspark_bin`]: a plain function, because this module is compiled into
@@ -20,7 +22,7 @@
 //!   never forgets a legacy driver whose socket is gone (see
 //!   [`forget_dead_legacy_drivers`]), a removed managed plugin leaves nothing.
 //! - [`plugin_script`]: run plugin/build.sh, push.sh or agent-image.sh on the
-//!   test binary; [`restart_dockerd`].
+//!   test binary; [`restart_dockerd`], only when [`dockerd_restart_allowed`].
 //!
 //! Not every test binary uses every helper, hence `allow(dead_code)`.
 #![allow(dead_code)]
@@ -284,6 +286,90 @@ pub fn ensure_busybox_image() -> String {
     BUSYBOX_IMAGE.to_string()
 }
 
+/// The image [`ensure_sleeper_image`] builds.
+pub const SLEEPER_IMAGE: &str = "allspark-test/sleeper:latest";
+/// Bumped whenever [`ensure_sleeper_image`]'s image changes, so an old one is rebuilt.
+const SLEEPER_IMAGE_VERSION: &str = "1";
+
+/// Returns [`SLEEPER_IMAGE`], building it first if needed: [`BUSYBOX_IMAGE`] whose default
+/// command waits forever and exits 0 at once on SIGTERM, a stand-in for a long-running service
+/// that needs no `command:` in a compose override (only its image name changes). Built offline
+/// (`docker build` with the classic builder from the local busybox image).
+pub fn ensure_sleeper_image() -> String {
+    ensure_busybox_image();
+    static BUILT: Mutex<bool> = Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if *built {
+        return SLEEPER_IMAGE.to_string();
+    }
+    let label = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"allspark.test.sleeper\"}}",
+        SLEEPER_IMAGE,
+    ]);
+    if !(label.status.success()
+        && String::from_utf8_lossy(&label.stdout).trim() == SLEEPER_IMAGE_VERSION)
+    {
+        let dir = RemoveOnDrop(std::env::temp_dir().join(unique_name("allspark-sleeper")));
+        fs::create_dir_all(&dir.0).unwrap();
+        fs::write(
+            dir.0.join("Dockerfile"),
+            format!(
+                "FROM {BUSYBOX_IMAGE}\n\
+                 LABEL allspark.test.sleeper={SLEEPER_IMAGE_VERSION}\n\
+                 CMD [\"sh\", \"-c\", \"trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done\"]\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new("docker")
+            .args(["build", "-q", "-t", SLEEPER_IMAGE])
+            .arg(&dir.0)
+            .env("DOCKER_BUILDKIT", "0")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run docker build");
+        assert!(
+            out.status.success(),
+            "docker build of {SLEEPER_IMAGE} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    *built = true;
+    SLEEPER_IMAGE.to_string()
+}
+
+/// The offline stand-ins for `postgres:15` and `redis:7` (`allspark-test/postgres:15`,
+/// `allspark-test/redis:7`): runs `bash scripts/db-images.sh`, which builds them when missing
+/// or stale (about two minutes the first time, needs debootstrap and the Debian mirror) and
+/// does nothing otherwise. Returns the two image names it prints.
+pub fn ensure_db_images() -> (String, String) {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/db-images.sh"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/db-images.sh");
+    assert!(
+        out.status.success(),
+        "scripts/db-images.sh failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let postgres = names.iter().find(|n| n.contains("postgres"));
+    let redis = names.iter().find(|n| n.contains("redis"));
+    match (postgres, redis) {
+        (Some(p), Some(r)) => (p.to_string(), r.to_string()),
+        _ => panic!("scripts/db-images.sh printed no postgres and redis image names: {stdout}"),
+    }
+}
+
 fn find_static_busybox() -> PathBuf {
     let candidates = ["/bin/busybox", "/usr/bin/busybox", "/usr/local/bin/busybox"];
     let path = candidates
@@ -545,7 +631,7 @@ impl Drop for TestPlugin {
 }
 
 /// The pid in a [`unique_name`] (`PREFIX-<pid>-<n>-<time>`), if `name` is one.
-fn pid_of_unique_name(name: &str) -> Option<u32> {
+pub fn pid_of_unique_name(name: &str) -> Option<u32> {
     let mut fields = name.rsplit('-');
     let (_time, _n, pid) = (fields.next()?, fields.next()?, fields.next()?);
     pid.parse().ok()
@@ -595,6 +681,28 @@ pub fn reap_stale_test_plugins() {
             let _ = fs::remove_dir_all(&path);
         }
     }
+}
+
+/// Whether a test may restart the machine's dockerd: only with
+/// `ALLSPARK_TEST_DOCKERD_RESTART=1` (`.ci/run` sets it; test binaries run one after
+/// another there). A restart stops every container of the machine and disturbs every other
+/// test using Docker, so without it this prints a loud `SKIPPED:` banner naming `what` (the
+/// test or the step that needs the restart) and returns false.
+pub fn dockerd_restart_allowed(what: &str) -> bool {
+    if matches!(
+        std::env::var("ALLSPARK_TEST_DOCKERD_RESTART").as_deref(),
+        Ok("1")
+    ) {
+        return true;
+    }
+    let bar = "!".repeat(78);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{bar}\nSKIPPED: {what}: it restarts the machine's dockerd (every other container and\n\
+         test using Docker is disturbed). Set ALLSPARK_TEST_DOCKERD_RESTART=1 (.ci/run does)\n\
+         to run it.\n{bar}\n"
+    );
+    false
 }
 
 /// Restarts dockerd the way this machine runs it: systemd, the Debian init
