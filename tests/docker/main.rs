@@ -1,4 +1,4 @@
-//! End to end through the real dockerd: legacy and managed plugins, compose, snapshots and backups.
+//! End to end through the real dockerd: legacy and managed plugins, compose as shipped on the installed driver, snapshots and backups.
 
 #[path = "../support/mod.rs"]
 mod support;
