@@ -1,10 +1,11 @@
-//! End to end through the real dockerd: legacy and managed plugins, compose as shipped on the installed driver, snapshots and backups.
+//! End to end through the real dockerd: legacy and managed plugins, compose as shipped on the installed driver, escapes, snapshots and backups.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 mod backup;
 mod compose;
+mod escapes;
 mod legacy_driver;
 mod managed;
 mod snapshots;
