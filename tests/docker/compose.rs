@@ -15,7 +15,7 @@
 //! `device=/var/lib/allspark/postgres` directory of the shipped file is used as is: the test
 //! refuses to start when it holds data (a user's database), and at the end removes it when it
 //! created it, or empties it again. Cleanup guards take the project down with its volumes,
-//! remove what the agent and the driver kept of them (snapshots, locks, usage), uninstall and
+//! remove what the agent and the driver kept of them (snapshots, locks, usage, references), uninstall and
 //! put back what the machine had (tests/support/install.rs), also when the test fails. Needs
 //! root, docker-compose and debootstrap (for the images).
 
@@ -352,7 +352,7 @@ fn shipped_compose_file_survives_down_up_cycles_and_a_dockerd_restart_on_the_ins
     // (the agent's snapshots, locks, usage figures), and the device directory if the test
     // made it.
     install.after_uninstall(format!(
-        "rm -rf {STATE_ROOT}/snapshots/{n}_* {STATE_ROOT}/locks/{n}_* {STATE_ROOT}/state/usage/{n}_* {STATE_ROOT}/state/usage-cache/{n}_*",
+        "rm -rf {STATE_ROOT}/snapshots/{n}_* {STATE_ROOT}/locks/{n}_* {STATE_ROOT}/state/usage/{n}_* {STATE_ROOT}/state/usage-cache/{n}_* {STATE_ROOT}/state/refs/{n}_*",
         n = p.name
     ));
     if device_existed {
