@@ -112,15 +112,21 @@ impl Project {
         docker_ok(&["exec", &self.container(service), "sh", "-c", script])
     }
 
-    /// Waits until PostgreSQL and Redis answer (after a start, PostgreSQL may be in recovery).
+    /// Waits until PostgreSQL and Redis answer (after a start, PostgreSQL may still be
+    /// initializing or in recovery).
     fn wait_for_databases(&self) {
         let ready = |service: &str, script: &str| {
             docker(&["exec", &self.container(service), "sh", "-c", script])
                 .status
                 .success()
         };
+        // Over TCP: the entrypoint's first-run server (initdb, then a server on the Unix socket
+        // only) answers on the socket and then stops; the real server listens on TCP too.
         wait_until("PostgreSQL answers", Duration::from_secs(180), || {
-            ready("db", "psql -U postgres -Atc 'SELECT 1' >/dev/null 2>&1")
+            ready(
+                "db",
+                "psql -h 127.0.0.1 -U postgres -Atc 'SELECT 1' >/dev/null 2>&1",
+            )
         });
         wait_until("Redis answers", Duration::from_secs(60), || {
             ready("redis", "redis-cli ping 2>/dev/null | grep -q PONG")
