@@ -632,10 +632,7 @@ impl Driver {
     }
 
     fn is_live_mount(&self, target: &Path) -> bool {
-        self.sys
-            .mount_points()
-            .map(|pts| pts.iter().any(|p| p == target))
-            .unwrap_or(false)
+        self.sys.is_mount_point(target).unwrap_or(false)
     }
 
     /// Bring records and mounts back into agreement after a restart (see README: Durability).

@@ -32,6 +32,10 @@ pub trait Sys: Send + Sync {
     ) -> io::Result<()>;
     /// Mount points currently visible to this process.
     fn mount_points(&self) -> io::Result<Vec<PathBuf>>;
+    /// Is `path` the root of a mount? (One `statx`, not a read of the whole mount table.)
+    fn is_mount_point(&self, path: &Path) -> io::Result<bool> {
+        Ok(self.mount_points()?.iter().any(|p| p == path))
+    }
 }
 
 /// The real system calls: the new mount API (`open_tree`, `mount_setattr`, `move_mount`).
@@ -161,6 +165,28 @@ impl Sys for LinuxSys {
         Ok(parse_mountinfo(&fs::read_to_string(
             "/proc/self/mountinfo",
         )?))
+    }
+
+    /// `STATX_ATTR_MOUNT_ROOT` (Linux 5.8): a missing path is no mount point.
+    fn is_mount_point(&self, path: &Path) -> io::Result<bool> {
+        use rustix::fs::{statx, AtFlags, StatxFlags};
+        match statx(
+            rustix::fs::CWD,
+            path,
+            AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+            StatxFlags::empty(),
+        ) {
+            Ok(st) => {
+                let root = rustix::fs::StatxAttributes::MOUNT_ROOT;
+                let known = st.stx_attributes_mask.contains(root);
+                if !known {
+                    return Ok(self.mount_points()?.iter().any(|p| p == path));
+                }
+                Ok(st.stx_attributes.contains(root))
+            }
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
