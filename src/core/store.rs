@@ -442,6 +442,17 @@ impl Store {
         }
     }
 
+    /// The volumes created with `parent=name`, sorted.
+    pub fn children(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .all()?
+            .0
+            .iter()
+            .filter(|r| r.spec.parent.as_deref() == Some(name))
+            .map(|r| r.name.clone())
+            .collect())
+    }
+
     /// Names of all volumes, sorted.
     pub fn names(&self) -> Result<Vec<String>, StoreError> {
         let dir = self.layout.state_dir();

@@ -254,26 +254,6 @@ impl Dir {
         }
     }
 
-    /// Set owner (either part optional) and mode through the descriptor.
-    pub fn set_owner_mode(
-        &self,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        mode: Option<u32>,
-    ) -> io::Result<()> {
-        if uid.is_some() || gid.is_some() {
-            rustix::fs::fchown(
-                &self.fd,
-                uid.map(rustix::fs::Uid::from_raw),
-                gid.map(rustix::fs::Gid::from_raw),
-            )?;
-        }
-        if let Some(m) = mode {
-            rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(m))?;
-        }
-        Ok(())
-    }
-
     /// Is the directory empty?
     pub fn is_empty(&self) -> io::Result<bool> {
         Ok(std::fs::read_dir(self.proc_path())?.next().is_none())

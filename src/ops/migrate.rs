@@ -75,13 +75,7 @@ pub fn migrate(
             rec.spec.parent.as_deref().unwrap_or("")
         );
     }
-    let children: Vec<String> = store
-        .all()?
-        .0
-        .iter()
-        .filter(|r| r.spec.parent.as_deref() == Some(name))
-        .map(|r| r.name.clone())
-        .collect();
+    let children = store.children(name)?;
     if !children.is_empty() {
         // Their records name places inside this volume's data: moving the data alone would
         // leave them behind, and a cleanup would then delete their data.

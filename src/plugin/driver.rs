@@ -344,14 +344,7 @@ impl Driver {
                 self.mountpoint(name).display()
             )));
         }
-        let children: Vec<String> = self
-            .store
-            .all()?
-            .0
-            .iter()
-            .filter(|r| r.spec.parent.as_deref() == Some(name))
-            .map(|r| r.name.clone())
-            .collect();
+        let children = self.store.children(name)?;
         if !children.is_empty() {
             return Err(DriverError::Busy(format!(
                 "volume {name} is the parent of {}; remove those volumes first",
