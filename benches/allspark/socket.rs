@@ -386,15 +386,21 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
         crate::nproc(),
         cfg.phase
     ));
-    sec.notes.push("Mount+Unmount: each client mounts and unmounts its own volume (a real bind mount, two durable record writes: temp file, fsync, rename, directory fsync).".into());
+    sec.notes.push("Mount+Unmount: each client mounts and unmounts its own volume (a real bind mount through open_tree/mount_setattr/move_mount, and two runtime reference writes: temp file and rename, no fsync). Targets from the issue: the bare mount(MS_BIND)+umount2 pair runs at about 24 000/s on one core here, p99 90 µs.".into());
 
     let med = |k: &str| sec.get(k).map(|f| f.median()).unwrap_or(f64::NAN);
     let targets = vec![
         Target {
-            what: "Mount+Unmount p99 at 32 clients".into(),
+            what: "Mount+Unmount p99 with 1 client".into(),
             goal: "≤ 1 ms".into(),
-            measured: Unit::Micros.show(med("socket.mu_p99_32")),
-            met: Some(med("socket.mu_p99_32") <= 1000.0),
+            measured: Unit::Micros.show(med("socket.mu_p99_1")),
+            met: Some(med("socket.mu_p99_1") <= 1000.0),
+        },
+        Target {
+            what: "Mount+Unmount pairs/s with 32 clients".into(),
+            goal: "≥ 10,000/s".into(),
+            measured: Unit::PerSec.show(med("socket.mu_rate_32")),
+            met: Some(med("socket.mu_rate_32") >= 10_000.0),
         },
         Target {
             what: "Get throughput (32 clients)".into(),
@@ -404,9 +410,9 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
         },
         Target {
             what: format!("List of {} volumes", cfg.volumes),
-            goal: "≤ 50 ms".into(),
+            goal: "≤ 10 ms".into(),
             measured: Unit::Secs.show(med("socket.list")),
-            met: Some(med("socket.list") <= 0.050),
+            met: Some(med("socket.list") <= 0.010),
         },
         Target {
             what: format!("Plugin start-up with {} volumes", cfg.volumes),
