@@ -63,20 +63,24 @@
 //! archived: an archive is a copy of our own volume, and dropping them would
 //! break the restored programs.
 
+pub mod compress;
 pub mod index;
-pub mod pgzip;
 pub mod reader;
 pub mod writer;
 
+mod decode;
 mod guard;
+mod gzip;
+mod zst;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use index::{EntryKind, Index, IndexEntry};
-pub use pgzip::{GzStats, ParallelGzWriter, PgzOptions};
+pub use crate::core::options::Compression;
+pub use compress::{CompressOptions, CompressStats, ParallelWriter};
 pub use reader::{apply_deletions, extract, DeletionReport, ExtractOptions, ExtractReport};
-pub use writer::{write_tree, write_tree_gz, WriteOptions, WriteReport};
+pub use writer::{write_archive, write_tree, WriteOptions, WriteReport};
 
 /// Everything that can go wrong while writing or reading an archive.
 #[derive(Debug, thiserror::Error)]

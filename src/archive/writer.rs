@@ -26,7 +26,7 @@ use nix::unistd::{lseek, Whence};
 use tar::{Builder, EntryType, GnuExtSparseHeader, Header};
 
 use super::index::{Index, IndexEntry};
-use super::pgzip::{GzStats, ParallelGzWriter, PgzOptions};
+use super::compress::{CompressOptions, CompressStats, ParallelWriter};
 use super::{encode_rel_path, ArchiveError, EntryKind};
 
 /// Called with the number of file bytes read so far.
@@ -48,7 +48,7 @@ const MAX_LISTED_PROBLEMS: usize = 1000;
 /// Sparse maps longer than this are not worth it: store the file densely.
 const MAX_SPARSE_SEGMENTS: usize = 1 << 20;
 
-/// Options of [`write_tree`] / [`write_tree_gz`].
+/// Options of [`write_tree`] / [`write_archive`].
 #[derive(Default)]
 pub struct WriteOptions<'a> {
     /// Index of the parent snapshot: write only what changed since.
@@ -58,8 +58,8 @@ pub struct WriteOptions<'a> {
     /// Do not descend into directories on other filesystems (mount points
     /// are stored as empty directories). Default `false`, like `tar`.
     pub one_file_system: bool,
-    /// Compression settings used by [`write_tree_gz`].
-    pub gzip: PgzOptions,
+    /// Codec and compression settings used by [`write_archive`].
+    pub compression: CompressOptions,
     /// Testing aid, see [`FileHook`]. Leave `None`.
     #[doc(hidden)]
     pub before_file_read: Option<FileHook>,
@@ -71,7 +71,7 @@ impl std::fmt::Debug for WriteOptions<'_> {
             .field("parent", &self.parent.map(|p| p.len()))
             .field("progress", &self.progress.is_some())
             .field("one_file_system", &self.one_file_system)
-            .field("gzip", &self.gzip)
+            .field("compression", &self.compression)
             .finish()
     }
 }
@@ -112,8 +112,8 @@ pub struct WriteReport {
     pub xattrs_skipped: u64,
     /// `path: what happened` for the first unreadable entries.
     pub problems: Vec<String>,
-    /// Compression statistics ([`write_tree_gz`] only).
-    pub gz: Option<GzStats>,
+    /// Compression statistics ([`write_archive`] only).
+    pub compressed: Option<CompressStats>,
 }
 
 /// Write the tree at `src` as an uncompressed tar stream to `out`.
@@ -129,23 +129,23 @@ pub fn write_tree<W: Write>(
     Ok(report)
 }
 
-/// Write the tree at `src` as a parallel-gzip-compressed tar to `out_file`,
-/// then fsync the file. The report carries the gzip statistics (including
-/// the sha256 of the compressed file).
-pub fn write_tree_gz(
+/// Write the tree at `src` as a tar compressed in parallel (the codec of
+/// `opts.compression`) to `out_file`, then fsync the file. The report
+/// carries the compression statistics (including the sha256 of the file).
+pub fn write_archive(
     src: &Path,
     out_file: File,
     opts: &WriteOptions,
 ) -> Result<WriteReport, ArchiveError> {
-    let gz = ParallelGzWriter::with_options(out_file, &opts.gzip)
+    let w = ParallelWriter::with_options(out_file, &opts.compression)
         .map_err(|source| ArchiveError::Output { source })?;
-    let (mut report, gz) = write_tree_inner(src, gz, opts)?;
-    let (file, stats) = gz
+    let (mut report, w) = write_tree_inner(src, w, opts)?;
+    let (file, stats) = w
         .finish()
         .map_err(|source| ArchiveError::Output { source })?;
     file.sync_all()
         .map_err(|source| ArchiveError::Output { source })?;
-    report.gz = Some(stats);
+    report.compressed = Some(stats);
     Ok(report)
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use allspark::archive::{extract, write_tree_gz, ExtractOptions, WriteOptions};
+use allspark::archive::{extract, write_archive, ExtractOptions, WriteOptions};
 use util::*;
 
 const MIB: usize = 1 << 20;
@@ -68,8 +68,8 @@ fn files_changing_during_the_walk_do_not_abort() {
         before_file_read: Some(Box::new(hook)),
         ..WriteOptions::default()
     };
-    let archive = work.path().join("live.tar.gz");
-    let report = write_tree_gz(&src, File::create(&archive).expect("create"), &opts)
+    let archive = work.path().join("live.tar.zst");
+    let report = write_archive(&src, File::create(&archive).expect("create"), &opts)
         .expect("a changing tree must not abort the snapshot");
     assert!(fired.load(Ordering::SeqCst));
     assert_eq!(report.changed_during_walk, 3, "{report:?}");
@@ -105,8 +105,8 @@ fn files_changing_during_the_walk_do_not_abort() {
     assert_same_tree(&snapshot(&gnu), &snapshot(&ours), "ours vs GNU tar");
 
     // The next incremental stores the changed files again.
-    let incr = work.path().join("incr.tar.gz");
-    let r2 = write_tree_gz(
+    let incr = work.path().join("incr.tar.zst");
+    let r2 = write_archive(
         &src,
         File::create(&incr).expect("create"),
         &WriteOptions {
@@ -149,8 +149,8 @@ fn a_writer_thread_hammering_files_never_breaks_the_archive() {
     });
     let mut reports = Vec::new();
     for round in 0..2 {
-        let archive = work.path().join(format!("r{round}.tar.gz"));
-        let report = write_tree_gz(
+        let archive = work.path().join(format!("r{round}.tar.zst"));
+        let report = write_archive(
             &src,
             File::create(&archive).expect("create"),
             &WriteOptions::default(),
