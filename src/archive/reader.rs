@@ -304,9 +304,12 @@ impl Extractor<'_> {
                 reason: reason.clone(),
             };
         }
+        // The decompression error itself (which names the damaged member or
+        // frame), not tar-rs's "failed to unpack" wrapper around it.
+        let detail = sh.stream_error.clone().unwrap_or_else(|| e.to_string());
         ArchiveError::Corrupt {
             entry: self.last_entry.clone(),
-            detail: e.to_string(),
+            detail,
         }
     }
 
