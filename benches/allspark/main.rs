@@ -9,7 +9,7 @@
 //!
 //! Options (after `--`): `--quick` (smaller workspace, fewer volumes and
 //! runs: a smoke check of a minute or two), `--only docker,socket,snapshots`,
-//! `--out DIR`, `--generate DIR` (only write the workspace there). Priority of
+//! `--out DIR`, `--generate DIR [--files N --bytes B]` (only write the workspace there). Priority of
 //! the bench and every contender: `ALLSPARK_BENCH_NICE` (e.g. -10). Scratch space: `ALLSPARK_BENCH_DIR` (default `/var/tmp`).
 
 #[path = "../../tests/support/common.rs"]
@@ -197,7 +197,9 @@ fn main() {
         // Debugging aid: write the workspace of the chosen mode into DIR and stop.
         let cfg = if quick { Cfg::quick() } else { Cfg::full() };
         std::fs::create_dir_all(&dir).expect("create the directory");
-        let tree = gen::generate(Path::new(&dir), cfg.ws_files, cfg.ws_bytes).expect("generate");
+        let files = value("--files").map_or(cfg.ws_files, |v| v.parse().expect("--files N"));
+        let bytes = value("--bytes").map_or(cfg.ws_bytes, |v| v.parse().expect("--bytes B"));
+        let tree = gen::generate(Path::new(&dir), files, bytes).expect("generate");
         println!(
             "{} files, {} directories, {} bytes in {dir}",
             tree.files.len(),

@@ -505,7 +505,11 @@ mod tests {
         }
     }
 
-    fn compress(data: &[u8], opts: &CompressOptions, write_size: usize) -> (Vec<u8>, CompressStats) {
+    fn compress(
+        data: &[u8],
+        opts: &CompressOptions,
+        write_size: usize,
+    ) -> (Vec<u8>, CompressStats) {
         let mut w = ParallelWriter::with_options(Vec::new(), opts).expect("writer");
         for piece in data.chunks(write_size.max(1)) {
             w.write_all(piece).expect("write");

@@ -12,8 +12,9 @@
 //! * the caller's `body`, on the calling thread, reading the decoded bytes in
 //!   order from a [`Decoded`] reader.
 //!
-//! At most `2 × workers + 2` pieces are in flight, so memory stays bounded
-//! (pieces are at most [`MAX_PIECE`] compressed and decoded). Input that
+//! At most `workers + 2` pieces are in flight (and `workers + 1` spare
+//! buffers kept), so memory stays bounded: with our 4 MiB zstd frames and two
+//! cores, about 40 MB (pieces are at most [`MAX_PIECE`] compressed and decoded). Input that
 //! cannot be cut (gzip from another tool or an allspark version before the
 //! length field, a zstd frame without content size or larger than
 //! [`MAX_PIECE`]) is decoded from there on as one stream by the splitter,
@@ -79,10 +80,10 @@ where
     R: Read + Send,
 {
     let threads = threads.max(1);
-    let in_flight = 2 * threads + 2;
-    let (job_tx, job_rx) = bounded::<Job>(threads);
+    let in_flight = threads + 2;
+    let (job_tx, job_rx) = bounded::<Job>(1);
     let (order_tx, order_rx) = bounded::<Receiver<Piece>>(in_flight);
-    let (free_tx, free_rx) = bounded::<Vec<u8>>(in_flight + threads);
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(threads + 1);
     std::thread::scope(|s| {
         for _ in 0..threads {
             let jobs = job_rx.clone();
@@ -469,7 +470,10 @@ fn worker(jobs: Receiver<Job>, free: Receiver<Vec<u8>>) {
 
 /// The whole decoded stream (tests).
 #[cfg(test)]
-pub(crate) fn decode_all<R: Read + Send>(input: R, threads: usize) -> io::Result<(Vec<u8>, Summary)> {
+pub(crate) fn decode_all<R: Read + Send>(
+    input: R,
+    threads: usize,
+) -> io::Result<(Vec<u8>, Summary)> {
     let (data, summary) = decode(input, threads, |r| {
         let mut v = Vec::new();
         r.read_to_end(&mut v).map(|_| v)

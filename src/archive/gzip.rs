@@ -110,12 +110,8 @@ pub(crate) fn decode_member(
         return Err("it is shorter than a gzip header and trailer".into());
     }
     let want = declared_size(member);
-    let crc_stored = u32::from_le_bytes([
-        member[n - 8],
-        member[n - 7],
-        member[n - 6],
-        member[n - 5],
-    ]);
+    let crc_stored =
+        u32::from_le_bytes([member[n - 8], member[n - 7], member[n - 6], member[n - 5]]);
     let body = &member[HEADER_LEN..n - TRAILER_LEN];
     out.clear();
     // One extra byte of room: inflating more than declared is then detected.
@@ -159,7 +155,9 @@ mod tests {
 
     #[test]
     fn member_records_its_length_and_decodes_alone_and_as_gzip() {
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for level in [0, 1, 7] {
             let m = encode_member(&mut compressor(level), &data, level).expect("encode");
             assert_eq!(member_len(&m), Some(m.len()));

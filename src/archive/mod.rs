@@ -76,9 +76,9 @@ mod zst;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use index::{EntryKind, Index, IndexEntry};
 pub use crate::core::options::Compression;
 pub use compress::{CompressOptions, CompressStats, ParallelWriter};
+pub use index::{EntryKind, Index, IndexEntry};
 pub use reader::{apply_deletions, extract, DeletionReport, ExtractOptions, ExtractReport};
 pub use writer::{write_archive, write_tree, WriteOptions, WriteReport};
 

@@ -191,7 +191,13 @@ mod tests {
             .collect();
         let mut c = compressor(3).expect("compressor");
         let mut d = zstd::bulk::Decompressor::new().expect("decompressor");
-        for data in [&text[..], &text[..1], &[][..], &text[..MAX_BLOCK], &text[..MAX_BLOCK + 1]] {
+        for data in [
+            &text[..],
+            &text[..1],
+            &[][..],
+            &text[..MAX_BLOCK],
+            &text[..MAX_BLOCK + 1],
+        ] {
             for frame in [raw_frame(data), encode_frame(&mut c, data).expect("encode")] {
                 assert_eq!(walk(&frame), frame.len());
                 let hl = header_len(&frame[..HEADER_PREFIX]).expect("header");

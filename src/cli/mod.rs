@@ -43,7 +43,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "ALLSPARK_DOCKER", default_value = crate::docker::DEFAULT_DOCKER)]
     pub docker: String,
     /// Codec of new snapshot chains and of backups: zstd or gzip (a volume's `compression=` option wins).
-    #[arg(long, global = true, env = "ALLSPARK_COMPRESSION", default_value = "zstd")]
+    #[arg(
+        long,
+        global = true,
+        env = "ALLSPARK_COMPRESSION",
+        default_value = "zstd"
+    )]
     pub compression: crate::core::options::Compression,
     #[command(subcommand)]
     pub command: Command,

@@ -77,11 +77,21 @@ fn a_chain_switches_codec_at_its_next_full_and_every_snapshot_restores() {
     let d = snap(&layout, &data, Compression::Gzip, false, 2);
     expected.push((d.clone(), snapshot(&data)));
 
-    assert_eq!((a.compression, a.archive.as_str()), (Compression::Gzip, "snapshot.tar.gz"));
+    assert_eq!(
+        (a.compression, a.archive.as_str()),
+        (Compression::Gzip, "snapshot.tar.gz")
+    );
     assert_eq!(b.parent.as_deref(), Some(a.id.as_str()));
-    assert_eq!(b.compression, Compression::Gzip, "an incremental keeps its chain's codec");
+    assert_eq!(
+        b.compression,
+        Compression::Gzip,
+        "an incremental keeps its chain's codec"
+    );
     assert!(c.parent.is_none(), "the chain of 2 is full: a new full");
-    assert_eq!((c.compression, c.archive.as_str()), (Compression::Zstd, "snapshot.tar.zst"));
+    assert_eq!(
+        (c.compression, c.archive.as_str()),
+        (Compression::Zstd, "snapshot.tar.zst")
+    );
     assert_eq!(d.parent.as_deref(), Some(c.id.as_str()));
     assert_eq!(d.compression, Compression::Zstd);
     for (m, _) in &expected {
@@ -119,8 +129,10 @@ fn a_chain_mixing_codecs_restores() {
         serde_json::from_slice(&fs::read(dir.join("manifest.json")).expect("read")).expect("json");
     m["archive"] = "snapshot.tar.zst".into();
     m["compression"] = "zstd".into();
-    m["sha256"] = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(fs::read(&zst).expect("read")))
-        .into();
+    m["sha256"] = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fs::read(&zst).expect("read"),
+    ))
+    .into();
     fs::write(dir.join("manifest.json"), m.to_string()).expect("write manifest");
     let incr = catalog::get(&layout, "v", &incr.id).expect("manifest");
     assert_eq!(incr.compression, Compression::Zstd);

@@ -73,7 +73,11 @@ fn files_changing_during_the_walk_do_not_abort() {
         .expect("a changing tree must not abort the snapshot");
     assert!(fired.load(Ordering::SeqCst));
     assert_eq!(report.changed_during_walk, 3, "{report:?}");
-    assert_eq!(report.vanished, 2, "{report:?}");
+    // y-vanish is opened when the walk reaches it: vanished. zz-dir is scanned
+    // ahead of the walk by another thread, before, during or after its removal:
+    // stored as seen (its file then vanishes), or vanished itself.
+    assert!((1..=2).contains(&report.vanished), "{report:?}");
+    assert!(report.index.get(b"zz-dir/sub/deep").is_none());
     assert_eq!(report.unreadable, 0, "{:?}", report.problems);
     assert!(report.index.get(b"y-vanish").is_none());
 
@@ -92,7 +96,9 @@ fn files_changing_during_the_walk_do_not_abort() {
     assert!(sparse.iter().all(|&b| b == 0));
     assert_eq!(read_all(&gnu.join("c-steady")), b"steady");
     assert!(!gnu.join("y-vanish").exists());
-    assert!(!gnu.join("zz-dir").exists());
+    // The scan threads may have listed zz-dir before it was removed: it is then
+    // stored as the (empty) directory they saw, never with the vanished file.
+    assert!(!gnu.join("zz-dir/sub/deep").exists());
 
     // And so does our reader, with identical results.
     let ours = work.path().join("ours");

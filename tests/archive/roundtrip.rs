@@ -62,9 +62,7 @@ fn torture_roundtrip(codec: Compression, gnu_recipes: &[&[&str]]) {
         assert_eq!(get(b"link-rel").xattrs.len(), 1);
     }
 
-    let archive = work
-        .path()
-        .join(format!("snap.{}", codec.archive_suffix()));
+    let archive = work.path().join(format!("snap.{}", codec.archive_suffix()));
     // 1 MiB chunks for both codecs: the 3 MiB random file fills whole chunks.
     let mut opts = codec_opts(codec);
     opts.compression.chunk_size = 1 << 20;

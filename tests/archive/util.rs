@@ -10,9 +10,7 @@ use std::os::unix::fs::{symlink, FileExt, FileTypeExt, MetadataExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use allspark::archive::{
-    write_archive, CompressOptions, Compression, WriteOptions, WriteReport,
-};
+use allspark::archive::{write_archive, CompressOptions, Compression, WriteOptions, WriteReport};
 
 /// Everything we promise to restore about one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,8 +270,12 @@ pub fn codec_opts<'a>(codec: Compression) -> WriteOptions<'a> {
 
 /// Archive `src` into the file `archive` with `opts`.
 pub fn write_to(src: &Path, archive: &Path, opts: &WriteOptions) -> WriteReport {
-    write_archive(src, File::create(archive).expect("create the archive"), opts)
-        .expect("write_archive")
+    write_archive(
+        src,
+        File::create(archive).expect("create the archive"),
+        opts,
+    )
+    .expect("write_archive")
 }
 
 pub fn set_times(p: &Path, secs: i64, nsec: i64) {
