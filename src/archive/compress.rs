@@ -150,11 +150,11 @@ pub struct ParallelWriter<W: Write> {
 /// The per-thread compressor state of one codec.
 enum Encoder {
     Gzip {
-        full: Compress,
-        stored: Compress,
+        full: Box<Compress>,
+        stored: Box<Compress>,
         level: u32,
     },
-    Zstd(Box<zstd::bulk::Compressor<'static>>),
+    Zstd(zstd::bulk::Compressor<'static>),
 }
 
 impl Encoder {
@@ -163,12 +163,12 @@ impl Encoder {
             Compression::Gzip => {
                 let level = level.clamp(0, 9) as u32;
                 Encoder::Gzip {
-                    full: gzip::compressor(level),
-                    stored: gzip::compressor(0),
+                    full: Box::new(gzip::compressor(level)),
+                    stored: Box::new(gzip::compressor(0)),
                     level,
                 }
             }
-            Compression::Zstd => Encoder::Zstd(Box::new(zst::compressor(level.clamp(0, 19))?)),
+            Compression::Zstd => Encoder::Zstd(zst::compressor(level.clamp(0, 19))?),
         })
     }
 
