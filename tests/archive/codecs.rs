@@ -8,8 +8,9 @@ use std::process::Command;
 
 use allspark::archive::Compression;
 use allspark::core::layout::Layout;
+use allspark::snapshot::restore::SwapTarget;
 use allspark::snapshot::{catalog, create, restore_chain_into, CreateOutcome, CreateRequest};
-use allspark::snapshot::{Manifest, Trigger};
+use allspark::snapshot::{Manifest, RestoreReport, SnapshotError, Trigger};
 use util::*;
 
 /// A layout in `root` with volume `v`'s data directory holding a small tree.
@@ -49,11 +50,20 @@ fn archive_of(layout: &Layout, m: &Manifest) -> std::path::PathBuf {
     catalog::snapshot_dir(layout, &m.volume, &m.id).join(&m.archive)
 }
 
+/// Restore `chain` over the directory `target` (created by the restore if missing).
+fn restore_to(
+    layout: &Layout,
+    chain: &[Manifest],
+    target: &Path,
+) -> Result<RestoreReport, SnapshotError> {
+    restore_chain_into(layout, chain, &SwapTarget::by_path(target)?, None)
+}
+
 /// Restore `m`'s chain into a fresh directory (swapped in by the restore) and return its tree.
 fn restored(layout: &Layout, m: &Manifest, into: &Path) -> Tree {
     let all = catalog::list(layout, "v").expect("list");
     let chain = catalog::chain(&all, &m.id).expect("chain");
-    restore_chain_into(layout, &chain, into, None).expect("restore");
+    restore_to(layout, &chain, into).expect("restore");
     snapshot(into)
 }
 
@@ -158,7 +168,7 @@ fn a_damaged_member_or_frame_fails_the_parallel_restore_naming_it_and_nothing_is
 
         // Undamaged, it restores with the pieces decoded on the worker threads.
         let target = work.path().join("target");
-        restore_chain_into(&layout, &chain, &target, None).expect("restore");
+        restore_to(&layout, &chain, &target).expect("restore");
         let archive = archive_of(&layout, &m);
         let r = allspark::archive::extract(
             fs::File::open(&archive).expect("open"),
@@ -175,7 +185,7 @@ fn a_damaged_member_or_frame_fails_the_parallel_restore_naming_it_and_nothing_is
         let at = bytes.len() * 3 / 5;
         bytes[at] ^= 0x20;
         fs::write(&archive, &bytes).expect("write");
-        let err = restore_chain_into(&layout, &chain, &target, None)
+        let err = restore_to(&layout, &chain, &target)
             .expect_err("a damaged archive must not restore")
             .to_string();
         assert!(
@@ -208,7 +218,7 @@ fn a_checksum_mismatch_is_caught_while_extracting_before_the_swap() {
     fs::write(target.join("marker"), b"current").expect("write");
     let all = catalog::list(&layout, "v").expect("list");
     let chain = catalog::chain(&all, &m.id).expect("chain");
-    let err = restore_chain_into(&layout, &chain, &target, None)
+    let err = restore_to(&layout, &chain, &target)
         .expect_err("mismatch")
         .to_string();
     assert!(err.contains("does not match its manifest"), "{err}");
