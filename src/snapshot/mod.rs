@@ -53,15 +53,6 @@ impl SnapshotError {
     }
 }
 
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
-
 /// A reader that reports how many bytes went through it (for progress bars).
 pub struct Counting<'a, R> {
     inner: R,
