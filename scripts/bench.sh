@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # scripts/bench.sh [--quick] [--only docker,socket,snapshots] [--out DIR] [--nice N] [--publish]
 #
-# allspark against Docker's `local` driver, GNU tar and pigz, in one run
-# (release build): prints a table and writes bench-results/latest.{md,json}.
-#   (default)   full run: 10 000 volumes, a 1 GiB / 20 000-file workspace, ~10-15 min
-#   --quick     smoke check: 2 000 volumes, 100 MiB / 2 000 files, fewer runs, ~2 min
+# allspark against Docker's `local` driver, GNU tar (czf, pigz, zstd) and restic,
+# in one run (release build): prints a table with every target MET or MISSED and
+# writes bench-results/latest.{md,json}.
+#   (default)   full run: 10 000 volumes, a 1 GiB / 20 000-file workspace and a
+#               200 000-file tree, ~30-40 min on 2 cores
+#   --quick     smoke check: 2 000 volumes, 100 MiB / 2 000 files and 20 000
+#               files, fewer runs, ~5 min
 #   --only L    comma list of sections: docker, socket, snapshots
 #   --out DIR   where the reports go (default bench-results/)
 #   --publish   afterwards, copy the report into docs/benchmarks.md (between the
@@ -29,7 +32,7 @@ while [[ $# -gt 0 ]]; do
         --nice) export ALLSPARK_BENCH_NICE="$2"; shift ;;
         --out) out="$2"; args+=(--out "$2"); shift ;;
         --quick|--only) args+=("$1"); [[ "$1" == --only ]] && { args+=("$2"); shift; } ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -39,7 +42,7 @@ if [[ $(id -u) != 0 ]]; then
     echo "bench.sh: run as root (the plugin makes real bind mounts)" >&2
     exit 1
 fi
-for tool in tar gzip pigz; do
+for tool in tar gzip pigz zstd restic; do
     command -v "$tool" >/dev/null || { echo "bench.sh: $tool is missing (apt-get install -y $tool)" >&2; exit 1; }
 done
 [[ -x /usr/bin/time ]] || echo "bench.sh: /usr/bin/time is missing (apt-get install -y time): CLI peak memory will show 0" >&2

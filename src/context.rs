@@ -3,15 +3,18 @@
 use std::sync::Arc;
 
 use crate::core::layout::{HostView, Layout};
+use crate::core::options::Compression;
 use crate::plugin::driver::{Driver, DriverSettings};
 use crate::plugin::mounts::LinuxSys;
 
-/// Where to find things: the root, the host view and Docker.
+/// Where to find things (the root, the host view and Docker) and how to write archives.
 #[derive(Clone, Debug)]
 pub struct Ctx {
     pub layout: Layout,
     pub view: HostView,
     pub docker_url: String,
+    /// Codec of new snapshot chains and backups of volumes without a `compression=` option.
+    pub compression: Compression,
 }
 
 impl Ctx {

@@ -1,4 +1,4 @@
-//! allspark against Docker's `local` driver, GNU tar and pigz, in one run, with a report.
+//! allspark against Docker's `local` driver, GNU tar (gzip, pigz, zstd) and restic, in one run, with a report.
 //!
 //! Run with `scripts/bench.sh [--quick]` (or `cargo bench --bench allspark -- [--quick]`).
 //! Needs root (real bind mounts) and, for the Docker sections, a running
@@ -9,7 +9,7 @@
 //!
 //! Options (after `--`): `--quick` (smaller workspace, fewer volumes and
 //! runs: a smoke check of a minute or two), `--only docker,socket,snapshots`,
-//! `--out DIR`, `--generate DIR` (only write the workspace there). Priority of
+//! `--out DIR`, `--generate DIR [--files N --bytes B]` (only write the workspace there). Priority of
 //! the bench and every contender: `ALLSPARK_BENCH_NICE` (e.g. -10). Scratch space: `ALLSPARK_BENCH_DIR` (default `/var/tmp`).
 
 #[path = "../../tests/support/common.rs"]
@@ -46,6 +46,9 @@ pub struct Cfg {
     pub restore_runs: usize,
     pub ws_files: usize,
     pub ws_bytes: u64,
+    /// The many-file tree (incremental scans that must scale).
+    pub many_files: usize,
+    pub many_bytes: u64,
 }
 
 impl Cfg {
@@ -59,9 +62,11 @@ impl Cfg {
             docker_warmup: 3,
             docker_runs: 25,
             snap_runs: 3,
-            restore_runs: 5,
+            restore_runs: 4,
             ws_files: 20_000,
             ws_bytes: 1 << 30,
+            many_files: 200_000,
+            many_bytes: 200 << 20,
         }
     }
     fn quick() -> Cfg {
@@ -77,6 +82,8 @@ impl Cfg {
             restore_runs: 2,
             ws_files: 2_000,
             ws_bytes: 100 << 20,
+            many_files: 20_000,
+            many_bytes: 20 << 20,
         }
     }
 }
@@ -130,10 +137,12 @@ fn machine() -> Vec<(String, String)> {
         (
             "tools".into(),
             format!(
-                "{}, gzip {}, pigz {}",
+                "{}, gzip {}, pigz {}, zstd {}, restic {}",
                 sh("tar --version | head -1"),
                 sh("gzip --version | head -1 | awk '{print $2}'"),
-                sh("pigz --version 2>&1 | awk '{print $2}'")
+                sh("pigz --version 2>&1 | awk '{print $2}'"),
+                sh("zstd --version | sed 's/.* v\\([0-9.]*\\).*/\\1/'"),
+                sh("restic version | awk '{print $2}'")
             ),
         ),
         ("rustc".into(), sh("rustc --version")),
@@ -197,7 +206,9 @@ fn main() {
         // Debugging aid: write the workspace of the chosen mode into DIR and stop.
         let cfg = if quick { Cfg::quick() } else { Cfg::full() };
         std::fs::create_dir_all(&dir).expect("create the directory");
-        let tree = gen::generate(Path::new(&dir), cfg.ws_files, cfg.ws_bytes).expect("generate");
+        let files = value("--files").map_or(cfg.ws_files, |v| v.parse().expect("--files N"));
+        let bytes = value("--bytes").map_or(cfg.ws_bytes, |v| v.parse().expect("--bytes B"));
+        let tree = gen::generate(Path::new(&dir), files, bytes).expect("generate");
         println!(
             "{} files, {} directories, {} bytes in {dir}",
             tree.files.len(),

@@ -245,8 +245,8 @@ impl Report {
         for t in &self.targets {
             let _ = writeln!(
                 s,
-                "  {:<4} {:<58} goal {:<14} measured {}",
-                mark(t.met, "ok", "MISS", "--"),
+                "  {:<6} {:<64} goal {:<14} measured {}",
+                mark(t.met, "MET", "MISSED", "--"),
                 t.what,
                 t.goal,
                 t.measured
@@ -269,7 +269,7 @@ impl Report {
                 t.what,
                 t.goal,
                 t.measured,
-                mark(t.met, "✅", "❌", "—")
+                mark(t.met, "✅ MET", "❌ MISSED", "—")
             );
         }
         s

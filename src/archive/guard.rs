@@ -83,10 +83,6 @@ impl<R: Read> Guard<R> {
         }
     }
 
-    pub(crate) fn into_inner(self) -> R {
-        self.inner
-    }
-
     fn feed(&mut self, mut bytes: &[u8]) -> Result<(), String> {
         while !bytes.is_empty() {
             match self.state {

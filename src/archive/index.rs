@@ -338,9 +338,18 @@ impl Index {
     }
 }
 
+/// A byte written as itself in the index (everything else is `%XX`).
+fn plain(b: u8) -> bool {
+    b > b' ' && b < 0x7f && b != b'%'
+}
+
 fn escape_into(path: &[u8], out: &mut Vec<u8>) {
+    if path.iter().all(|&b| plain(b)) {
+        out.extend_from_slice(path);
+        return;
+    }
     for &b in path {
-        if b > b' ' && b < 0x7f && b != b'%' {
+        if plain(b) {
             out.push(b);
         } else {
             out.extend_from_slice(format!("%{b:02X}").as_bytes());
@@ -349,6 +358,9 @@ fn escape_into(path: &[u8], out: &mut Vec<u8>) {
 }
 
 fn unescape(s: &[u8]) -> Result<Vec<u8>, String> {
+    if s.iter().all(|&b| plain(b)) {
+        return Ok(s.to_vec());
+    }
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
@@ -371,32 +383,67 @@ fn unescape(s: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// A decimal field (`-` allowed when `signed`), parsed from bytes without
+/// going through `str`; `None` if malformed or out of range.
+fn decimal(f: &[u8], signed: bool) -> Option<i128> {
+    let (neg, digits) = match f.split_first() {
+        Some((b'-', rest)) if signed => (true, rest),
+        _ => (false, f),
+    };
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    let mut v: i128 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + i128::from(d - b'0');
+    }
+    Some(if neg { -v } else { v })
+}
+
 fn parse_line(line: &[u8]) -> Result<IndexEntry, String> {
     let mut fields = line.splitn(10, |&c| c == b' ');
-    let mut next = |name: &str| -> Result<&str, String> {
-        let f = fields
+    let mut next = |name: &str| -> Result<&[u8], String> {
+        fields
             .next()
-            .ok_or_else(|| format!("missing field `{name}`"))?;
-        std::str::from_utf8(f).map_err(|_| format!("field `{name}` is not text"))
+            .ok_or_else(|| format!("missing field `{name}`"))
     };
-    fn num<T: std::str::FromStr>(s: &str, name: &str) -> Result<T, String> {
-        s.parse()
-            .map_err(|_| format!("field `{name}` is not a number: {s:?}"))
+    fn num<T: TryFrom<i128>>(f: &[u8], name: &str, signed: bool) -> Result<T, String> {
+        decimal(f, signed)
+            .and_then(|v| T::try_from(v).ok())
+            .ok_or_else(|| {
+                format!(
+                    "field `{name}` is not a number: {:?}",
+                    String::from_utf8_lossy(f)
+                )
+            })
     }
     let kind = next("kind")?;
-    let kind = EntryKind::from_code(kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
-    let size = num(next("size")?, "size")?;
-    let mtime_ns = num(next("mtime_ns")?, "mtime_ns")?;
-    let ctime_ns = num(next("ctime_ns")?, "ctime_ns")?;
-    let ino = num(next("ino")?, "ino")?;
-    let dev = num(next("dev")?, "dev")?;
-    let mode_s = next("mode")?;
-    let mode = u32::from_str_radix(mode_s, 8)
+    let kind = std::str::from_utf8(kind)
         .ok()
+        .and_then(EntryKind::from_code)
+        .ok_or_else(|| format!("unknown kind {:?}", String::from_utf8_lossy(kind)))?;
+    let size = num(next("size")?, "size", false)?;
+    let mtime_ns = num(next("mtime_ns")?, "mtime_ns", true)?;
+    let ctime_ns = num(next("ctime_ns")?, "ctime_ns", true)?;
+    let ino = num(next("ino")?, "ino", false)?;
+    let dev = num(next("dev")?, "dev", false)?;
+    let mode_s = next("mode")?;
+    let mode = std::str::from_utf8(mode_s)
+        .ok()
+        .filter(|m| !m.is_empty() && m.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+        .and_then(|m| u32::from_str_radix(m, 8).ok())
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("field `mode` is not an octal mode: {mode_s:?}"))?;
-    let uid = num(next("uid")?, "uid")?;
-    let gid = num(next("gid")?, "gid")?;
+        .ok_or_else(|| {
+            format!(
+                "field `mode` is not an octal mode: {:?}",
+                String::from_utf8_lossy(mode_s)
+            )
+        })?;
+    let uid = num(next("uid")?, "uid", false)?;
+    let gid = num(next("gid")?, "gid", false)?;
     let raw_path = fields.next().ok_or("missing field `path`")?;
     let path = if raw_path == b"." {
         Vec::new()

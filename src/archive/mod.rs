@@ -1,13 +1,15 @@
-//! Archive engine for snapshots and backups: directory tree <-> one standard `.tar.gz`, written in parallel, extracted safely.
+//! Archive engine for snapshots and backups: directory tree <-> one standard `.tar.zst` or `.tar.gz`, compressed and decompressed on every core, extracted safely.
 //!
 //! # Format
 //!
 //! An archive is a plain tar stream (GNU/PAX headers) compressed as a series
-//! of concatenated gzip members (see [`pgzip`]). Any gzip reader decodes it as
-//! one stream, so GNU tar reads it directly:
+//! of independent zstd frames or gzip members (see [`compress`]). Any zstd or
+//! gzip reader decodes it as one stream, so GNU tar reads it directly:
 //!
 //! ```text
-//! tar --xattrs --xattrs-include='*' --numeric-owner -xpzf full.tar.gz -C dir
+//! tar --zstd  --xattrs --xattrs-include='*' --numeric-owner -xpf full.tar.zst -C dir
+//! tar -I zstd --xattrs --xattrs-include='*' --numeric-owner -xpf full.tar.zst -C dir
+//! tar -z      --xattrs --xattrs-include='*' --numeric-owner -xpf full.tar.gz  -C dir
 //! ```
 //!
 //! * The first entry is the tree root itself, `./`, so the root's owner, mode
@@ -43,10 +45,11 @@
 //! Restoring a chain never needs this program:
 //!
 //! ```text
-//! tar --xattrs --xattrs-include='*' --numeric-owner -xpzf full.tar.gz -C dir
+//! tar --zstd --xattrs --xattrs-include='*' --numeric-owner -xpf full.tar.zst -C dir
 //! # then for every incremental, oldest first:
 //! #   1. delete each path of its manifest's `deleted` list:  rm -rf -- "dir/<path>"
-//! #   2. tar --xattrs --xattrs-include='*' --numeric-owner -xpzf incr.tar.gz -C dir
+//! #   2. tar --zstd --xattrs --xattrs-include='*' --numeric-owner -xpf incr.tar.zst -C dir
+//! # (each archive with its own codec: -z for a .tar.gz)
 //! ```
 //!
 //! Deleted paths are relative, `/`-separated strings. A name that is not
@@ -61,22 +64,29 @@
 //! directory mtimes and modes after their contents and the root's metadata
 //! onto the destination itself. Setuid and setgid bits are restored as
 //! archived: an archive is a copy of our own volume, and dropping them would
-//! break the restored programs.
+//! break the restored programs. It detects the codec from the first bytes,
+//! decompresses members or frames on every core while it extracts in order,
+//! and computes the archive's sha256 on the way ([`ExtractReport::sha256`]),
+//! so callers check it without reading the file twice.
 
+pub mod compress;
 pub mod index;
-pub mod pgzip;
 pub mod reader;
 pub mod writer;
 
+mod decode;
 mod guard;
+mod gzip;
+mod zst;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use crate::core::options::Compression;
+pub use compress::{CompressOptions, CompressStats, ParallelWriter};
 pub use index::{EntryKind, Index, IndexEntry};
-pub use pgzip::{GzStats, ParallelGzWriter, PgzOptions};
 pub use reader::{apply_deletions, extract, DeletionReport, ExtractOptions, ExtractReport};
-pub use writer::{write_tree, write_tree_gz, WriteOptions, WriteReport};
+pub use writer::{write_archive, write_tree, WriteOptions, WriteReport};
 
 /// Everything that can go wrong while writing or reading an archive.
 #[derive(Debug, thiserror::Error)]

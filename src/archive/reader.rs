@@ -1,4 +1,4 @@
-//! Safe extraction (and verification) of `.tar.gz` archives, and deletion lists of incremental snapshots.
+//! Safe extraction (and verification) of `.tar.zst` and `.tar.gz` archives, decompressed on every core, and deletion lists of incremental snapshots.
 //!
 //! Extraction goes through `tar::Archive` with ownership, permissions and
 //! mtimes preserved and `Entry::unpack_in` for files, symlinks and hard links,
@@ -39,14 +39,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use flate2::read::MultiGzDecoder;
 use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
-use sha2::{Digest, Sha256};
 use tar::EntryType;
 
+use super::decode::{self, Decoded};
 use super::guard::{parse_pax, Guard, Limits, Shared};
-use super::{clean_components, decode_rel_path, ArchiveError};
+use super::{clean_components, decode_rel_path, ArchiveError, Compression};
 
 /// At most this many problems (xattrs, refused entries) are listed.
 const MAX_LISTED: usize = 1000;
@@ -75,6 +74,9 @@ pub struct ExtractOptions {
     pub max_name_size: u64,
     /// Largest file size a header may claim. Default 16 TiB.
     pub max_file_size: u64,
+    /// Threads decompressing gzip members or zstd frames while the calling
+    /// thread extracts. Default: available cores.
+    pub threads: usize,
 }
 
 impl Default for ExtractOptions {
@@ -88,6 +90,9 @@ impl Default for ExtractOptions {
             max_pax_size: 1 << 20,
             max_name_size: 64 << 10,
             max_file_size: 16 << 40,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         }
     }
 }
@@ -111,10 +116,17 @@ pub struct ExtractReport {
     pub devices_skipped: u64,
     /// Apparent size of the regular files.
     pub bytes: u64,
+    /// Codec of the archive, detected from its first bytes.
+    pub codec: Option<Compression>,
     /// Compressed bytes read (the whole input).
     pub compressed_bytes: u64,
-    /// sha256 (hex) of the compressed input.
+    /// sha256 (hex) of the compressed input, computed while it was read.
     pub sha256: String,
+    /// Gzip members or zstd frames decompressed on the worker threads.
+    pub parallel_pieces: u64,
+    /// Part of the archive was decompressed as one stream (written by another
+    /// tool or by an allspark version whose gzip members did not record their length).
+    pub streamed: bool,
     /// Number of refused entries (only non-zero with `skip_refused`).
     pub refused: u64,
     /// `entry: reason` of the first refused entries.
@@ -136,22 +148,6 @@ pub struct DeletionReport {
     pub missing: u64,
 }
 
-/// Counts and hashes the compressed input.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
 /// Metadata applied after all entries.
 struct DirMeta {
     path: PathBuf,
@@ -168,12 +164,12 @@ struct RootMeta {
     pax: Option<Vec<u8>>,
 }
 
-/// Extract the gzip-compressed tar `archive` into `dest` (created if
+/// Extract the compressed tar `archive` (zstd or gzip, detected from its first bytes) into `dest` (created if
 /// missing). `dest` is normally a fresh staging directory; when it already
 /// holds a tree (applying an incremental on top), entries replace what is
 /// there, but a directory is never replaced by a non-directory (apply the
 /// incremental's deletions first).
-pub fn extract<R: Read>(
+pub fn extract<R: Read + Send>(
     archive: R,
     dest: &Path,
     opts: &ExtractOptions,
@@ -191,18 +187,35 @@ pub fn extract<R: Read>(
         }
         base
     };
+    let (result, summary) = decode::decode(archive, opts.threads, |decoded| {
+        extract_stream(decoded, base, opts)
+    });
+    let mut report = result?;
+    let summary = summary.map_err(|e| ArchiveError::Corrupt {
+        entry: String::new(),
+        detail: e.to_string(),
+    })?;
+    report.codec = Some(summary.codec);
+    report.compressed_bytes = summary.compressed_bytes;
+    report.sha256 = summary.sha256;
+    report.parallel_pieces = summary.parallel_pieces;
+    report.streamed = summary.streamed;
+    Ok(report)
+}
+
+/// The tar part of [`extract`], on the decoded stream.
+fn extract_stream(
+    decoded: &mut Decoded,
+    base: PathBuf,
+    opts: &ExtractOptions,
+) -> Result<ExtractReport, ArchiveError> {
     let shared = Rc::new(RefCell::new(Shared::default()));
     let limits = Limits {
         max_pax: opts.max_pax_size,
         max_long_name: opts.max_name_size,
         max_sparse_blocks: 50_000,
     };
-    let hashing = HashingReader {
-        inner: archive,
-        hasher: Sha256::new(),
-        count: 0,
-    };
-    let guard = Guard::new(MultiGzDecoder::new(hashing), shared.clone(), limits);
+    let guard = Guard::new(decoded, shared.clone(), limits);
     let mut ar = tar::Archive::new(guard);
     ar.set_preserve_ownerships(opts.preserve_ownership);
     ar.set_preserve_permissions(true);
@@ -229,17 +242,14 @@ pub fn extract<R: Read>(
             x.handle(&mut entry, pax.as_deref())?;
         }
     }
-    // Read the rest (end-of-archive padding, last gzip trailer): this checks
-    // the crc of the final member and rejects trailing garbage.
+    // Read the rest (end-of-archive padding, the last members or frames):
+    // this checks every remaining crc or checksum and rejects trailing garbage,
+    // before any directory metadata is applied.
     shared.borrow_mut().stop_tracking = true;
     let mut rest = ar.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(|e| x.stream_error(e))?;
-    let hashing = rest.into_inner().into_inner();
     x.finish()?;
-    let mut report = x.report;
-    report.compressed_bytes = hashing.count;
-    report.sha256 = hex::encode(hashing.hasher.finalize());
-    Ok(report)
+    Ok(x.report)
 }
 
 struct Extractor<'a> {
@@ -294,9 +304,12 @@ impl Extractor<'_> {
                 reason: reason.clone(),
             };
         }
+        // The decompression error itself (which names the damaged member or
+        // frame), not tar-rs's "failed to unpack" wrapper around it.
+        let detail = sh.stream_error.clone().unwrap_or_else(|| e.to_string());
         ArchiveError::Corrupt {
             entry: self.last_entry.clone(),
-            detail: e.to_string(),
+            detail,
         }
     }
 

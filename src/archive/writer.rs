@@ -2,8 +2,14 @@
 //!
 //! The walk opens every directory relative to its parent with `O_NOFOLLOW`,
 //! so a directory swapped for a symlink during the walk cannot lead outside
-//! the tree, and paths longer than `PATH_MAX` work. Per-file state kept in
-//! memory is the new [`Index`] and the hard-link map; everything else streams.
+//! the tree, and paths longer than `PATH_MAX` work. Scan threads (one per
+//! core) open, list and lstat directories ahead of the walk (at most
+//! [`MAX_PREFETCH`] ahead, each holding its descriptor until the walk gets
+//! there); the walk itself stays in one deterministic order. An incremental
+//! decides from that lstat alone, merged against the parent index in tree
+//! order, whether a file changed: unchanged files are neither opened nor read.
+//! Per-file state kept in memory is the new [`Index`] and the hard-link map;
+//! everything else streams.
 //!
 //! Live data: a file that vanishes between listing and opening is skipped
 //! (`vanished`); a file whose size differs from what was stat'ed when it was
@@ -18,15 +24,17 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crossbeam_channel::{bounded, Receiver, Sender};
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use nix::unistd::{lseek, Whence};
 use tar::{Builder, EntryType, GnuExtSparseHeader, Header};
 
+use super::compress::{CompressOptions, CompressStats, ParallelWriter};
 use super::index::{Index, IndexEntry};
-use super::pgzip::{GzStats, ParallelGzWriter, PgzOptions};
 use super::{encode_rel_path, ArchiveError, EntryKind};
 
 /// Called with the number of file bytes read so far.
@@ -48,7 +56,7 @@ const MAX_LISTED_PROBLEMS: usize = 1000;
 /// Sparse maps longer than this are not worth it: store the file densely.
 const MAX_SPARSE_SEGMENTS: usize = 1 << 20;
 
-/// Options of [`write_tree`] / [`write_tree_gz`].
+/// Options of [`write_tree`] / [`write_archive`].
 #[derive(Default)]
 pub struct WriteOptions<'a> {
     /// Index of the parent snapshot: write only what changed since.
@@ -58,8 +66,8 @@ pub struct WriteOptions<'a> {
     /// Do not descend into directories on other filesystems (mount points
     /// are stored as empty directories). Default `false`, like `tar`.
     pub one_file_system: bool,
-    /// Compression settings used by [`write_tree_gz`].
-    pub gzip: PgzOptions,
+    /// Codec and compression settings used by [`write_archive`].
+    pub compression: CompressOptions,
     /// Testing aid, see [`FileHook`]. Leave `None`.
     #[doc(hidden)]
     pub before_file_read: Option<FileHook>,
@@ -71,7 +79,7 @@ impl std::fmt::Debug for WriteOptions<'_> {
             .field("parent", &self.parent.map(|p| p.len()))
             .field("progress", &self.progress.is_some())
             .field("one_file_system", &self.one_file_system)
-            .field("gzip", &self.gzip)
+            .field("compression", &self.compression)
             .finish()
     }
 }
@@ -112,8 +120,8 @@ pub struct WriteReport {
     pub xattrs_skipped: u64,
     /// `path: what happened` for the first unreadable entries.
     pub problems: Vec<String>,
-    /// Compression statistics ([`write_tree_gz`] only).
-    pub gz: Option<GzStats>,
+    /// Compression statistics ([`write_archive`] only).
+    pub compressed: Option<CompressStats>,
 }
 
 /// Write the tree at `src` as an uncompressed tar stream to `out`.
@@ -129,23 +137,23 @@ pub fn write_tree<W: Write>(
     Ok(report)
 }
 
-/// Write the tree at `src` as a parallel-gzip-compressed tar to `out_file`,
-/// then fsync the file. The report carries the gzip statistics (including
-/// the sha256 of the compressed file).
-pub fn write_tree_gz(
+/// Write the tree at `src` as a tar compressed in parallel (the codec of
+/// `opts.compression`) to `out_file`, then fsync the file. The report
+/// carries the compression statistics (including the sha256 of the file).
+pub fn write_archive(
     src: &Path,
     out_file: File,
     opts: &WriteOptions,
 ) -> Result<WriteReport, ArchiveError> {
-    let gz = ParallelGzWriter::with_options(out_file, &opts.gzip)
+    let w = ParallelWriter::with_options(out_file, &opts.compression)
         .map_err(|source| ArchiveError::Output { source })?;
-    let (mut report, gz) = write_tree_inner(src, gz, opts)?;
-    let (file, stats) = gz
+    let (mut report, w) = write_tree_inner(src, w, opts)?;
+    let (file, stats) = w
         .finish()
         .map_err(|source| ArchiveError::Output { source })?;
     file.sync_all()
         .map_err(|source| ArchiveError::Output { source })?;
-    report.gz = Some(stats);
+    report.compressed = Some(stats);
     Ok(report)
 }
 
@@ -167,33 +175,134 @@ fn write_tree_inner<W: Write>(
     }
     let mut builder = Builder::new(out);
     builder.follow_symlinks(false);
-    let mut w = Walker {
-        src,
-        opts,
-        out: builder,
-        report: WriteReport::default(),
-        hardlinks: std::collections::HashMap::new(),
-        buf: vec![0u8; COPY_BUF],
-        last_progress: 0,
-        root_dev: st.st_dev,
-    };
-    w.walk(root, st)?;
-    w.finish_deleted();
-    if let Some(p) = &opts.progress {
-        p(w.report.bytes_in);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let one_fs = opts.one_file_system.then_some(st.st_dev);
+    std::thread::scope(|s| {
+        let (jobs, queue) = bounded::<ScanJob>(MAX_PREFETCH);
+        for _ in 0..threads {
+            let queue = queue.clone();
+            s.spawn(move || {
+                for job in queue.iter() {
+                    let r = scan_dir(job.parent.as_raw_fd(), &job.name, one_fs);
+                    // The walker may have stopped (output error); nothing to do then.
+                    let _ = job.reply.send(r);
+                }
+            });
+        }
+        let mut w = Walker {
+            src,
+            opts,
+            out: builder,
+            report: WriteReport::default(),
+            hardlinks: std::collections::HashMap::new(),
+            buf: vec![0u8; COPY_BUF],
+            last_progress: 0,
+            one_fs,
+            scan: Some(jobs),
+            outstanding: 0,
+            parent_cursor: 0,
+        };
+        let walked = w.walk(root, st);
+        // Closing the queue ends the scan threads.
+        w.scan = None;
+        walked?;
+        w.finish_deleted();
+        if let Some(p) = &opts.progress {
+            p(w.report.bytes_in);
+        }
+        let Walker { out, report, .. } = w;
+        let inner = out
+            .into_inner()
+            .map_err(|source| ArchiveError::Output { source })?;
+        Ok((report, inner))
+    })
+}
+
+/// Directories opened, listed and stat'ed ahead of the walk, at most: each
+/// holds an open descriptor until the walk reaches it.
+const MAX_PREFETCH: usize = 64;
+
+/// A directory opened (without following symlinks), listed and every entry
+/// lstat'ed, by a scan thread ahead of the walk or by the walker itself.
+struct Scanned {
+    dir: Arc<File>,
+    /// `fstat` of the opened directory, if it worked.
+    st: Option<FileStat>,
+    /// Its entries, sorted by name; `None` for a directory on another
+    /// filesystem under `one_file_system`.
+    list: Option<Result<Vec<Child>, Errno>>,
+}
+
+/// One entry of a [`Scanned`] directory.
+struct Child {
+    name: Vec<u8>,
+    /// Its lstat (taken when its directory was scanned).
+    st: Result<FileStat, Errno>,
+    /// For a subdirectory handed to a scan thread: its scan.
+    scan: Option<Receiver<Result<Scanned, Errno>>>,
+}
+
+impl Child {
+    fn taken() -> Child {
+        Child {
+            name: Vec::new(),
+            st: Err(Errno::UnknownErrno),
+            scan: None,
+        }
     }
-    let Walker { out, report, .. } = w;
-    let inner = out
-        .into_inner()
-        .map_err(|source| ArchiveError::Output { source })?;
-    Ok((report, inner))
+}
+
+struct ScanJob {
+    parent: Arc<File>,
+    name: CString,
+    reply: Sender<Result<Scanned, Errno>>,
+}
+
+/// Open `name` in `parent` as a directory, then list and lstat its entries.
+/// `Err` when it cannot be opened.
+fn scan_dir(parent: RawFd, name: &CStr, one_fs: Option<u64>) -> Result<Scanned, Errno> {
+    let dir = open_at(parent, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+    let st = fstat(dir.as_raw_fd()).ok();
+    let other_fs = matches!((one_fs, &st), (Some(dev), Some(s)) if s.st_dev != dev);
+    let list = (!other_fs).then(|| list_and_stat(&dir));
+    Ok(Scanned {
+        dir: Arc::new(dir),
+        st,
+        list,
+    })
+}
+
+/// The entries of `dir`, sorted by name, each with its lstat (one `fstatat`, no open).
+fn list_and_stat(dir: &File) -> Result<Vec<Child>, Errno> {
+    let names = list_dir(dir)?;
+    let fd = dir.as_raw_fd();
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let st = match CString::new(name.as_slice()) {
+                Ok(c) => fstatat(Some(fd), c.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW),
+                Err(_) => Err(Errno::EINVAL),
+            };
+            Child {
+                name,
+                st,
+                scan: None,
+            }
+        })
+        .collect())
 }
 
 /// One directory being walked.
 struct Frame {
-    dir: File,
+    dir: Arc<File>,
     rel: Vec<u8>,
-    names: std::vec::IntoIter<Vec<u8>>,
+    children: Vec<Child>,
+    /// The next child to visit.
+    next: usize,
+    /// The next child to consider handing to a scan thread.
+    submit: usize,
 }
 
 struct Walker<'a, 'o, W: Write> {
@@ -205,7 +314,15 @@ struct Walker<'a, 'o, W: Write> {
     hardlinks: std::collections::HashMap<(u64, u64), Vec<u8>>,
     buf: Vec<u8>,
     last_progress: u64,
-    root_dev: u64,
+    /// `Some(root device)` under `one_file_system`.
+    one_fs: Option<u64>,
+    /// Queue of the scan threads (`None` once the walk is over).
+    scan: Option<Sender<ScanJob>>,
+    /// Scans handed out and not yet taken by the walk.
+    outstanding: usize,
+    /// Position in the parent index: the walk visits paths in tree order, so
+    /// looking them up is a merge, not a search.
+    parent_cursor: usize,
 }
 
 fn out_err(source: io::Error) -> ArchiveError {
@@ -358,56 +475,108 @@ impl<W: Write> Walker<'_, '_, W> {
         }
     }
 
-    fn unchanged(&self, e: &IndexEntry) -> bool {
-        self.opts
-            .parent
-            .and_then(|p| p.get(&e.path))
-            .is_some_and(|old| old.same_state(e))
+    /// True if the parent index has `e` in the same state. Called in tree order.
+    fn unchanged(&mut self, e: &IndexEntry) -> bool {
+        let Some(parent) = self.opts.parent else {
+            return false;
+        };
+        let entries = parent.entries();
+        while let Some(old) = entries.get(self.parent_cursor) {
+            match super::index::tree_order(&old.path, &e.path) {
+                std::cmp::Ordering::Less => self.parent_cursor += 1,
+                std::cmp::Ordering::Equal => return old.same_state(e),
+                std::cmp::Ordering::Greater => return false,
+            }
+        }
+        false
+    }
+
+    /// Hand the next subdirectories of `frame` to the scan threads, up to the
+    /// prefetch limit.
+    fn prefetch(&mut self, frame: &mut Frame) {
+        let Some(jobs) = &self.scan else {
+            return;
+        };
+        frame.submit = frame.submit.max(frame.next);
+        while self.outstanding < MAX_PREFETCH && frame.submit < frame.children.len() {
+            let c = &mut frame.children[frame.submit];
+            frame.submit += 1;
+            let is_dir = matches!(&c.st, Ok(st) if kind_of(st) == Some(EntryKind::Dir));
+            let Ok(name) = CString::new(c.name.as_slice()) else {
+                continue;
+            };
+            if !is_dir {
+                continue;
+            }
+            let (reply, rx) = bounded(1);
+            let job = ScanJob {
+                parent: frame.dir.clone(),
+                name,
+                reply,
+            };
+            if jobs.try_send(job).is_err() {
+                // Queue full: the walker scans this one itself when it gets there.
+                frame.submit -= 1;
+                return;
+            }
+            c.scan = Some(rx);
+            self.outstanding += 1;
+        }
     }
 
     fn walk(&mut self, root: File, st: FileStat) -> Result<(), ArchiveError> {
+        let list = Some(list_and_stat(&root));
+        let root = Scanned {
+            dir: Arc::new(root),
+            st: Some(st),
+            list,
+        };
         let mut stack: Vec<Frame> = Vec::new();
         if let Some(frame) = self.enter_dir(root, st, Vec::new())? {
             stack.push(frame);
         }
         while let Some(top) = stack.last_mut() {
-            let Some(name) = top.names.next() else {
+            self.prefetch(top);
+            let Some(slot) = top.children.get_mut(top.next) else {
                 stack.pop();
                 continue;
             };
-            let rel = join_rel(&top.rel, &name);
-            let dirfd = top.dir.as_raw_fd();
-            if let Some(frame) = self.visit(dirfd, &name, rel)? {
+            let child = std::mem::replace(slot, Child::taken());
+            top.next += 1;
+            let rel = join_rel(&top.rel, &child.name);
+            let parent = top.dir.clone();
+            if let Some(frame) = self.visit(&parent, child, rel)? {
                 stack.push(frame);
             }
         }
         Ok(())
     }
 
-    /// Write a directory entry and list its children.
+    /// Write a directory entry and make a frame of its children.
     fn enter_dir(
         &mut self,
-        dir: File,
-        st: FileStat,
+        scanned: Scanned,
+        lstat: FileStat,
         rel: Vec<u8>,
     ) -> Result<Option<Frame>, ArchiveError> {
-        let xattrs = self.xattrs_fd(&dir, &rel);
+        let st = scanned.st.unwrap_or(lstat);
+        let xattrs = self.xattrs_fd(&scanned.dir, &rel);
         let h = base_header(&st, EntryType::Directory);
         self.append(h, &archive_name(&rel, true), None, &xattrs)?;
         self.report.dirs += 1;
         self.report
             .index
             .push_sorted(index_entry(&rel, EntryKind::Dir, &st));
-        if self.opts.one_file_system && st.st_dev != self.root_dev {
-            return Ok(None);
-        }
-        match list_dir(&dir) {
-            Ok(names) => Ok(Some(Frame {
-                dir,
+        match scanned.list {
+            None => Ok(None),
+            Some(Ok(children)) => Ok(Some(Frame {
+                dir: scanned.dir,
                 rel,
-                names: names.into_iter(),
+                children,
+                next: 0,
+                submit: 0,
             })),
-            Err(e) => {
+            Some(Err(e)) => {
                 self.problem(&rel, format!("cannot list directory: {e}"));
                 self.carry_over(&rel, false);
                 Ok(None)
@@ -417,15 +586,16 @@ impl<W: Write> Walker<'_, '_, W> {
 
     fn visit(
         &mut self,
-        dirfd: RawFd,
-        name: &[u8],
+        parent: &File,
+        child: Child,
         rel: Vec<u8>,
     ) -> Result<Option<Frame>, ArchiveError> {
-        let Ok(cname) = CString::new(name) else {
+        let dirfd = parent.as_raw_fd();
+        let Ok(cname) = CString::new(child.name.as_slice()) else {
             self.problem(&rel, "name contains a NUL byte");
             return Ok(None);
         };
-        let st = match fstatat(Some(dirfd), cname.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        let st = match child.st {
             Ok(st) => st,
             Err(Errno::ENOENT) => {
                 self.report.vanished += 1;
@@ -444,17 +614,25 @@ impl<W: Write> Walker<'_, '_, W> {
         };
         match kind {
             EntryKind::Dir => {
-                let dir = match open_at(dirfd, &cname, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
-                    Ok(d) => d,
+                let scanned = match child.scan {
+                    Some(rx) => {
+                        self.outstanding -= 1;
+                        rx.recv()
+                            .unwrap_or_else(|_| scan_dir(dirfd, &cname, self.one_fs))
+                    }
+                    None => scan_dir(dirfd, &cname, self.one_fs),
+                };
+                match scanned {
+                    Ok(scanned) => self.enter_dir(scanned, st, rel),
                     Err(Errno::ENOENT) => {
                         self.report.vanished += 1;
-                        return Ok(None);
+                        Ok(None)
                     }
                     Err(Errno::ENOTDIR | Errno::ELOOP) => {
                         // Replaced by something else since the stat.
                         self.report.changed_during_walk += 1;
                         self.carry_over(&rel, true);
-                        return Ok(None);
+                        Ok(None)
                     }
                     Err(e) => {
                         // Store what we know, keep the parent's view of the contents.
@@ -466,16 +644,19 @@ impl<W: Write> Walker<'_, '_, W> {
                             .index
                             .push_sorted(index_entry(&rel, EntryKind::Dir, &st));
                         self.carry_over(&rel, false);
-                        return Ok(None);
+                        Ok(None)
                     }
-                };
-                let st = match fstat(dir.as_raw_fd()) {
-                    Ok(s) => s,
-                    Err(_) => st,
-                };
-                self.enter_dir(dir, st, rel)
+                }
             }
             EntryKind::File => {
+                // Unchanged since the parent: decided on the lstat alone, the
+                // file is neither opened nor read.
+                let e = index_entry(&rel, EntryKind::File, &st);
+                if self.unchanged(&e) {
+                    self.report.unchanged_skipped += 1;
+                    self.report.index.push_sorted(e);
+                    return Ok(None);
+                }
                 self.file(dirfd, &cname, rel)?;
                 Ok(None)
             }

@@ -8,7 +8,7 @@
 //! | `type` | `daily`, `weekly`, `monthly` |
 //! | `volumes` | names of the volumes in the backup |
 //! | `databases` | names of the dumps in the backup |
-//! | `files` | `[{name, kind: volume\|database, size, sha256, source}]` |
+//! | `files` | `[{name, kind: volume\|database, size, sha256, source, compression: zstd\|gzip}]` |
 //! | `started_at`, `finished_at`, `duration_ms` | the run |
 //! | `outcome` | `ok` or `failed` |
 //! | `errors` | sentences saying what failed and what to do |
@@ -25,6 +25,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::BackupType;
+use crate::core::options::Compression;
 use crate::fs::durable;
 
 /// File name of the manifest inside a backup directory.
@@ -49,7 +50,7 @@ pub enum FileKind {
 /// One file of the backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
-    /// File name inside the backup directory, e.g. `postgres-data.tar.gz`.
+    /// File name inside the backup directory, e.g. `postgres-data.tar.zst`.
     pub name: String,
     pub kind: FileKind,
     /// Size in bytes of the (compressed) file.
@@ -65,6 +66,9 @@ pub struct FileEntry {
     /// Uncompressed bytes (file data of a volume, SQL of a dump).
     #[serde(default)]
     pub bytes_in: u64,
+    /// Codec of the file (dumps are gzip); manifests written before zstd existed are gzip.
+    #[serde(default = "Compression::legacy")]
+    pub compression: Compression,
 }
 
 /// `manifest.json` of a backup directory.

@@ -3,9 +3,11 @@
 //! A backup is a directory `<backup-root>/<type>/<YYYYmmdd_HHMMSS>/` (local
 //! time, like the old script) holding
 //!
-//! * one `<volume>.tar.gz` per allspark volume whose `backup` priority is not
-//!   `none` and whose class is not `temporary` (unless asked), highest
-//!   priority first: a full, standard archive (`tar xzf` reads it);
+//! * one `<volume>.tar.zst` (or `<volume>.tar.gz`: the volume's `compression`
+//!   option, else the `--compression` setting) per allspark volume whose
+//!   `backup` priority is not `none` and whose class is not `temporary`
+//!   (unless asked), highest priority first: a full, standard archive
+//!   (`tar --zstd -xf` or `tar xzf` reads it);
 //! * one `<name>.sql.gz` per database dump: the stdout of the command in the
 //!   label `allspark.backup.dump=<command>` of a running container, gzipped;
 //! * `manifest.json`, written last and atomically ([`manifest`]). A

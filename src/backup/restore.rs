@@ -1,9 +1,12 @@
-//! Restoring a backup directory: checksums first, stop the containers using the volumes (and always start them again), each volume through a staging directory and an atomic swap, then each dump into its labelled restore command.
+//! Restoring a backup directory: sizes and dump checksums first, stop the containers using the volumes (and always start them again), each volume through a staging directory and an atomic swap, then each dump into its labelled restore command.
 //!
 //! Volumes are restored with the snapshot restore's pieces
-//! ([`staging_dir`], [`archive::extract`], [`swap_in`]): the old content is
-//! only deleted after the swap, and a failure leaves the volume untouched.
-//! A volume still mounted after its containers were stopped is refused.
+//! ([`staging_dir`], [`archive::extract`], [`swap_in`]): each archive is
+//! read once, decompressed on every core and hashed on the way; its sha256
+//! is compared with the manifest before the swap. The old content is only
+//! deleted after the swap, and a failure (a damaged member or frame, a
+//! checksum mismatch) leaves the volume untouched. A volume still mounted
+//! after its containers were stopped is refused.
 //!
 //! A dump `<name>.sql.gz` goes, gunzipped, into the stdin of
 //! `sh -c <command>` in the running container labelled
@@ -23,7 +26,7 @@ use bollard::Docker;
 use flate2::read::MultiGzDecoder;
 use serde::Serialize;
 
-use super::manifest::{self, BackupManifest, FileKind};
+use super::manifest::{self, BackupManifest, FileEntry, FileKind};
 use super::quiesce::StopGuard;
 use super::run::{dump_name, running_containers, ItemProgress};
 use super::{verify, Settings, LABEL_RESTORE};
@@ -367,9 +370,14 @@ pub fn execute(
         .map(|v| v.file.as_str())
         .chain(plan.dumps.iter().map(|d| d.file.as_str()))
         .collect();
-    if let Err(errors) = verify::check_checksums(&plan.dir, &plan.manifest, |f| {
-        selected.contains(&f.name.as_str())
-    }) {
+    // Dumps are fed to a command, which cannot be undone: read and check them now.
+    // Volume archives are hashed while they are extracted, and checked before the swap.
+    if let Err(errors) = verify::check_checksums(
+        &plan.dir,
+        &plan.manifest,
+        |f| selected.contains(&f.name.as_str()),
+        |f| f.kind != FileKind::Volume,
+    ) {
         bail!(
             "refusing to restore, nothing was changed: {}",
             errors.join("; ")
@@ -414,7 +422,12 @@ pub fn execute(
         }
         for v in &plan.volumes {
             let r = match &v.target {
-                Some(target) => restore_volume(ctx, &plan.dir, v, target, progress.as_ref()),
+                Some(target) => match plan.manifest.file(&v.file) {
+                    Some(entry) => {
+                        restore_volume(ctx, &plan.dir, v, entry, target, progress.as_ref())
+                    }
+                    None => Err(format!("{} is not in the manifest", v.file)),
+                },
                 None => Err(format!(
                     "volume {} does not exist here; create it and restore again",
                     v.name
@@ -500,6 +513,7 @@ fn restore_volume(
     ctx: &Ctx,
     dir: &Path,
     v: &PlannedVolume,
+    entry: &FileEntry,
     target: &Path,
     progress: Option<&ItemProgress>,
 ) -> Result<String, String> {
@@ -556,12 +570,14 @@ fn restore_volume(
         }
     };
     let result = archive::extract(
-        BufReader::with_capacity(1 << 20, Counting::new(f, Some(&tick))),
+        Counting::new(f, Some(&tick)),
         &stage_dir.proc_path(),
         &ExtractOptions::default(),
     )
-    .map_err(|e| format!("{}: {e}", path.display()))
+    .map_err(|e| format!("{}: {e}; nothing was changed", path.display()))
     .and_then(|r| {
+        verify::check_sum(dir, entry, &r.sha256)
+            .map_err(|e| format!("{e}; nothing was changed"))?;
         swap_in(&swap, &stage).map_err(|e| e.to_string())?;
         Ok(r)
     });

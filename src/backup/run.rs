@@ -8,7 +8,8 @@
 //!    their dump;
 //! 2. every running container labelled `allspark.backup.dump=<command>` is
 //!    dumped into `<name>.sql.gz`;
-//! 3. each volume is archived into `<volume>.tar.gz`, highest priority first
+//! 3. each volume is archived into `<volume>.tar.zst` (or `.tar.gz`, see the
+//!    `compression` setting and volume option), highest priority first
 //!    (under the volume's shared snapshot lock, so no restore swaps it meanwhile);
 //! 4. the stopped containers are started again — always, also after a
 //!    failure or a panic;
@@ -35,9 +36,9 @@ use super::quiesce::StopGuard;
 use super::{
     dump, retention, BackupType, LabelFilter, Settings, LABEL_DUMP, LABEL_NAME, LABEL_STOP,
 };
-use crate::archive::{self, WriteOptions};
+use crate::archive::{self, CompressOptions, WriteOptions};
 use crate::context::Ctx;
-use crate::core::options::{BackupPriority, Class};
+use crate::core::options::{BackupPriority, Class, Compression};
 use crate::core::store::{Store, VolumeRecord};
 use crate::docker::ContainerInfo;
 use crate::fs::beneath::Missing;
@@ -488,6 +489,7 @@ fn do_dump(
         source: name.to_string(),
         options: Default::default(),
         bytes_in: r.bytes_in,
+        compression: Compression::Gzip,
     })
 }
 
@@ -513,7 +515,8 @@ fn archive_volume(
     let lock_path = ctx.layout.snapshot_lock(name);
     let _snap = FileLock::acquire(&lock_path, LockKind::Shared)
         .map_err(|e| format!("volume {name}: cannot take {}: {e}", lock_path.display()))?;
-    let file = format!("{name}.tar.gz");
+    let compression = rec.spec.compression.unwrap_or(ctx.compression);
+    let file = format!("{name}.{}", compression.archive_suffix());
     let tmp = dir.join(format!(".{file}.partial"));
     let out = OpenOptions::new()
         .write(true)
@@ -528,10 +531,11 @@ fn archive_volume(
     });
     let wopts = WriteOptions {
         progress,
+        compression: CompressOptions::new(compression),
         ..Default::default()
     };
-    tracing::info!(volume = %name, source = %src.display(), "archiving volume");
-    let result = archive::write_tree_gz(&src, out, &wopts);
+    tracing::info!(volume = %name, source = %src.display(), %compression, "archiving volume");
+    let result = archive::write_archive(&src, out, &wopts);
     if let Some(p) = &opts.progress {
         p(&item, None);
     }
@@ -542,7 +546,7 @@ fn archive_volume(
             return Err(format!("volume {name}: {e}"));
         }
     };
-    let Some(gz) = r.gz.clone() else {
+    let Some(stats) = r.compressed.clone() else {
         let _ = fs::remove_file(&tmp);
         return Err(format!(
             "volume {name}: the archive has no checksum (internal error)"
@@ -564,11 +568,12 @@ fn archive_volume(
         FileEntry {
             name: file,
             kind: FileKind::Volume,
-            size: gz.bytes_out,
-            sha256: gz.sha256,
+            size: stats.bytes_out,
+            sha256: stats.sha256,
             source: name.clone(),
             options: rec.options.clone(),
             bytes_in: r.bytes_in,
+            compression,
         },
         warning,
     ))

@@ -1,17 +1,19 @@
-//! Verifying a backup directory (the monthly restore drill, automated): sizes and sha256 against the manifest, a real test extraction of every archive, a full read of every dump.
+//! Verifying a backup directory (the monthly restore drill, automated): a real test extraction of every archive, a full read of every dump, each hashed on the way and checked against the manifest's size and sha256.
 //!
-//! Archives are extracted into a scratch directory next to the backup's type
-//! directory (`<backup-root>/<type>/.verify-XXXX`, same filesystem as the
-//! backups, hidden from listing and retention), one at a time, deleted after
-//! each. A manifest of the old script has no checksums: its `*.tar.gz` and
-//! `*.sql.gz` files are only test-read.
+//! Every file is read once: its sha256 is computed while it is extracted or
+//! gunzipped. Archives are extracted into a scratch directory next to the
+//! backup's type directory (`<backup-root>/<type>/.verify-XXXX`, same
+//! filesystem as the backups, hidden from listing and retention), one at a
+//! time, deleted after each. A manifest of the old script has no checksums:
+//! its `*.tar.gz` and `*.sql.gz` files are only test-read.
 
 use std::fs::File;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::manifest::{self, BackupManifest, FileEntry, FileKind};
 use super::run::ItemProgress;
@@ -62,8 +64,8 @@ fn safe_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && name != "." && name != ".." && !name.contains('\0')
 }
 
-/// Check size and sha256 of one file of the manifest; the error names the file.
-pub fn check_file(dir: &Path, f: &FileEntry) -> Result<(), String> {
+/// Check the name and size of one file of the manifest (cheap: no read); the error names the file.
+pub fn check_size(dir: &Path, f: &FileEntry) -> Result<(), String> {
     if !safe_name(&f.name) {
         return Err(format!(
             "the manifest names the file {:?}, which is not a plain file name; the manifest was tampered with",
@@ -71,12 +73,14 @@ pub fn check_file(dir: &Path, f: &FileEntry) -> Result<(), String> {
         ));
     }
     let path = dir.join(&f.name);
-    let (size, sum) = super::dump::file_sum(&path).map_err(|e| {
-        format!(
-            "{}: cannot be read ({e}); the backup is damaged, use another one",
-            path.display()
-        )
-    })?;
+    let size = std::fs::metadata(&path)
+        .map_err(|e| {
+            format!(
+                "{}: cannot be read ({e}); the backup is damaged, use another one",
+                path.display()
+            )
+        })?
+        .len();
     if size != f.size {
         return Err(format!(
             "{}: {size} bytes, the manifest says {}; the file is damaged (truncated?), use another backup",
@@ -84,27 +88,53 @@ pub fn check_file(dir: &Path, f: &FileEntry) -> Result<(), String> {
             f.size
         ));
     }
+    Ok(())
+}
+
+/// Compare the sha256 computed while reading a file with the manifest's.
+pub fn check_sum(dir: &Path, f: &FileEntry, sum: &str) -> Result<(), String> {
     if sum != f.sha256 {
         return Err(format!(
             "{}: sha256 {sum} does not match the manifest ({}); the file is damaged, use another backup",
-            path.display(),
+            dir.join(&f.name).display(),
             f.sha256
         ));
     }
     Ok(())
 }
 
-/// Check every file of `m` that `wanted` selects; all failures, each naming its file.
+/// Check size and sha256 of one file of the manifest by reading it; the error names the file.
+pub fn check_file(dir: &Path, f: &FileEntry) -> Result<(), String> {
+    check_size(dir, f)?;
+    let path = dir.join(&f.name);
+    let (_, sum) = super::dump::file_sum(&path).map_err(|e| {
+        format!(
+            "{}: cannot be read ({e}); the backup is damaged, use another one",
+            path.display()
+        )
+    })?;
+    check_sum(dir, f, &sum)
+}
+
+/// Check every file of `m` that `wanted` selects, reading it only if `read`
+/// says so (else its size only); all failures, each naming its file.
 pub fn check_checksums(
     dir: &Path,
     m: &BackupManifest,
     wanted: impl Fn(&FileEntry) -> bool,
+    read: impl Fn(&FileEntry) -> bool,
 ) -> Result<(), Vec<String>> {
     let errors: Vec<String> = m
         .files
         .iter()
         .filter(|f| wanted(f))
-        .filter_map(|f| check_file(dir, f).err())
+        .filter_map(|f| {
+            if read(f) {
+                check_file(dir, f).err()
+            } else {
+                check_size(dir, f).err()
+            }
+        })
         .collect();
     if errors.is_empty() {
         Ok(())
@@ -126,12 +156,13 @@ fn scratch(dir: &Path) -> io::Result<tempfile::TempDir> {
         })
 }
 
-/// Test-extract one archive into a fresh scratch directory (deleted afterwards).
+/// Test-extract one archive into a fresh scratch directory (deleted afterwards);
+/// what was extracted, and the archive's sha256.
 fn test_extract(
     dir: &Path,
     name: &str,
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
-) -> Result<String, String> {
+) -> Result<(String, String), String> {
     let path = dir.join(name);
     let f = File::open(&path).map_err(|e| format!("cannot open it: {e}"))?;
     let tmp = scratch(dir).map_err(|e| {
@@ -141,28 +172,51 @@ fn test_extract(
         preserve_ownership: nix::unistd::geteuid().is_root(),
         ..Default::default()
     };
-    let r = archive::extract(
-        BufReader::with_capacity(1 << 20, Counting::new(f, progress)),
-        &tmp.path().join("data"),
-        &opts,
-    )
-    .map_err(|e| format!("test extraction failed: {e}"))?;
-    Ok(format!(
-        "{} entries, {} bytes extracted",
-        r.entries, r.bytes
+    let r = archive::extract(Counting::new(f, progress), &tmp.path().join("data"), &opts)
+        .map_err(|e| format!("test extraction failed: {e}"))?;
+    Ok((
+        format!(
+            "{} entries, {} bytes extracted ({})",
+            r.entries,
+            r.bytes,
+            r.codec.map(|c| c.as_str()).unwrap_or("?")
+        ),
+        r.sha256,
     ))
 }
 
-/// Read a gzip file to the end (checks every member's CRC).
-fn test_gunzip(path: &Path) -> Result<String, String> {
+/// Hashes what is read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Read a gzip file to the end (checks every member's CRC); what was read, and the file's sha256.
+fn test_gunzip(path: &Path) -> Result<(String, String), String> {
     let f = File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
-    let mut d = MultiGzDecoder::new(BufReader::with_capacity(1 << 20, f));
+    let hashing = Hashing {
+        inner: f,
+        hasher: Sha256::new(),
+    };
+    let mut d = MultiGzDecoder::new(BufReader::with_capacity(1 << 20, hashing));
     let n = io::copy(&mut d, &mut io::sink())
         .map_err(|e| format!("the gzip data is damaged ({e}); use another backup"))?;
     if n == 0 {
         return Err("the dump is empty".into());
     }
-    Ok(format!("{n} bytes of SQL read"))
+    // Hash whatever the decoder left unread (nothing for a valid file).
+    let mut rest = d.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| format!("cannot read it: {e}"))?;
+    let sum = hex::encode(rest.into_inner().hasher.finalize());
+    Ok((format!("{n} bytes of SQL read"), sum))
 }
 
 /// Verify backup directory `dir`. `Err` only when it is not a complete backup.
@@ -188,7 +242,10 @@ pub fn verify_dir(dir: &Path, progress: Option<ItemProgress>) -> anyhow::Result<
         let mut names: Vec<String> = std::fs::read_dir(dir)?
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| !n.starts_with('.') && (n.ends_with(".tar.gz") || n.ends_with(".sql.gz")))
+            .filter(|n| {
+                !n.starts_with('.')
+                    && (n.ends_with(".tar.gz") || n.ends_with(".tar.zst") || n.ends_with(".sql.gz"))
+            })
             .collect();
         names.sort();
         names.into_iter().map(|n| (n, None)).collect()
@@ -199,16 +256,16 @@ pub fn verify_dir(dir: &Path, progress: Option<ItemProgress>) -> anyhow::Result<
         let item = format!("verify {name}");
         let result = (|| {
             if let Some(f) = entry {
-                check_file(dir, f)?;
+                check_size(dir, f)?;
             }
             if !safe_name(&name) {
                 return Err(format!("{name:?} is not a plain file name"));
             }
             let is_volume = match entry {
                 Some(f) => f.kind == FileKind::Volume,
-                None => name.ends_with(".tar.gz"),
+                None => !name.ends_with(".sql.gz"),
             };
-            if is_volume {
+            let (detail, sum) = if is_volume {
                 let p = progress.clone();
                 let it = item.clone();
                 let tick = move |n: u64| {
@@ -216,10 +273,14 @@ pub fn verify_dir(dir: &Path, progress: Option<ItemProgress>) -> anyhow::Result<
                         p(&it, Some(n))
                     }
                 };
-                test_extract(dir, &name, Some(&tick))
+                test_extract(dir, &name, Some(&tick))?
             } else {
-                test_gunzip(&dir.join(&name))
+                test_gunzip(&dir.join(&name))?
+            };
+            if let Some(f) = entry {
+                check_sum(dir, f, &sum)?;
             }
+            Ok(detail)
         })();
         if let Some(p) = &progress {
             p(&item, None);

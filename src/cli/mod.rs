@@ -42,6 +42,14 @@ pub struct Cli {
     /// Docker endpoint (for foreign volumes, labels, dumps).
     #[arg(long, global = true, env = "ALLSPARK_DOCKER", default_value = crate::docker::DEFAULT_DOCKER)]
     pub docker: String,
+    /// Codec of new snapshot chains and of backups: zstd or gzip (a volume's `compression=` option wins).
+    #[arg(
+        long,
+        global = true,
+        env = "ALLSPARK_COMPRESSION",
+        default_value = "zstd"
+    )]
+    pub compression: crate::core::options::Compression,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -89,6 +97,7 @@ impl Cli {
             layout: crate::core::layout::Layout::new(&self.root),
             view: crate::core::layout::HostView::new(self.host_prefix.as_deref()),
             docker_url: self.docker.clone(),
+            compression: self.compression,
         }
     }
 }

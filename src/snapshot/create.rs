@@ -7,14 +7,15 @@ use std::time::Instant;
 
 use chrono::Utc;
 
-use crate::archive::{self, Index, WriteOptions};
+use crate::archive::{self, CompressOptions, Index, WriteOptions};
 use crate::core::layout::Layout;
+use crate::core::options::Compression;
 use crate::core::snapshot_id;
 use crate::core::store::Store;
 use crate::fs::durable::{self, FileLock, LockKind};
 use crate::snapshot::catalog;
 use crate::snapshot::manifest::{
-    Manifest, Trigger, ARCHIVE_NAME, INDEX_NAME, MANIFEST_FORMAT, MANIFEST_NAME,
+    archive_name, Manifest, Trigger, INDEX_NAME, MANIFEST_FORMAT, MANIFEST_NAME,
 };
 use crate::snapshot::SnapshotError;
 
@@ -39,6 +40,8 @@ pub struct CreateRequest<'a> {
     pub skip_if_mounted: bool,
     /// Always write a full snapshot.
     pub force_full: bool,
+    /// Codec of a new chain (a full snapshot); incrementals keep their chain's codec.
+    pub compression: Compression,
     /// Called with bytes read so far.
     pub progress: Option<Progress>,
 }
@@ -87,9 +90,23 @@ pub fn create(layout: &Layout, req: &CreateRequest) -> Result<CreateOutcome, Sna
         }
     }
     let (parent, parent_index) = pick_parent(layout, req, &existing);
+    let compression = match &parent {
+        Some(p) => existing
+            .iter()
+            .find(|m| &m.id == p)
+            .map_or(req.compression, |m| m.compression),
+        None => req.compression,
+    };
     let id = next_id(existing.last().map(|m| m.id.as_str()));
     let tmp = vol_dir.join(format!(".tmp-{id}"));
-    let result = write_snapshot(layout, req, &id, &tmp, parent, parent_index.as_ref());
+    let result = write_snapshot(
+        layout,
+        req,
+        &id,
+        &tmp,
+        (parent, parent_index.as_ref()),
+        compression,
+    );
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
     }
@@ -139,14 +156,15 @@ fn write_snapshot(
     req: &CreateRequest,
     id: &str,
     tmp: &Path,
-    parent: Option<String>,
-    parent_index: Option<&Index>,
+    (parent, parent_index): (Option<String>, Option<&Index>),
+    compression: Compression,
 ) -> Result<Manifest, SnapshotError> {
     let started = Instant::now();
     let created_at = Utc::now();
     durable::ensure_dir(tmp, 0o700)
         .map_err(|e| SnapshotError::io(format!("cannot create {}", tmp.display()), e))?;
-    let archive_path = tmp.join(ARCHIVE_NAME);
+    let archive_file = archive_name(compression);
+    let archive_path = tmp.join(&archive_file);
     // 0600 like every state file: the archive holds the volume's data.
     let file = fs::OpenOptions::new()
         .write(true)
@@ -162,11 +180,12 @@ fn write_snapshot(
     let opts = WriteOptions {
         parent: parent_index,
         progress,
+        compression: CompressOptions::new(compression),
         ..Default::default()
     };
-    let report = archive::write_tree_gz(req.source, file, &opts)?;
+    let report = archive::write_archive(req.source, file, &opts)?;
     report.index.save(&tmp.join(INDEX_NAME))?;
-    let gz = report.gz.as_ref();
+    let stats = report.compressed.as_ref();
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         id: id.to_string(),
@@ -174,11 +193,12 @@ fn write_snapshot(
         parent,
         trigger: req.trigger,
         created_at,
-        archive: ARCHIVE_NAME.to_string(),
+        archive: archive_file,
+        compression,
         files: report.files + report.dirs + report.symlinks + report.hardlinks + report.specials,
         bytes_in: report.bytes_in,
-        bytes_stored: gz.map(|g| g.bytes_out).unwrap_or_default(),
-        sha256: gz.map(|g| g.sha256.clone()).unwrap_or_default(),
+        bytes_stored: stats.map(|g| g.bytes_out).unwrap_or_default(),
+        sha256: stats.map(|g| g.sha256.clone()).unwrap_or_default(),
         duration_ms: started.elapsed().as_millis() as u64,
         deleted: report.deleted.clone(),
         skipped: report.vanished + report.sockets_skipped + report.unreadable,

@@ -5,10 +5,15 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::core::options::Compression;
+
 /// Version of the manifest format written by this build.
 pub const MANIFEST_FORMAT: u32 = 1;
-/// File name of the archive inside a snapshot directory.
-pub const ARCHIVE_NAME: &str = "snapshot.tar.gz";
+/// File name of the archive inside a snapshot directory: `snapshot.tar.zst` or
+/// `snapshot.tar.gz` (what every snapshot before zstd has).
+pub fn archive_name(compression: Compression) -> String {
+    format!("snapshot.{}", compression.archive_suffix())
+}
 /// File name of the manifest inside a snapshot directory.
 pub const MANIFEST_NAME: &str = "manifest.json";
 /// File name of the file index (for the next incremental) inside a snapshot directory.
@@ -55,6 +60,9 @@ pub struct Manifest {
     pub created_at: DateTime<Utc>,
     /// Archive file name inside the snapshot directory.
     pub archive: String,
+    /// Codec of the archive; manifests written before zstd existed are gzip.
+    #[serde(default = "Compression::legacy")]
+    pub compression: Compression,
     /// Entries stored in the archive.
     pub files: u64,
     /// Bytes of file data read from the volume.

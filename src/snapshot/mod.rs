@@ -1,8 +1,14 @@
 //! Snapshots of volumes: create (incremental), list, verify, restore through staging, retention.
 //!
-//! A snapshot is `<root>/snapshots/<volume>/<id>/` holding `manifest.json`, `snapshot.tar.gz`
-//! (a standard archive, see `crate::archive`) and `index` (the file list the next incremental
-//! compares against). It appears under its id only when complete.
+//! A snapshot is `<root>/snapshots/<volume>/<id>/` holding `manifest.json`, the archive
+//! `snapshot.tar.zst` or `snapshot.tar.gz` (a standard archive, see `crate::archive`; the
+//! manifest records its codec) and `index` (the file list the next incremental compares
+//! against). It appears under its id only when complete.
+//!
+//! The codec of a chain is chosen when its full snapshot is taken (the volume's
+//! `compression=` option, else the agent's setting) and kept by its incrementals, so a
+//! chain switches codec at its next full snapshot; a restore reads each archive with its
+//! own codec, whatever the mix.
 
 pub mod catalog;
 pub mod create;
@@ -45,15 +51,6 @@ impl SnapshotError {
             source,
         }
     }
-}
-
-/// sha256 of a file, hex.
-pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
 }
 
 /// A reader that reports how many bytes went through it (for progress bars).

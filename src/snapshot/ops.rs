@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 
 use crate::context::Ctx;
 use crate::core::layout::Layout;
-use crate::core::options::Keep;
+use crate::core::options::{Compression, Keep};
 use crate::core::store::{Store, VolumeRecord};
 use crate::core::topology;
 use crate::fs::durable::{FileLock, LockKind};
@@ -43,6 +43,7 @@ pub fn take(
             full_every: DEFAULT_FULL_EVERY,
             skip_if_mounted: matches!(trigger, Trigger::Unmount),
             force_full,
+            compression: compression_of(ctx, &vref),
             progress,
         },
     )?;
@@ -58,6 +59,14 @@ pub fn take(
         }
     }
     Ok(outcome)
+}
+
+/// The codec of a volume's new chains and backups: its `compression=` option, else the setting.
+pub fn compression_of(ctx: &Ctx, vref: &VolumeRef) -> Compression {
+    vref.record
+        .as_ref()
+        .and_then(|r| r.spec.compression)
+        .unwrap_or(ctx.compression)
 }
 
 /// The retention of a volume: its `keep=` option, or the default for foreign volumes.

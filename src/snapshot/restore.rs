@@ -1,8 +1,7 @@
-//! Restoring: a chain of archives extracted into a fresh staging directory, then swapped in atomically.
+//! Restoring: a chain of archives extracted into a fresh staging directory (each hashed while it is read, and checked against its manifest before anything is swapped), then swapped in atomically.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use crate::archive::{self, ExtractOptions};
@@ -11,7 +10,7 @@ use crate::core::store::DataLocation;
 use crate::fs::beneath::{Dir, Missing};
 use crate::snapshot::catalog;
 use crate::snapshot::manifest::Manifest;
-use crate::snapshot::{sha256_file, Counting, SnapshotError};
+use crate::snapshot::{Counting, SnapshotError};
 
 /// What a restore did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -27,21 +26,13 @@ pub fn archive_path(layout: &Layout, m: &Manifest) -> PathBuf {
     catalog::snapshot_dir(layout, &m.volume, &m.id).join(&m.archive)
 }
 
-/// Check every archive of the chain against its manifest's sha256; the error names the file.
-pub fn check_checksums(layout: &Layout, chain: &[Manifest]) -> Result<(), SnapshotError> {
-    for m in chain {
-        let p = archive_path(layout, m);
-        let sum = sha256_file(&p)
-            .map_err(|e| SnapshotError::io(format!("cannot read {}", p.display()), e))?;
-        if sum != m.sha256 {
-            return Err(SnapshotError::Corrupt(format!(
-                "{} does not match its manifest (sha256 {sum}, expected {}); this snapshot cannot be trusted",
-                p.display(),
-                m.sha256
-            )));
-        }
-    }
-    Ok(())
+/// The error for an archive whose sha256 is not its manifest's.
+pub fn checksum_mismatch(path: &Path, sum: &str, m: &Manifest) -> SnapshotError {
+    SnapshotError::Corrupt(format!(
+        "{} does not match its manifest (sha256 {sum}, expected {}); this snapshot cannot be trusted",
+        path.display(),
+        m.sha256
+    ))
 }
 
 /// Where a restore swaps its new tree in: the data directory's parent, as a descriptor opened
@@ -138,14 +129,14 @@ pub fn remove_stale_staging(t: &SwapTarget) {
 }
 
 /// Extract `chain` (full first) into a new staging directory and swap it with the target.
-/// The old content is deleted only after the swap; a failure leaves the target untouched.
+/// The old content is deleted only after the swap; a failure (a damaged member or frame,
+/// a checksum mismatch) leaves the target untouched.
 pub fn restore_chain_into(
     layout: &Layout,
     chain: &[Manifest],
     target: &SwapTarget,
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> Result<RestoreReport, SnapshotError> {
-    check_checksums(layout, chain)?;
     let (stage, dir) = staging_dir(target)?;
     let result = extract_chain(layout, chain, &dir.proc_path(), progress).and_then(|r| {
         swap_in(target, &stage)?;
@@ -166,6 +157,8 @@ pub fn remove_staged(target: &SwapTarget, stage: &OsStr) {
 }
 
 /// Extract a chain into `dest` (deletions of each incremental first, then its archive).
+/// Each archive is hashed while it is read and checked against its manifest: an `Err`
+/// means `dest` holds a partial or untrusted tree and must be thrown away.
 pub fn extract_chain(
     layout: &Layout,
     chain: &[Manifest],
@@ -186,12 +179,11 @@ pub fn extract_chain(
             skip_devices: true,
             ..Default::default()
         };
-        let r = archive::extract(
-            BufReader::with_capacity(1 << 20, Counting::new(f, progress)),
-            dest,
-            &opts,
-        )
-        .map_err(|e| SnapshotError::Corrupt(format!("{}: {e}", p.display())))?;
+        let r = archive::extract(Counting::new(f, progress), dest, &opts)
+            .map_err(|e| SnapshotError::Corrupt(format!("{}: {e}", p.display())))?;
+        if r.sha256 != m.sha256 {
+            return Err(checksum_mismatch(&p, &r.sha256, m));
+        }
         report.archives += 1;
         report.entries += r.entries;
         report.bytes += r.bytes;

@@ -85,6 +85,7 @@ mod tests {
             trigger: Trigger::Unmount,
             created_at: Utc.with_ymd_and_hms(2026, 11, day, hour, 0, 0).unwrap(),
             archive: "a".into(),
+            compression: crate::core::options::Compression::Zstd,
             files: 0,
             bytes_in: 0,
             bytes_stored: 0,

@@ -8,7 +8,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 
 use allspark::archive::{
-    apply_deletions, extract, write_tree_gz, ExtractOptions, Index, WriteOptions, WriteReport,
+    apply_deletions, extract, write_archive, ExtractOptions, Index, WriteOptions, WriteReport,
 };
 use util::*;
 
@@ -59,7 +59,7 @@ fn snapshot_to(src: &Path, archive: &Path, parent: Option<&Index>) -> WriteRepor
         parent,
         ..WriteOptions::default()
     };
-    write_tree_gz(src, File::create(archive).expect("create"), &opts).expect("write_tree_gz")
+    write_archive(src, File::create(archive).expect("create"), &opts).expect("write_archive")
 }
 
 /// Non-directory entries of an archive, as relative paths.
@@ -78,7 +78,7 @@ fn incremental_stores_only_changes_and_restores_the_new_tree() {
     fs::create_dir(&src).expect("mkdir");
     build(&src);
 
-    let full = work.path().join("full.tar.gz");
+    let full = work.path().join("full.tar.zst");
     let r1 = snapshot_to(&src, &full, None);
     assert!(r1.deleted.is_empty());
     assert_eq!(r1.files, 10 * 21 + 3); // + hl-a, becomes-dir, becomes-file/child
@@ -91,7 +91,7 @@ fn incremental_stores_only_changes_and_restores_the_new_tree() {
     assert_eq!(parent, r1.index);
 
     // Nothing changed: an incremental holds directories only.
-    let noop = work.path().join("noop.tar.gz");
+    let noop = work.path().join("noop.tar.zst");
     let r0 = snapshot_to(&src, &noop, Some(&parent));
     assert!(
         non_dir_entries(&noop).is_empty(),
@@ -123,7 +123,7 @@ fn incremental_stores_only_changes_and_restores_the_new_tree() {
     fs::write(src.join("becomes-file"), b"now a file").expect("write");
     fs::hard_link(src.join("hl-a"), src.join("hl-c")).expect("link"); // touches the inode's ctime
 
-    let incr = work.path().join("incr.tar.gz");
+    let incr = work.path().join("incr.tar.zst");
     let r2 = snapshot_to(&src, &incr, Some(&parent));
     let expected: BTreeSet<String> = [
         "dir3/f07",
@@ -195,7 +195,7 @@ fn incremental_stores_only_changes_and_restores_the_new_tree() {
     // A second incremental on top of the first.
     fs::write(src.join("dir0/f05"), b"second round").expect("write");
     fs::remove_file(src.join("new-dir/inside")).expect("rm");
-    let incr2 = work.path().join("incr2.tar.gz");
+    let incr2 = work.path().join("incr2.tar.zst");
     let r3 = snapshot_to(&src, &incr2, Some(&r2.index));
     assert_eq!(
         non_dir_entries(&incr2),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use allspark::archive::{extract, write_tree_gz, ExtractOptions, WriteOptions};
+use allspark::archive::{extract, write_archive, ExtractOptions, WriteOptions};
 use util::*;
 
 const MIB: usize = 1 << 20;
@@ -68,12 +68,16 @@ fn files_changing_during_the_walk_do_not_abort() {
         before_file_read: Some(Box::new(hook)),
         ..WriteOptions::default()
     };
-    let archive = work.path().join("live.tar.gz");
-    let report = write_tree_gz(&src, File::create(&archive).expect("create"), &opts)
+    let archive = work.path().join("live.tar.zst");
+    let report = write_archive(&src, File::create(&archive).expect("create"), &opts)
         .expect("a changing tree must not abort the snapshot");
     assert!(fired.load(Ordering::SeqCst));
     assert_eq!(report.changed_during_walk, 3, "{report:?}");
-    assert_eq!(report.vanished, 2, "{report:?}");
+    // y-vanish is opened when the walk reaches it: vanished. zz-dir is scanned
+    // ahead of the walk by another thread, before, during or after its removal:
+    // stored as seen (its file then vanishes), or vanished itself.
+    assert!((1..=2).contains(&report.vanished), "{report:?}");
+    assert!(report.index.get(b"zz-dir/sub/deep").is_none());
     assert_eq!(report.unreadable, 0, "{:?}", report.problems);
     assert!(report.index.get(b"y-vanish").is_none());
 
@@ -92,7 +96,9 @@ fn files_changing_during_the_walk_do_not_abort() {
     assert!(sparse.iter().all(|&b| b == 0));
     assert_eq!(read_all(&gnu.join("c-steady")), b"steady");
     assert!(!gnu.join("y-vanish").exists());
-    assert!(!gnu.join("zz-dir").exists());
+    // The scan threads may have listed zz-dir before it was removed: it is then
+    // stored as the (empty) directory they saw, never with the vanished file.
+    assert!(!gnu.join("zz-dir/sub/deep").exists());
 
     // And so does our reader, with identical results.
     let ours = work.path().join("ours");
@@ -105,8 +111,8 @@ fn files_changing_during_the_walk_do_not_abort() {
     assert_same_tree(&snapshot(&gnu), &snapshot(&ours), "ours vs GNU tar");
 
     // The next incremental stores the changed files again.
-    let incr = work.path().join("incr.tar.gz");
-    let r2 = write_tree_gz(
+    let incr = work.path().join("incr.tar.zst");
+    let r2 = write_archive(
         &src,
         File::create(&incr).expect("create"),
         &WriteOptions {
@@ -149,8 +155,8 @@ fn a_writer_thread_hammering_files_never_breaks_the_archive() {
     });
     let mut reports = Vec::new();
     for round in 0..2 {
-        let archive = work.path().join(format!("r{round}.tar.gz"));
-        let report = write_tree_gz(
+        let archive = work.path().join(format!("r{round}.tar.zst"));
+        let report = write_archive(
             &src,
             File::create(&archive).expect("create"),
             &WriteOptions::default(),

@@ -1,8 +1,9 @@
-//! Archive engine: round trips, incremental chains, live trees, malicious archives.
+//! Archive engine: round trips of both codecs, incremental chains, codec switches and damage in restores, live trees, malicious archives.
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod codecs;
 mod incremental;
 mod live;
 mod malicious;

@@ -1,159 +1,27 @@
-//! Torture-tree roundtrip: write_tree_gz, then extract with our reader and with GNU tar, compare everything.
+//! Torture-tree round trips of both codecs: write_archive, then extract with our reader and with GNU tar (every README recipe), compare everything.
 
 use crate::util;
 
-use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, FileExt, MetadataExt};
-use std::path::Path;
 
-use allspark::archive::{extract, write_tree_gz, ExtractOptions, WriteOptions};
+use allspark::archive::{extract, CompressOptions, Compression, ExtractOptions, WriteOptions};
 use util::*;
 
-const TWO_GIB: u64 = 2 << 30;
-
-/// Build the torture tree; returns whether xattrs could be set.
-fn build_torture(root: &Path) -> bool {
-    // Deep path, well past 100 bytes (GNU long names) and 50 levels.
-    let mut deep = root.to_path_buf();
-    for i in 0..50 {
-        deep.push(format!("level-{i:02}"));
-    }
-    fs::create_dir_all(&deep).expect("deep dirs");
-    fs::write(deep.join("leaf.txt"), b"deep leaf\n").expect("leaf");
-    let long_name = "n".repeat(200);
-    fs::write(deep.join(&long_name), b"long name").expect("long name");
-    // A symlink with a long target deep down.
-    symlink(format!("../../{}", "x".repeat(150)), deep.join("long-link")).expect("long link");
-    // A hard link whose first name (the link target) is the deep one: a GNU long link.
-    fs::hard_link(deep.join("leaf.txt"), p(root, "zz-leaf-alias")).expect("deep hard link");
-
-    // Unicode and non-UTF-8 names.
-    fs::create_dir(p(root, "日本語")).expect("mkdir");
-    fs::write(p(root, "日本語/ファイル.txt"), "こんにちは".as_bytes()).expect("write");
-    fs::write(p(root, "ünïcödé-😀.txt"), b"unicode").expect("write");
-    fs::write(
-        root.join(OsStr::from_bytes(b"bad-\xff\xfe.bin")),
-        b"not utf8",
-    )
-    .expect("write");
-    fs::write(p(root, "name with spaces & %percent"), b"x").expect("write");
-
-    // Empty dirs.
-    fs::create_dir_all(p(root, "empty2/nested-empty")).expect("mkdir");
-    fs::create_dir(p(root, "empty")).expect("mkdir");
-
-    // Plain files of various sizes.
-    fs::write(p(root, "zero-bytes"), b"").expect("write");
-    fs::write(p(root, "one-byte"), b"1").expect("write");
-    fs::write(p(root, "text-100k.txt"), text(100_000, 1)).expect("write");
-    fs::write(p(root, "random-3m.bin"), noise(3 << 20, 5)).expect("write");
-
-    // Symlinks: relative, dangling, absolute, to a directory.
-    symlink("text-100k.txt", p(root, "link-rel")).expect("symlink");
-    symlink("does/not/exist", p(root, "link-dangling")).expect("symlink");
-    symlink("/etc/passwd", p(root, "link-abs")).expect("symlink");
-    symlink("level-00", p(root, "link-dir")).expect("symlink");
-
-    // Hard links: three names, one in a subdirectory.
-    fs::create_dir_all(p(root, "hl/sub")).expect("mkdir");
-    fs::write(p(root, "hl/one"), text(50_000, 7)).expect("write");
-    fs::hard_link(p(root, "hl/one"), p(root, "hl/two")).expect("link");
-    fs::hard_link(p(root, "hl/one"), p(root, "hl/sub/three")).expect("link");
-
-    // Sparse files: a small one with holes inside and at the end, and 2 GiB.
-    let f = File::create(p(root, "sparse-small")).expect("create");
-    f.set_len(8 << 20).expect("set_len");
-    f.write_at(&text(10_000, 3), 1 << 20).expect("write");
-    f.write_at(b"middle", 5 << 20).expect("write");
-    let f = File::create(p(root, "sparse-2g")).expect("create");
-    f.set_len(TWO_GIB).expect("set_len");
-    f.write_at(b"one gibibyte in", 1 << 30).expect("write");
-    f.write_at(b"the end", TWO_GIB - 7).expect("write");
-    drop(f);
-
-    // Modes, including setuid/setgid/sticky.
-    fs::create_dir(p(root, "modes")).expect("mkdir");
-    for mode in [
-        0o000, 0o400, 0o644, 0o755, 0o777, 0o4755, 0o2755, 0o1777, 0o6750, 0o7777, 0o4000, 0o1000,
-    ] {
-        let f = p(root, &format!("modes/m{mode:04o}"));
-        fs::write(&f, format!("{mode:o}")).expect("write");
-        lchown(&f, 1234, 5678);
-        chmod(&f, mode); // after chown: chown clears setuid/setgid
-    }
-    fs::create_dir(p(root, "modes/dir-sticky")).expect("mkdir");
-    chmod(&p(root, "modes/dir-sticky"), 0o1777);
-    fs::create_dir(p(root, "modes/dir-setgid")).expect("mkdir");
-    fs::write(p(root, "modes/dir-setgid/inside"), b"in setgid dir").expect("write");
-    chmod(&p(root, "modes/dir-setgid"), 0o2750);
-    fs::create_dir(p(root, "modes/dir-0000")).expect("mkdir");
-    fs::write(p(root, "modes/dir-0000/locked"), b"in a 0000 dir").expect("write");
-    chmod(&p(root, "modes/dir-0000"), 0o000);
-    fs::create_dir(p(root, "modes/dir-0555")).expect("mkdir");
-    fs::write(p(root, "modes/dir-0555/ro-parent"), b"x").expect("write");
-    chmod(&p(root, "modes/dir-0555"), 0o555);
-
-    // Owners other than root, on a directory and a symlink too.
-    fs::create_dir(p(root, "owned")).expect("mkdir");
-    fs::write(p(root, "owned/file"), b"owned").expect("write");
-    lchown(&p(root, "owned/file"), 1234, 5678);
-    symlink("file", p(root, "owned/link")).expect("symlink");
-    lchown(&p(root, "owned/link"), 4321, 8765);
-    lchown(&p(root, "owned"), 1234, 5678);
-
-    // Special files.
-    mkfifo(&p(root, "pipe"));
-    mknod_char(&p(root, "dev-null"), 1, 3);
-    let _sock = std::os::unix::net::UnixListener::bind(p(root, "sock")).expect("socket");
-
-    // Extended attributes: text, binary with newlines, on a dir, trusted.*.
-    let mut xattrs_ok = try_xattr(&p(root, "text-100k.txt"), "user.test", b"hello");
-    if xattrs_ok {
-        xattrs_ok &= try_xattr(
-            &p(root, "one-byte"),
-            "user.bin",
-            b"\x00\n\xff\n12 path=evil\n",
-        );
-        xattrs_ok &= try_xattr(&p(root, "hl/sub"), "user.dir", b"on a directory");
-        xattrs_ok &= try_xattr(&deep.join("leaf.txt"), "user.deep", b"deep");
-        xattrs_ok &= try_xattr(&p(root, "modes/m0000"), "trusted.t", b"trusted value");
-        xattrs_ok &= try_xattr(root, "user.root", b"on the root");
-        // On a symlink itself (user.* is not allowed there).
-        if let Err(e) = xattr::set(p(root, "link-rel"), "trusted.sym", b"on a symlink") {
-            eprintln!("!!!!! WARNING: cannot set trusted.* on a symlink: {e}; skipped !!!!!");
-            xattrs_ok = false;
-        }
-    }
-
-    // Root metadata and mtimes: files with nanoseconds, dirs set last.
-    lchown(root, 1234, 5678);
-    chmod(root, 0o750);
-    let mut n = 0i64;
-    let mut stack = vec![root.to_path_buf()];
-    let mut dirs = Vec::new();
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).expect("read_dir") {
-            let e = e.expect("dirent");
-            let ft = e.file_type().expect("type");
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if !std::os::unix::fs::FileTypeExt::is_socket(&ft) {
-                n += 1;
-                set_times(&e.path(), 1_234_567_890 + n * 1000, 123_456_789);
-            }
-        }
-        dirs.push(d);
-    }
-    for (i, d) in dirs.iter().rev().enumerate() {
-        set_times(d, 1_000_000_000 + i as i64 * 86_400, 5);
-    }
-    xattrs_ok
+#[test]
+fn torture_tree_roundtrips_through_gzip_with_our_reader_and_gnu_tar() {
+    torture_roundtrip(Compression::Gzip, &[&["-z"], &["-I", "gzip"]]);
 }
 
 #[test]
-fn torture_tree_roundtrips_with_our_reader_and_gnu_tar() {
+fn torture_tree_roundtrips_through_zstd_with_our_reader_and_gnu_tar() {
+    torture_roundtrip(Compression::Zstd, &[&["--zstd"], &["-I", "zstd"]]);
+}
+
+/// The torture tree archived with `codec`, restored by our reader (in
+/// parallel) and by GNU tar with each of `gnu_recipes` (the codec options of
+/// the README's restore recipes): everything comes back.
+fn torture_roundtrip(codec: Compression, gnu_recipes: &[&[&str]]) {
     let work = tempdir();
     let src = work.path().join("src");
     fs::create_dir(&src).expect("mkdir src");
@@ -194,10 +62,14 @@ fn torture_tree_roundtrips_with_our_reader_and_gnu_tar() {
         assert_eq!(get(b"link-rel").xattrs.len(), 1);
     }
 
-    let archive = work.path().join("snap.tar.gz");
-    let out = File::create(&archive).expect("create archive");
-    let report = write_tree_gz(&src, out, &WriteOptions::default()).expect("write_tree_gz");
-    let gz = report.gz.clone().expect("gz stats");
+    let archive = work.path().join(format!("snap.{}", codec.archive_suffix()));
+    // 1 MiB chunks for both codecs: the 3 MiB random file fills whole chunks.
+    let mut opts = codec_opts(codec);
+    opts.compression.chunk_size = 1 << 20;
+    let report = write_to(&src, &archive, &opts);
+    let gz = report.compressed.clone().expect("compression stats");
+    assert_eq!(gz.codec, codec);
+    assert_eq!(codec_of(&archive), codec);
 
     // Counts.
     assert_eq!(report.sockets_skipped, 1, "{report:?}");
@@ -216,7 +88,7 @@ fn torture_tree_roundtrips_with_our_reader_and_gnu_tar() {
         gz.bytes_in
     );
     assert!(
-        gz.stored_members >= 2,
+        gz.stored_chunks >= 1,
         "random data should be stored: {gz:?}"
     );
     assert_eq!(
@@ -247,6 +119,9 @@ fn torture_tree_roundtrips_with_our_reader_and_gnu_tar() {
     assert_eq!(r.hardlinks, 3);
     assert_eq!(r.sha256, gz.sha256);
     assert_eq!(r.compressed_bytes, size);
+    assert_eq!(r.codec, Some(codec));
+    assert!(!r.streamed, "our archives are decoded in parallel: {r:?}");
+    assert_eq!(r.parallel_pieces, gz.chunks);
     let mut after = snapshot(&ours);
     if !xattrs_ok {
         strip_xattrs(&mut after);
@@ -277,13 +152,15 @@ fn torture_tree_roundtrips_with_our_reader_and_gnu_tar() {
     );
 
     // GNU tar, as documented.
-    let gnu = work.path().join("gnu");
-    gnu_extract(&archive, &gnu);
-    let mut after = snapshot(&gnu);
-    if !xattrs_ok {
-        strip_xattrs(&mut after);
+    for (i, recipe) in gnu_recipes.iter().enumerate() {
+        let gnu = work.path().join(format!("gnu-{i}"));
+        gnu_extract_with(&archive, &gnu, recipe);
+        let mut after = snapshot(&gnu);
+        if !xattrs_ok {
+            strip_xattrs(&mut after);
+        }
+        assert_same_tree(&before, &after, &format!("GNU tar {recipe:?} extract"));
     }
-    assert_same_tree(&before, &after, "GNU tar extract");
 
     // verify_only reads everything and writes nothing.
     let nowhere = work.path().join("never-created");
@@ -315,13 +192,8 @@ fn devices_are_refused_by_default() {
     let src = work.path().join("src");
     fs::create_dir(&src).expect("mkdir");
     mknod_char(&src.join("null"), 1, 3);
-    let archive = work.path().join("a.tar.gz");
-    write_tree_gz(
-        &src,
-        File::create(&archive).expect("create"),
-        &WriteOptions::default(),
-    )
-    .expect("write");
+    let archive = work.path().join("a.tar.zst");
+    write_to(&src, &archive, &WriteOptions::default());
     let err = extract(
         File::open(&archive).expect("open"),
         &work.path().join("out"),
@@ -349,7 +221,8 @@ fn progress_is_reported_and_options_are_honoured() {
             s.store(n, Ordering::SeqCst);
             c.fetch_add(1, Ordering::SeqCst);
         })),
-        gzip: allspark::archive::PgzOptions {
+        compression: CompressOptions {
+            codec: Compression::Gzip,
             level: 1,
             threads: 2,
             chunk_size: 256 * 1024,
@@ -357,13 +230,12 @@ fn progress_is_reported_and_options_are_honoured() {
         ..WriteOptions::default()
     };
     let archive = work.path().join("a.tar.gz");
-    let report =
-        write_tree_gz(&src, File::create(&archive).expect("create"), &opts).expect("write");
+    let report = write_to(&src, &archive, &opts);
     assert_eq!(seen.load(Ordering::SeqCst), 20 << 20);
     assert!(calls.load(Ordering::SeqCst) >= 3);
     assert_eq!(report.bytes_in, 20 << 20);
-    let gz = report.gz.expect("gz");
-    assert!(gz.members > 80, "{gz:?}");
+    let gz = report.compressed.expect("compression stats");
+    assert!(gz.chunks > 80, "{gz:?}");
     gnu_extract(&archive, &work.path().join("out"));
     assert_eq!(read_all(&work.path().join("out/big")), text(20 << 20, 0));
 }

@@ -1,4 +1,4 @@
-//! Shared helpers for the archive integration tests: tree fingerprints, GNU tar, torture trees.
+//! Shared helpers for the archive integration tests: tree fingerprints, GNU tar (both codecs), the torture tree, archive writing.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -6,9 +6,11 @@ use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use allspark::archive::{write_archive, CompressOptions, Compression, WriteOptions, WriteReport};
 
 /// Everything we promise to restore about one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,14 +209,41 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Extract with GNU tar the way the README documents it.
+/// The codec of an archive file, from its magic number.
+pub fn codec_of(archive: &Path) -> Compression {
+    let mut magic = [0u8; 4];
+    File::open(archive)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .expect("read the archive's magic");
+    match magic {
+        [0x1f, 0x8b, ..] => Compression::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
+        m => panic!("{} is neither gzip nor zstd: {m:02x?}", archive.display()),
+    }
+}
+
+/// GNU tar's option selecting the codec of `archive`, as the README's recipes write it.
+fn codec_flag(archive: &Path) -> &'static str {
+    match codec_of(archive) {
+        Compression::Gzip => "--gzip",
+        Compression::Zstd => "--zstd",
+    }
+}
+
+/// Extract with GNU tar the way the README documents it (`-xpzf` or `--zstd -xpf`).
 pub fn gnu_extract(archive: &Path, dest: &Path) {
+    gnu_extract_with(archive, dest, &[codec_flag(archive)]);
+}
+
+/// Extract with GNU tar, selecting the codec with `codec_args` (e.g. `-I zstd`).
+pub fn gnu_extract_with(archive: &Path, dest: &Path, codec_args: &[&str]) {
     fs::create_dir_all(dest).expect("mkdir");
     run(Command::new("tar")
+        .args(codec_args)
         .arg("--xattrs")
         .arg("--xattrs-include=*")
         .arg("--numeric-owner")
-        .arg("-xpzf")
+        .arg("-xpf")
         .arg(archive)
         .arg("-C")
         .arg(dest));
@@ -222,10 +251,31 @@ pub fn gnu_extract(archive: &Path, dest: &Path) {
 
 /// Entry names as GNU tar lists them.
 pub fn gnu_list(archive: &Path) -> Vec<String> {
-    run(Command::new("tar").arg("-tzf").arg(archive))
-        .lines()
-        .map(str::to_string)
-        .collect()
+    run(Command::new("tar")
+        .arg(codec_flag(archive))
+        .arg("-tf")
+        .arg(archive))
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// Write options with the default settings of `codec`.
+pub fn codec_opts<'a>(codec: Compression) -> WriteOptions<'a> {
+    WriteOptions {
+        compression: CompressOptions::new(codec),
+        ..WriteOptions::default()
+    }
+}
+
+/// Archive `src` into the file `archive` with `opts`.
+pub fn write_to(src: &Path, archive: &Path, opts: &WriteOptions) -> WriteReport {
+    write_archive(
+        src,
+        File::create(archive).expect("create the archive"),
+        opts,
+    )
+    .expect("write_archive")
 }
 
 pub fn set_times(p: &Path, secs: i64, nsec: i64) {
@@ -332,4 +382,148 @@ pub fn read_all(p: &Path) -> Vec<u8> {
         .read_to_end(&mut v)
         .expect("read");
     v
+}
+
+pub const TWO_GIB: u64 = 2 << 30;
+
+/// Build the torture tree (deep and long names, non-UTF-8 names, owners, every
+/// mode bit, symlinks, hard links, sparse files up to 2 GiB, FIFOs, a device
+/// node, a socket, xattrs of several namespaces, nanosecond mtimes); returns
+/// whether xattrs could be set.
+pub fn build_torture(root: &Path) -> bool {
+    // Deep path, well past 100 bytes (GNU long names) and 50 levels.
+    let mut deep = root.to_path_buf();
+    for i in 0..50 {
+        deep.push(format!("level-{i:02}"));
+    }
+    fs::create_dir_all(&deep).expect("deep dirs");
+    fs::write(deep.join("leaf.txt"), b"deep leaf\n").expect("leaf");
+    let long_name = "n".repeat(200);
+    fs::write(deep.join(&long_name), b"long name").expect("long name");
+    // A symlink with a long target deep down.
+    symlink(format!("../../{}", "x".repeat(150)), deep.join("long-link")).expect("long link");
+    // A hard link whose first name (the link target) is the deep one: a GNU long link.
+    fs::hard_link(deep.join("leaf.txt"), p(root, "zz-leaf-alias")).expect("deep hard link");
+
+    // Unicode and non-UTF-8 names.
+    fs::create_dir(p(root, "日本語")).expect("mkdir");
+    fs::write(p(root, "日本語/ファイル.txt"), "こんにちは".as_bytes()).expect("write");
+    fs::write(p(root, "ünïcödé-😀.txt"), b"unicode").expect("write");
+    fs::write(
+        root.join(OsStr::from_bytes(b"bad-\xff\xfe.bin")),
+        b"not utf8",
+    )
+    .expect("write");
+    fs::write(p(root, "name with spaces & %percent"), b"x").expect("write");
+
+    // Empty dirs.
+    fs::create_dir_all(p(root, "empty2/nested-empty")).expect("mkdir");
+    fs::create_dir(p(root, "empty")).expect("mkdir");
+
+    // Plain files of various sizes.
+    fs::write(p(root, "zero-bytes"), b"").expect("write");
+    fs::write(p(root, "one-byte"), b"1").expect("write");
+    fs::write(p(root, "text-100k.txt"), text(100_000, 1)).expect("write");
+    fs::write(p(root, "random-3m.bin"), noise(3 << 20, 5)).expect("write");
+
+    // Symlinks: relative, dangling, absolute, to a directory.
+    symlink("text-100k.txt", p(root, "link-rel")).expect("symlink");
+    symlink("does/not/exist", p(root, "link-dangling")).expect("symlink");
+    symlink("/etc/passwd", p(root, "link-abs")).expect("symlink");
+    symlink("level-00", p(root, "link-dir")).expect("symlink");
+
+    // Hard links: three names, one in a subdirectory.
+    fs::create_dir_all(p(root, "hl/sub")).expect("mkdir");
+    fs::write(p(root, "hl/one"), text(50_000, 7)).expect("write");
+    fs::hard_link(p(root, "hl/one"), p(root, "hl/two")).expect("link");
+    fs::hard_link(p(root, "hl/one"), p(root, "hl/sub/three")).expect("link");
+
+    // Sparse files: a small one with holes inside and at the end, and 2 GiB.
+    let f = File::create(p(root, "sparse-small")).expect("create");
+    f.set_len(8 << 20).expect("set_len");
+    f.write_at(&text(10_000, 3), 1 << 20).expect("write");
+    f.write_at(b"middle", 5 << 20).expect("write");
+    let f = File::create(p(root, "sparse-2g")).expect("create");
+    f.set_len(TWO_GIB).expect("set_len");
+    f.write_at(b"one gibibyte in", 1 << 30).expect("write");
+    f.write_at(b"the end", TWO_GIB - 7).expect("write");
+    drop(f);
+
+    // Modes, including setuid/setgid/sticky.
+    fs::create_dir(p(root, "modes")).expect("mkdir");
+    for mode in [
+        0o000, 0o400, 0o644, 0o755, 0o777, 0o4755, 0o2755, 0o1777, 0o6750, 0o7777, 0o4000, 0o1000,
+    ] {
+        let f = p(root, &format!("modes/m{mode:04o}"));
+        fs::write(&f, format!("{mode:o}")).expect("write");
+        lchown(&f, 1234, 5678);
+        chmod(&f, mode); // after chown: chown clears setuid/setgid
+    }
+    fs::create_dir(p(root, "modes/dir-sticky")).expect("mkdir");
+    chmod(&p(root, "modes/dir-sticky"), 0o1777);
+    fs::create_dir(p(root, "modes/dir-setgid")).expect("mkdir");
+    fs::write(p(root, "modes/dir-setgid/inside"), b"in setgid dir").expect("write");
+    chmod(&p(root, "modes/dir-setgid"), 0o2750);
+    fs::create_dir(p(root, "modes/dir-0000")).expect("mkdir");
+    fs::write(p(root, "modes/dir-0000/locked"), b"in a 0000 dir").expect("write");
+    chmod(&p(root, "modes/dir-0000"), 0o000);
+    fs::create_dir(p(root, "modes/dir-0555")).expect("mkdir");
+    fs::write(p(root, "modes/dir-0555/ro-parent"), b"x").expect("write");
+    chmod(&p(root, "modes/dir-0555"), 0o555);
+
+    // Owners other than root, on a directory and a symlink too.
+    fs::create_dir(p(root, "owned")).expect("mkdir");
+    fs::write(p(root, "owned/file"), b"owned").expect("write");
+    lchown(&p(root, "owned/file"), 1234, 5678);
+    symlink("file", p(root, "owned/link")).expect("symlink");
+    lchown(&p(root, "owned/link"), 4321, 8765);
+    lchown(&p(root, "owned"), 1234, 5678);
+
+    // Special files.
+    mkfifo(&p(root, "pipe"));
+    mknod_char(&p(root, "dev-null"), 1, 3);
+    let _sock = std::os::unix::net::UnixListener::bind(p(root, "sock")).expect("socket");
+
+    // Extended attributes: text, binary with newlines, on a dir, trusted.*.
+    let mut xattrs_ok = try_xattr(&p(root, "text-100k.txt"), "user.test", b"hello");
+    if xattrs_ok {
+        xattrs_ok &= try_xattr(
+            &p(root, "one-byte"),
+            "user.bin",
+            b"\x00\n\xff\n12 path=evil\n",
+        );
+        xattrs_ok &= try_xattr(&p(root, "hl/sub"), "user.dir", b"on a directory");
+        xattrs_ok &= try_xattr(&deep.join("leaf.txt"), "user.deep", b"deep");
+        xattrs_ok &= try_xattr(&p(root, "modes/m0000"), "trusted.t", b"trusted value");
+        xattrs_ok &= try_xattr(root, "user.root", b"on the root");
+        // On a symlink itself (user.* is not allowed there).
+        if let Err(e) = xattr::set(p(root, "link-rel"), "trusted.sym", b"on a symlink") {
+            eprintln!("!!!!! WARNING: cannot set trusted.* on a symlink: {e}; skipped !!!!!");
+            xattrs_ok = false;
+        }
+    }
+
+    // Root metadata and mtimes: files with nanoseconds, dirs set last.
+    lchown(root, 1234, 5678);
+    chmod(root, 0o750);
+    let mut n = 0i64;
+    let mut stack = vec![root.to_path_buf()];
+    let mut dirs = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("read_dir") {
+            let e = e.expect("dirent");
+            let ft = e.file_type().expect("type");
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if !std::os::unix::fs::FileTypeExt::is_socket(&ft) {
+                n += 1;
+                set_times(&e.path(), 1_234_567_890 + n * 1000, 123_456_789);
+            }
+        }
+        dirs.push(d);
+    }
+    for (i, d) in dirs.iter().rev().enumerate() {
+        set_times(d, 1_000_000_000 + i as i64 * 86_400, 5);
+    }
+    xattrs_ok
 }

@@ -202,6 +202,7 @@ fn write_fuzz_seeds() {
         layout: layout.clone(),
         view: Default::default(),
         docker_url: "unix:///nonexistent.sock".into(),
+        compression: allspark::core::options::Compression::Zstd,
     };
     let first = allspark::snapshot::ops::take(
         &ctx,
@@ -242,9 +243,9 @@ fn write_fuzz_seeds() {
         );
         put(
             "extract",
-            &format!("snapshot-{name}.tar.gz"),
+            &format!("snapshot-{name}.{}", m.compression.archive_suffix()),
             Some(0),
-            &fs::read(dir.join("snapshot.tar.gz")).unwrap(),
+            &fs::read(dir.join(&m.archive)).unwrap(),
         );
     }
     let ev = allspark::core::spool::Event {

@@ -322,7 +322,7 @@ fn prune_and_cleanup_refuse_names_that_are_not_volume_names() {
     for i in 0..12 {
         let dir = decoy.join(format!("2020010{}T0000{i:02}.000000Z", i % 9 + 1));
         fs::create_dir_all(&dir).unwrap();
-        for f in ["manifest.json", "snapshot.tar.gz", "index"] {
+        for f in ["manifest.json", "snapshot.tar.zst", "index"] {
             fs::copy(src.join(f), dir.join(f)).unwrap();
         }
         let m = fs::read_to_string(dir.join("manifest.json")).unwrap();

@@ -244,7 +244,7 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
     files.sort();
     assert_eq!(
         files,
-        vec!["app-data.tar.gz", "db-data.tar.gz", "manifest.json"]
+        vec!["app-data.tar.zst", "db-data.tar.zst", "manifest.json"]
     );
     let m: Value = serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["type"], "daily");
@@ -262,6 +262,7 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
         assert_eq!(f["size"].as_u64().unwrap(), bytes.len() as u64);
         assert_eq!(f["kind"], "volume");
         assert_eq!(f["sha256"].as_str().unwrap().len(), 64);
+        assert_eq!(f["compression"], "zstd");
     }
     let last: Value =
         serde_json::from_slice(&fs::read(root.join("state/agent/last-backup-daily.json")).unwrap())
@@ -273,8 +274,9 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
     let x = p.dir.path().join("x");
     fs::create_dir_all(&x).unwrap();
     let st = Command::new("tar")
-        .arg("xzf")
-        .arg(dir.join("app-data.tar.gz"))
+        .arg("--zstd")
+        .arg("-xf")
+        .arg(dir.join("app-data.tar.zst"))
         .arg("-C")
         .arg(&x)
         .status()
@@ -346,7 +348,7 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
     assert!(text(&out).contains("logs is not in"), "{}", text(&out));
 
     // A corrupted archive: verify and restore fail naming the file; nothing is changed.
-    let archive = dir.join("app-data.tar.gz");
+    let archive = dir.join("app-data.tar.zst");
     let mut bytes = fs::read(&archive).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -354,16 +356,17 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
     fs::write(app.join("new.txt"), "after").unwrap();
     let out = allspark(&root, &["backup", "verify", dir_s]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("app-data.tar.gz"), "{}", text(&out));
+    assert!(text(&out).contains("app-data.tar.zst"), "{}", text(&out));
     let out = allspark(
         &root,
         &["backup", "restore", dir_s, "--volume", "app-data", "--yes"],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("app-data.tar.gz"), "{}", text(&out));
+    assert!(text(&out).contains("app-data.tar.zst"), "{}", text(&out));
+    assert!(text(&out).contains("nothing was changed"), "{}", text(&out));
     assert_eq!(fs::read_to_string(app.join("new.txt")).unwrap(), "after");
 
-    // Damage the gzip stream but fix up the manifest: the test extraction catches it.
+    // Damage the zstd stream but fix up the manifest: the test extraction catches it.
     let m2: Value = serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     let mut m2 = m2;
     let sum = Command::new("sha256sum").arg(&archive).output().unwrap();
@@ -373,7 +376,7 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
         .unwrap()
         .to_string();
     for f in m2["files"].as_array_mut().unwrap() {
-        if f["name"] == "app-data.tar.gz" {
+        if f["name"] == "app-data.tar.zst" {
             f["sha256"] = json!(sum);
         }
     }
@@ -381,7 +384,7 @@ fn a_run_without_docker_archives_the_volumes_fails_loudly_and_verify_and_restore
     let out = allspark(&root, &["backup", "verify", dir_s]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("app-data.tar.gz") && text(&out).contains("extraction"),
+        text(&out).contains("app-data.tar.zst") && text(&out).contains("extraction"),
         "{}",
         text(&out)
     );
@@ -412,7 +415,7 @@ fn include_temporary_and_an_incomplete_dir_is_not_a_backup() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let n = names(&broot.join("weekly"));
-    assert!(names(&broot.join("weekly").join(&n[0])).contains(&"logs.tar.gz".to_string()));
+    assert!(names(&broot.join("weekly").join(&n[0])).contains(&"logs.tar.zst".to_string()));
 
     let incomplete = broot.join("daily/20240101_020000");
     fs::create_dir_all(&incomplete).unwrap();
@@ -486,7 +489,7 @@ fn the_agent_runs_a_missed_scheduled_backup_once_at_start() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     let daily = names(&broot.join("daily"));
     assert_eq!(daily.len(), 1, "ran once: {daily:?}");
-    assert!(names(&broot.join("daily").join(&daily[0])).contains(&"app-data.tar.gz".to_string()));
+    assert!(names(&broot.join("daily").join(&daily[0])).contains(&"app-data.tar.zst".to_string()));
     assert!(names(&broot.join("weekly")).is_empty());
     assert!(names(&broot.join("monthly")).is_empty());
     let state: Value =

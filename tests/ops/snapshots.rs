@@ -367,7 +367,7 @@ fn verify_names_a_corrupted_archive_and_restore_refuses_it() {
         .root()
         .join("snapshots/cor")
         .join(&id)
-        .join("snapshot.tar.gz");
+        .join("snapshot.tar.zst");
     let mut bytes = std::fs::read(&archive).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -424,11 +424,14 @@ fn a_malicious_snapshot_archive_is_refused_and_nothing_escapes() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, &raw).unwrap();
     let gz = gz.finish().unwrap();
+    // As an older allspark wrote it: a gzip archive, a manifest without a codec.
     std::fs::write(dir.join("snapshot.tar.gz"), &gz).unwrap();
     let mut m: Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     use sha2::Digest;
     m["sha256"] = json!(hex::encode(sha2::Sha256::digest(&gz)));
+    m["archive"] = json!("snapshot.tar.gz");
+    m.as_object_mut().unwrap().remove("compression");
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
 
     let out = cli(&p, &["snapshot", "restore", "mal", &id, "--yes"]);
@@ -479,9 +482,16 @@ fn a_chain_restores_with_plain_gnu_tar_as_the_readme_says() {
             .root()
             .join("snapshots/gnu")
             .join(s["id"].as_str().unwrap())
-            .join("snapshot.tar.gz");
+            .join(s["archive"].as_str().unwrap());
+        assert_eq!(s["compression"], "zstd");
         let st = Command::new("tar")
-            .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpzf"])
+            .args([
+                "--zstd",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+                "-xpf",
+            ])
             .arg(&archive)
             .arg("-C")
             .arg(out.path())

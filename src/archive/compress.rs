@@ -1,31 +1,51 @@
-//! Parallel gzip writer: compresses fixed-size chunks on worker threads into independent gzip members, in order.
+//! Parallel compressing writer: cuts its input into chunks compressed on worker threads into independent gzip members or zstd frames, written in order.
 //!
-//! The output is a sequence of complete gzip members (RFC 1952 section 2.2
-//! allows any number of members in one file). `gzip -d`, `pigz -d`, GNU
-//! `tar xzf` and [`flate2::read::MultiGzDecoder`] all read it as one stream.
+//! The output is a sequence of complete members ([`super::gzip`]) or frames
+//! ([`super::zst`]); gzip and zstd readers (GNU `tar xzf`, `tar --zstd`)
+//! read it as one stream, and [`super::decode`] decodes the pieces on
+//! several cores.
 //!
-//! * Input is cut into chunks of [`PgzOptions::chunk_size`] bytes; each chunk
-//!   becomes one member (10-byte header, raw deflate, crc32 + isize trailer).
+//! * Input is cut into chunks of [`CompressOptions::chunk_size`] bytes; each
+//!   chunk becomes one member or frame.
 //! * At most `2 × threads` chunks are in flight (queued, compressing or waiting
 //!   to be written), so memory is bounded whatever the input size.
 //! * Chunks that do not compress (random or already-compressed data) are
 //!   detected cheaply by compressing four 16 KiB samples spread over the chunk
-//!   at level 1; a chunk is emitted as stored deflate blocks, which costs
-//!   little more than a copy, only when every sample is incompressible (a
-//!   chunk holding a media file's tail and source files compresses normally).
+//!   with level-1 deflate; a chunk is stored (deflate stored blocks, zstd raw
+//!   blocks), which costs little more than a copy, only when every sample is
+//!   incompressible (a chunk holding a media file's tail and source files
+//!   compresses normally).
 //! * The sha256 of the compressed output is computed while writing, so callers
 //!   get the archive checksum without reading the file again.
+//!
+//! Levels and chunk sizes were chosen by measurement (docs/benchmarks.md,
+//! "Choosing the zstd level and chunk size").
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use flate2::{Compress, Compression, Crc, FlushCompress, Status};
+use flate2::Compress;
 use sha2::{Digest, Sha256};
 
-/// Default chunk size: 1 MiB of input per gzip member.
-pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
+use super::{gzip, zst};
+use crate::core::options::Compression;
+
+/// Default gzip chunk size: 1 MiB of input per member.
+pub const DEFAULT_GZIP_CHUNK: usize = 1 << 20;
+
+/// Default zstd chunk size: 4 MiB of input per frame.
+pub const DEFAULT_ZSTD_CHUNK: usize = 4 << 20;
+
+/// Default gzip level. With the zlib-rs backend (a port of zlib-ng, whose
+/// levels 3-6 use a faster match finder than zlib's) level 6 archives were
+/// 3.0 % larger than `gzip -6`; level 7 is within 2.7 % for about 20 % more
+/// compression CPU, still far faster than pigz on the same cores.
+pub const DEFAULT_GZIP_LEVEL: i32 = 7;
+
+/// Default zstd level.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
 /// Size of each sample used by the incompressibility probe.
 const PROBE_SAMPLE: usize = 16 * 1024;
@@ -37,46 +57,60 @@ const PROBE_SAMPLES: usize = 4;
 /// its input counts as incompressible.
 const PROBE_RATIO_PER_MILLE: usize = 950;
 
-/// Tuning knobs of [`ParallelGzWriter`].
+/// Tuning knobs of [`ParallelWriter`].
 #[derive(Debug, Clone)]
-pub struct PgzOptions {
-    /// Compression level 0..=9 (values above 9 are clamped). Default 7: with the
-    /// zlib-rs backend (a port of zlib-ng, whose levels 3-6 use a faster match
-    /// finder than zlib's), level 6 archives were 3.0 % larger than `gzip -6`;
-    /// level 7 is within 2.7 % for about 20 % more compression CPU, still far
-    /// faster than pigz on the same cores (docs/benchmarks.md).
-    pub level: u32,
+pub struct CompressOptions {
+    /// gzip members or zstd frames.
+    pub codec: Compression,
+    /// Compression level: gzip 0..=9 (clamped), zstd 1..=19 (clamped; 0 is
+    /// zstd's default). Default: [`DEFAULT_GZIP_LEVEL`], [`DEFAULT_ZSTD_LEVEL`].
+    pub level: i32,
     /// Number of compressing threads (at least 1). Default: available cores.
     pub threads: usize,
-    /// Input bytes per gzip member (at least 4 KiB). Default 1 MiB.
+    /// Input bytes per member or frame (at least 4 KiB). Default:
+    /// [`DEFAULT_GZIP_CHUNK`], [`DEFAULT_ZSTD_CHUNK`].
     pub chunk_size: usize,
 }
 
-impl Default for PgzOptions {
-    fn default() -> Self {
-        PgzOptions {
-            level: 7,
+impl CompressOptions {
+    /// The default settings of `codec`.
+    pub fn new(codec: Compression) -> CompressOptions {
+        let (level, chunk_size) = match codec {
+            Compression::Gzip => (DEFAULT_GZIP_LEVEL, DEFAULT_GZIP_CHUNK),
+            Compression::Zstd => (DEFAULT_ZSTD_LEVEL, DEFAULT_ZSTD_CHUNK),
+        };
+        CompressOptions {
+            codec,
+            level,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
-            chunk_size: DEFAULT_CHUNK_SIZE,
+            chunk_size,
         }
     }
 }
 
-/// What a finished [`ParallelGzWriter`] wrote.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GzStats {
+impl Default for CompressOptions {
+    fn default() -> Self {
+        CompressOptions::new(Compression::default())
+    }
+}
+
+/// What a finished [`ParallelWriter`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressStats {
+    /// The codec of the members or frames.
+    pub codec: Compression,
     /// Uncompressed bytes accepted.
     pub bytes_in: u64,
     /// Compressed bytes written to the inner writer.
     pub bytes_out: u64,
     /// Lower-case hex sha256 of the compressed output.
     pub sha256: String,
-    /// Number of gzip members written.
-    pub members: u64,
-    /// Members stored without compression because their data did not compress.
-    pub stored_members: u64,
+    /// Number of gzip members or zstd frames written.
+    pub chunks: u64,
+    /// Chunks stored without compression because their data did not compress.
+    pub stored_chunks: u64,
 }
 
 struct Job {
@@ -85,16 +119,17 @@ struct Job {
 }
 
 struct Done {
-    /// The complete gzip member, or the reason it could not be built.
-    member: io::Result<Vec<u8>>,
+    /// The complete member or frame, or the reason it could not be built.
+    chunk: io::Result<Vec<u8>>,
     /// The input buffer, handed back for reuse.
     input: Vec<u8>,
     stored: bool,
 }
 
-/// A `Write` that gzip-compresses on several threads. Call [`finish`](Self::finish)
+/// A `Write` that compresses on several threads. Call [`finish`](Self::finish)
 /// at the end: dropping the writer without it discards buffered data.
-pub struct ParallelGzWriter<W: Write> {
+pub struct ParallelWriter<W: Write> {
+    codec: Compression,
     inner: Option<W>,
     buf: Vec<u8>,
     chunk_size: usize,
@@ -106,36 +141,83 @@ pub struct ParallelGzWriter<W: Write> {
     hasher: Sha256,
     bytes_in: u64,
     bytes_out: u64,
-    members: u64,
-    stored_members: u64,
+    chunks: u64,
+    stored_chunks: u64,
     /// Set after the first error: the stream is broken, every later call fails.
     failed: Option<(io::ErrorKind, String)>,
 }
 
-impl<W: Write> ParallelGzWriter<W> {
-    /// A writer with default options (level 7, one thread per core, 1 MiB chunks).
-    pub fn new(inner: W) -> io::Result<Self> {
-        Self::with_options(inner, &PgzOptions::default())
+/// The per-thread compressor state of one codec.
+enum Encoder {
+    Gzip {
+        full: Box<Compress>,
+        stored: Box<Compress>,
+        level: u32,
+    },
+    Zstd(zstd::bulk::Compressor<'static>),
+}
+
+impl Encoder {
+    fn new(codec: Compression, level: i32) -> io::Result<Encoder> {
+        Ok(match codec {
+            Compression::Gzip => {
+                let level = level.clamp(0, 9) as u32;
+                Encoder::Gzip {
+                    full: Box::new(gzip::compressor(level)),
+                    stored: Box::new(gzip::compressor(0)),
+                    level,
+                }
+            }
+            Compression::Zstd => Encoder::Zstd(zst::compressor(level.clamp(0, 19))?),
+        })
+    }
+
+    fn encode(&mut self, data: &[u8], incompressible: bool) -> io::Result<Vec<u8>> {
+        match self {
+            Encoder::Gzip {
+                full,
+                stored,
+                level,
+            } => {
+                let c = if incompressible { stored } else { full };
+                gzip::encode_member(c, data, *level)
+            }
+            Encoder::Zstd(_) if incompressible => Ok(zst::raw_frame(data)),
+            Encoder::Zstd(c) => zst::encode_frame(c, data),
+        }
+    }
+
+    /// Gzip level 0 stores everything anyway: no need to probe.
+    fn probes(&self) -> bool {
+        !matches!(self, Encoder::Gzip { level: 0, .. })
+    }
+}
+
+impl<W: Write> ParallelWriter<W> {
+    /// A writer with the default options of `codec`.
+    pub fn new(inner: W, codec: Compression) -> io::Result<Self> {
+        Self::with_options(inner, &CompressOptions::new(codec))
     }
 
     /// A writer with explicit options.
-    pub fn with_options(inner: W, opts: &PgzOptions) -> io::Result<Self> {
+    pub fn with_options(inner: W, opts: &CompressOptions) -> io::Result<Self> {
         let threads = opts.threads.max(1);
         let chunk_size = opts.chunk_size.max(4096);
-        let level = Compression::new(opts.level.min(9));
         let (tx, rx) = bounded::<Job>(threads);
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
             let rx = rx.clone();
+            let encoder = Encoder::new(opts.codec, opts.level)?;
             let handle = std::thread::Builder::new()
-                .name(format!("pgzip-{i}"))
-                .spawn(move || worker(rx, level))
+                .name(format!("compress-{i}"))
+                .spawn(move || worker(rx, encoder))
                 .map_err(|e| {
                     io::Error::new(e.kind(), format!("cannot start a compression thread: {e}"))
                 })?;
             workers.push(handle);
         }
-        Ok(ParallelGzWriter {
+        Ok(ParallelWriter {
+            codec: opts.codec,
             inner: Some(inner),
             buf: Vec::with_capacity(chunk_size),
             chunk_size,
@@ -147,8 +229,8 @@ impl<W: Write> ParallelGzWriter<W> {
             hasher: Sha256::new(),
             bytes_in: 0,
             bytes_out: 0,
-            members: 0,
-            stored_members: 0,
+            chunks: 0,
+            stored_chunks: 0,
             failed: None,
         })
     }
@@ -234,7 +316,7 @@ impl<W: Write> ParallelGzWriter<W> {
         if self.free.len() < self.max_in_flight {
             self.free.push(input);
         }
-        let member = match done.member {
+        let member = match done.chunk {
             Ok(m) => m,
             Err(e) => return Err(self.fail(e)),
         };
@@ -246,19 +328,19 @@ impl<W: Write> ParallelGzWriter<W> {
         }
         self.hasher.update(&member);
         self.bytes_out += member.len() as u64;
-        self.members += 1;
+        self.chunks += 1;
         if done.stored {
-            self.stored_members += 1;
+            self.stored_chunks += 1;
         }
         Ok(())
     }
 
     /// Compress what is buffered, write every member, flush, stop the
     /// threads, and return the inner writer with the statistics.
-    pub fn finish(mut self) -> io::Result<(W, GzStats)> {
+    pub fn finish(mut self) -> io::Result<(W, CompressStats)> {
         self.check()?;
-        if !self.buf.is_empty() || self.members + self.pending.len() as u64 == 0 {
-            // An empty input still needs one (empty) member to be valid gzip.
+        if !self.buf.is_empty() || self.chunks + self.pending.len() as u64 == 0 {
+            // An empty input still needs one (empty) member or frame to be valid.
             self.submit()?;
         }
         while !self.pending.is_empty() {
@@ -271,12 +353,13 @@ impl<W: Write> ParallelGzWriter<W> {
             .ok_or_else(|| io::Error::other("writer already finished"))?;
         inner.flush()?;
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
-        let stats = GzStats {
+        let stats = CompressStats {
+            codec: self.codec,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             sha256,
-            members: self.members,
-            stored_members: self.stored_members,
+            chunks: self.chunks,
+            stored_chunks: self.stored_chunks,
         };
         Ok((inner, stats))
     }
@@ -291,7 +374,7 @@ impl<W: Write> ParallelGzWriter<W> {
     }
 }
 
-impl<W: Write> Write for ParallelGzWriter<W> {
+impl<W: Write> Write for ParallelWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.check()?;
         if data.is_empty() {
@@ -324,29 +407,22 @@ impl<W: Write> Write for ParallelGzWriter<W> {
     }
 }
 
-impl<W: Write> Drop for ParallelGzWriter<W> {
+impl<W: Write> Drop for ParallelWriter<W> {
     fn drop(&mut self) {
         self.stop_workers();
     }
 }
 
-fn worker(jobs: Receiver<Job>, level: Compression) {
-    let mut full = Compress::new(level, false);
-    let mut stored = Compress::new(Compression::none(), false);
-    let mut probe = Compress::new(Compression::fast(), false);
+fn worker(jobs: Receiver<Job>, mut encoder: Encoder) {
+    let mut probe = gzip::compressor(1);
     let mut scratch = Vec::with_capacity(PROBE_SAMPLES * PROBE_SAMPLE * 9 / 8 + 64);
     for job in jobs.iter() {
         let incompressible =
-            level.level() > 0 && is_incompressible(&mut probe, &mut scratch, &job.data);
-        let c = if incompressible {
-            &mut stored
-        } else {
-            &mut full
-        };
-        let member = gzip_member(c, &job.data, level);
+            encoder.probes() && is_incompressible(&mut probe, &mut scratch, &job.data);
+        let chunk = encoder.encode(&job.data, incompressible);
         // The receiver may be gone if the writer was dropped; nothing to do then.
         let _ = job.reply.send(Done {
-            member,
+            chunk,
             input: job.data,
             stored: incompressible,
         });
@@ -372,55 +448,11 @@ fn is_incompressible(probe: &mut Compress, scratch: &mut Vec<u8>, data: &[u8]) -
 
 fn sample_incompressible(probe: &mut Compress, scratch: &mut Vec<u8>, sample: &[u8]) -> bool {
     scratch.clear();
-    match deflate_into(probe, sample, scratch) {
+    match gzip::deflate_into(probe, sample, scratch) {
         Ok(()) => scratch.len() * 1000 > sample.len() * PROBE_RATIO_PER_MILLE,
         // The probe only decides the strategy; compress normally if it fails.
         Err(_) => false,
     }
-}
-
-/// Raw-deflate all of `input` into `out` (appending), ending the stream.
-fn deflate_into(c: &mut Compress, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-    c.reset();
-    let mut consumed = 0usize;
-    loop {
-        if out.capacity() - out.len() < 1024 {
-            out.reserve(64 * 1024 + (input.len() - consumed) / 8);
-        }
-        let before_in = c.total_in();
-        let before_out = c.total_out();
-        let status = c
-            .compress_vec(&input[consumed..], out, FlushCompress::Finish)
-            .map_err(|e| io::Error::other(format!("deflate failed: {e}")))?;
-        consumed += (c.total_in() - before_in) as usize;
-        match status {
-            Status::StreamEnd => return Ok(()),
-            Status::Ok | Status::BufError => {
-                if c.total_in() == before_in && c.total_out() == before_out {
-                    // No progress although there is room: make sure there is more.
-                    out.reserve(out.capacity().max(64 * 1024));
-                }
-            }
-        }
-    }
-}
-
-/// One complete gzip member (RFC 1952) holding `data`.
-fn gzip_member(c: &mut Compress, data: &[u8], level: Compression) -> io::Result<Vec<u8>> {
-    let xfl = match level.level() {
-        9 => 2,
-        1 => 4,
-        _ => 0,
-    };
-    let mut out = Vec::with_capacity(data.len() / 2 + 64);
-    // ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL OS=unknown
-    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 0xff]);
-    deflate_into(c, data, &mut out)?;
-    let mut crc = Crc::new();
-    crc.update(data);
-    out.extend_from_slice(&crc.sum().to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -429,8 +461,10 @@ mod tests {
     use flate2::read::MultiGzDecoder;
     use std::io::Read;
 
+    const CODECS: [Compression; 2] = [Compression::Gzip, Compression::Zstd];
+
     fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        // xorshift64*: deterministic, incompressible enough for deflate.
+        // xorshift64*: deterministic, incompressible.
         let mut x = seed | 1;
         let mut v = Vec::with_capacity(n + 8);
         while v.len() < n {
@@ -463,70 +497,85 @@ mod tests {
         v
     }
 
-    fn compress(data: &[u8], opts: &PgzOptions, write_size: usize) -> (Vec<u8>, GzStats) {
-        let mut w = ParallelGzWriter::with_options(Vec::new(), opts).expect("writer");
+    fn opts(codec: Compression, threads: usize, chunk_size: usize) -> CompressOptions {
+        CompressOptions {
+            threads,
+            chunk_size,
+            ..CompressOptions::new(codec)
+        }
+    }
+
+    fn compress(
+        data: &[u8],
+        opts: &CompressOptions,
+        write_size: usize,
+    ) -> (Vec<u8>, CompressStats) {
+        let mut w = ParallelWriter::with_options(Vec::new(), opts).expect("writer");
         for piece in data.chunks(write_size.max(1)) {
             w.write_all(piece).expect("write");
         }
         w.finish().expect("finish")
     }
 
-    fn decode(gz: &[u8]) -> Vec<u8> {
+    fn decode(codec: Compression, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        MultiGzDecoder::new(gz)
-            .read_to_end(&mut out)
-            .expect("decode");
+        match codec {
+            Compression::Gzip => {
+                MultiGzDecoder::new(bytes)
+                    .read_to_end(&mut out)
+                    .expect("gunzip");
+            }
+            Compression::Zstd => out = zstd::decode_all(bytes).expect("unzstd"),
+        }
         out
     }
 
     #[test]
     fn roundtrip_edge_sizes() {
         let chunk = 64 * 1024;
-        let opts = PgzOptions {
-            level: 6,
-            threads: 2,
-            chunk_size: chunk,
-        };
-        for &n in &[0, 1, chunk - 1, chunk, chunk + 1, 5 * chunk + 17] {
-            let data = texty(n);
-            let (gz, stats) = compress(&data, &opts, 10_000);
-            assert_eq!(decode(&gz), data, "size {n}");
-            assert_eq!(stats.bytes_in, n as u64);
-            assert_eq!(stats.bytes_out, gz.len() as u64);
-            assert_eq!(stats.members, (n.max(1)).div_ceil(chunk) as u64, "size {n}");
-            assert_eq!(stats.sha256, hex::encode(Sha256::digest(&gz)));
+        for codec in CODECS {
+            for &n in &[0, 1, chunk - 1, chunk, chunk + 1, 5 * chunk + 17] {
+                let data = texty(n);
+                let (out, stats) = compress(&data, &opts(codec, 2, chunk), 10_000);
+                assert_eq!(decode(codec, &out), data, "{codec} size {n}");
+                assert_eq!(stats.codec, codec);
+                assert_eq!(stats.bytes_in, n as u64);
+                assert_eq!(stats.bytes_out, out.len() as u64);
+                assert_eq!(stats.chunks, (n.max(1)).div_ceil(chunk) as u64, "size {n}");
+                assert_eq!(stats.sha256, hex::encode(Sha256::digest(&out)));
+            }
         }
     }
 
     #[test]
-    fn roundtrip_several_mib_default_chunks_one_and_many_threads() {
+    fn roundtrip_several_chunks_one_and_many_threads() {
         let mut data = texty(2 << 20);
         data.extend(pseudo_random((1 << 20) + 12345, 7));
-        for threads in [1, 3] {
-            let opts = PgzOptions {
-                threads,
-                ..PgzOptions::default()
-            };
-            let (gz, stats) = compress(&data, &opts, 100_003);
-            assert_eq!(decode(&gz), data);
-            assert_eq!(stats.members, 4);
-            assert!(stats.stored_members >= 1, "{stats:?}");
-            assert!(gz.len() < data.len(), "text part must compress");
+        for codec in CODECS {
+            for threads in [1, 3] {
+                let (out, stats) = compress(&data, &opts(codec, threads, 1 << 20), 100_003);
+                assert_eq!(decode(codec, &out), data);
+                assert_eq!(stats.chunks, 4);
+                assert!(stats.stored_chunks >= 1, "{stats:?}");
+                assert!(out.len() < data.len(), "text part must compress");
+            }
         }
     }
 
     #[test]
     fn random_data_is_stored_and_barely_grows() {
         let data = pseudo_random(2 << 20, 42);
-        let (gz, stats) = compress(&data, &PgzOptions::default(), 1 << 16);
-        assert_eq!(stats.stored_members, stats.members);
-        // Stored blocks cost 5 bytes per 64 KiB plus the member framing.
-        assert!(
-            gz.len() < data.len() + data.len() / 1000 + 1024,
-            "{}",
-            gz.len()
-        );
-        assert_eq!(decode(&gz), data);
+        for codec in CODECS {
+            let (out, stats) = compress(&data, &opts(codec, 2, 1 << 20), 1 << 16);
+            assert_eq!(stats.stored_chunks, stats.chunks, "{codec}");
+            // Stored blocks cost 3-5 bytes per 64-128 KiB plus the framing.
+            assert!(
+                out.len() < data.len() + data.len() / 1000 + 1024,
+                "{codec}: {}",
+                out.len()
+            );
+            assert_eq!(decode(codec, &out), data);
+        }
     }
 
     #[test]
@@ -535,81 +584,76 @@ mod tests {
         // start and the middle look random, the end compresses well.
         let mut data = pseudo_random(640 << 10, 9);
         data.extend(texty(384 << 10));
-        let (gz, stats) = compress(&data, &PgzOptions::default(), 1 << 16);
-        assert_eq!((stats.members, stats.stored_members), (1, 0), "{stats:?}");
-        assert!(gz.len() < data.len() * 3 / 4, "{}", gz.len());
-        assert_eq!(decode(&gz), data);
+        for codec in CODECS {
+            let (out, stats) = compress(&data, &opts(codec, 2, 1 << 20), 1 << 16);
+            assert_eq!((stats.chunks, stats.stored_chunks), (1, 0), "{stats:?}");
+            assert!(out.len() < data.len() * 3 / 4, "{}", out.len());
+            assert_eq!(decode(codec, &out), data);
+        }
     }
 
     #[test]
     fn compressible_data_is_not_stored() {
         let data = texty(2 << 20);
-        let (gz, stats) = compress(&data, &PgzOptions::default(), 1 << 20);
-        assert_eq!(stats.stored_members, 0);
-        assert!(gz.len() * 3 < data.len());
-    }
-
-    #[test]
-    fn level_zero_and_nine_roundtrip() {
-        let data = texty(300_000);
-        for level in [0, 1, 9] {
-            let opts = PgzOptions {
-                level,
-                threads: 2,
-                chunk_size: 100_000,
-            };
-            let (gz, _) = compress(&data, &opts, 4096);
-            assert_eq!(decode(&gz), data, "level {level}");
+        for codec in CODECS {
+            let (out, stats) = compress(&data, &CompressOptions::new(codec), 1 << 20);
+            assert_eq!(stats.stored_chunks, 0);
+            assert!(out.len() * 3 < data.len());
         }
     }
 
     #[test]
-    fn gzip_command_reads_concatenated_members() {
-        let mut data = texty(1_500_000);
-        data.extend(pseudo_random(700_000, 3));
-        let opts = PgzOptions {
-            level: 6,
-            threads: 2,
-            chunk_size: 256 * 1024,
-        };
-        let (gz, _) = compress(&data, &opts, 65536);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("x.gz");
-        std::fs::write(&path, &gz).expect("write gz");
-        let out = std::process::Command::new("gzip")
-            .arg("-dc")
-            .arg(&path)
-            .output()
-            .expect("run gzip");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.stdout, data);
-        // `gzip -t` also checks every member's crc.
-        let st = std::process::Command::new("gzip")
-            .arg("-t")
-            .arg(&path)
-            .status()
-            .expect("run gzip -t");
-        assert!(st.success());
+    fn other_levels_roundtrip() {
+        let data = texty(300_000);
+        for (codec, level) in [
+            (Compression::Gzip, 0),
+            (Compression::Gzip, 1),
+            (Compression::Gzip, 9),
+            (Compression::Zstd, 1),
+            (Compression::Zstd, 0),
+            (Compression::Zstd, 19),
+        ] {
+            let o = CompressOptions {
+                level,
+                ..opts(codec, 2, 100_000)
+            };
+            let (out, _) = compress(&data, &o, 4096);
+            assert_eq!(decode(codec, &out), data, "{codec} level {level}");
+        }
     }
 
+    /// The output of both codecs is read by the command-line tools GNU tar runs.
     #[test]
-    fn empty_input_is_valid_gzip_for_gzip_command() {
-        let (gz, stats) = compress(&[], &PgzOptions::default(), 1);
-        assert_eq!(stats.members, 1);
+    fn gzip_and_zstd_commands_read_the_output() {
+        let mut data = texty(1_500_000);
+        data.extend(pseudo_random(700_000, 3));
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("e.gz");
-        std::fs::write(&path, &gz).expect("write gz");
-        let out = std::process::Command::new("gzip")
-            .arg("-dc")
-            .arg(&path)
-            .output()
-            .expect("run gzip");
-        assert!(out.status.success());
-        assert!(out.stdout.is_empty());
+        for (codec, tool) in [(Compression::Gzip, "gzip"), (Compression::Zstd, "zstd")] {
+            for input in [&data[..], &[][..]] {
+                let (out, stats) = compress(input, &opts(codec, 2, 256 * 1024), 65536);
+                assert!(stats.chunks >= 1);
+                let path = dir.path().join(format!("x.{tool}"));
+                std::fs::write(&path, &out).expect("write");
+                let got = std::process::Command::new(tool)
+                    .arg("-dc")
+                    .arg(&path)
+                    .output()
+                    .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+                assert!(
+                    got.status.success(),
+                    "{tool}: {}",
+                    String::from_utf8_lossy(&got.stderr)
+                );
+                assert_eq!(got.stdout, input, "{tool}");
+                // `-t` also checks every member's crc / frame's checksum.
+                let st = std::process::Command::new(tool)
+                    .arg("-t")
+                    .arg(&path)
+                    .output()
+                    .expect("run the tool's test");
+                assert!(st.status.success(), "{tool} -t");
+            }
+        }
     }
 
     struct FailAfter(usize);
@@ -628,25 +672,28 @@ mod tests {
 
     #[test]
     fn output_error_is_reported_and_sticky() {
-        let opts = PgzOptions {
-            level: 1,
-            threads: 2,
-            chunk_size: 4096,
-        };
-        let mut w = ParallelGzWriter::with_options(FailAfter(10_000), &opts).expect("writer");
-        let data = pseudo_random(1 << 20, 9);
-        let r = w.write_all(&data).and_then(|_| w.flush());
-        let finished = w.finish();
-        assert!(r.is_err() || finished.is_err());
-        if let Err(e) = finished {
-            assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        for codec in CODECS {
+            let o = CompressOptions {
+                level: 1,
+                ..opts(codec, 2, 4096)
+            };
+            let mut w = ParallelWriter::with_options(FailAfter(10_000), &o).expect("writer");
+            let data = pseudo_random(1 << 20, 9);
+            let r = w.write_all(&data).and_then(|_| w.flush());
+            let finished = w.finish();
+            assert!(r.is_err() || finished.is_err());
+            if let Err(e) = finished {
+                assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+            }
         }
     }
 
     #[test]
     fn dropping_unfinished_writer_does_not_hang() {
-        let mut w = ParallelGzWriter::new(Vec::new()).expect("writer");
-        w.write_all(&texty(5 << 20)).expect("write");
-        drop(w);
+        for codec in CODECS {
+            let mut w = ParallelWriter::new(Vec::new(), codec).expect("writer");
+            w.write_all(&texty(5 << 20)).expect("write");
+            drop(w);
+        }
     }
 }
