@@ -478,8 +478,10 @@ pub(crate) fn decode_all<R: Read + Send>(
         let mut v = Vec::new();
         r.read_to_end(&mut v).map(|_| v)
     });
-    let summary = summary?;
-    Ok((data?, summary))
+    // The reader's error first, as `extract` does: when a piece fails, the splitter may only
+    // see the reader go away.
+    let data = data?;
+    Ok((data, summary?))
 }
 
 #[cfg(test)]
