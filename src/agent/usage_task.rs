@@ -1,4 +1,7 @@
-//! The agent's periodic measurement: usage of every volume, capacity alerts, and the figures `/metrics` shows.
+//! The agent's periodic measurement: usage of every volume, capacity alerts, the figures `/metrics` shows, and the sweep of removed volumes' lock files.
+//!
+//! New and changed volumes are measured at once from the spool (see
+//! [`crate::agent::spool_worker`]); this walk keeps every other figure fresh.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +27,9 @@ pub async fn run(
             let report =
                 alerts::measure_and_alert(&l, &v, &mut alert_state, &ReportOptions::default());
             st.set_report(report);
+            if let Err(e) = crate::core::locks::sweep(&l) {
+                tracing::warn!(%e, "cannot sweep the lock files of removed volumes");
+            }
             alert_state
         })
         .await;

@@ -2,6 +2,7 @@
 
 pub mod callstats;
 pub mod layout;
+pub mod locks;
 pub mod logging;
 pub mod names;
 pub mod options;

@@ -89,6 +89,15 @@ pub fn ensure_dir(path: &Path, mode: u32) -> io::Result<()> {
 }
 
 /// An advisory `flock` held until dropped.
+///
+/// Lock files may be deleted (those of removed volumes are, see
+/// [`crate::core::locks`]), and `flock` locks an inode, not a name: a process
+/// that opened the file before it was unlinked would otherwise lock a file
+/// nobody else can reach any more. So every acquisition checks, once it holds
+/// the lock, that the path still names the locked inode, and starts again on
+/// the new file if not; and a lock file is only unlinked by someone holding
+/// its lock ([`FileLock::unlink`]). Together, two holders can never both
+/// believe they hold one path's lock.
 pub struct FileLock {
     _lock: Flock<File>,
 }
@@ -110,30 +119,65 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Does `path` still name the inode `file` is open on?
+fn still_linked(file: &File, path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata()?;
+    match fs::symlink_metadata(path) {
+        Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Lock `path` with `arg`; `Ok(None)` when a non-blocking attempt finds it held.
+fn lock_linked(path: &Path, arg: FlockArg) -> io::Result<Option<Flock<File>>> {
+    loop {
+        let file = open_lock_file(path)?;
+        let lock = match Flock::lock(file, arg) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, e)) => return Err(io::Error::from(e)),
+        };
+        if still_linked(&lock, path)? {
+            return Ok(Some(lock));
+        }
+        // Unlinked by its holder while we waited: lock the file now at `path`.
+    }
+}
+
 impl FileLock {
     /// Take the lock, waiting as long as needed.
     pub fn acquire(path: &Path, kind: LockKind) -> io::Result<FileLock> {
-        let file = open_lock_file(path)?;
         let arg = match kind {
             LockKind::Shared => FlockArg::LockShared,
             LockKind::Exclusive => FlockArg::LockExclusive,
         };
-        let lock = Flock::lock(file, arg).map_err(|(_, e)| io::Error::from(e))?;
+        let lock = lock_linked(path, arg)?.ok_or_else(|| {
+            io::Error::other(format!("blocking lock of {} gave up", path.display()))
+        })?;
         Ok(FileLock { _lock: lock })
     }
 
     /// Take the lock if it is free now; `Ok(None)` if someone else holds it.
     pub fn try_acquire(path: &Path, kind: LockKind) -> io::Result<Option<FileLock>> {
-        let file = open_lock_file(path)?;
         let arg = match kind {
             LockKind::Shared => FlockArg::LockSharedNonblock,
             LockKind::Exclusive => FlockArg::LockExclusiveNonblock,
         };
-        match Flock::lock(file, arg) {
-            Ok(lock) => Ok(Some(FileLock { _lock: lock })),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, e)) => Err(io::Error::from(e)),
+        Ok(lock_linked(path, arg)?.map(|lock| FileLock { _lock: lock }))
+    }
+
+    /// Delete the lock file `path` (which this lock holds, exclusively) and release it.
+    /// Whoever waits for it then finds it unlinked and locks a fresh file.
+    pub fn unlink(self, path: &Path) -> io::Result<()> {
+        if !still_linked(&self._lock, path)? {
+            return Err(io::Error::other(format!(
+                "{} is not the file this lock holds",
+                path.display()
+            )));
         }
+        remove_durable(path)
     }
 
     /// Take the lock, polling until `wait` has passed; `Ok(None)` on timeout.

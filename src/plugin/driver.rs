@@ -317,9 +317,10 @@ impl Driver {
     /// Remove a volume: refused while mounted; deletes managed data, never a device's data.
     pub fn remove(&self, name: &str) -> Result<()> {
         names::validate(name).map_err(DriverError::Invalid)?;
-        let _lock = self.store.lock(name)?;
+        let lock = self.store.lock(name)?;
         let Some(rec) = self.store.load(name)? else {
             tracing::info!(volume = name, "remove of an unknown volume: nothing to do");
+            crate::core::locks::release_removed(&self.layout, name, lock);
             return Ok(());
         };
         let n = rec.mount_count();
@@ -369,6 +370,8 @@ impl Driver {
             }
             return Err(e.into());
         }
+        // Still under the record lock: the lock files go with the record.
+        crate::core::locks::release_removed(&self.layout, name, lock);
         self.empty_trash();
         Ok(())
     }
