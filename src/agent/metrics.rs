@@ -86,9 +86,45 @@ impl MetricsState {
             report: RwLock::new(None),
         })
     }
-    /// Replace the usage figures (cheap: a pointer swap under a lock).
-    pub fn set_report(&self, report: Report) {
-        *self.report.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(report));
+    /// Replace the usage figures with a full measurement. A volume measured more
+    /// recently by [`MetricsState::update_volume`] (created or changed while the walk
+    /// ran) keeps its newer figures.
+    pub fn set_report(&self, mut report: Report) {
+        let mut guard = self.report.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = guard.as_deref() {
+            for v in &old.volumes {
+                match report.volumes.iter_mut().find(|n| n.name == v.name) {
+                    Some(n) if n.measured_at < v.measured_at => *n = v.clone(),
+                    Some(_) => {}
+                    None if self.layout.record(&v.name).exists() => report.volumes.push(v.clone()),
+                    None => {}
+                }
+            }
+            report.volumes.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        *guard = Some(Arc::new(report));
+    }
+    /// Put one volume's fresh figures in place (added if new), or drop a removed volume
+    /// (`usage` `None`), without waiting for the next full measurement.
+    pub fn update_volume(&self, name: &str, usage: Option<crate::usage::VolumeUsage>) {
+        let mut guard = self.report.write().unwrap_or_else(|p| p.into_inner());
+        let mut report = match guard.as_deref() {
+            Some(r) => r.clone(),
+            None if usage.is_none() => return,
+            None => Report {
+                measured_at: Utc::now(),
+                threshold_percent: crate::usage::DEFAULT_THRESHOLD_PERCENT,
+                volumes: Vec::new(),
+                filesystems: Vec::new(),
+                record_errors: Vec::new(),
+            },
+        };
+        report.volumes.retain(|v| v.name != name);
+        if let Some(u) = usage {
+            report.volumes.push(u);
+            report.volumes.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        *guard = Some(Arc::new(report));
     }
     /// The figures scrapes currently show.
     pub fn report(&self) -> Option<Arc<Report>> {

@@ -61,17 +61,18 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let metrics_state = crate::agent::metrics::MetricsState::new(layout.clone());
         let spool_cfg = cfg.clone();
         let mut spool_stop = stop_rx.clone();
+        let spool_metrics = metrics_state.clone();
         let spool_task = tokio::task::spawn_blocking(move || {
-            let mut worker = spool_worker::SpoolWorker::default();
+            let mut worker = spool_worker::SpoolWorker::with_metrics(spool_metrics);
             tracing::info!(root = %spool_cfg.ctx.layout.root.display(), "agent consuming the spool");
             while !*spool_stop.borrow_and_update() {
                 worker.run_once(&spool_cfg.ctx);
                 std::thread::sleep(spool_cfg.spool_poll);
             }
         });
-        let metrics_state = crate::agent::metrics::MetricsState::new(layout.clone());
         if let Some(addr) = cfg.metrics {
             crate::agent::metrics::serve(addr, metrics_state.clone())
                 .await

@@ -1,9 +1,11 @@
-//! Consumes the spool in order: takes the snapshot an event asks for, deletes the event only once the snapshot is durable.
+//! Consumes the spool in order: takes the snapshot an event asks for, deletes the event only once the snapshot is durable; measures a volume when asked (Create, last Unmount, restore, Remove).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::agent::metrics::MetricsState;
 use crate::context::Ctx;
 use crate::core::spool::{self, EventKind};
 use crate::snapshot::ops;
@@ -13,6 +15,8 @@ use crate::snapshot::{CreateOutcome, Trigger};
 #[derive(Default)]
 pub struct SpoolWorker {
     retry_at: HashMap<PathBuf, (Instant, Duration)>,
+    /// Where prompt measurements go (besides the usage cache `docker volume inspect` reads).
+    metrics: Option<Arc<MetricsState>>,
 }
 
 /// First retry delay after a failure; doubles up to `MAX_BACKOFF`.
@@ -20,6 +24,14 @@ pub const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 impl SpoolWorker {
+    /// A worker that also puts prompt measurements into `metrics`.
+    pub fn with_metrics(metrics: Arc<MetricsState>) -> SpoolWorker {
+        SpoolWorker {
+            metrics: Some(metrics),
+            ..Default::default()
+        }
+    }
+
     /// Handle every pending event that is due, oldest first. Returns how many were completed.
     pub fn run_once(&mut self, ctx: &Ctx) -> usize {
         let files = match spool::pending(&ctx.layout) {
@@ -37,7 +49,7 @@ impl SpoolWorker {
                     continue;
                 }
             }
-            match handle(ctx, &file) {
+            match handle(ctx, &file, self.metrics.as_deref()) {
                 Ok(()) => {
                     if let Err(e) = spool::done(&file) {
                         tracing::error!(file = %file.display(), %e, "cannot delete a handled spool event");
@@ -62,7 +74,7 @@ impl SpoolWorker {
 }
 
 /// Do the work of one event. `Ok` means the event may be deleted.
-fn handle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
+fn handle(ctx: &Ctx, file: &Path, metrics: Option<&MetricsState>) -> anyhow::Result<()> {
     let event = match spool::read(file) {
         Ok(e) => e,
         Err(e) => {
@@ -79,6 +91,10 @@ fn handle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
         EventKind::Mount => Trigger::Mount,
         EventKind::Unmount => Trigger::Unmount,
         EventKind::Stop => Trigger::Stop,
+        EventKind::Measure => {
+            measure(ctx, &event.volume, metrics);
+            return Ok(());
+        }
     };
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
     let volume_known = crate::core::store::Store::new(ctx.layout.clone())
@@ -109,4 +125,34 @@ fn handle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
         Err(e) => return Err(e),
     }
     Ok(())
+}
+
+/// Measure one volume now and show it (never fails: the periodic walk is the fallback).
+fn measure(ctx: &Ctx, volume: &str, metrics: Option<&MetricsState>) {
+    let started = Instant::now();
+    match crate::usage::measure_named(
+        &ctx.layout,
+        &ctx.view,
+        volume,
+        &crate::usage::ReportOptions::default(),
+    ) {
+        Ok(u) => {
+            match &u {
+                Some(u) => tracing::info!(
+                    volume,
+                    bytes = u.bytes,
+                    files = u.files,
+                    ms = started.elapsed().as_millis() as u64,
+                    "volume measured"
+                ),
+                None => tracing::info!(volume, "volume removed: its figures are dropped"),
+            }
+            if let Some(m) = metrics {
+                m.update_volume(volume, u);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(volume, error = %format!("{e:#}"), "cannot measure the volume now; the next usage walk will")
+        }
+    }
 }

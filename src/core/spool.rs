@@ -21,6 +21,9 @@ pub enum EventKind {
     Unmount,
     /// A container labelled `allspark.snapshot=on-stop` stopped (written by the agent itself).
     Stop,
+    /// The volume was created, its last container stopped, it was restored or removed:
+    /// measure it now (`/metrics`, `docker volume inspect`) instead of at the next usage walk.
+    Measure,
 }
 
 /// One spooled event.
@@ -79,6 +82,19 @@ pub fn read(path: &Path) -> io::Result<Event> {
             format!("spool event {} is corrupt: {e}", path.display()),
         )
     })
+}
+
+/// Ask the agent to measure `volume` now (best effort: a failure is logged, the periodic walk catches up).
+pub fn request_measure(layout: &Layout, volume: &str) {
+    let event = Event {
+        kind: EventKind::Measure,
+        volume: volume.to_string(),
+        at: Utc::now(),
+        container: None,
+    };
+    if let Err(e) = write(layout, &event) {
+        tracing::warn!(volume, %e, "cannot spool a measure request; the volume is measured at the next usage walk");
+    }
 }
 
 /// Delete an event after its work is durable.

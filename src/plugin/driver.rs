@@ -121,11 +121,11 @@ impl Driver {
             tracing::warn!(volume = name, path = %opened.dir.shown().display(), "the child's directory already holds data: adopted, and kept when the volume is removed");
         }
         let result = self.fill_and_record(name, opts, spec, data.clone(), &opened.dir, adopted);
-        if result.is_err() {
-            if let Some(top) = &opened.created {
-                // Only what this call created, by the anchor-relative name it created.
-                let _ = self.remove_created(&data, top);
-            }
+        if result.is_ok() {
+            spool::request_measure(&self.layout, name);
+        } else if let Some(top) = &opened.created {
+            // Only what this call created, by the anchor-relative name it created.
+            let _ = self.remove_created(&data, top);
         }
         result
     }
@@ -372,6 +372,7 @@ impl Driver {
         }
         // Still under the record lock: the lock files go with the record.
         crate::core::locks::release_removed(&self.layout, name, lock);
+        spool::request_measure(&self.layout, name);
         self.empty_trash();
         Ok(())
     }
@@ -583,6 +584,9 @@ impl Driver {
             if let Err(e) = spool::write(&self.layout, &event) {
                 tracing::error!(volume = name, %e, "cannot spool the unmount event; no automatic snapshot will be taken");
             }
+        }
+        if last {
+            spool::request_measure(&self.layout, name);
         }
         Ok(())
     }

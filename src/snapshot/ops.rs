@@ -105,12 +105,11 @@ pub fn restore_over(
     drop(data);
     let target = vref.swap_target(&ctx.layout, &ctx.view)?;
     restore::remove_stale_staging(&target);
-    Ok(restore::restore_chain_into(
-        &ctx.layout,
-        &chain,
-        &target,
-        progress,
-    )?)
+    let report = restore::restore_chain_into(&ctx.layout, &chain, &target, progress)?;
+    if vref.record.is_some() {
+        crate::core::spool::request_measure(&ctx.layout, name);
+    }
+    Ok(report)
 }
 
 fn refuse_if_in_use(ctx: &Ctx, vref: &VolumeRef) -> anyhow::Result<()> {

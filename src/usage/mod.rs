@@ -766,6 +766,33 @@ pub fn measure_report(layout: &Layout, view: &HostView, opts: &ReportOptions) ->
     }
 }
 
+/// Measure one volume now (writing its [`UsageCache`]), for a prompt update after Create or
+/// Unmount. `Ok(None)` when the volume does not exist: its cached figures are deleted.
+pub fn measure_named(
+    layout: &Layout,
+    view: &HostView,
+    name: &str,
+    opts: &ReportOptions,
+) -> anyhow::Result<Option<VolumeUsage>> {
+    let store = Store::new(layout.clone());
+    match store.load(name)? {
+        Some(rec) => {
+            let path = rec.data.local_path(layout, view);
+            Ok(Some(measure_volume(layout, view, &rec, &path, opts)))
+        }
+        None => {
+            for f in [layout.usage(name), listing_cache_path(layout, name)] {
+                if let Err(e) = fs::remove_file(&f) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!(path = %f.display(), %e, "cannot delete the figures of a removed volume");
+                    }
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
 fn measure_volume(
     layout: &Layout,
     view: &HostView,
