@@ -1,9 +1,12 @@
-//! The agent's backup schedule: standard 5-field cron expressions for daily, weekly and monthly backups and the verify drill, missed runs caught up once, last runs persisted.
+//! The agent's schedule: standard 5-field cron expressions for hourly dumps, daily, weekly and monthly backups, the verify drill and the containers' maintenance commands; missed runs caught up once, last runs persisted.
 //!
-//! Defaults (as the old `/etc/cron.d/allspark-backup`): daily `0 2 * * *`,
-//! weekly `0 3 * * 0`, monthly `0 4 1 * *`; verify `0 5 2 * *` (the newest
-//! complete backup of each type, test-extracted, result logged and written to
-//! `<root>/state/agent/last-verify.json`).
+//! Defaults (as the old `/etc/cron.d/allspark-backup`, plus the hourly
+//! dumps): hourly `0 * * * *` (database dumps only, for an RPO under an
+//! hour), daily `0 2 * * *`, weekly `0 3 * * 0`, monthly `0 4 1 * *`; verify
+//! `0 5 2 * *` (the newest complete backup of each type, test-extracted,
+//! result logged and written to `<root>/state/agent/last-verify.json`).
+//! Containers labelled `allspark.maintenance.exec` are maintained on their
+//! own `allspark.maintenance.schedule` (see [`crate::agent::maintenance`]).
 //!
 //! Expressions are `minute hour day-of-month month day-of-week` in local
 //! time, day of week 0-7 (0 and 7 are Sunday) or `sun`..`sat`. When both the
@@ -34,6 +37,7 @@ use crate::core::layout::Layout;
 use crate::fs::durable;
 
 /// Default cron expressions.
+pub const DEFAULT_HOURLY: &str = "0 * * * *";
 pub const DEFAULT_DAILY: &str = "0 2 * * *";
 pub const DEFAULT_WEEKLY: &str = "0 3 * * 0";
 pub const DEFAULT_MONTHLY: &str = "0 4 1 * *";
@@ -172,6 +176,7 @@ impl Job {
 /// The schedule's configuration (agent flags).
 #[derive(Clone, Debug)]
 pub struct ScheduleConfig {
+    pub hourly: Cron,
     pub daily: Cron,
     pub weekly: Cron,
     pub monthly: Cron,
@@ -180,8 +185,9 @@ pub struct ScheduleConfig {
 }
 
 impl ScheduleConfig {
-    pub fn jobs(&self) -> [(Job, &Cron); 4] {
+    pub fn jobs(&self) -> [(Job, &Cron); 5] {
         [
+            (Job::Backup(BackupType::Hourly), &self.hourly),
             (Job::Backup(BackupType::Daily), &self.daily),
             (Job::Backup(BackupType::Weekly), &self.weekly),
             (Job::Backup(BackupType::Monthly), &self.monthly),
@@ -318,6 +324,7 @@ pub fn verify_newest(ctx: &Ctx, settings: &Settings) {
 /// Run the schedule until `stop` is set: catch up missed jobs once, then sleep until the next due time.
 pub fn run_loop(ctx: Ctx, cfg: ScheduleConfig, stop: Arc<AtomicBool>) {
     tracing::info!(
+        hourly = %cfg.hourly.source,
         daily = %cfg.daily.source,
         weekly = %cfg.weekly.source,
         monthly = %cfg.monthly.source,
@@ -440,6 +447,7 @@ mod tests {
     #[test]
     fn a_run_missed_while_down_runs_once() {
         let cfg = ScheduleConfig {
+            hourly: parse_cron(DEFAULT_HOURLY).unwrap(),
             daily: parse_cron(DEFAULT_DAILY).unwrap(),
             weekly: parse_cron(DEFAULT_WEEKLY).unwrap(),
             monthly: parse_cron(DEFAULT_MONTHLY).unwrap(),
@@ -450,7 +458,7 @@ mod tests {
         // First start ever: baselines, nothing runs.
         let start = t("2024-05-29T12:00:00Z");
         assert!(due_jobs(&cfg, &mut state, &start).is_empty());
-        assert_eq!(state.last_run.len(), 4);
+        assert_eq!(state.last_run.len(), 5);
         // Down from the 29th noon to the 3rd noon: missed 4 dailies, the weekly of
         // Sunday the 2nd, the monthly of the 1st and the verify of the 2nd: each once.
         let back = t("2024-06-03T12:00:00Z");
@@ -458,6 +466,7 @@ mod tests {
         assert_eq!(
             jobs,
             vec![
+                Job::Backup(BackupType::Hourly),
                 Job::Backup(BackupType::Daily),
                 Job::Backup(BackupType::Weekly),
                 Job::Backup(BackupType::Monthly),
@@ -468,9 +477,38 @@ mod tests {
             state.last_run.insert(j.key().into(), back);
         }
         assert!(due_jobs(&cfg, &mut state, &t("2024-06-03T12:05:00Z")).is_empty());
+        // The next hour: the hourly dumps only.
+        assert_eq!(
+            due_jobs(&cfg, &mut state, &t("2024-06-03T13:00:00Z")),
+            vec![Job::Backup(BackupType::Hourly)]
+        );
+        state
+            .last_run
+            .insert("hourly".into(), t("2024-06-04T01:00:00Z"));
         assert_eq!(
             due_jobs(&cfg, &mut state, &t("2024-06-04T02:00:00Z")),
-            vec![Job::Backup(BackupType::Daily)]
+            vec![
+                Job::Backup(BackupType::Hourly),
+                Job::Backup(BackupType::Daily)
+            ]
+        );
+    }
+
+    #[test]
+    fn hourly_runs_every_hour_and_once_after_a_gap() {
+        let hourly = parse_cron(DEFAULT_HOURLY).unwrap();
+        let last = Some(t("2024-05-30T10:00:02Z"));
+        assert!(!due(&hourly, last, &t("2024-05-30T10:59:59Z")));
+        assert!(due(&hourly, last, &t("2024-05-30T11:00:00Z")));
+        // Down for five hours: one catch-up run, not five.
+        assert!(due(&hourly, last, &t("2024-05-30T15:20:00Z")));
+        assert_eq!(
+            hourly.latest_due(&t("2024-05-30T15:20:00Z")),
+            Some(t("2024-05-30T15:00:00Z"))
+        );
+        assert_eq!(
+            hourly.next_due(&t("2024-05-30T15:20:00Z")),
+            Some(t("2024-05-30T16:00:00Z"))
         );
     }
 }

@@ -7,25 +7,32 @@
 //!   option, else the `--compression` setting) per allspark volume whose
 //!   `backup` priority is not `none` and whose class is not `temporary`
 //!   (unless asked), highest priority first: a full, standard archive
-//!   (`tar --zstd -xf` or `tar xzf` reads it);
+//!   (`tar --zstd -xf` or `tar xzf` reads it). A volume mounted by a running
+//!   container that carries a dump label is **not** archived: its dump stands
+//!   for it (see [`run`] for why);
 //! * one `<name>.sql.gz` per database dump: the stdout of the command in the
 //!   label `allspark.backup.dump=<command>` of a running container, gzipped;
 //! * `manifest.json`, written last and atomically ([`manifest`]). A
 //!   directory without it is an incomplete backup (a crash, a run still going).
 //!
-//! Modules: [`run`] (one backup), [`dump`] (Docker exec of dump and restore
-//! commands), [`quiesce`] (containers stopped for a backup and always started
-//! again), [`catalog`] (listing), [`retention`] (pruning by calendar age),
-//! [`verify`] (checksums and test extraction) and [`restore`].
+//! `hourly` backups hold the dumps only (no volume archive, no container stopped).
+//!
+//! Modules: [`run`] (one backup), [`dump`] (Docker exec of dump, restore and
+//! maintenance commands), [`quiesce`] (containers stopped for a backup and
+//! always started again), [`catalog`] (listing), [`retention`] (pruning by
+//! age), [`verify`] (checksums and test extraction) and [`restore`].
 //!
 //! Container labels:
 //!
 //! | label | meaning |
 //! |---|---|
-//! | `allspark.backup.dump=<command>` | `sh -c <command>` is exec'd in the running container; its stdout is the dump |
+//! | `allspark.backup.dump=<command>` | `sh -c <command>` is exec'd in the running container; its stdout is the dump, which replaces the file archive of the container's volumes |
 //! | `allspark.backup.name=<name>` | the dump's file name (`<name>.sql.gz`); default the container name |
-//! | `allspark.backup.stop=true` | stopped while the backup runs, always started again |
-//! | `allspark.restore.exec=<command>` | `sh -c <command>` gets the gunzipped dump of the same name on stdin at restore |
+//! | `allspark.backup.stop=true` | stopped while a daily, weekly or monthly backup archives the volumes, always started again |
+//! | `allspark.restore.exec=<command>` | `sh -c <command>` gets the gunzipped dump of the same name on stdin at restore; it must exit non-zero on any error |
+//! | `allspark.restore.wait=<command>` | run until it exits 0 (at most [`restore::READY_TIMEOUT`]) before the restore command, e.g. `pg_isready -h 127.0.0.1 -U postgres` |
+//! | `allspark.maintenance.exec=<command>` | `sh -c <command>` is exec'd by the agent on the label's schedule |
+//! | `allspark.maintenance.schedule=<cron>` | when: a 5-field cron expression, local time |
 
 pub mod catalog;
 pub mod dump;
@@ -53,28 +60,47 @@ pub const LABEL_NAME: &str = "allspark.backup.name";
 pub const LABEL_STOP: &str = "allspark.backup.stop";
 /// Label: the command that reads a dump on stdin at restore.
 pub const LABEL_RESTORE: &str = "allspark.restore.exec";
+/// Label: a readiness command run until it succeeds before the restore command.
+pub const LABEL_RESTORE_WAIT: &str = "allspark.restore.wait";
+/// Label: a maintenance command the agent runs on a schedule.
+pub const LABEL_MAINTENANCE_EXEC: &str = "allspark.maintenance.exec";
+/// Label: the cron schedule of the maintenance command.
+pub const LABEL_MAINTENANCE_SCHEDULE: &str = "allspark.maintenance.schedule";
 
 /// Format of a backup directory's name (local time).
 pub const DIR_FORMAT: &str = "%Y%m%d_%H%M%S";
 
-/// The three kinds of scheduled backup.
+/// The four kinds of scheduled backup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupType {
+    /// Database dumps only.
+    Hourly,
     Daily,
     Weekly,
     Monthly,
 }
 
 impl BackupType {
-    pub const ALL: [BackupType; 3] = [BackupType::Daily, BackupType::Weekly, BackupType::Monthly];
+    pub const ALL: [BackupType; 4] = [
+        BackupType::Hourly,
+        BackupType::Daily,
+        BackupType::Weekly,
+        BackupType::Monthly,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            BackupType::Hourly => "hourly",
             BackupType::Daily => "daily",
             BackupType::Weekly => "weekly",
             BackupType::Monthly => "monthly",
         }
+    }
+
+    /// Only database dumps: no volume archive, no container stopped.
+    pub fn dumps_only(self) -> bool {
+        self == BackupType::Hourly
     }
 }
 
@@ -88,40 +114,53 @@ impl FromStr for BackupType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            "hourly" => Ok(BackupType::Hourly),
             "daily" => Ok(BackupType::Daily),
             "weekly" => Ok(BackupType::Weekly),
             "monthly" => Ok(BackupType::Monthly),
             _ => Err(format!(
-                "unknown backup type {s:?}; accepted: daily, weekly, monthly"
+                "unknown backup type {s:?}; accepted: hourly, daily, weekly, monthly"
             )),
         }
     }
 }
 
-/// How many calendar days backups of each type are kept.
+/// How long backups of each type are kept: hourly ones by elapsed hours, the others by calendar days.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeepDays {
-    pub daily: u32,
-    pub weekly: u32,
-    pub monthly: u32,
+pub struct Keep {
+    pub hourly_hours: u32,
+    pub daily_days: u32,
+    pub weekly_days: u32,
+    pub monthly_days: u32,
 }
 
-impl Default for KeepDays {
+impl Default for Keep {
     fn default() -> Self {
-        KeepDays {
-            daily: 7,
-            weekly: 30,
-            monthly: 365,
+        Keep {
+            hourly_hours: 48,
+            daily_days: 7,
+            weekly_days: 30,
+            monthly_days: 365,
         }
     }
 }
 
-impl KeepDays {
-    pub fn of(&self, kind: BackupType) -> u32 {
+/// The retention window of one type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    /// Removed once this many hours old (hourly backups).
+    Hours(u32),
+    /// Removed once this many calendar days old.
+    Days(u32),
+}
+
+impl Keep {
+    pub fn of(&self, kind: BackupType) -> Window {
         match kind {
-            BackupType::Daily => self.daily,
-            BackupType::Weekly => self.weekly,
-            BackupType::Monthly => self.monthly,
+            BackupType::Hourly => Window::Hours(self.hourly_hours),
+            BackupType::Daily => Window::Days(self.daily_days),
+            BackupType::Weekly => Window::Days(self.weekly_days),
+            BackupType::Monthly => Window::Days(self.monthly_days),
         }
     }
 }
@@ -159,7 +198,7 @@ impl fmt::Display for LabelFilter {
 pub struct Settings {
     /// `<backup-root>` (`--backup-root` / `ALLSPARK_BACKUP_ROOT`).
     pub backup_root: PathBuf,
-    pub keep: KeepDays,
+    pub keep: Keep,
     /// Back up `class=temporary` volumes too.
     pub include_temporary: bool,
     /// Only containers with this label take part.
@@ -170,7 +209,7 @@ impl Settings {
     pub fn new(backup_root: impl Into<PathBuf>) -> Settings {
         Settings {
             backup_root: backup_root.into(),
-            keep: KeepDays::default(),
+            keep: Keep::default(),
             include_temporary: false,
             container_label: None,
         }
@@ -253,7 +292,9 @@ mod tests {
     #[test]
     fn types_and_filters_parse() {
         assert_eq!("weekly".parse::<BackupType>(), Ok(BackupType::Weekly));
-        assert!("hourly".parse::<BackupType>().is_err());
+        assert_eq!("hourly".parse::<BackupType>(), Ok(BackupType::Hourly));
+        assert!("yearly".parse::<BackupType>().is_err());
+        assert!(BackupType::Hourly.dumps_only() && !BackupType::Daily.dumps_only());
         let f: LabelFilter = "a.b=c=d".parse().unwrap();
         assert_eq!((f.key.as_str(), f.value.as_str()), ("a.b", "c=d"));
         assert!("=x".parse::<LabelFilter>().is_err());

@@ -1,11 +1,13 @@
-//! Backup retention by calendar age: a pure plan ([`plan`]) and the thin wrapper that deletes ([`prune`]).
+//! Backup retention by age: a pure plan ([`plan`]) and the thin wrapper that deletes ([`prune`]).
 //!
 //! Rules, per type:
 //!
-//! * a backup whose date (from its directory name, local time) is `keep`
-//!   days or more before today is removed (daily 7, weekly 30, monthly 365
-//!   by default): calendar days, never a count of runs, so missed days
-//!   never make older backups go sooner;
+//! * a daily, weekly or monthly backup whose date (from its directory name,
+//!   local time) is `keep` days or more before today is removed (daily 7,
+//!   weekly 30, monthly 365 by default): calendar days, never a count of runs,
+//!   so missed days never make older backups go sooner;
+//! * an hourly backup (dumps only) is removed once it is `keep` hours old or
+//!   more (48 by default), by elapsed time;
 //! * the newest complete backup with outcome `ok` of each type is never
 //!   removed (when a type has none, its newest backup with a manifest is kept);
 //! * a directory without a manifest (interrupted, or a run still going) is
@@ -22,7 +24,7 @@ use chrono::{Duration, NaiveDateTime};
 use serde::Serialize;
 
 use super::catalog;
-use super::{BackupType, KeepDays, Settings};
+use super::{BackupType, Keep, Settings, Window};
 
 /// What retention needs to know of a backup directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +57,7 @@ pub struct Decision {
 }
 
 /// Decide, for every candidate, whether it goes. Pure: `now` is local time.
-pub fn plan(cands: &[Candidate], now: NaiveDateTime, keep: &KeepDays) -> Vec<Decision> {
+pub fn plan(cands: &[Candidate], now: NaiveDateTime, keep: &Keep) -> Vec<Decision> {
     let mut out = Vec::with_capacity(cands.len());
     for kind in BackupType::ALL {
         let of_kind: Vec<&Candidate> = cands.iter().filter(|c| c.kind == kind).collect();
@@ -67,7 +69,7 @@ pub fn plan(cands: &[Candidate], now: NaiveDateTime, keep: &KeepDays) -> Vec<Dec
                 .map(|c| c.name.clone())
         };
         let protected = newest(State::Ok).or_else(|| newest(State::Failed));
-        let days = i64::from(keep.of(kind));
+        let window = keep.of(kind);
         for c in of_kind {
             let (delete, reason) = if protected.as_deref() == Some(c.name.as_str()) {
                 (false, format!("newest complete {kind} backup"))
@@ -81,14 +83,35 @@ pub fn plan(cands: &[Candidate], now: NaiveDateTime, keep: &KeepDays) -> Vec<Dec
                     (false, "incomplete, may still be running".into())
                 }
             } else {
-                let age = (now.date() - c.stamp.date()).num_days();
-                if age >= days {
-                    (
-                        true,
-                        format!("{age} day(s) old; {kind} backups are kept {days} day(s)"),
-                    )
-                } else {
-                    (false, format!("{age} day(s) old, kept {days} day(s)"))
+                match window {
+                    Window::Days(days) => {
+                        let age = (now.date() - c.stamp.date()).num_days();
+                        if age >= i64::from(days) {
+                            (
+                                true,
+                                format!("{age} day(s) old; {kind} backups are kept {days} day(s)"),
+                            )
+                        } else {
+                            (false, format!("{age} day(s) old, kept {days} day(s)"))
+                        }
+                    }
+                    Window::Hours(hours) => {
+                        let age = now - c.stamp;
+                        if age >= Duration::hours(i64::from(hours)) {
+                            (
+                                true,
+                                format!(
+                                    "{} hour(s) old; {kind} backups are kept {hours} hour(s)",
+                                    age.num_hours()
+                                ),
+                            )
+                        } else {
+                            (
+                                false,
+                                format!("{} hour(s) old, kept {hours} hour(s)", age.num_hours()),
+                            )
+                        }
+                    }
                 }
             };
             out.push(Decision {
@@ -262,7 +285,7 @@ mod tests {
     #[test]
     fn a_year_with_a_gap_keeps_exactly_the_calendar_window() {
         let (c, now) = year_of_backups();
-        let d = plan(&c, now, &KeepDays::default());
+        let d = plan(&c, now, &Keep::default());
         let mut daily = kept(&d, BackupType::Daily);
         daily.sort();
         assert_eq!(
@@ -297,7 +320,7 @@ mod tests {
         let older = cand(BackupType::Daily, at(2023, 12, 31, 2), State::Ok);
         let failed = cand(BackupType::Daily, at(2024, 1, 2, 2), State::Failed);
         let now = at(2024, 3, 1, 12);
-        let d = plan(&[older, old_ok, failed], now, &KeepDays::default());
+        let d = plan(&[older, old_ok, failed], now, &Keep::default());
         assert_eq!(kept(&d, BackupType::Daily), vec!["20240101_020003"]);
     }
 
@@ -306,7 +329,7 @@ mod tests {
         let a = cand(BackupType::Weekly, at(2024, 1, 1, 3), State::Failed);
         let b = cand(BackupType::Weekly, at(2024, 1, 8, 3), State::Failed);
         let inc = cand(BackupType::Weekly, at(2024, 1, 9, 3), State::Incomplete);
-        let d = plan(&[a, b, inc], at(2024, 6, 1, 0), &KeepDays::default());
+        let d = plan(&[a, b, inc], at(2024, 6, 1, 0), &Keep::default());
         assert_eq!(kept(&d, BackupType::Weekly), vec!["20240108_030003"]);
     }
 
@@ -315,7 +338,39 @@ mod tests {
         let now = at(2024, 1, 10, 12);
         let fut = cand(BackupType::Daily, at(2024, 1, 11, 2), State::Ok);
         let fresh = cand(BackupType::Daily, at(2024, 1, 10, 2), State::Incomplete);
-        let d = plan(&[fut, fresh], now, &KeepDays::default());
+        let d = plan(&[fut, fresh], now, &Keep::default());
         assert!(d.iter().all(|x| !x.delete), "{d:?}");
+    }
+
+    #[test]
+    fn hourly_dumps_are_kept_48_hours_by_elapsed_time() {
+        let now = at(2024, 3, 3, 12);
+        let mut c = Vec::new();
+        for h in 0..72 {
+            c.push(cand(
+                BackupType::Hourly,
+                now - Duration::hours(h) - Duration::seconds(3),
+                State::Ok,
+            ));
+        }
+        let d = plan(&c, now, &Keep::default());
+        let kept = kept(&d, BackupType::Hourly);
+        // Ages 0 h 3 s .. 47 h 3 s stay; 48 h 3 s and older go.
+        assert_eq!(kept.len(), 48, "{kept:?}");
+        assert!(d
+            .iter()
+            .any(|x| x.delete && x.reason.contains("kept 48 hour(s)")));
+        let short = Keep {
+            hourly_hours: 2,
+            ..Keep::default()
+        };
+        assert_eq!(
+            plan(&c, now, &short).iter().filter(|x| !x.delete).count(),
+            2
+        );
+        // The other types are untouched by the hourly window.
+        let daily = cand(BackupType::Daily, now - Duration::hours(60), State::Ok);
+        let d = plan(&[daily], now, &short);
+        assert!(!d[0].delete);
     }
 }

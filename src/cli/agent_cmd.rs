@@ -30,6 +30,9 @@ pub struct AgentArgs {
     /// Alert when a volume (against its size=) or a filesystem holding volumes is at or above this percent.
     #[arg(long, env = "ALLSPARK_ALERT_THRESHOLD", default_value_t = 80.0)]
     pub alert_threshold: f64,
+    /// When the hourly database dumps run (5-field cron, local time).
+    #[arg(long, env = "ALLSPARK_CRON_HOURLY", default_value = schedule::DEFAULT_HOURLY, value_parser = valid_cron)]
+    pub hourly_cron: String,
     /// When the daily backup runs (5-field cron, local time).
     #[arg(long, env = "ALLSPARK_CRON_DAILY", default_value = schedule::DEFAULT_DAILY, value_parser = valid_cron)]
     pub daily_cron: String,
@@ -42,14 +45,16 @@ pub struct AgentArgs {
     /// When the newest backup of each type is verified (5-field cron, local time).
     #[arg(long, env = "ALLSPARK_CRON_VERIFY", default_value = schedule::DEFAULT_VERIFY, value_parser = valid_cron)]
     pub verify_schedule: String,
-    /// Run no scheduled backups or verifies.
+    /// Run no scheduled backups, verifies or maintenance commands.
     #[arg(long, env = "ALLSPARK_NO_SCHEDULE")]
     pub no_schedule: bool,
     /// Scheduled backups include volumes of class `temporary`.
     #[arg(long)]
     pub include_temporary: bool,
     #[command(flatten)]
-    pub policy: super::backup_cmd::PolicyArgs,
+    pub retention: super::backup_cmd::RetentionArgs,
+    #[command(flatten)]
+    pub containers: super::backup_cmd::ContainerArgs,
 }
 
 /// Check a 5-field cron expression at parse time (a bad one is a usage error).
@@ -63,11 +68,17 @@ pub fn run(ctx: Ctx, a: &AgentArgs) -> anyhow::Result<()> {
         None
     } else {
         Some(schedule::ScheduleConfig {
+            hourly: cron(&a.hourly_cron)?,
             daily: cron(&a.daily_cron)?,
             weekly: cron(&a.weekly_cron)?,
             monthly: cron(&a.monthly_cron)?,
             verify: cron(&a.verify_schedule)?,
-            settings: a.policy.settings(&a.backup_root, a.include_temporary),
+            settings: super::backup_cmd::settings(
+                &a.backup_root,
+                Some(&a.retention),
+                &a.containers,
+                a.include_temporary,
+            ),
         })
     };
     agent::run(AgentConfig {

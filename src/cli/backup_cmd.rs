@@ -12,13 +12,16 @@ use super::output::human;
 use super::progress::bytes_bar;
 use crate::backup::restore::{self, RestoreRequest};
 use crate::backup::run::{self, ItemProgress, RunOptions};
-use crate::backup::{catalog, retention, verify, BackupType, KeepDays, LabelFilter, Settings};
+use crate::backup::{catalog, retention, verify, BackupType, Keep, LabelFilter, Settings};
 use crate::context::Ctx;
 use crate::core::layout::DEFAULT_BACKUP_ROOT;
 
-/// Retention and container selection, shared with `allspark agent`.
+/// How long backups are kept (`backup run`, `backup prune` and `allspark agent`).
 #[derive(Args, Debug, Clone)]
-pub struct PolicyArgs {
+pub struct RetentionArgs {
+    /// Keep hourly backups (database dumps) this many hours.
+    #[arg(long, env = "ALLSPARK_KEEP_HOURLY_HOURS", default_value_t = 48)]
+    pub keep_hourly_hours: u32,
     /// Keep daily backups this many calendar days.
     #[arg(long, env = "ALLSPARK_KEEP_DAILY_DAYS", default_value_t = 7)]
     pub keep_daily_days: u32,
@@ -28,24 +31,39 @@ pub struct PolicyArgs {
     /// Keep monthly backups this many calendar days.
     #[arg(long, env = "ALLSPARK_KEEP_MONTHLY_DAYS", default_value_t = 365)]
     pub keep_monthly_days: u32,
-    /// Only containers carrying this label (KEY=VALUE) are dumped, stopped or used as restore hooks.
+}
+
+impl RetentionArgs {
+    pub fn keep(&self) -> Keep {
+        Keep {
+            hourly_hours: self.keep_hourly_hours,
+            daily_days: self.keep_daily_days,
+            weekly_days: self.keep_weekly_days,
+            monthly_days: self.keep_monthly_days,
+        }
+    }
+}
+
+/// Which containers take part in dumps, stops, restore hooks and maintenance.
+#[derive(Args, Debug, Clone)]
+pub struct ContainerArgs {
+    /// Only containers carrying this label (KEY=VALUE) are dumped, stopped, used as restore hooks or maintained.
     #[arg(long, env = "ALLSPARK_BACKUP_CONTAINER_LABEL")]
     pub container_label: Option<LabelFilter>,
 }
 
-impl PolicyArgs {
-    /// The backup settings for `backup_root`.
-    pub fn settings(&self, backup_root: &std::path::Path, include_temporary: bool) -> Settings {
-        Settings {
-            backup_root: backup_root.to_path_buf(),
-            keep: KeepDays {
-                daily: self.keep_daily_days,
-                weekly: self.keep_weekly_days,
-                monthly: self.keep_monthly_days,
-            },
-            include_temporary,
-            container_label: self.container_label.clone(),
-        }
+/// The backup settings for `backup_root` (retention left at its defaults when `retention` is `None`).
+pub fn settings(
+    backup_root: &std::path::Path,
+    retention: Option<&RetentionArgs>,
+    containers: &ContainerArgs,
+    include_temporary: bool,
+) -> Settings {
+    Settings {
+        backup_root: backup_root.to_path_buf(),
+        keep: retention.map(RetentionArgs::keep).unwrap_or_default(),
+        include_temporary,
+        container_label: containers.container_label.clone(),
     }
 }
 
@@ -61,7 +79,7 @@ pub struct RootArg {
 pub enum BackupCmd {
     /// Back up now: dumps, volumes (highest priority first), manifest, then retention. Exit 1 if anything failed.
     Run {
-        /// daily, weekly or monthly (the subdirectory of the backup root).
+        /// hourly (database dumps only), daily, weekly or monthly (the subdirectory of the backup root).
         #[arg(value_parser = parse_type)]
         kind: BackupType,
         /// Also back up volumes of class `temporary`.
@@ -73,7 +91,9 @@ pub enum BackupCmd {
         #[command(flatten)]
         root: RootArg,
         #[command(flatten)]
-        policy: PolicyArgs,
+        retention: RetentionArgs,
+        #[command(flatten)]
+        containers: ContainerArgs,
     },
     /// List backups: type, directory, timestamp, outcome, size, complete or not.
     Ls {
@@ -88,7 +108,7 @@ pub enum BackupCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Restore volumes and dumps from a backup directory (without --yes: show what would be overwritten).
+    /// Restore volumes and dumps from a backup directory (without --yes: show what would be overwritten). Exit 1 naming every part that failed.
     Restore {
         dir: PathBuf,
         /// Restore only this volume (repeatable); no dump unless --database is given too.
@@ -101,9 +121,9 @@ pub enum BackupCmd {
         #[arg(long)]
         yes: bool,
         #[command(flatten)]
-        policy: PolicyArgs,
+        containers: ContainerArgs,
     },
-    /// Apply retention now (daily 7, weekly 30, monthly 365 calendar days by default).
+    /// Apply retention now (hourly 48 hours; daily 7, weekly 30, monthly 365 calendar days by default).
     Prune {
         /// Show what would be removed.
         #[arg(long)]
@@ -111,7 +131,7 @@ pub enum BackupCmd {
         #[command(flatten)]
         root: RootArg,
         #[command(flatten)]
-        policy: PolicyArgs,
+        retention: RetentionArgs,
     },
 }
 
@@ -152,9 +172,15 @@ pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
             include_temporary,
             no_prune,
             root,
-            policy,
+            retention,
+            containers,
         } => {
-            let settings = policy.settings(&root.backup_root, *include_temporary);
+            let settings = settings(
+                &root.backup_root,
+                Some(retention),
+                containers,
+                *include_temporary,
+            );
             let report = run::run(
                 ctx,
                 &settings,
@@ -233,9 +259,14 @@ pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
             volumes,
             databases,
             yes,
-            policy,
+            containers,
         } => {
-            let settings = policy.settings(std::path::Path::new(DEFAULT_BACKUP_ROOT), false);
+            let settings = settings(
+                std::path::Path::new(DEFAULT_BACKUP_ROOT),
+                None,
+                containers,
+                false,
+            );
             let req = RestoreRequest {
                 dir: dir.clone(),
                 volumes: volumes.clone(),
@@ -279,9 +310,16 @@ pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
         BackupCmd::Prune {
             dry_run,
             root,
-            policy,
+            retention,
         } => {
-            let settings = policy.settings(&root.backup_root, false);
+            let settings = settings(
+                &root.backup_root,
+                Some(retention),
+                &ContainerArgs {
+                    container_label: None,
+                },
+                false,
+            );
             let r = retention::prune(&settings, Local::now().naive_local(), *dry_run)?;
             for d in r.decisions.iter().filter(|d| d.delete) {
                 println!(
