@@ -1,8 +1,12 @@
-//! Database dumps and restore hooks through the Docker API: `sh -c <command>` exec'd in a running container, its stdout gzipped into a file (or a file gunzipped into its stdin), its exit code checked.
+//! Commands exec'd in containers through the Docker API: dumps (stdout gzipped into a file), restore hooks (a file gunzipped into stdin), readiness and maintenance commands; exit codes and stderr checked.
 //!
 //! A dump whose command exits non-zero, whose exit code cannot be read, or
 //! which writes nothing on stdout is an error: never a silent empty dump.
-//! The command's stderr goes to the log (and its tail into the error).
+//! A restore command fails when it exits non-zero, or when it exits 0 but
+//! wrote error lines on stderr (`ERROR:`, `FATAL:`, `PANIC:`: a `psql`
+//! without `ON_ERROR_STOP` goes on after a failed statement and exits 0);
+//! every such line is kept for the report. Commands' stderr goes to the log
+//! (and its tail into the error).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -52,11 +56,23 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Keeps the last bytes of stderr and logs it line by line.
+/// At most this many error lines of a command's stderr are kept.
+const MAX_ERROR_LINES: usize = 20;
+
+/// Does a stderr line report an error (PostgreSQL's severities, as `psql` prints them)?
+pub fn is_error_line(line: &str) -> bool {
+    ["ERROR:", "FATAL:", "PANIC:"]
+        .iter()
+        .any(|m| line.contains(m))
+}
+
+/// Keeps the last bytes of stderr and its error lines, and logs it line by line.
 #[derive(Default)]
 struct Stderr {
     tail: Vec<u8>,
     partial: Vec<u8>,
+    errors: Vec<String>,
+    error_count: usize,
 }
 
 impl Stderr {
@@ -69,13 +85,23 @@ impl Stderr {
         self.partial.extend_from_slice(bytes);
         while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=i).collect();
-            tracing::info!(container = who, stderr = %String::from_utf8_lossy(&line).trim_end(), "command output");
+            self.line(who, &line);
+        }
+    }
+    fn line(&mut self, who: &str, line: &[u8]) {
+        let line = String::from_utf8_lossy(line).trim_end().to_string();
+        tracing::info!(container = who, stderr = %line, "command output");
+        if is_error_line(&line) {
+            self.error_count += 1;
+            if self.errors.len() < MAX_ERROR_LINES {
+                self.errors.push(line);
+            }
         }
     }
     fn finish(&mut self, who: &str) -> String {
         if !self.partial.is_empty() {
-            tracing::info!(container = who, stderr = %String::from_utf8_lossy(&self.partial).trim_end(), "command output");
-            self.partial.clear();
+            let rest = std::mem::take(&mut self.partial);
+            self.line(who, &rest);
         }
         let t = String::from_utf8_lossy(&self.tail).trim().to_string();
         if t.is_empty() {
@@ -263,29 +289,41 @@ async fn dump_inner(
     })
 }
 
-/// Why a restore hook failed, and whether trying again may help.
-#[derive(Debug)]
-pub struct FeedError {
-    pub message: String,
-    /// The command could not run, or it failed (the database may be starting).
-    pub retry: bool,
+/// What a restore command did.
+#[derive(Debug, Default)]
+pub struct FeedOutcome {
+    /// Bytes written to its stdin.
+    pub fed: u64,
+    /// Its exit code (`None`: Docker did not say).
+    pub exit_code: Option<i64>,
+    /// Error lines of its stderr (at most 20), in order.
+    pub errors: Vec<String>,
+    /// How many error lines there were in all.
+    pub error_count: usize,
+    /// `; its stderr ends with: …`, or empty.
+    pub tail: String,
+    /// Feeding the input failed (the dump could not be read, or the command stopped reading).
+    pub input_error: Option<String>,
 }
 
-/// Run `sh -c <command>` in container `who` with `input` on its stdin, close stdin, check the exit code.
-/// Returns the bytes fed.
+impl FeedOutcome {
+    /// Exit 0, everything fed, no error line.
+    pub fn ok(&self) -> bool {
+        self.exit_code == Some(0) && self.input_error.is_none() && self.error_count == 0
+    }
+}
+
+/// Run `sh -c <command>` in container `who` with `input` on its stdin, close stdin, wait for its exit code.
+/// `Err` only when the command could not be run at all; what it did is in the [`FeedOutcome`].
 pub async fn feed_stdin<R: Read>(
     docker: &Docker,
     who: &str,
     command: &str,
     mut input: R,
-) -> Result<u64, FeedError> {
-    let retry = |message: String| FeedError {
-        message,
-        retry: true,
-    };
+) -> Result<FeedOutcome, String> {
     let exec = create(docker, who, command, true)
         .await
-        .map_err(|e| retry(format!("cannot run `{command}` in container {who}: {e}")))?;
+        .map_err(|e| format!("cannot run `{command}` in container {who}: {e}"))?;
     let started = docker
         .start_exec(
             &exec,
@@ -296,15 +334,15 @@ pub async fn feed_stdin<R: Read>(
             }),
         )
         .await
-        .map_err(|e| retry(format!("cannot start `{command}` in container {who}: {e}")))?;
+        .map_err(|e| format!("cannot start `{command}` in container {who}: {e}"))?;
     let StartExecResults::Attached {
         mut output,
         input: mut stdin,
     } = started
     else {
-        return Err(retry(format!(
+        return Err(format!(
             "`{command}` in container {who} did not attach its input"
-        )));
+        ));
     };
     let write = async {
         let mut buf = vec![0u8; 256 << 10];
@@ -316,24 +354,31 @@ pub async fn feed_stdin<R: Read>(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let _ = stdin.shutdown().await;
-                    return Err(FeedError {
-                        message: format!("cannot read the dump: {e}; the backup file is damaged"),
-                        retry: false,
-                    });
+                    return (
+                        total,
+                        Some(format!(
+                            "cannot read the dump after {total} bytes: {e}; the backup file is damaged"
+                        )),
+                    );
                 }
             };
             if let Err(e) = stdin.write_all(&buf[..n]).await {
-                return Err(retry(format!(
-                    "`{command}` in container {who} stopped reading its input after {total} bytes ({e})"
-                )));
+                return (
+                    total,
+                    Some(format!(
+                        "`{command}` stopped reading its input after {total} bytes ({e})"
+                    )),
+                );
             }
             total += n as u64;
         }
-        stdin
-            .shutdown()
-            .await
-            .map_err(|e| retry(format!("cannot close the input of `{command}`: {e}")))?;
-        Ok(total)
+        match stdin.shutdown().await {
+            Ok(()) => (total, None),
+            Err(e) => (
+                total,
+                Some(format!("cannot close the input of `{command}`: {e}")),
+            ),
+        }
     };
     let read = async {
         let mut err = Stderr::default();
@@ -350,49 +395,87 @@ pub async fn feed_stdin<R: Read>(
                 }
             }
         }
-        err.finish(who)
+        let tail = err.finish(who);
+        (err, tail)
     };
-    let (written, tail) = tokio::join!(write, read);
-    let code = exit_code(docker, &exec).await.map_err(retry)?;
-    match (code, written) {
-        (Some(0), Ok(n)) => Ok(n),
-        (Some(0), Err(e)) => Err(e),
-        (Some(c), _) => Err(retry(format!(
-            "`{command}` in container {who} exited with status {c}{tail}"
-        ))),
-        (None, _) => Err(retry(format!(
-            "`{command}` in container {who} did not report an exit status{tail}"
-        ))),
+    let ((fed, input_error), (err, tail)) = tokio::join!(write, read);
+    let exit_code = exit_code(docker, &exec).await?;
+    Ok(FeedOutcome {
+        fed,
+        exit_code,
+        errors: err.errors,
+        error_count: err.error_count,
+        tail,
+        input_error,
+    })
+}
+
+/// What a command exec'd without input did (readiness checks, maintenance).
+#[derive(Debug, Default)]
+pub struct ExecOutcome {
+    pub exit_code: Option<i64>,
+    /// The last bytes of stdout and stderr, as text.
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+    /// Error lines of its stderr (at most 20).
+    pub errors: Vec<String>,
+}
+
+impl ExecOutcome {
+    pub fn ok(&self) -> bool {
+        self.exit_code == Some(0)
     }
 }
 
-/// [`feed_stdin`] again until it succeeds or `within` has passed (a database that is still starting), opening the input afresh each time.
-pub async fn feed_with_retry<R: Read>(
-    docker: &Docker,
-    who: &str,
-    command: &str,
-    open: impl Fn() -> io::Result<R>,
-    within: Duration,
-) -> Result<u64, String> {
-    let deadline = Instant::now() + within;
-    let mut attempt = 1;
-    loop {
-        let input = open().map_err(|e| format!("cannot open the dump: {e}"))?;
-        match feed_stdin(docker, who, command, input).await {
-            Ok(n) => return Ok(n),
-            Err(e) if e.retry && Instant::now() + Duration::from_secs(3) < deadline => {
-                tracing::warn!(container = who, attempt, error = %e.message, "restore command failed; the database may be starting, trying again in 3 s");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_secs(3)).await;
+/// Run `sh -c <command>` in container `who`, wait for it, and return its exit code and output tails.
+/// `Err` only when the command could not be run at all (e.g. the container is not running).
+pub async fn exec(docker: &Docker, who: &str, command: &str) -> Result<ExecOutcome, String> {
+    let exec = create(docker, who, command, false)
+        .await
+        .map_err(|e| format!("cannot run `{command}` in container {who}: {e}"))?;
+    let started = docker
+        .start_exec(
+            &exec,
+            Some(StartExecOptions {
+                detach: false,
+                tty: false,
+                output_capacity: Some(64 << 10),
+            }),
+        )
+        .await
+        .map_err(|e| format!("cannot start `{command}` in container {who}: {e}"))?;
+    let StartExecResults::Attached { mut output, .. } = started else {
+        return Err(format!(
+            "`{command}` in container {who} did not attach its output"
+        ));
+    };
+    let mut err = Stderr::default();
+    let mut out: Vec<u8> = Vec::new();
+    while let Some(item) = output.next().await {
+        match item {
+            Ok(LogOutput::StdErr { message }) => err.push(who, &message),
+            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                out.extend_from_slice(&message);
+                if out.len() > STDERR_TAIL {
+                    let cut = out.len() - STDERR_TAIL;
+                    out.drain(..cut);
+                }
             }
+            Ok(LogOutput::StdIn { .. }) => {}
             Err(e) => {
-                return Err(format!(
-                    "{} (after {attempt} attempt(s)); check the container and the `allspark.restore.exec` label, then restore again",
-                    e.message
-                ))
+                tracing::warn!(container = who, %e, "reading the output of a command failed");
+                break;
             }
         }
     }
+    err.finish(who);
+    let exit_code = exit_code(docker, &exec).await?;
+    Ok(ExecOutcome {
+        exit_code,
+        stdout_tail: String::from_utf8_lossy(&out).trim().to_string(),
+        stderr_tail: String::from_utf8_lossy(&err.tail).trim().to_string(),
+        errors: err.errors,
+    })
 }
 
 /// Size and sha256 of a file (for checks).

@@ -5,10 +5,11 @@
 //! | field | meaning |
 //! |---|---|
 //! | `timestamp` | RFC 3339 UTC, whole seconds (`2024-01-31T02:00:03Z`) |
-//! | `type` | `daily`, `weekly`, `monthly` |
-//! | `volumes` | names of the volumes in the backup |
+//! | `type` | `hourly`, `daily`, `weekly`, `monthly` |
+//! | `volumes` | names of the volumes archived in the backup |
 //! | `databases` | names of the dumps in the backup |
-//! | `files` | `[{name, kind: volume\|database, size, sha256, source, compression: zstd\|gzip}]` |
+//! | `files` | `[{name, kind: volume\|database, size, sha256, source, compression: zstd\|gzip, covers}]`; `covers`: the volumes a dump stands for |
+//! | `covered_by_dump` | `{volume: dump}`: volumes left out of the file archives because a dump stands for them (the database method, see the README) |
 //! | `started_at`, `finished_at`, `duration_ms` | the run |
 //! | `outcome` | `ok` or `failed` |
 //! | `errors` | sentences saying what failed and what to do |
@@ -69,6 +70,9 @@ pub struct FileEntry {
     /// Codec of the file (dumps are gzip); manifests written before zstd existed are gzip.
     #[serde(default = "Compression::legacy")]
     pub compression: Compression,
+    /// For a dump: the volumes of its container, not archived because the dump stands for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub covers: Vec<String>,
 }
 
 /// `manifest.json` of a backup directory.
@@ -97,6 +101,9 @@ pub struct BackupManifest {
     pub errors: Vec<String>,
     #[serde(default)]
     pub stopped_containers: Vec<String>,
+    /// Volumes not archived because a dump stands for them: volume name -> dump name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub covered_by_dump: BTreeMap<String, String>,
     /// The allspark version that wrote it.
     #[serde(default)]
     pub allspark_version: String,
@@ -237,6 +244,7 @@ mod tests {
             outcome: Some(Outcome::Ok),
             errors: vec![],
             stopped_containers: vec![],
+            covered_by_dump: BTreeMap::new(),
             allspark_version: String::new(),
         };
         let v: serde_json::Value = serde_json::to_value(&m).unwrap();

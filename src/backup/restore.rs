@@ -11,10 +11,16 @@
 //! A dump `<name>.sql.gz` goes, gunzipped, into the stdin of
 //! `sh -c <command>` in the running container labelled
 //! `allspark.restore.exec=<command>` whose dump name (label
-//! `allspark.backup.name`, else the container name) is `<name>`. The command
-//! is tried again for about 30 s when it fails (the database may still be
-//! starting after its container was restarted): make it safe to repeat (e.g.
-//! `psql -v ON_ERROR_STOP=1`, a dump made with `--clean`).
+//! `allspark.backup.name`, else the container name) is `<name>`, after the
+//! volumes are back and their containers started again. Before it, allspark
+//! waits (at most [`READY_TIMEOUT`]) until that container runs and, if it
+//! carries `allspark.restore.wait=<command>`, until that command exits 0
+//! (e.g. `pg_isready -h 127.0.0.1 -U postgres`: the server accepts
+//! connections). The restore command then runs **once**: a command that
+//! failed half-way is never replayed blindly. It fails the restore when it
+//! exits non-zero or prints error lines on stderr; the report names each
+//! error line and, for `psql` (`psql:<stdin>:LINE: ERROR: …`), the failing
+//! statement read back from the dump.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -29,7 +35,7 @@ use serde::Serialize;
 use super::manifest::{self, BackupManifest, FileEntry, FileKind};
 use super::quiesce::StopGuard;
 use super::run::{dump_name, running_containers, ItemProgress};
-use super::{verify, Settings, LABEL_RESTORE};
+use super::{verify, Settings, LABEL_RESTORE, LABEL_RESTORE_WAIT};
 use crate::archive::{self, ExtractOptions};
 use crate::context::Ctx;
 use crate::core::store::Store;
@@ -40,8 +46,8 @@ use crate::fs::durable::{FileLock, LockKind};
 use crate::snapshot::restore::{remove_staged, staging_dir, swap_in, SwapTarget};
 use crate::snapshot::Counting;
 
-/// How long a restore command is retried while the database starts.
-pub const DUMP_RETRY_WINDOW: Duration = Duration::from_secs(30);
+/// How long a restore waits for a database container to run and pass its `allspark.restore.wait` check.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a volume may stay mounted after its containers were stopped (Docker unmounts asynchronously).
 const UNMOUNT_WAIT: Duration = Duration::from_secs(15);
 
@@ -76,6 +82,8 @@ pub struct PlannedDump {
     #[serde(skip)]
     pub container_id: Option<String>,
     pub command: Option<String>,
+    /// The readiness check run before it (`allspark.restore.wait`).
+    pub wait: Option<String>,
 }
 
 /// Everything a restore would do.
@@ -167,6 +175,14 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
             .map(|f| f.source.clone())
             .collect()
     };
+    for v in &req.volumes {
+        if let Some(dump) = m.covered_by_dump.get(v) {
+            bail!(
+                "volume {v} is not archived in {}: its database dump {dump} stands for it (a running database's files are never archived); restore it with --database {dump}",
+                req.dir.display()
+            );
+        }
+    }
     for (asked, kind, what) in [
         (&req.volumes, FileKind::Volume, "volume"),
         (&req.databases, FileKind::Database, "dump"),
@@ -238,6 +254,7 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
             container: None,
             container_id: None,
             command: None,
+            wait: None,
         })
         .collect();
 
@@ -281,6 +298,11 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
                         d.container = Some(c.name.clone());
                         d.container_id = Some(c.id.clone());
                         d.command = c.labels.get(LABEL_RESTORE).cloned();
+                        d.wait = c
+                            .labels
+                            .get(LABEL_RESTORE_WAIT)
+                            .filter(|w| !w.trim().is_empty())
+                            .cloned();
                     }
                     [] => problems.push(format!(
                         "no running container is labelled {LABEL_RESTORE}=<command> with dump name {} (its allspark.backup.name label, or its name); start the database container with that label and restore again",
@@ -445,33 +467,21 @@ pub fn execute(
     for d in &plan.dumps {
         let r = match (&docker, &d.container_id, &d.command) {
             (Some(docker), Some(id), Some(cmd)) => {
-                let path = plan.dir.join(&d.file);
                 let item = format!("restore {}", d.name);
                 if let Some(p) = &progress {
                     p(&item, Some(0));
                 }
-                let open = || {
-                    File::open(&path)
-                        .map(|f| MultiGzDecoder::new(BufReader::with_capacity(1 << 20, f)))
-                };
-                let r = rt
-                    .block_on(super::dump::feed_with_retry(
-                        docker,
-                        id,
-                        cmd,
-                        open,
-                        DUMP_RETRY_WINDOW,
-                    ))
-                    .map(|n| {
-                        format!(
-                            "{n} bytes of SQL fed to `{cmd}` in container {}",
-                            d.container.as_deref().unwrap_or("?")
-                        )
-                    });
+                let r = rt.block_on(restore_dump(docker, &plan.dir, d, id, cmd));
                 if let Some(p) = &progress {
                     p(&item, None);
                 }
-                r
+                r.map_err(|e| {
+                    format!(
+                        "{e}; nothing else was changed for this dump: fix it, then run `allspark backup restore {} --database {} --yes`",
+                        plan.dir.display(),
+                        d.name
+                    )
+                })
             }
             (None, _, _) => Err("Docker is unreachable; start dockerd and restore the dump again with --database".into()),
             _ => Err(format!(
@@ -482,6 +492,203 @@ pub fn execute(
         report.push("database", &d.name, r);
     }
     Ok(report)
+}
+
+/// Wait until container `id` runs and passes its readiness check, then feed it the dump once.
+async fn restore_dump(
+    docker: &Docker,
+    dir: &Path,
+    d: &PlannedDump,
+    id: &str,
+    cmd: &str,
+) -> Result<String, String> {
+    let who = d.container.as_deref().unwrap_or(id);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    wait_ready(docker, id, who, d.wait.as_deref(), deadline).await?;
+    let path = dir.join(&d.file);
+    let f = File::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let input = MultiGzDecoder::new(BufReader::with_capacity(1 << 20, f));
+    let out = super::dump::feed_stdin(docker, id, cmd, input).await?;
+    if out.ok() {
+        return Ok(format!(
+            "{} bytes of SQL fed to `{cmd}` in container {who}: exit 0, no error reported",
+            out.fed
+        ));
+    }
+    Err(describe_failure(&path, &d.file, cmd, who, &out))
+}
+
+/// Wait until the container runs (not restarting) and its `wait` command, if any, exits 0.
+async fn wait_ready(
+    docker: &Docker,
+    id: &str,
+    who: &str,
+    wait: Option<&str>,
+    deadline: Instant,
+) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let state = docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| format!("container {who} cannot be inspected ({e}); is it still there?"))?
+            .state
+            .unwrap_or_default();
+        if state.running == Some(true) && state.restarting != Some(true) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "container {who} is not running {} s after the restore started (status {:?}); see `docker logs {who}`",
+                READY_TIMEOUT.as_secs(),
+                state.status
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let Some(wait) = wait else {
+        return Ok(());
+    };
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let last = match super::dump::exec(docker, id, wait).await {
+            Ok(o) if o.ok() => {
+                tracing::info!(
+                    container = who,
+                    attempts,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "database ready for the restore"
+                );
+                return Ok(());
+            }
+            Ok(o) => format!(
+                "exit status {}{}",
+                o.exit_code.map_or("unknown".into(), |c| c.to_string()),
+                [o.stderr_tail, o.stdout_tail]
+                    .iter()
+                    .find(|t| !t.is_empty())
+                    .map(|t| format!(", output: {t}"))
+                    .unwrap_or_default()
+            ),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "container {who} was not ready within {} s: its {LABEL_RESTORE_WAIT} check `{wait}` failed {attempts} time(s), last with {last}; the dump was not fed",
+                READY_TIMEOUT.as_secs()
+            ));
+        }
+        tracing::info!(container = who, check = wait, result = %last, "waiting for the database to accept connections");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The sentence of a failed restore command: its status, each error line, and the statements they name.
+fn describe_failure(
+    path: &Path,
+    file: &str,
+    cmd: &str,
+    who: &str,
+    out: &super::dump::FeedOutcome,
+) -> String {
+    let mut s = match out.exit_code {
+        Some(0) => format!(
+            "`{cmd}` in container {who} exited 0 but reported {} error(s) on stderr: it went on after a failed statement (give psql `-v ON_ERROR_STOP=1`)",
+            out.error_count
+        ),
+        Some(c) => format!("`{cmd}` in container {who} exited with status {c}"),
+        None => format!("`{cmd}` in container {who} did not report an exit status"),
+    };
+    if let Some(e) = &out.input_error {
+        s += &format!(" ({e})");
+    }
+    if out.errors.is_empty() {
+        s += &out.tail;
+        return s;
+    }
+    let lines: Vec<u64> = out.errors.iter().filter_map(|e| psql_line(e)).collect();
+    let statements = statements_at(path, &lines);
+    for e in &out.errors {
+        s += &format!("; {e}");
+        if let Some(st) = psql_line(e).and_then(|n| statements.get(&n)) {
+            s += &format!(
+                " [failing statement, line {} of {file}: {st}]",
+                psql_line(e).unwrap_or_default()
+            );
+        }
+    }
+    if out.error_count > out.errors.len() {
+        s += &format!(
+            "; … and {} more error line(s)",
+            out.error_count - out.errors.len()
+        );
+    }
+    s
+}
+
+/// The script line a `psql` error names: `psql:<stdin>:24: ERROR:  …` → 24.
+pub fn psql_line(error: &str) -> Option<u64> {
+    let rest = error.trim_start().strip_prefix("psql:")?;
+    let mut parts = rest.splitn(3, ':');
+    let _source = parts.next()?;
+    parts.next()?.trim().parse().ok()
+}
+
+/// The statements ending at `lines` (1-based) of a gzipped SQL file: the lines since the previous
+/// `;`-terminated one (at most 10; else the line alone), whitespace collapsed, cut at 300 characters.
+pub fn statements_at(path: &Path, lines: &[u64]) -> std::collections::HashMap<u64, String> {
+    use std::io::BufRead;
+    let mut out = std::collections::HashMap::new();
+    let Some(&last) = lines.iter().max() else {
+        return out;
+    };
+    let Ok(f) = File::open(path) else {
+        return out;
+    };
+    let reader = BufReader::new(MultiGzDecoder::new(BufReader::new(f)));
+    let mut pending: Vec<String> = Vec::new();
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let n = i as u64 + 1;
+        let Ok(bytes) = line else { break };
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let ends = text.trim_end().ends_with(';');
+        let noise = text.trim().is_empty() || text.trim_start().starts_with("--");
+        if !noise || lines.contains(&n) {
+            pending.push(text);
+        }
+        if pending.len() > 10 {
+            pending.remove(0);
+        }
+        if lines.contains(&n) {
+            let shown: &[String] = if pending.len() < 10 {
+                &pending
+            } else {
+                &pending[pending.len() - 1..]
+            };
+            let joined = shown
+                .iter()
+                .flat_map(|l| l.split_whitespace())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let cut: String = joined.chars().take(300).collect();
+            out.insert(
+                n,
+                if cut.len() < joined.len() {
+                    format!("{cut}…")
+                } else {
+                    cut
+                },
+            );
+        }
+        if ends {
+            pending.clear();
+        }
+        if n >= last {
+            break;
+        }
+    }
+    out
 }
 
 /// Wait (bounded) until no container mounts the volume; the error says what to do.
@@ -587,10 +794,49 @@ fn restore_volume(
     drop(stage_dir);
     remove_staged(&swap, &stage);
     let r = result?;
+    crate::core::spool::request_measure(&ctx.layout, &v.name);
     Ok(format!(
         "{} entries, {} bytes restored into {}",
         r.entries,
         r.bytes,
         target.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn psql_errors_name_their_line() {
+        assert_eq!(
+            psql_line("psql:<stdin>:24: ERROR:  current user cannot be dropped"),
+            Some(24)
+        );
+        assert_eq!(psql_line("psql:/tmp/x.sql:7: FATAL:  boom"), Some(7));
+        assert_eq!(psql_line("ERROR:  no line"), None);
+        assert_eq!(psql_line("psql: error: connection failed"), None);
+    }
+
+    #[test]
+    fn the_failing_statement_is_read_back_from_the_dump() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("db.sql.gz");
+        let sql = "SET x = 1;\n--\n-- Name: t; Type: TABLE; Schema: public\n--\n\nCREATE TABLE public.t (\n    id integer NOT NULL\n);\nDROP ROLE IF EXISTS postgres;\nCOPY public.t (id) FROM stdin;\n1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n\\.\n";
+        let mut gz = flate2::write::GzEncoder::new(
+            File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(sql.as_bytes()).unwrap();
+        gz.finish().unwrap();
+        let got = statements_at(&path, &[8, 9, 21]);
+        assert_eq!(
+            got[&8], "CREATE TABLE public.t ( id integer NOT NULL );",
+            "comments and blank lines are left out"
+        );
+        assert_eq!(got[&9], "DROP ROLE IF EXISTS postgres;");
+        assert_eq!(got[&21], "11", "deep in COPY data: the line alone");
+        assert!(statements_at(&path, &[]).is_empty());
+    }
 }

@@ -1,4 +1,4 @@
-//! One backup run (`allspark backup run <type>` and the agent's schedule): stop the labelled containers, dump the databases, archive the volumes, start the containers again, write the manifest, prune.
+//! One backup run (`allspark backup run <type>` and the agent's schedule): stop the labelled containers, dump the databases, archive the volumes a dump does not stand for, start the containers again, write the manifest, prune.
 //!
 //! Order, so that a dump and the volumes are consistent with each other:
 //!
@@ -10,11 +10,29 @@
 //!    dumped into `<name>.sql.gz`;
 //! 3. each volume is archived into `<volume>.tar.zst` (or `.tar.gz`, see the
 //!    `compression` setting and volume option), highest priority first
-//!    (under the volume's shared snapshot lock, so no restore swaps it meanwhile);
+//!    (under the volume's shared snapshot lock, so no restore swaps it
+//!    meanwhile) — except the volumes of a dumped container (step 2);
 //! 4. the stopped containers are started again — always, also after a
 //!    failure or a panic;
 //! 5. `manifest.json` is written last, then `last-backup-<type>.json`, then
 //!    retention runs.
+//!
+//! `hourly` runs do step 2 only (and 5): dumps, no stop, no archive.
+//!
+//! # The database method: the dump, never the files of a running server
+//!
+//! A volume mounted by a running container that carries a dump label is not
+//! archived: copying the files of a live database gives a torn copy (pages
+//! and WAL from different moments) that may or may not recover, and putting
+//! it back then forces a crash recovery at restore. The dump is consistent
+//! (one MVCC snapshot per database for `pg_dumpall`), costs no downtime (so
+//! it can run every hour), and restores into any running server of the same
+//! or a newer major version. The manifest records it: `covered_by_dump` maps
+//! each such volume to its dump, and the dump's file entry lists it in
+//! `covers`. If the dump fails, the volume has no copy in that backup, and
+//! the run says so and fails. A database container that is *stopped* when
+//! the backup runs is not dumped, and its volume is archived like any other
+//! (the files of a cleanly stopped server are consistent).
 //!
 //! Nothing is skipped quietly: a volume, dump or container that fails is an
 //! error sentence in the manifest, the outcome is `failed`, and the command
@@ -181,6 +199,27 @@ pub async fn running_containers(
     Ok(out)
 }
 
+/// The selected volumes a dump stands for: volume -> (dump name, container id).
+///
+/// Every selected volume mounted by a container with a dump label (a volume
+/// mounted by two such containers goes with the first, by name).
+pub fn dump_coverage(
+    selected: &[Arc<VolumeRecord>],
+    dumped: &[&ContainerInfo],
+) -> std::collections::BTreeMap<String, (String, String)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut by_name: Vec<&&ContainerInfo> = dumped.iter().collect();
+    by_name.sort_by(|a, b| a.name.cmp(&b.name));
+    for c in by_name {
+        for v in &c.volumes {
+            if selected.iter().any(|r| &r.name == v) && !out.contains_key(v) {
+                out.insert(v.clone(), (dump_name(c), c.id.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// The name a dump of container `c` gets: its `allspark.backup.name` label, else the container name.
 pub fn dump_name(c: &ContainerInfo) -> String {
     c.labels
@@ -307,6 +346,7 @@ fn run_in(
         outcome: None,
         errors: Vec::new(),
         stopped_containers: Vec::new(),
+        covered_by_dump: Default::default(),
         allspark_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -340,7 +380,7 @@ fn run_in(
 
     // Volumes are chosen before anything is stopped.
     let store = Store::new(ctx.layout.clone());
-    let volumes = match store.all() {
+    let selected = match store.all() {
         Ok((records, bad)) => {
             for b in bad {
                 m.errors.push(format!(
@@ -357,20 +397,37 @@ fn run_in(
         }
     };
 
+    let empty = Vec::new();
+    let containers = docker.as_ref().map(|(_, c)| c).unwrap_or(&empty);
+    let to_dump: Vec<&ContainerInfo> = containers
+        .iter()
+        .filter(|c| {
+            c.labels
+                .get(LABEL_DUMP)
+                .is_some_and(|v| !v.trim().is_empty())
+        })
+        .collect();
+    let coverage = dump_coverage(&selected, &to_dump);
+    let volumes: Vec<Arc<VolumeRecord>> = if kind.dumps_only() {
+        Vec::new()
+    } else {
+        selected
+            .iter()
+            .filter(|r| !coverage.contains_key(&r.name))
+            .cloned()
+            .collect()
+    };
+
     let mut guard = None;
     if let (Some(rt), Some((docker, containers))) = (rt.as_ref(), docker.as_ref()) {
-        let to_stop: Vec<&ContainerInfo> = containers
-            .iter()
-            .filter(|c| c.labels.get(LABEL_STOP).map(|v| v.trim()) == Some("true"))
-            .collect();
-        let to_dump: Vec<&ContainerInfo> = containers
-            .iter()
-            .filter(|c| {
-                c.labels
-                    .get(LABEL_DUMP)
-                    .is_some_and(|v| !v.trim().is_empty())
-            })
-            .collect();
+        let to_stop: Vec<&ContainerInfo> = if kind.dumps_only() {
+            Vec::new()
+        } else {
+            containers
+                .iter()
+                .filter(|c| c.labels.get(LABEL_STOP).map(|v| v.trim()) == Some("true"))
+                .collect()
+        };
         let mut g = StopGuard::new(&ctx.layout, rt, docker, &format!("backup {kind}"));
         let mut stoppable = true;
         if !to_stop.is_empty() {
@@ -394,16 +451,35 @@ fn run_in(
         for c in &to_dump {
             let name = dump_name(c);
             let cmd = c.labels.get(LABEL_DUMP).cloned().unwrap_or_default();
+            let covers: Vec<String> = coverage
+                .iter()
+                .filter(|(_, (_, id))| *id == c.id)
+                .map(|(v, _)| v.clone())
+                .collect();
             if let Some(p) = &opts.progress {
                 p(&format!("dump {name}"), Some(0));
             }
             match do_dump(rt, docker, c, &name, &cmd, dir, &m) {
-                Ok(entry) => {
-                    tracing::info!(dump = %name, container = %c.name, bytes = entry.bytes_in, "database dumped");
+                Ok(mut entry) => {
+                    tracing::info!(dump = %name, container = %c.name, bytes = entry.bytes_in, covers = ?covers, "database dumped");
+                    for v in &covers {
+                        m.covered_by_dump.insert(v.clone(), name.clone());
+                    }
+                    entry.covers = covers;
                     m.databases.push(name.clone());
                     m.files.push(entry);
                 }
-                Err(e) => m.errors.push(e),
+                Err(e) => {
+                    m.errors.push(e);
+                    if !kind.dumps_only() {
+                        for v in &covers {
+                            m.errors.push(format!(
+                                "volume {v} has no copy in this backup: it belongs to the running database container {}, whose dump failed (above), and the files of a running database are not archived; fix the dump and run the backup again",
+                                c.name
+                            ));
+                        }
+                    }
+                }
             }
             if let Some(p) = &opts.progress {
                 p(&format!("dump {name}"), None);
@@ -490,6 +566,7 @@ fn do_dump(
         options: Default::default(),
         bytes_in: r.bytes_in,
         compression: Compression::Gzip,
+        covers: Vec::new(),
     })
 }
 
@@ -574,6 +651,7 @@ fn archive_volume(
             options: rec.options.clone(),
             bytes_in: r.bytes_in,
             compression,
+            covers: Vec::new(),
         },
         warning,
     ))
