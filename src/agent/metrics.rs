@@ -22,6 +22,9 @@
 //! | `allspark_plugin_call_seconds_max` | `call` | longest of those calls |
 //! | `allspark_last_backup_timestamp_seconds` | `type` | end of the last backup run of that type |
 //! | `allspark_last_backup_success` | `type` | 1 if that run succeeded, else 0 |
+//! | `allspark_maintenance_runs_total` | `container`, `outcome` (`ok`/`error`) | maintenance commands run by the agent |
+//! | `allspark_last_maintenance_timestamp_seconds` | `container` | end of the last maintenance run |
+//! | `allspark_last_maintenance_success` | `container` | 1 if it succeeded, else 0 |
 //!
 //! Volume and filesystem series come from the last [`Report`] handed to
 //! [`MetricsState::set_report`] (the agent measures periodically, see
@@ -30,7 +33,8 @@
 //! `<root>/state/plugin-stats.json` (absent file: no plugin series), the spool
 //! directory listing, and `<root>/state/agent/last-backup-<type>.json`
 //! (`{"finished_at": RFC 3339, "ok": bool}`, written by the backup code; absent
-//! file: no series for that type). A scrape never walks a volume.
+//! file: no series for that type) and `<root>/state/agent/maintenance.json`
+//! ([`crate::agent::maintenance`]). A scrape never walks a volume.
 //!
 //! The body is the OpenMetrics text that `prometheus-client` writes (which
 //! Prometheus also reads as format 0.0.4), served as `text/plain; version=0.0.4`.
@@ -337,6 +341,22 @@ pub fn render(layout: &Layout, report: Option<&Report>) -> String {
         "allspark_last_backup_success",
         "1 if the last backup run of a type succeeded, 0 if it failed.",
     );
+    let maint_runs = CounterFamily::default();
+    reg.register(
+        "allspark_maintenance_runs",
+        "Maintenance commands (allspark.maintenance.exec) the agent ran, by container and outcome.",
+        maint_runs.clone(),
+    );
+    let maint_ts = gauge(
+        &mut reg,
+        "allspark_last_maintenance_timestamp_seconds",
+        "Unix time the last maintenance command of a container finished.",
+    );
+    let maint_ok = gauge(
+        &mut reg,
+        "allspark_last_maintenance_success",
+        "1 if the last maintenance command of a container succeeded, 0 if it failed.",
+    );
 
     if let Some(r) = report {
         set(&measured, &[], unix_seconds(r.measured_at));
@@ -382,6 +402,18 @@ pub fn render(layout: &Layout, report: Option<&Report>) -> String {
         let l = [("type", kind.as_str())];
         set(&backup_ts, &l, unix_seconds(b.finished_at));
         set(&backup_ok, &l, if b.ok { 1.0 } else { 0.0 });
+    }
+    for (container, m) in crate::agent::maintenance::load_stats(layout) {
+        for (outcome, n) in [("ok", m.ok), ("error", m.failed)] {
+            maint_runs
+                .get_or_create(&labels(&[("container", &container), ("outcome", outcome)]))
+                .inc_by(n);
+        }
+        if let Some(t) = m.last_finished_at {
+            let l = [("container", container.as_str())];
+            set(&maint_ts, &l, unix_seconds(t));
+            set(&maint_ok, &l, if m.last_ok { 1.0 } else { 0.0 });
+        }
     }
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");

@@ -1,7 +1,8 @@
-//! The `allspark agent` process: spool consumer, Docker events, schedules, usage and metrics, until SIGTERM.
+//! The `allspark agent` process: spool consumer, Docker events, schedules (backups, verify, maintenance), usage and metrics, until SIGTERM.
 
 pub mod alerts;
 pub mod events;
+pub mod maintenance;
 pub mod metrics;
 pub mod schedule;
 pub mod spool_worker;

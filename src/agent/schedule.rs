@@ -332,6 +332,7 @@ pub fn run_loop(ctx: Ctx, cfg: ScheduleConfig, stop: Arc<AtomicBool>) {
         backup_root = %cfg.settings.backup_root.display(),
         "backup schedule active"
     );
+    let mut maintainer = crate::agent::maintenance::Maintainer::default();
     while !stop.load(Ordering::SeqCst) {
         if backup::quiesce::record_path(&ctx.layout).exists() {
             if let Err(e) = backup::quiesce::restart_leftovers(&ctx) {
@@ -360,13 +361,18 @@ pub fn run_loop(ctx: Ctx, cfg: ScheduleConfig, stop: Arc<AtomicBool>) {
                 tracing::error!(error = %format!("{e:#}"), "cannot save the schedule state");
             }
         }
-        // Sleep until the next due time (at most a minute, so a clock change or a
-        // leftover record is noticed), waking every few seconds to notice a stop.
+        if !stop.load(Ordering::SeqCst) {
+            maintainer.run_due(&ctx, &cfg.settings);
+        }
+        // Sleep until the next due time (at most a minute, so a clock change, a
+        // leftover record or a new maintenance label is noticed), waking every few
+        // seconds to notice a stop.
         let now = Local::now();
         let next = cfg
             .jobs()
             .iter()
             .filter_map(|(_, c)| c.next_due(&now))
+            .chain(maintainer.next_due(&now))
             .min();
         let wait = next
             .map(|n| (n - now).to_std().unwrap_or_default())
