@@ -73,6 +73,19 @@ struct Stderr {
     partial: Vec<u8>,
     errors: Vec<String>,
     error_count: usize,
+    /// The last line was (part of) a kept error.
+    in_error: bool,
+}
+
+/// A line PostgreSQL prints under an error (`LINE 2: …`, `DETAIL:`, `HINT:`, `CONTEXT:`).
+fn is_error_detail(line: &str) -> bool {
+    let t = line.trim_start();
+    ["LINE ", "DETAIL:", "HINT:", "CONTEXT:"]
+        .iter()
+        .any(|p| t.starts_with(p))
+        || line.contains(": DETAIL:")
+        || line.contains(": HINT:")
+        || line.contains(": CONTEXT:")
 }
 
 impl Stderr {
@@ -93,9 +106,18 @@ impl Stderr {
         tracing::info!(container = who, stderr = %line, "command output");
         if is_error_line(&line) {
             self.error_count += 1;
-            if self.errors.len() < MAX_ERROR_LINES {
+            self.in_error = self.errors.len() < MAX_ERROR_LINES;
+            if self.in_error {
                 self.errors.push(line);
             }
+        } else if self.in_error && is_error_detail(&line) {
+            // psql's LINE/DETAIL/HINT/CONTEXT lines belong to the error above.
+            if let Some(last) = self.errors.last_mut() {
+                last.push_str(" | ");
+                last.push_str(line.trim());
+            }
+        } else if !line.trim_start().starts_with('^') {
+            self.in_error = false;
         }
     }
     fn finish(&mut self, who: &str) -> String {
@@ -344,6 +366,11 @@ pub async fn feed_stdin<R: Read>(
             "`{command}` in container {who} did not attach its input"
         ));
     };
+    // Docker keeps an exec's stdin open after the process exits: a command that stops
+    // early (psql with ON_ERROR_STOP) would leave the writer blocked for minutes. The
+    // writer and the reader therefore give up a little after the process is gone.
+    let fed = std::cell::Cell::new(0u64);
+    let err = std::cell::RefCell::new(Stderr::default());
     let write = async {
         let mut buf = vec![0u8; 256 << 10];
         let mut total = 0u64;
@@ -354,37 +381,28 @@ pub async fn feed_stdin<R: Read>(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let _ = stdin.shutdown().await;
-                    return (
-                        total,
-                        Some(format!(
-                            "cannot read the dump after {total} bytes: {e}; the backup file is damaged"
-                        )),
-                    );
+                    return Some(format!(
+                        "cannot read the dump after {total} bytes: {e}; the backup file is damaged"
+                    ));
                 }
             };
             if let Err(e) = stdin.write_all(&buf[..n]).await {
-                return (
-                    total,
-                    Some(format!(
-                        "`{command}` stopped reading its input after {total} bytes ({e})"
-                    )),
-                );
+                return Some(format!(
+                    "it stopped reading its input after {total} bytes ({e})"
+                ));
             }
             total += n as u64;
+            fed.set(total);
         }
         match stdin.shutdown().await {
-            Ok(()) => (total, None),
-            Err(e) => (
-                total,
-                Some(format!("cannot close the input of `{command}`: {e}")),
-            ),
+            Ok(()) => None,
+            Err(e) => Some(format!("cannot close its input: {e}")),
         }
     };
     let read = async {
-        let mut err = Stderr::default();
         while let Some(item) = output.next().await {
             match item {
-                Ok(LogOutput::StdErr { message }) => err.push(who, &message),
+                Ok(LogOutput::StdErr { message }) => err.borrow_mut().push(who, &message),
                 Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
                     tracing::debug!(container = who, stdout = %String::from_utf8_lossy(&message).trim_end(), "restore command output")
                 }
@@ -395,13 +413,41 @@ pub async fn feed_stdin<R: Read>(
                 }
             }
         }
-        let tail = err.finish(who);
-        (err, tail)
     };
-    let ((fed, input_error), (err, tail)) = tokio::join!(write, read);
+    let gone = |grace: Duration| {
+        let exec = exec.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match docker.inspect_exec(&exec).await {
+                    Ok(i) if i.running == Some(true) => {}
+                    _ => break,
+                }
+            }
+            tokio::time::sleep(grace).await;
+        }
+    };
+    let writer = async {
+        tokio::select! {
+            r = write => r,
+            _ = gone(Duration::from_secs(2)) => Some(format!(
+                "it exited before reading all its input ({} bytes fed)",
+                fed.get()
+            )),
+        }
+    };
+    let reader = async {
+        tokio::select! {
+            () = read => {},
+            _ = gone(Duration::from_secs(5)) => {},
+        }
+    };
+    let (input_error, ()) = tokio::join!(writer, reader);
+    let mut err = err.into_inner();
+    let tail = err.finish(who);
     let exit_code = exit_code(docker, &exec).await?;
     Ok(FeedOutcome {
-        fed,
+        fed: fed.get(),
         exit_code,
         errors: err.errors,
         error_count: err.error_count,
@@ -484,4 +530,33 @@ pub fn file_sum(path: &Path) -> io::Result<(u64, String)> {
     let mut h = Sha256::new();
     let n = io::copy(&mut f, &mut h)?;
     Ok((n, hex::encode(h.finalize())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_are_kept_with_their_details() {
+        let mut e = Stderr::default();
+        e.push(
+            "c",
+            b"NOTICE:  role \"x\" does not exist, skipping\npsql:<stdin>:5: ERROR:  type \"nosuchtype\" does not exist\nLINE 2:   a nosuchtype,\n",
+        );
+        e.push(
+            "c",
+            b"            ^\nsome other line\npsql:<stdin>:9: ERROR:  second",
+        );
+        let tail = e.finish("c");
+        assert_eq!(e.error_count, 2);
+        assert_eq!(
+            e.errors,
+            vec![
+                "psql:<stdin>:5: ERROR:  type \"nosuchtype\" does not exist | LINE 2:   a nosuchtype,",
+                "psql:<stdin>:9: ERROR:  second",
+            ]
+        );
+        assert!(tail.contains("second"), "{tail}");
+        assert!(!is_error_line("NOTICE:  skipping") && is_error_line("FATAL:  no"));
+    }
 }

@@ -477,7 +477,7 @@ pub fn execute(
                 }
                 r.map_err(|e| {
                     format!(
-                        "{e}; nothing else was changed for this dump: fix it, then run `allspark backup restore {} --database {} --yes`",
+                        "{e}; once fixed, run `allspark backup restore {} --database {} --yes`",
                         plan.dir.display(),
                         d.name
                     )
@@ -623,6 +623,9 @@ fn describe_failure(
             "; … and {} more error line(s)",
             out.error_count - out.errors.len()
         );
+    }
+    if out.fed > 0 {
+        s += "; the statements before the error were applied (the database is partly restored)";
     }
     s
 }

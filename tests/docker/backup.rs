@@ -4,15 +4,17 @@
 //! runs with `--container-label allspark.test.scope=<unique>`, so parallel
 //! tests never dump or stop each other's containers.
 
+use crate::support::backups::{
+    allspark, backup_dirs as dirs_of, gunzip, manifest, state, text, time, SLEEP,
+};
 use crate::support::common;
 use crate::support::legacy;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use common::{
     docker, docker_ok, ensure_busybox_image, require_docker, unique_name, wait_until, Cleanup,
 };
@@ -20,62 +22,9 @@ use legacy::{run, LegacyPlugin};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
-/// A long sleep that stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it: 10 s per stop).
-const SLEEP: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
-
-fn allspark(p: &LegacyPlugin, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--root")
-        .arg(p.root())
-        .args(args)
-        .env("ALLSPARK_LOG", "info")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn state(container: &str, field: &str) -> String {
-    docker_ok(&[
-        "inspect",
-        "--format",
-        &format!("{{{{.State.{field}}}}}"),
-        container,
-    ])
-    .trim()
-    .to_string()
-}
-
-fn time(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .unwrap_or_else(|e| panic!("{s:?}: {e}"))
-        .with_timezone(&Utc)
-}
 
 fn backup_dirs(broot: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(broot.join("daily"))
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    v.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'));
-    v.sort();
-    v
-}
-
-fn manifest(dir: &Path) -> Value {
-    serde_json::from_slice(&fs::read(dir.join("manifest.json")).unwrap()).unwrap()
-}
-
-fn gunzip(path: &Path) -> String {
-    let out = Command::new("gzip").arg("-dc").arg(path).output().unwrap();
-    assert!(out.status.success(), "gzip -dc {}", path.display());
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    dirs_of(broot, "daily")
 }
 
 #[test]
@@ -121,8 +70,10 @@ fn backup_dump_stop_restore_and_damage_with_dockerd() {
         "--label",
         "allspark.backup.dump=echo KNOWN-DUMP-TEXT; echo to-stderr >&2",
         "--label",
-        // Fails the first time, as a database still starting would: the restore tries again.
-        "allspark.restore.exec=test -e /tmp/ready || { touch /tmp/ready; echo not ready >&2; exit 3; }; cat > /dump/restored.sql",
+        // Not ready the first time, as a database still starting: the restore waits for it.
+        "allspark.restore.wait=test -e /tmp/ready || { touch /tmp/ready; echo not ready >&2; exit 3; }",
+        "--label",
+        "allspark.restore.exec=cat > /dump/restored.sql",
         "-v",
         &format!("{dbvol}:/dump"),
         &image,
@@ -171,11 +122,21 @@ fn backup_dump_stop_restore_and_damage_with_dockerd() {
     let good = dirs[0].clone();
     let m = manifest(&good);
     assert_eq!(m["outcome"], "ok", "{m}");
-    assert_eq!(
-        m["volumes"],
-        serde_json::json!([data.clone(), dbvol.clone()])
-    );
+    // The dumped container's volume is not archived: its dump stands for it.
+    assert_eq!(m["volumes"], serde_json::json!([data.clone()]));
     assert_eq!(m["databases"], serde_json::json!([db.clone()]));
+    assert_eq!(
+        m["covered_by_dump"],
+        serde_json::json!({ dbvol.clone(): db.clone() })
+    );
+    assert!(!good.join(format!("{dbvol}.tar.gz")).exists());
+    let dump_entry = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "database")
+        .unwrap();
+    assert_eq!(dump_entry["covers"], serde_json::json!([dbvol.clone()]));
     assert_eq!(m["stopped_containers"], serde_json::json!([target.clone()]));
     assert!(
         !good.join(format!("{tmpvol}.tar.gz")).exists(),
@@ -332,6 +293,68 @@ fn backup_dump_stop_restore_and_damage_with_dockerd() {
         docker_ok(&["exec", &db, "cat", "/dump/restored.sql"]),
         "KNOWN-DUMP-TEXT\n",
         "the restore hook got the dump on stdin"
+    );
+    let t = text(&out);
+    assert!(
+        t.contains(&format!("ok     database {db}")) && !t.contains("FAILED"),
+        "{t}"
+    );
+    // The dumped volume is not in the archives: asking for it names the dump to restore.
+    let out = allspark(
+        &p,
+        &["backup", "restore", good_s, "--volume", &dbvol, "--yes"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("--database {db}")),
+        "{}",
+        text(&out)
+    );
+
+    // A restore command that goes on after errors and exits 0 (psql without ON_ERROR_STOP):
+    // FAILED, each error line named, with the statement it points at.
+    let db2 = unique_name("db2");
+    cleanup.add(format!("docker rm -f {db2}"));
+    docker_ok(&["rm", "-f", &db]);
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &db2,
+        "--label",
+        &scope,
+        "--label",
+        &format!("allspark.backup.name={db}"),
+        "--label",
+        "allspark.restore.exec=cat > /dev/null; echo 'psql:<stdin>:1: ERROR:  first failure' >&2; echo 'psql:<stdin>:1: ERROR:  second failure' >&2",
+        &image,
+        "sh",
+        "-c",
+        SLEEP,
+    ]);
+    let out = allspark(
+        &p,
+        &[
+            "backup",
+            "restore",
+            good_s,
+            "--database",
+            &db,
+            "--yes",
+            "--container-label",
+            &scope,
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(&format!("FAILED database {db}"))
+            && !t.contains(&format!("ok     database {db}"))
+            && t.contains("exited 0 but reported 2 error(s)")
+            && t.contains("first failure")
+            && t.contains("second failure")
+            && t.contains(&format!("line 1 of {db}.sql.gz: KNOWN-DUMP-TEXT")),
+        "{t}"
     );
 
     // A damaged archive: verify and restore fail naming it, nothing is stopped.

@@ -5,6 +5,7 @@ mod support;
 
 mod backup;
 mod compose;
+mod databases;
 mod escapes;
 mod legacy_driver;
 mod managed;

@@ -120,3 +120,99 @@ fn agent_reports_usage_in_status_and_metrics_and_alerts_once_per_crossing() {
         "a recovery is logged:\n{log}"
     );
 }
+
+/// The value of `name{volume="<volume>"}` in a scrape, if present.
+fn volume_series(text: &str, name: &str, volume: &str) -> Option<f64> {
+    parse(text)
+        .into_iter()
+        .find(|(s, _)| {
+            s.starts_with(&format!("{name}{{")) && s.contains(&format!("volume=\"{volume}\""))
+        })
+        .map(|(_, v)| v)
+}
+
+#[test]
+fn a_new_or_changed_volume_shows_up_at_once_and_a_removed_one_goes_with_its_lock_files() {
+    let p = Plugin::start(BIN);
+    let port = free_port();
+    let log_path = p.dir.path().join("agent.log");
+    let _agent = harness::Agent::start(
+        &p.root(),
+        &log_path,
+        &[
+            "--no-docker-events",
+            "--no-schedule",
+            // The periodic walk would take an hour: anything seen sooner came from the spool.
+            "--usage-interval",
+            "3600",
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    harness::wait_for("the first usage walk", Duration::from_secs(30), || {
+        scrape(port).is_some_and(|t| t.contains("allspark_usage_measured_timestamp_seconds"))
+    });
+
+    // Created: in /metrics and in Get's Status within seconds.
+    let (_, v) = p.call(
+        "VolumeDriver.Create",
+        json!({"Name": "fresh", "Opts": {"size": "10M"}}),
+    );
+    assert_eq!(err_of(&v), "");
+    harness::wait_for(
+        "the new volume in /metrics",
+        Duration::from_secs(10),
+        || {
+            scrape(port)
+                .is_some_and(|t| volume_series(&t, "allspark_volume_bytes", "fresh").is_some())
+        },
+    );
+    let (_, v) = p.call("VolumeDriver.Get", json!({"Name": "fresh"}));
+    assert!(
+        v["Volume"]["Status"].get("used_bytes").is_some(),
+        "Status has usage figures: {v}"
+    );
+
+    // Changed: 3 MB written by a container, measured at its Unmount.
+    let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "fresh", "ID": "c1"}));
+    assert_eq!(err_of(&v), "", "{v}");
+    let mp = std::path::PathBuf::from(v["Mountpoint"].as_str().unwrap());
+    std::fs::write(mp.join("blob"), harness::noise(7, 3 << 20)).unwrap();
+    let (_, v) = p.call("VolumeDriver.Unmount", json!({"Name": "fresh", "ID": "c1"}));
+    assert_eq!(err_of(&v), "", "{v}");
+    harness::wait_for("the new size in /metrics", Duration::from_secs(10), || {
+        scrape(port)
+            .and_then(|t| volume_series(&t, "allspark_volume_apparent_bytes", "fresh"))
+            .is_some_and(|b| b >= (3 << 20) as f64)
+    });
+    let (_, v) = p.call("VolumeDriver.Get", json!({"Name": "fresh"}));
+    let used = v["Volume"]["Status"]["used_bytes"].as_u64().unwrap_or(0);
+    assert!(used >= 3 << 20, "{v}");
+    assert!(
+        v["Volume"]["Status"]["used_percent"].as_f64().unwrap() >= 30.0,
+        "{v}"
+    );
+
+    // Removed: gone from /metrics, and its lock files are gone from <root>/locks.
+    let locks = p.root().join("locks");
+    assert!(locks.join("fresh.lock").exists());
+    let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": "fresh"}));
+    assert_eq!(err_of(&v), "");
+    assert!(
+        !locks.join("fresh.lock").exists(),
+        "record lock deleted at Remove"
+    );
+    assert!(
+        !locks.join("fresh.snap").exists(),
+        "snapshot lock deleted at Remove"
+    );
+    harness::wait_for(
+        "the removed volume out of /metrics",
+        Duration::from_secs(10),
+        || {
+            scrape(port)
+                .is_some_and(|t| volume_series(&t, "allspark_volume_bytes", "fresh").is_none())
+        },
+    );
+    assert!(!p.root().join("state/usage/fresh.json").exists());
+}

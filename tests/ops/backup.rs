@@ -500,3 +500,90 @@ fn the_agent_runs_a_missed_scheduled_backup_once_at_start() {
         "{state}"
     );
 }
+
+#[test]
+fn hourly_backups_hold_dumps_only_and_are_pruned_by_hours() {
+    let p = Plugin::start(BIN);
+    create(&p, "app-data", json!({"backup": "high"}));
+    fs::write(data_dir(&p, "app-data").join("f"), "data").unwrap();
+    let broot = p.dir.path().join("backups");
+    let b = broot.to_str().unwrap();
+    // Without Docker an hourly run has nothing to dump: it fails loudly and archives no volume.
+    let out = allspark(&p.root(), &["backup", "run", "hourly", "--backup-root", b]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let hourly = names(&broot.join("hourly"));
+    assert_eq!(hourly.len(), 1, "{hourly:?}");
+    let m: Value = serde_json::from_slice(
+        &fs::read(broot.join("hourly").join(&hourly[0]).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["type"], "hourly");
+    assert_eq!(
+        m["volumes"],
+        json!([]),
+        "no volume archive in an hourly backup"
+    );
+    assert!(m["errors"].to_string().contains("dumps"), "{m}");
+    assert!(!broot.join("daily").exists());
+
+    // Retention: hourly backups go once 48 hours old (by elapsed time), the others by days.
+    fs::remove_dir_all(&broot).unwrap();
+    let now = Local::now().naive_local();
+    let mut want = Vec::new();
+    for h in [1, 20, 47, 49, 100] {
+        let t = now - Duration::hours(h);
+        make_backup(&broot, "hourly", t, Some("ok"));
+        if h < 48 {
+            want.push(stamp(t));
+        }
+    }
+    let daily_60h = now - Duration::hours(60);
+    make_backup(&broot, "daily", daily_60h, Some("ok"));
+    let out = allspark(&p.root(), &["backup", "prune", "--backup-root", b]);
+    assert!(out.status.success(), "{}", text(&out));
+    want.sort();
+    assert_eq!(names(&broot.join("hourly")), want);
+    assert_eq!(names(&broot.join("daily")), vec![stamp(daily_60h)]);
+    let out = allspark(
+        &p.root(),
+        &[
+            "backup",
+            "prune",
+            "--backup-root",
+            b,
+            "--keep-hourly-hours",
+            "2",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        names(&broot.join("hourly")).len(),
+        1,
+        "only the 1-hour-old one"
+    );
+}
+
+#[test]
+fn restore_help_lists_no_retention_flag_and_run_help_lists_hourly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let help = |args: &[&str]| {
+        let out = allspark(tmp.path(), args);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let restore = help(&["backup", "restore", "--help"]);
+    assert!(!restore.contains("--keep"), "{restore}");
+    assert!(restore.contains("--container-label"), "{restore}");
+    let run = help(&["backup", "run", "--help"]);
+    assert!(
+        run.contains("hourly") && run.contains("--keep-hourly-hours"),
+        "{run}"
+    );
+    let prune = help(&["backup", "prune", "--help"]);
+    assert!(
+        prune.contains("--keep-hourly-hours") && !prune.contains("--container-label"),
+        "{prune}"
+    );
+    let agent = help(&["agent", "--help"]);
+    assert!(agent.contains("--hourly-cron"), "{agent}");
+}

@@ -9,7 +9,8 @@
 //!   stderr on failure and returns stdout).
 //! - [`ensure_busybox_image`]: the offline test image (static busybox);
 //!   [`ensure_sleeper_image`] (busybox that waits, for compose services) and
-//!   [`ensure_db_images`] (scripts/db-images.sh: postgres:15 and redis:7 stand-ins).
+//!   [`ensure_db_images`] (scripts/db-images.sh: postgres:15 and redis:7 stand-ins);
+//!   [`compose_labels`]: a service's labels as `compose/docker-compose.yml` ships them.
 //! - [`unique_name`]: names that never collide between tests or runs.
 //! - [`Cleanup`]: shell commands run on drop, also when a test panics.
 //! - [`allspark_bin`]: a plain function, because this module is compiled into
@@ -368,6 +369,51 @@ pub fn ensure_db_images() -> (String, String) {
         (Some(p), Some(r)) => (p.to_string(), r.to_string()),
         _ => panic!("scripts/db-images.sh printed no postgres and redis image names: {stdout}"),
     }
+}
+
+/// The labels of `service` in the shipped `compose/docker-compose.yml`, in file order
+/// (one-line `key: value` entries of its `labels:` block, quotes removed), so tests run
+/// the very commands users get.
+pub fn compose_labels(service: &str) -> Vec<(String, String)> {
+    let path = repo_root().join("compose/docker-compose.yml");
+    let text = fs::read_to_string(&path).unwrap();
+    let mut in_services = false;
+    let mut in_service = false;
+    let mut in_labels = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        if indent == 0 {
+            in_services = t == "services:";
+            in_service = false;
+            in_labels = false;
+        } else if in_services && indent == 2 {
+            in_service = t == format!("{service}:");
+            in_labels = false;
+        } else if in_service && indent == 4 {
+            in_labels = t == "labels:";
+        } else if in_labels && indent == 6 {
+            let (k, v) = t
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("unexpected label line in {}: {line}", path.display()));
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            out.push((k.to_string(), v.to_string()));
+        }
+    }
+    assert!(
+        !out.is_empty(),
+        "service {service} has no labels in {}",
+        path.display()
+    );
+    out
 }
 
 fn find_static_busybox() -> PathBuf {

@@ -1,6 +1,7 @@
-//! Helpers shared by every test binary: Docker and process helpers (`common`), the socket-level plugin and agent (`harness`), scripts/install.sh on this machine (`install`), the legacy driver on dockerd (`legacy`), the target of escape attacks (`outside`).
+//! Helpers shared by every test binary: Docker and process helpers (`common`), the socket-level plugin and agent (`harness`), scripts/install.sh on this machine (`install`), the legacy driver on dockerd (`legacy`), backups against dockerd (`backups`), the target of escape attacks (`outside`).
 #![allow(dead_code, unused_imports)]
 
+pub mod backups;
 pub mod common;
 pub mod harness;
 pub mod install;
