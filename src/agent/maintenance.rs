@@ -154,7 +154,7 @@ pub fn record(
     }
     let path = stats_path(layout);
     durable::ensure_dir(&layout.agent_dir(), 0o700)?;
-    durable::atomic_write(&path, &serde_json::to_vec_pretty(&stats)?, 0o644)
+    durable::atomic_write(&path, &serde_json::to_vec_pretty(&stats)?, 0o600)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

@@ -1,4 +1,4 @@
-//! Consumes the spool in order: takes the snapshot an event asks for, deletes the event only once the snapshot is durable; measures a volume when asked (Create, last Unmount, restore, Remove).
+//! Consumes the spool in order: takes the snapshot an event asks for, deletes the event only once the snapshot is durable; then measures the volumes the plugin asked to (Create, last Unmount, restore, Remove).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,8 +32,17 @@ impl SpoolWorker {
         }
     }
 
-    /// Handle every pending event that is due, oldest first. Returns how many were completed.
+    /// Handle every pending event that is due, oldest first, then the measure requests.
+    /// Returns how many events were completed.
     pub fn run_once(&mut self, ctx: &Ctx) -> usize {
+        let done = self.events(ctx);
+        for volume in spool::take_measure_requests(&ctx.layout) {
+            measure(ctx, &volume, self.metrics.as_deref());
+        }
+        done
+    }
+
+    fn events(&mut self, ctx: &Ctx) -> usize {
         let files = match spool::pending(&ctx.layout) {
             Ok(f) => f,
             Err(e) => {
@@ -49,7 +58,7 @@ impl SpoolWorker {
                     continue;
                 }
             }
-            match handle(ctx, &file, self.metrics.as_deref()) {
+            match handle(ctx, &file) {
                 Ok(()) => {
                     if let Err(e) = spool::done(&file) {
                         tracing::error!(file = %file.display(), %e, "cannot delete a handled spool event");
@@ -74,7 +83,7 @@ impl SpoolWorker {
 }
 
 /// Do the work of one event. `Ok` means the event may be deleted.
-fn handle(ctx: &Ctx, file: &Path, metrics: Option<&MetricsState>) -> anyhow::Result<()> {
+fn handle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
     let event = match spool::read(file) {
         Ok(e) => e,
         Err(e) => {
@@ -91,10 +100,6 @@ fn handle(ctx: &Ctx, file: &Path, metrics: Option<&MetricsState>) -> anyhow::Res
         EventKind::Mount => Trigger::Mount,
         EventKind::Unmount => Trigger::Unmount,
         EventKind::Stop => Trigger::Stop,
-        EventKind::Measure => {
-            measure(ctx, &event.volume, metrics);
-            return Ok(());
-        }
     };
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
     let volume_known = crate::core::store::Store::new(ctx.layout.clone())

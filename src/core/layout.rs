@@ -67,6 +67,13 @@ impl Layout {
     pub fn spool_dir(&self) -> PathBuf {
         self.root.join("spool")
     }
+    /// Requests to measure a volume now (empty files named after the volume).
+    pub fn measure_dir(&self) -> PathBuf {
+        self.root.join("state").join("measure")
+    }
+    pub fn measure_request(&self, name: &str) -> PathBuf {
+        self.measure_dir().join(name)
+    }
     pub fn locks_dir(&self) -> PathBuf {
         self.root.join("locks")
     }
@@ -110,6 +117,7 @@ impl Layout {
             self.state_dir(),
             self.refs_dir(),
             self.usage_dir(),
+            self.measure_dir(),
             self.agent_dir(),
             self.volumes_dir(),
             self.trash_dir(),

@@ -1,4 +1,10 @@
-//! The plugin -> agent outbox: one durable event file per hook-worthy transition, consumed in order.
+//! The plugin -> agent outbox: one durable event file per hook-worthy transition, consumed in order; and content-free requests to measure a volume now.
+//!
+//! A measure request (`<root>/state/measure/<volume>`, an empty file) is not
+//! an event: it carries nothing that can be torn, needs no fsync (a lost one
+//! only means the figures wait for the next usage walk), and requests for one
+//! volume coalesce until the agent takes them. The plugin makes one at Create,
+//! at the last Unmount and at Remove; a restore makes one too.
 
 use std::fs;
 use std::io;
@@ -21,9 +27,6 @@ pub enum EventKind {
     Unmount,
     /// A container labelled `allspark.snapshot=on-stop` stopped (written by the agent itself).
     Stop,
-    /// The volume was created, its last container stopped, it was restored or removed:
-    /// measure it now (`/metrics`, `docker volume inspect`) instead of at the next usage walk.
-    Measure,
 }
 
 /// One spooled event.
@@ -86,15 +89,42 @@ pub fn read(path: &Path) -> io::Result<Event> {
 
 /// Ask the agent to measure `volume` now (best effort: a failure is logged, the periodic walk catches up).
 pub fn request_measure(layout: &Layout, volume: &str) {
-    let event = Event {
-        kind: EventKind::Measure,
-        volume: volume.to_string(),
-        at: Utc::now(),
-        container: None,
-    };
-    if let Err(e) = write(layout, &event) {
-        tracing::warn!(volume, %e, "cannot spool a measure request; the volume is measured at the next usage walk");
+    let dir = layout.measure_dir();
+    let made = durable::ensure_dir(&dir, 0o700).and_then(|()| {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(layout.measure_request(volume))
+            .map(drop)
+    });
+    if let Err(e) = made {
+        tracing::warn!(volume, %e, "cannot request a measurement; the volume is measured at the next usage walk");
     }
+}
+
+/// Take the pending measure requests: their markers are deleted, the volume names returned (sorted).
+/// A request made while the caller measures leaves a new marker, so nothing is missed.
+pub fn take_measure_requests(layout: &Layout) -> Vec<String> {
+    let Ok(rd) = fs::read_dir(layout.measure_dir()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| crate::core::names::validate(n).is_ok())
+        .filter(|n| match fs::remove_file(layout.measure_request(n)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(volume = %n, %e, "cannot take a measure request");
+                false
+            }
+        })
+        .collect();
+    names.sort();
+    names
 }
 
 /// Delete an event after its work is durable.
@@ -130,5 +160,20 @@ mod tests {
         assert_eq!(vols, ["a", "b", "c"]);
         done(&files[0]).unwrap();
         assert_eq!(pending(&layout).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn measure_requests_coalesce_and_are_taken_once() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::new(d.path());
+        layout.ensure().unwrap();
+        for v in ["b", "a", "b", "b"] {
+            request_measure(&layout, v);
+        }
+        fs::write(layout.measure_dir().join(".junk"), b"").unwrap();
+        assert_eq!(take_measure_requests(&layout), ["a", "b"]);
+        assert!(take_measure_requests(&layout).is_empty());
+        request_measure(&layout, "a");
+        assert_eq!(take_measure_requests(&layout), ["a"]);
     }
 }
