@@ -437,7 +437,7 @@ fn postgres_and_redis_back_up_and_restore_cleanly_and_a_broken_dump_fails_loudly
     assert!(
         t.contains("failing statement")
             && t.contains(
-                "CREATE TABLE public.projects ( legacy_flag nosuchtype, id integer NOT NULL,"
+                "CREATE TABLE public.projects ( legacy_flag nosuchtype, id integer NOT NULL, name text NOT NULL, payload text );]"
             ),
         "the failing statement is named: {t}"
     );
