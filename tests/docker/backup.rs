@@ -129,7 +129,9 @@ fn backup_dump_stop_restore_and_damage_with_dockerd() {
         m["covered_by_dump"],
         serde_json::json!({ dbvol.clone(): db.clone() })
     );
-    assert!(!good.join(format!("{dbvol}.tar.gz")).exists());
+    for ext in ["tar.zst", "tar.gz"] {
+        assert!(!good.join(format!("{dbvol}.{ext}")).exists());
+    }
     let dump_entry = m["files"]
         .as_array()
         .unwrap()
@@ -139,7 +141,7 @@ fn backup_dump_stop_restore_and_damage_with_dockerd() {
     assert_eq!(dump_entry["covers"], serde_json::json!([dbvol.clone()]));
     assert_eq!(m["stopped_containers"], serde_json::json!([target.clone()]));
     assert!(
-        !good.join(format!("{tmpvol}.tar.gz")).exists(),
+        !good.join(format!("{tmpvol}.tar.zst")).exists(),
         "temporary volume not backed up"
     );
     for f in m["files"].as_array().unwrap() {
@@ -174,8 +176,8 @@ fn backup_dump_stop_restore_and_damage_with_dockerd() {
     let x = p.dir.path().join("x");
     fs::create_dir_all(&x).unwrap();
     let st = Command::new("tar")
-        .arg("xzf")
-        .arg(good.join(format!("{data}.tar.gz")))
+        .args(["--zstd", "-xf"])
+        .arg(good.join(format!("{data}.tar.zst")))
         .arg("-C")
         .arg(&x)
         .status()
@@ -360,7 +362,7 @@ fn backup_dump_stop_restore_and_damage_with_dockerd() {
     // A damaged archive: verify and restore fail naming it, nothing is stopped.
     let out = allspark(&p, &["backup", "verify", good_s]);
     assert!(out.status.success(), "{}", text(&out));
-    let archive = good.join(format!("{data}.tar.gz"));
+    let archive = good.join(format!("{data}.tar.zst"));
     let mut bytes = fs::read(&archive).unwrap();
     let n = bytes.len();
     bytes.truncate(n - 10);
@@ -368,7 +370,7 @@ fn backup_dump_stop_restore_and_damage_with_dockerd() {
     let out = allspark(&p, &["backup", "verify", good_s]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains(&format!("{data}.tar.gz")),
+        text(&out).contains(&format!("{data}.tar.zst")),
         "{}",
         text(&out)
     );
@@ -386,7 +388,7 @@ fn backup_dump_stop_restore_and_damage_with_dockerd() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains(&format!("{data}.tar.gz")),
+        text(&out).contains(&format!("{data}.tar.zst")),
         "{}",
         text(&out)
     );

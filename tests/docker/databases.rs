@@ -286,7 +286,10 @@ fn postgres_and_redis_back_up_and_restore_cleanly_and_a_broken_dump_fails_loudly
         serde_json::json!({ pgvol.clone(): db.clone() })
     );
     assert_eq!(m["stopped_containers"], serde_json::json!([rd.clone()]));
-    assert!(!daily.join(format!("{pgvol}.tar.gz")).exists());
+    for ext in ["tar.zst", "tar.gz"] {
+        assert!(!daily.join(format!("{pgvol}.{ext}")).exists());
+    }
+    assert!(daily.join(format!("{redisvol}.tar.zst")).exists());
     assert_eq!(state(&rd, "Running"), "true");
     assert_ne!(state(&rd, "StartedAt"), redis_started, "redis was stopped");
     assert_eq!(
