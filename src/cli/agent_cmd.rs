@@ -48,6 +48,9 @@ pub struct AgentArgs {
     /// Scheduled backups include volumes of class `temporary`.
     #[arg(long)]
     pub include_temporary: bool,
+    /// After each scheduled backup (and once at start, to catch up), push to this remote and apply its retention.
+    #[arg(long, env = "ALLSPARK_REMOTE")]
+    pub remote: Option<String>,
     #[command(flatten)]
     pub policy: super::backup_cmd::PolicyArgs,
 }
@@ -68,6 +71,7 @@ pub fn run(ctx: Ctx, a: &AgentArgs) -> anyhow::Result<()> {
             monthly: cron(&a.monthly_cron)?,
             verify: cron(&a.verify_schedule)?,
             settings: a.policy.settings(&a.backup_root, a.include_temporary),
+            remote: a.remote.clone(),
         })
     };
     agent::run(AgentConfig {

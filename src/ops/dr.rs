@@ -30,6 +30,7 @@ use crate::backup::manifest::{BackupManifest, FileKind, RecordEntry};
 use crate::backup::restore::{self, ItemResult, RestoreRequest};
 use crate::backup::run::ItemProgress;
 use crate::backup::Settings;
+use crate::context::Ctx;
 use crate::core::store::Store;
 use crate::plugin::driver::Driver;
 use crate::remote::catalog::{self, RemoteBackup};
@@ -37,7 +38,6 @@ use crate::remote::client::{runtime, Remote};
 use crate::remote::crypt::Opener;
 use crate::remote::fetch::fetch;
 use crate::remote::RemoteConfig;
-use crate::snapshot::ops::Ctx;
 
 /// What to recover.
 #[derive(Clone)]
