@@ -1,0 +1,861 @@
+//! Remotes against a real S3 endpoint on 127.0.0.1 (moto_server, started and stopped by each test): encrypted push with no plaintext in the bucket, the age CLI and GNU tar reading an object, disaster recovery on a wiped host, an endpoint stopped mid-upload, wrong credentials, a corrupted object.
+//!
+//! Needs `moto_server` (PyPI `moto[server]`, with boto3 for the bucket-side
+//! helpers) and `age`/`age-keygen` (Debian `age`): without them the tests
+//! skip loudly, or fail when `ALLSPARK_REQUIRE_DOCKER` is set (CI installs
+//! both in `.ci/run`).
+
+use crate::support::common::docker_required;
+use crate::support::harness::{self, Plugin};
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_allspark");
+const NO_DOCKER: &str = "unix:///nonexistent/docker.sock";
+const BUCKET: &str = "allspark-offsite";
+const MARKER: &str = "ALLSPARK-PLAINTEXT-MARKER-7f3a9c";
+const SECRET: &str = "test-secret-never-printed-41d8";
+
+/// Bucket-side helpers (boto3, installed with moto[server]): what an operator would do with their S3 tools.
+const HELPER: &str = r#"
+import sys, boto3
+ep, cmd, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+def client(key='test', secret='test'):
+    return boto3.client('s3', endpoint_url=ep, region_name='us-east-1',
+                        aws_access_key_id=key, aws_secret_access_key=secret)
+if cmd == 'mkbucket':
+    client().create_bucket(Bucket=args[0])
+elif cmd == 'setup-auth':
+    # moto enforces IAM only after INITIAL_NO_AUTH_ACTION_COUNT requests: these four.
+    iam = boto3.client('iam', endpoint_url=ep, region_name='us-east-1',
+                       aws_access_key_id='x', aws_secret_access_key='y')
+    iam.create_user(UserName='allspark')
+    k = iam.create_access_key(UserName='allspark')['AccessKey']
+    iam.put_user_policy(UserName='allspark', PolicyName='s3', PolicyDocument=
+        '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}')
+    client(k['AccessKeyId'], k['SecretAccessKey']).create_bucket(Bucket=args[0])
+    print(k['AccessKeyId'])
+elif cmd == 'ls':
+    p = client().get_paginator('list_objects_v2')
+    for page in p.paginate(Bucket=args[0], Prefix=args[1]):
+        for o in page.get('Contents', []):
+            print('%s\t%d' % (o['Key'], o['Size']))
+elif cmd == 'get':
+    client().download_file(args[0], args[1], args[2])
+elif cmd == 'put':
+    client().upload_file(args[2], args[0], args[1])
+elif cmd == 'grep':
+    c = client(); n = 0; hits = []
+    for page in c.get_paginator('list_objects_v2').paginate(Bucket=args[0], Prefix=args[1]):
+        for o in page.get('Contents', []):
+            n += 1
+            body = c.get_object(Bucket=args[0], Key=o['Key'])['Body'].read()
+            if args[2].encode() in body:
+                hits.append(o['Key'])
+    print('objects=%d hits=%s' % (n, ','.join(hits)))
+"#;
+
+/// True when the S3 endpoint and the age CLI can be had; otherwise skip loudly (or fail under ALLSPARK_REQUIRE_DOCKER, as CI sets).
+fn require_s3() -> bool {
+    let ok = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let missing: Vec<&str> = [
+        ("moto_server", ok("moto_server", &["--help"])),
+        ("python3 boto3", ok("python3", &["-c", "import boto3"])),
+        ("age", ok("age", &["--version"])),
+        ("age-keygen", ok("age-keygen", &["--version"])),
+    ]
+    .into_iter()
+    .filter(|(_, there)| !there)
+    .map(|(n, _)| n)
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    if docker_required() {
+        panic!(
+            "ALLSPARK_REQUIRE_DOCKER is set but {} missing: {test} cannot run. \
+             Install them (`pip install 'moto[server]'`, `apt-get install age`) or unset ALLSPARK_REQUIRE_DOCKER to skip.",
+            missing.join(", ")
+        );
+    }
+    let bar = "!".repeat(78);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{bar}\nSKIPPED: {test}: {} not installed.\nThis S3 test did NOT run. \
+         `pip install 'moto[server]'` and `apt-get install age`, or set ALLSPARK_REQUIRE_DOCKER=1 \
+         to make this a failure (CI does).\n{bar}\n",
+        missing.join(", ")
+    );
+    false
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A moto S3 server on a free port of 127.0.0.1, in its own process group, killed when dropped.
+struct Moto {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Moto {
+    /// `auth_after`: enforce IAM credentials after that many requests (see `setup-auth`).
+    fn start(auth_after: Option<u32>) -> Moto {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("s3.py"), HELPER).unwrap();
+        let port = free_port();
+        let mut cmd = Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::File::create(dir.path().join("moto.log")).unwrap(),
+            ))
+            .process_group(0);
+        if let Some(n) = auth_after {
+            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+        }
+        let child = cmd.spawn().expect("start moto_server");
+        let m = Moto { child, port, dir };
+        harness::wait_for("moto_server to answer", Duration::from_secs(60), || {
+            TcpStream::connect(("127.0.0.1", port))
+                .and_then(|mut s| {
+                    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                    let mut b = [0u8; 12];
+                    s.read_exact(&mut b)?;
+                    Ok(b.starts_with(b"HTTP/1."))
+                })
+                .unwrap_or(false)
+        });
+        m
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Run the bucket-side helper; its stdout.
+    fn s3(&self, args: &[&str]) -> String {
+        let out = Command::new("python3")
+            .arg(self.dir.path().join("s3.py"))
+            .arg(self.endpoint())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "s3 helper {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Object keys under a prefix, with their sizes.
+    fn keys(&self, prefix: &str) -> Vec<(String, u64)> {
+        self.s3(&["ls", BUCKET, prefix])
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(k, s)| (k.to_string(), s.parse().unwrap()))
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of the endpoint that can die: after `cut_after` bytes went upstream it
+/// drops every connection and stops listening (connections are refused), as a stopped endpoint.
+struct Proxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
+    listener: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(port: u16, upstream: u16, cut_after: Option<u64>) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (s, c) = (stop.clone(), cut.clone());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                            continue;
+                        };
+                        {
+                            let mut l = conns.lock().unwrap();
+                            l.push(client.try_clone().unwrap());
+                            l.push(up.try_clone().unwrap());
+                        }
+                        let kill_all = {
+                            let (conns, s, c) = (conns.clone(), s.clone(), c.clone());
+                            move || {
+                                c.store(true, Ordering::SeqCst);
+                                s.store(true, Ordering::SeqCst);
+                                for t in conns.lock().unwrap().iter() {
+                                    let _ = t.shutdown(std::net::Shutdown::Both);
+                                }
+                            }
+                        };
+                        let counter = sent.clone();
+                        let (c1, u1) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+                        std::thread::spawn(move || {
+                            pump(c1, u1, |n| {
+                                let total = counter.fetch_add(n, Ordering::SeqCst) + n;
+                                if cut_after.is_some_and(|limit| total > limit) {
+                                    kill_all();
+                                    return false;
+                                }
+                                true
+                            })
+                        });
+                        std::thread::spawn(move || pump(up, client, |_| true));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => break,
+                }
+            }
+            for t in conns.lock().unwrap().iter() {
+                let _ = t.shutdown(std::net::Shutdown::Both);
+            }
+        });
+        Proxy {
+            port,
+            stop,
+            cut,
+            listener: Some(handle),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn was_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.listener.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Copy `from` to `to`; `more(n)` after each chunk says whether to go on.
+fn pump(mut from: TcpStream, mut to: TcpStream, mut more: impl FnMut(u64) -> bool) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if !more(n as u64) || to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// A host: a socket-level plugin on a scratch root, a backup root, an age key and a credentials file.
+struct Host {
+    p: Plugin,
+    keys: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Host {
+        let keys = tempfile::tempdir().unwrap();
+        let key = keys.path().join("key.txt");
+        let out = Command::new("age-keygen")
+            .arg("-o")
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        let creds = keys.path().join("creds");
+        fs::write(
+            &creds,
+            format!("aws_access_key_id=AKIATESTKEY\naws_secret_access_key={SECRET}\n"),
+        )
+        .unwrap();
+        fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
+        Host {
+            p: Plugin::start(BIN),
+            keys,
+        }
+    }
+    fn root(&self) -> PathBuf {
+        self.p.root()
+    }
+    fn broot(&self) -> PathBuf {
+        self.p.dir.path().join("backups")
+    }
+    fn key(&self) -> PathBuf {
+        self.keys.path().join("key.txt")
+    }
+    fn creds(&self) -> PathBuf {
+        self.keys.path().join("creds")
+    }
+    fn public_key(&self) -> String {
+        let text = fs::read_to_string(self.key()).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("# public key: "))
+            .expect("age-keygen writes the public key as a comment")
+            .to_string()
+    }
+    fn data(&self, vol: &str) -> PathBuf {
+        self.root().join("volumes").join(vol).join("data")
+    }
+    fn create(&self, name: &str, opts: Value) {
+        let (code, v) = self
+            .p
+            .call("VolumeDriver.Create", json!({"Name": name, "Opts": opts}));
+        assert_eq!(code, 200, "{v}");
+        assert!(v["Err"].as_str().unwrap_or("").is_empty(), "{v}");
+    }
+    /// The CLI on this host's root (Docker pointed nowhere; retries short, so a dead endpoint fails fast).
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--root")
+            .arg(self.root())
+            .args(["--docker", NO_DOCKER])
+            .args(args)
+            .env("ALLSPARK_LOG", "info")
+            .env("ALLSPARK_BACKUP_ROOT", self.broot())
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("ALLSPARK_REMOTE")
+            .env("ALLSPARK_REMOTE_RETRIES", "2")
+            .env("ALLSPARK_REMOTE_RETRY_SECS", "4")
+            .output()
+            .unwrap()
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "allspark {args:?}: {}", text(&o));
+        assert_secret_hidden(&o);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    fn add_remote(&self, endpoint: &str) {
+        let (creds, pk) = (self.creds(), self.public_key());
+        self.ok(&[
+            "remote",
+            "add",
+            "offsite",
+            "--endpoint",
+            endpoint,
+            "--bucket",
+            BUCKET,
+            "--prefix",
+            "hosts/alpha",
+            "--path-style",
+            "--credentials-file",
+            s(&creds),
+            "--age-recipient",
+            &pk,
+        ]);
+    }
+    /// A backup of every volume (it "fails" only because Docker is unreachable: no dumps) pushed to the remote.
+    fn backup_and_push(&self) -> String {
+        let o = self.run(&["backup", "run", "daily", "--remote", "offsite"]);
+        let t = text(&o);
+        assert!(t.contains("1 backup(s) pushed"), "{t}");
+        assert!(
+            t.contains("dumps and `allspark.backup.stop` containers were skipped"),
+            "{t}"
+        );
+        assert_secret_hidden(&o);
+        newest_backup(&self.broot())
+    }
+    /// The host is lost: plugin stopped, state root and backup root gone; a new plugin on an empty root.
+    fn wipe(&mut self) {
+        self.p.terminate();
+        fs::remove_dir_all(self.root()).unwrap();
+        fs::remove_dir_all(self.broot()).unwrap();
+        self.p.spawn();
+    }
+    fn dr(&self, extra: &[&str]) -> String {
+        let key = self.key();
+        let mut args = vec!["dr", "restore", "--from", "offsite", "--identity", s(&key)];
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn assert_secret_hidden(o: &Output) {
+    assert!(
+        !text(o).contains(SECRET),
+        "the secret key was printed: {}",
+        text(o)
+    );
+}
+
+fn newest_backup(broot: &Path) -> String {
+    let mut v: Vec<String> = fs::read_dir(broot.join("daily"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 15)
+        .collect();
+    v.sort();
+    v.pop().expect("a backup directory")
+}
+
+fn prefix(name: &str) -> String {
+    format!("hosts/alpha/backups/daily/{name}/")
+}
+
+fn sha(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(fs::read(path).unwrap()))
+}
+
+fn recovered_seconds(out: &str) -> f64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("recovered in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'recovered in N s' line: {out}"))
+}
+
+#[test]
+fn encrypted_push_holds_no_plaintext_the_age_cli_reads_it_and_dr_rebuilds_a_wiped_host() {
+    if !require_s3() {
+        return;
+    }
+    let moto = Moto::start(None);
+    moto.s3(&["mkbucket", BUCKET]);
+    let mut h = Host::new();
+    h.create(
+        "app-data",
+        json!({"backup": "high", "uid": "1000", "gid": "1000", "mode": "0750"}),
+    );
+    h.create(
+        "target-workspaces",
+        json!({"backup": "medium", "class": "important"}),
+    );
+    h.create("project-1", json!({"parent": "target-workspaces"}));
+    h.create("cache", json!({"backup": "none", "size": "1G"}));
+    fs::write(h.data("app-data").join("hello.txt"), format!("{MARKER}\n")).unwrap();
+    fs::write(
+        h.data("app-data").join("big.bin"),
+        harness::noise(7, 6 << 20),
+    )
+    .unwrap();
+    // A parent= child lives inside its parent's data.
+    let project = h.data("target-workspaces").join("project-1");
+    fs::create_dir_all(project.join("src")).unwrap();
+    fs::write(
+        project.join("src/main.rs"),
+        format!("// {MARKER}\nfn main() {{}}\n"),
+    )
+    .unwrap();
+    let big_sha = sha(&h.data("app-data").join("big.bin"));
+
+    h.add_remote(&moto.endpoint());
+    let name = h.backup_and_push();
+    let keys = moto.keys(&prefix(&name));
+    let objects: Vec<&str> = keys
+        .iter()
+        .map(|(k, _)| k.rsplit('/').next().unwrap())
+        .collect();
+    for want in [
+        "app-data.tar.gz.age",
+        "target-workspaces.tar.gz.age",
+        "index.json",
+        "manifest.json.age",
+    ] {
+        assert!(objects.contains(&want), "{want} not in {objects:?}");
+    }
+    // No object holds the marker: every byte that left the host was encrypted.
+    let grep = moto.s3(&["grep", BUCKET, "hosts/alpha/", MARKER]);
+    assert!(
+        grep.trim_end().ends_with("hits="),
+        "plaintext found in the bucket: {grep}"
+    );
+
+    // The operator's recipe without allspark: age -d -i key.txt FILE | tar -xzf -
+    let scratch = tempfile::tempdir().unwrap();
+    let obj = scratch.path().join("app-data.tar.gz.age");
+    moto.s3(&[
+        "get",
+        BUCKET,
+        &format!("{}app-data.tar.gz.age", prefix(&name)),
+        s(&obj),
+    ]);
+    fs::create_dir(scratch.path().join("x")).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "age -d -i '{}' '{}' | tar -xzf - -C '{}'",
+            s(&h.key()),
+            s(&obj),
+            s(&scratch.path().join("x"))
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        fs::read_to_string(scratch.path().join("x/hello.txt")).unwrap(),
+        format!("{MARKER}\n")
+    );
+    assert_eq!(sha(&scratch.path().join("x/big.bin")), big_sha);
+
+    let v = h.ok(&["remote", "verify", "offsite"]);
+    assert!(v.contains("1 remote backup(s) of offsite verified"), "{v}");
+    let v = h.ok(&[
+        "remote",
+        "verify",
+        "offsite",
+        "--full",
+        "--identity",
+        s(&h.key()),
+    ]);
+    assert!(
+        v.contains("downloaded, decrypted and test-extracted"),
+        "{v}"
+    );
+
+    // Disaster: nothing left but an empty state root. Add the remote again, recover.
+    h.wipe();
+    assert!(!h.data("app-data").exists());
+    h.add_remote(&moto.endpoint());
+    let out = h.dr(&[]);
+    let secs = recovered_seconds(&out);
+    eprintln!("DR: recovered {} in {secs:.2} s\n{out}", name);
+    assert!(
+        out.contains(&format!("using daily/{name} from remote offsite")),
+        "{out}"
+    );
+    for v in ["app-data", "target-workspaces", "project-1", "cache"] {
+        assert!(out.contains(&format!("created volume {v}")), "{v}: {out}");
+    }
+    assert_eq!(
+        fs::read_to_string(h.data("app-data").join("hello.txt")).unwrap(),
+        format!("{MARKER}\n")
+    );
+    assert_eq!(sha(&h.data("app-data").join("big.bin")), big_sha);
+    let md = fs::metadata(h.data("app-data")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (1000, 1000, 0o750)
+    );
+    // The workspace project is back inside its parent, and its record with parent= too.
+    let (_, got) = h.p.call("VolumeDriver.Get", json!({"Name": "project-1"}));
+    assert!(
+        got["Err"].as_str().unwrap_or("").is_empty(),
+        "the plugin knows the recreated volume: {got}"
+    );
+    assert!(
+        fs::read_to_string(h.data("target-workspaces").join("project-1/src/main.rs"))
+            .unwrap()
+            .contains(MARKER)
+    );
+    let rec: Value =
+        serde_json::from_slice(&fs::read(h.root().join("state/volumes/project-1.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["options"]["parent"], "target-workspaces");
+    let rec: Value =
+        serde_json::from_slice(&fs::read(h.root().join("state/volumes/cache.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["options"], json!({"backup": "none", "size": "1G"}));
+    // The fetched backup is a normal local backup now (dumps would be restored from it).
+    let v = h.ok(&["backup", "verify", s(&h.broot().join("daily").join(&name))]);
+    assert!(v.contains("verified"), "{v}");
+}
+
+#[test]
+fn an_endpoint_stopped_mid_upload_leaves_no_manifest_and_the_next_push_resumes() {
+    if !require_s3() {
+        return;
+    }
+    let moto = Moto::start(None);
+    moto.s3(&["mkbucket", BUCKET]);
+    let h = Host::new();
+    h.create("a-big", json!({"backup": "high"}));
+    h.create("b-small", json!({"backup": "medium"}));
+    h.create("c-big", json!({"backup": "medium"}));
+    fs::write(h.data("a-big").join("noise"), harness::noise(11, 12 << 20)).unwrap();
+    fs::write(h.data("b-small").join("note"), "small").unwrap();
+    fs::write(h.data("c-big").join("noise"), harness::noise(13, 12 << 20)).unwrap();
+    let out = h.run(&["backup", "run", "daily"]);
+    assert!(text(&out).contains("3 volume(s)"), "{}", text(&out));
+    let name = newest_backup(&h.broot());
+
+    // The endpoint dies after ~16 MB went up: a-big (12 MB, multipart) and b-small are
+    // complete, c-big is cut in the middle of its upload.
+    let port = free_port();
+    let proxy = Proxy::start(port, moto.port, Some(16 << 20));
+    h.add_remote(&proxy.endpoint());
+    let t0 = Instant::now();
+    let o = h.run(&["remote", "push", "offsite"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(proxy.was_cut(), "the proxy never cut the upload: {t}");
+    assert!(t.contains("was not pushed") && t.contains("resume"), "{t}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(120),
+        "retries took too long: {t}"
+    );
+    drop(proxy);
+
+    let objects: Vec<String> = moto
+        .keys(&prefix(&name))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        objects.iter().any(|k| k.ends_with("a-big.tar.gz.age")),
+        "{objects:?}"
+    );
+    assert!(
+        !objects.iter().any(|k| k.ends_with("manifest.json.age")),
+        "a partial backup has a manifest: {objects:?}"
+    );
+    assert!(
+        !objects.iter().any(|k| k.ends_with("c-big.tar.gz.age")),
+        "{objects:?}"
+    );
+    // The local backup is intact.
+    h.ok(&["backup", "verify", s(&h.broot().join("daily").join(&name))]);
+
+    // Endpoint back (same address): the partial backup is listed as incomplete, never used.
+    let proxy = Proxy::start(port, moto.port, None);
+    let ls = h.ok(&["remote", "ls", "offsite"]);
+    assert!(ls.contains("no (interrupted upload)"), "{ls}");
+    let o = h.run(&["remote", "verify", "offsite"]);
+    assert!(text(&o).contains("incomplete"), "{}", text(&o));
+    let out = h.ok(&["remote", "push", "offsite"]);
+    assert!(
+        out.contains("1 backup(s) pushed (1 object(s) uploaded, 2 re-used"),
+        "{out}"
+    );
+    let objects: Vec<String> = moto
+        .keys(&prefix(&name))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        objects.iter().any(|k| k.ends_with("manifest.json.age")),
+        "{objects:?}"
+    );
+    let v = h.ok(&[
+        "remote",
+        "verify",
+        "offsite",
+        "--full",
+        "--identity",
+        s(&h.key()),
+    ]);
+    assert!(v.contains("ok     daily/"), "{v}");
+    // Nothing left to do.
+    let again = h.ok(&["remote", "push", "offsite"]);
+    assert!(
+        again.contains("0 backup(s) pushed") && again.contains("1 already there"),
+        "{again}"
+    );
+    drop(proxy);
+}
+
+#[test]
+fn wrong_credentials_are_a_clear_error_and_the_local_backup_stays() {
+    if !require_s3() {
+        return;
+    }
+    // IAM enforced: only the key created by setup-auth may use the bucket.
+    let moto = Moto::start(Some(4));
+    let real_key = moto.s3(&["setup-auth", BUCKET]);
+    let h = Host::new();
+    h.create("app-data", json!({}));
+    fs::write(h.data("app-data").join("f"), "data").unwrap();
+    assert!(!real_key.contains("AKIATESTKEY"));
+    // `remote add` checks the bucket, refuses, and stores nothing.
+    let (creds, pk) = (h.creds(), h.public_key());
+    let add = [
+        "remote",
+        "add",
+        "offsite",
+        "--endpoint",
+        &moto.endpoint(),
+        "--bucket",
+        BUCKET,
+        "--path-style",
+        "--credentials-file",
+        s(&creds),
+        "--age-recipient",
+        &pk,
+    ];
+    let o = h.run(&add);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("refused the credentials") && t.contains("InvalidAccessKeyId"),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("file {}", s(&creds))),
+        "the error names where the key came from: {t}"
+    );
+    assert_secret_hidden(&o);
+    assert!(!h.root().join("state/remotes/offsite.json").exists());
+    let mut no_check = add.to_vec();
+    no_check.push("--no-check");
+    h.ok(&no_check);
+    let mode = fs::metadata(h.root().join("state/remotes/offsite.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let o = h.run(&["backup", "run", "daily", "--remote", "offsite"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("off-site copy failed") || t.contains("nothing was pushed"),
+        "{t}"
+    );
+    assert!(t.contains("refused the credentials"), "{t}");
+    assert!(t.contains("the local backups are intact"), "{t}");
+    assert_secret_hidden(&o);
+    let name = newest_backup(&h.broot());
+    h.ok(&["backup", "verify", s(&h.broot().join("daily").join(&name))]);
+
+    // A credentials file others can read is refused before any request.
+    fs::set_permissions(&creds, fs::Permissions::from_mode(0o644)).unwrap();
+    let o = h.run(&["remote", "push", "offsite"]);
+    assert!(text(&o).contains("chmod 600"), "{}", text(&o));
+}
+
+#[test]
+fn a_corrupted_remote_object_is_named_by_verify_and_dr_falls_back_to_the_previous_backup() {
+    if !require_s3() {
+        return;
+    }
+    let moto = Moto::start(None);
+    moto.s3(&["mkbucket", BUCKET]);
+    let mut h = Host::new();
+    h.create("app-data", json!({"backup": "high"}));
+    h.add_remote(&moto.endpoint());
+    let file = h.data("app-data").join("state.txt");
+    fs::write(&file, "version 1\n").unwrap();
+    fs::write(h.data("app-data").join("bulk"), harness::noise(5, 1 << 20)).unwrap();
+    let first = h.backup_and_push();
+    fs::write(&file, "version 2\n").unwrap();
+    let second = h.backup_and_push();
+    assert_ne!(first, second);
+
+    // Someone (bit rot, a bad tool) changes an object of the newest backup in place, same size.
+    let scratch = tempfile::tempdir().unwrap();
+    let obj = scratch.path().join("obj");
+    let key = format!("{}app-data.tar.gz.age", prefix(&second));
+    moto.s3(&["get", BUCKET, &key, s(&obj)]);
+    let mut bytes = fs::read(&obj).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&obj, &bytes).unwrap();
+    moto.s3(&["put", BUCKET, &key, s(&obj)]);
+
+    let o = h.run(&["remote", "verify", "offsite"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("FAILED daily/{second}")) && t.contains(&key),
+        "verify names the object: {t}"
+    );
+    assert!(t.contains(&format!("ok     daily/{first}")), "{t}");
+
+    h.wipe();
+    h.add_remote(&moto.endpoint());
+    let out = h.dr(&[]);
+    assert!(
+        out.contains(&format!("refused daily/{second}")) && out.contains("damaged"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("using daily/{first} from remote offsite")),
+        "{out}"
+    );
+    assert_eq!(fs::read_to_string(&file).unwrap(), "version 1\n");
+    // No half-fetched copy of the refused backup is left behind.
+    let daily: Vec<String> = fs::read_dir(h.broot().join("daily"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(daily, vec![first.clone()], "{daily:?}");
+
+    // --at picks the backup at or before a time (the first one here, by its own name).
+    h.wipe();
+    h.add_remote(&moto.endpoint());
+    let out = h.dr(&["--at", &first]);
+    assert!(
+        out.contains(&format!("using daily/{first}")) && !out.contains("refused"),
+        "{out}"
+    );
+}
