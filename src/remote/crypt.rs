@@ -212,4 +212,20 @@ mod tests {
             .expose_secret()
             .starts_with("AGE-SECRET-KEY-1"));
     }
+
+    #[test]
+    fn a_passphrase_seals_and_opens_and_a_wrong_one_is_refused() {
+        let sealer = Sealer::Passphrase(SecretString::from("correct horse".to_string()));
+        let sealed = sealer.seal_bytes(b"dump").unwrap();
+        let open = |p: &str| {
+            let id = age::scrypt::Identity::new(SecretString::from(p.to_string()));
+            let o = Opener::Identities(vec![Box::new(id)], "the passphrase".into());
+            let mut out = Vec::new();
+            o.open(&sealed[..], &mut out).map(|_| out)
+        };
+        assert_eq!(open("correct horse").unwrap(), b"dump");
+        assert!(open("wrong").is_err());
+        // Unencrypted remotes pass bytes through.
+        assert_eq!(Sealer::Plain.seal_bytes(b"x").unwrap(), b"x");
+    }
 }

@@ -859,3 +859,140 @@ fn a_corrupted_remote_object_is_named_by_verify_and_dr_falls_back_to_the_previou
         "{out}"
     );
 }
+
+#[test]
+fn the_agent_catches_up_at_start_and_pushes_after_its_scheduled_backup() {
+    if !require_s3() {
+        return;
+    }
+    let moto = Moto::start(None);
+    moto.s3(&["mkbucket", BUCKET]);
+    let h = Host::new();
+    h.create("app-data", json!({"backup": "high"}));
+    fs::write(h.data("app-data").join("f"), "data").unwrap();
+    // A backup made while the remote was not configured (or unreachable).
+    h.run(&["backup", "run", "daily"]);
+    let made_offline = newest_backup(&h.broot());
+    h.add_remote(&moto.endpoint());
+    // The daily last ran long ago: the agent runs it once at start.
+    let agent_dir = h.root().join("state/agent");
+    let now = chrono::Utc::now().to_rfc3339();
+    fs::write(
+        agent_dir.join("schedule.json"),
+        json!({"last_run": {"daily": "2020-01-01T02:00:00Z", "weekly": now, "monthly": now, "verify": now}})
+            .to_string(),
+    )
+    .unwrap();
+    let log = h.p.dir.path().join("agent.log");
+    let broot = h.broot();
+    let _agent = harness::Agent::start(
+        &h.root(),
+        &log,
+        &[
+            "--no-docker-events",
+            "--docker",
+            NO_DOCKER,
+            "--backup-root",
+            s(&broot),
+            "--remote",
+            "offsite",
+        ],
+    );
+    let complete = || {
+        moto.keys("hosts/alpha/backups/daily/")
+            .iter()
+            .filter(|(k, _)| k.ends_with("/manifest.json.age"))
+            .count()
+    };
+    harness::wait_for(
+        "two complete backups on the remote",
+        Duration::from_secs(90),
+        || complete() == 2,
+    );
+    let keys = moto.keys(&prefix(&made_offline));
+    assert!(
+        keys.iter().any(|(k, _)| k.ends_with("manifest.json.age")),
+        "{keys:?}"
+    );
+    let agent_log = fs::read_to_string(&log).unwrap_or_default();
+    assert!(agent_log.contains("off-site push done"), "{agent_log}");
+    assert!(!agent_log.contains(SECRET), "the agent logged the secret");
+}
+
+/// A small complete backup directory `<broot>/<kind>/<name>` (one file, a valid manifest).
+fn fake_backup(broot: &Path, kind: &str, t: chrono::NaiveDateTime) -> String {
+    use sha2::Digest;
+    let name = t.format("%Y%m%d_%H%M%S").to_string();
+    let dir = broot.join(kind).join(&name);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("v.tar.gz"), &name).unwrap();
+    let m = json!({
+        "timestamp": "2024-01-01T00:00:00Z", "type": kind, "volumes": ["v"], "databases": [],
+        "files": [{"name": "v.tar.gz", "kind": "volume", "size": name.len(),
+                   "sha256": hex::encode(sha2::Sha256::digest(name.as_bytes())), "source": "v"}],
+        "outcome": "ok", "errors": []
+    });
+    fs::write(dir.join("manifest.json"), m.to_string()).unwrap();
+    name
+}
+
+#[test]
+fn remote_retention_follows_the_local_calendar_rules_and_keeps_the_newest_backup() {
+    if !require_s3() {
+        return;
+    }
+    let moto = Moto::start(None);
+    moto.s3(&["mkbucket", BUCKET]);
+    let h = Host::new();
+    h.add_remote(&moto.endpoint());
+    let today = chrono::Local::now().date_naive();
+    let at = |days: i64| {
+        (today - chrono::Duration::days(days))
+            .and_hms_opt(2, 0, 3)
+            .unwrap()
+    };
+    let daily: Vec<String> = [40, 10, 6, 1, 0]
+        .iter()
+        .map(|d| fake_backup(&h.broot(), "daily", at(*d)))
+        .collect();
+    // Weekly backups all older than 30 days: the newest one stays anyway.
+    let weekly: Vec<String> = [100, 93]
+        .iter()
+        .map(|d| fake_backup(&h.broot(), "weekly", at(*d)))
+        .collect();
+    let out = h.ok(&[
+        "remote",
+        "push",
+        "offsite",
+        "--no-prune",
+        "--keep-daily-days",
+        "1000",
+        "--keep-weekly-days",
+        "1000",
+    ]);
+    assert!(out.contains("7 backup(s) pushed"), "{out}");
+    // With the default rules, a push of the same backups skips what the remote would delete at once.
+    let dry = h.ok(&["remote", "prune", "offsite", "--dry-run"]);
+    assert!(dry.contains("3 remote backup(s) to remove"), "{dry}");
+    let out = h.ok(&["remote", "prune", "offsite"]);
+    assert!(out.contains("3 remote backup(s) removed, 4 kept"), "{out}");
+    let left = |kind: &str| -> Vec<String> {
+        let mut v: Vec<String> = moto
+            .keys(&format!("hosts/alpha/backups/{kind}/"))
+            .iter()
+            .filter_map(|(k, _)| k.strip_suffix("/manifest.json.age"))
+            .map(|k| k.rsplit('/').next().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(left("daily"), daily[2..].to_vec());
+    assert_eq!(left("weekly"), vec![weekly[1].clone()]);
+    // No object of a removed backup is left behind.
+    assert!(moto.keys(&prefix(&daily[0])).is_empty());
+    // The local backups are not touched by remote retention.
+    assert_eq!(fs::read_dir(h.broot().join("daily")).unwrap().count(), 5);
+    // A push with the default rules does not upload again what the remote just deleted.
+    let out = h.ok(&["remote", "push", "offsite", "--no-prune"]);
+    assert!(out.contains("0 backup(s) pushed"), "{out}");
+}
