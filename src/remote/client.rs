@@ -32,6 +32,13 @@ fn env_u64(key: &str, default: u64) -> u64 {
 impl Remote {
     /// Build the client (no request is made yet).
     pub fn open(cfg: &RemoteConfig) -> anyhow::Result<Remote> {
+        // An endpoint that drops a connection while a request is written must be an error the
+        // retries handle, not a SIGPIPE that kills the process (the CLI restores the default
+        // disposition so that `allspark … | head` ends quietly).
+        // SAFETY: setting a signal disposition; sigaction is process-wide and thread-safe.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         let creds = config::credentials(cfg)?;
         let retry = RetryConfig {
             backoff: BackoffConfig {
