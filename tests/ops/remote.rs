@@ -175,7 +175,7 @@ fn encrypted_push_holds_no_plaintext_the_age_cli_reads_it_and_dr_rebuilds_a_wipe
     );
     h.create(
         "target-workspaces",
-        json!({"backup": "medium", "class": "important"}),
+        json!({"backup": "medium", "class": "important", "compression": "gzip"}),
     );
     h.create("project-1", json!({"parent": "target-workspaces"}));
     h.create("cache", json!({"backup": "none", "size": "1G"}));
@@ -203,7 +203,7 @@ fn encrypted_push_holds_no_plaintext_the_age_cli_reads_it_and_dr_rebuilds_a_wipe
         .map(|(k, _)| k.rsplit('/').next().unwrap())
         .collect();
     for want in [
-        "app-data.tar.gz.age",
+        "app-data.tar.zst.age",
         "target-workspaces.tar.gz.age",
         "index.json",
         "manifest.json.age",
@@ -217,20 +217,20 @@ fn encrypted_push_holds_no_plaintext_the_age_cli_reads_it_and_dr_rebuilds_a_wipe
         "plaintext found in the bucket: {grep}"
     );
 
-    // The operator's recipe without allspark: age -d -i key.txt FILE | tar -xzf -
+    // The operator's recipe without allspark: age -d -i key.txt FILE | tar --zstd -xf -
     let scratch = tempfile::tempdir().unwrap();
-    let obj = scratch.path().join("app-data.tar.gz.age");
+    let obj = scratch.path().join("app-data.tar.zst.age");
     moto.s3(&[
         "get",
         BUCKET,
-        &format!("{}app-data.tar.gz.age", prefix(&name)),
+        &format!("{}app-data.tar.zst.age", prefix(&name)),
         s(&obj),
     ]);
     fs::create_dir(scratch.path().join("x")).unwrap();
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "age -d -i '{}' '{}' | tar -xzf - -C '{}'",
+            "age -d -i '{}' '{}' | tar --zstd -xf - -C '{}'",
             s(&h.key()),
             s(&obj),
             s(&scratch.path().join("x"))
@@ -349,7 +349,7 @@ fn an_endpoint_stopped_mid_upload_leaves_no_manifest_and_the_next_push_resumes()
         .map(|(k, _)| k)
         .collect();
     assert!(
-        objects.iter().any(|k| k.ends_with("a-big.tar.gz.age")),
+        objects.iter().any(|k| k.ends_with("a-big.tar.zst.age")),
         "{objects:?}"
     );
     assert!(
@@ -357,7 +357,7 @@ fn an_endpoint_stopped_mid_upload_leaves_no_manifest_and_the_next_push_resumes()
         "a partial backup has a manifest: {objects:?}"
     );
     assert!(
-        !objects.iter().any(|k| k.ends_with("c-big.tar.gz.age")),
+        !objects.iter().any(|k| k.ends_with("c-big.tar.zst.age")),
         "{objects:?}"
     );
     // The local backup is intact.
@@ -491,7 +491,7 @@ fn a_corrupted_remote_object_is_named_by_verify_and_dr_falls_back_to_the_previou
     // Someone (bit rot, a bad tool) changes an object of the newest backup in place, same size.
     let scratch = tempfile::tempdir().unwrap();
     let obj = scratch.path().join("obj");
-    let key = format!("{}app-data.tar.gz.age", prefix(&second));
+    let key = format!("{}app-data.tar.zst.age", prefix(&second));
     moto.s3(&["get", BUCKET, &key, s(&obj)]);
     let mut bytes = fs::read(&obj).unwrap();
     let mid = bytes.len() / 2;
