@@ -5,7 +5,8 @@
 //! - [`plugin`]: the volume-driver process (socket server, protocol, driver, mounts).
 //! - [`agent`]: the companion process (spool worker, Docker events, schedule, usage, alerts, metrics).
 //! - [`archive`], [`snapshot`], [`backup`], [`usage`]: the data engines both processes and the CLI use.
-//! - [`ops`]: operator workflows (migrate, workspace cleanup, templates, volume references).
+//! - [`remote`]: off-site copies on S3-compatible storage, age-encrypted; disaster recovery is [`ops::dr`].
+//! - [`ops`]: operator workflows (migrate, workspace cleanup, templates, volume references, disaster recovery).
 //! - [`docker`]: the Docker API façade; [`cli`]: one function per subcommand.
 
 pub mod agent;
@@ -18,5 +19,6 @@ pub mod docker;
 pub mod fs;
 pub mod ops;
 pub mod plugin;
+pub mod remote;
 pub mod snapshot;
 pub mod usage;

@@ -182,6 +182,8 @@ pub struct ScheduleConfig {
     pub monthly: Cron,
     pub verify: Cron,
     pub settings: Settings,
+    /// Push to this remote after each backup, and once at start to catch up (`--remote`).
+    pub remote: Option<String>,
 }
 
 impl ScheduleConfig {
@@ -268,8 +270,23 @@ pub fn run_job(ctx: &Ctx, cfg: &ScheduleConfig, job: Job, cancel: &Arc<AtomicBoo
             } else {
                 tracing::error!(summary = %r.summary(), errors = ?r.errors, "scheduled backup FAILED");
             }
+            if let Some(remote) = &cfg.remote {
+                push_offsite(ctx, cfg, remote);
+            }
         }
         Job::Verify => verify_newest(ctx, &cfg.settings),
+    }
+}
+
+/// Push what the remote lacks and apply its retention; log the outcome.
+pub fn push_offsite(ctx: &Ctx, cfg: &ScheduleConfig, remote: &str) {
+    let (report, errors) =
+        crate::remote::push::push_and_prune(&ctx.layout, remote, &cfg.settings, None);
+    if let Some(r) = report {
+        tracing::info!(summary = %r.summary(), "off-site push done");
+    }
+    if !errors.is_empty() {
+        tracing::error!(remote, errors = ?errors, "off-site push FAILED; the next backup (or `allspark remote push`) tries again");
     }
 }
 
@@ -330,9 +347,14 @@ pub fn run_loop(ctx: Ctx, cfg: ScheduleConfig, stop: Arc<AtomicBool>) {
         monthly = %cfg.monthly.source,
         verify = %cfg.verify.source,
         backup_root = %cfg.settings.backup_root.display(),
+        remote = cfg.remote.as_deref().unwrap_or("none"),
         "backup schedule active"
     );
     let mut maintainer = crate::agent::maintenance::Maintainer::default();
+    // Catch up after downtime: backups made while the agent (or the network) was down go off-site now.
+    if let Some(remote) = &cfg.remote {
+        push_offsite(&ctx, &cfg, remote);
+    }
     while !stop.load(Ordering::SeqCst) {
         if backup::quiesce::record_path(&ctx.layout).exists() {
             if let Err(e) = backup::quiesce::restart_leftovers(&ctx) {
@@ -459,6 +481,7 @@ mod tests {
             monthly: parse_cron(DEFAULT_MONTHLY).unwrap(),
             verify: parse_cron(DEFAULT_VERIFY).unwrap(),
             settings: Settings::new("/nonexistent"),
+            remote: None,
         };
         let mut state = State::default();
         // First start ever: baselines, nothing runs.

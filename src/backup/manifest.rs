@@ -14,6 +14,7 @@
 //! | `outcome` | `ok` or `failed` |
 //! | `errors` | sentences saying what failed and what to do |
 //! | `stopped_containers` | containers stopped for the backup (and started again) |
+//! | `records` | every volume record at backup time, `{name, options}` (disaster recovery recreates them all) |
 //!
 //! A manifest written by the old script (no `files`, no `outcome`) still
 //! reads: its outcome is unknown and verify only test-reads its archives.
@@ -107,6 +108,18 @@ pub struct BackupManifest {
     /// The allspark version that wrote it.
     #[serde(default)]
     pub allspark_version: String,
+    /// Every volume record at backup time, also `parent=` children and `backup=none` volumes
+    /// that have no archive of their own: `allspark dr restore` recreates them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<RecordEntry>,
+}
+
+/// A volume record as the manifest keeps it: enough to create the volume again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordEntry {
+    pub name: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 impl BackupManifest {
@@ -127,6 +140,21 @@ impl BackupManifest {
             None => "unknown",
         }
     }
+}
+
+/// The records to keep in a manifest, by name.
+pub fn records_of(
+    records: &[std::sync::Arc<crate::core::store::VolumeRecord>],
+) -> Vec<RecordEntry> {
+    let mut v: Vec<RecordEntry> = records
+        .iter()
+        .map(|r| RecordEntry {
+            name: r.name.clone(),
+            options: r.options.clone(),
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
 }
 
 /// Read the manifest of backup directory `dir`; `Ok(None)` when there is none (incomplete backup).
@@ -246,6 +274,7 @@ mod tests {
             stopped_containers: vec![],
             covered_by_dump: BTreeMap::new(),
             allspark_version: String::new(),
+            records: vec![],
         };
         let v: serde_json::Value = serde_json::to_value(&m).unwrap();
         assert_eq!(v["timestamp"], "2024-01-31T02:00:03Z");

@@ -50,7 +50,7 @@ use std::str::FromStr;
 use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 
-pub use manifest::{BackupManifest, FileEntry, FileKind, Outcome};
+pub use manifest::{BackupManifest, FileEntry, FileKind, Outcome, RecordEntry};
 
 /// Label: the dump command of a database container.
 pub const LABEL_DUMP: &str = "allspark.backup.dump";

@@ -348,6 +348,7 @@ fn run_in(
         stopped_containers: Vec::new(),
         covered_by_dump: Default::default(),
         allspark_version: env!("CARGO_PKG_VERSION").to_string(),
+        records: Vec::new(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -382,6 +383,7 @@ fn run_in(
     let store = Store::new(ctx.layout.clone());
     let selected = match store.all() {
         Ok((records, bad)) => {
+            m.records = manifest::records_of(&records);
             for b in bad {
                 m.errors.push(format!(
                     "a volume record cannot be read ({b}); that volume is not in the backup, repair or remove its record"

@@ -51,6 +51,9 @@ pub struct AgentArgs {
     /// Scheduled backups include volumes of class `temporary`.
     #[arg(long)]
     pub include_temporary: bool,
+    /// After each scheduled backup (and once at start, to catch up), push to this remote and apply its retention.
+    #[arg(long, env = "ALLSPARK_REMOTE")]
+    pub remote: Option<String>,
     #[command(flatten)]
     pub retention: super::backup_cmd::RetentionArgs,
     #[command(flatten)]
@@ -79,6 +82,7 @@ pub fn run(ctx: Ctx, a: &AgentArgs) -> anyhow::Result<()> {
                 &a.containers,
                 a.include_temporary,
             ),
+            remote: a.remote.clone(),
         })
     };
     agent::run(AgentConfig {

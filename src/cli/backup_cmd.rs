@@ -88,6 +88,9 @@ pub enum BackupCmd {
         /// Do not apply retention after the run.
         #[arg(long)]
         no_prune: bool,
+        /// Then push to this remote what it lacks (this backup first) and apply retention there.
+        #[arg(long, env = "ALLSPARK_REMOTE")]
+        remote: Option<String>,
         #[command(flatten)]
         root: RootArg,
         #[command(flatten)]
@@ -140,7 +143,7 @@ fn parse_type(s: &str) -> Result<BackupType, String> {
 }
 
 /// One progress bar at a time, per item, on a terminal.
-fn item_bars() -> ItemProgress {
+pub(super) fn item_bars() -> ItemProgress {
     let current: Mutex<Option<(String, Option<ProgressBar>)>> = Mutex::new(None);
     Arc::new(move |item: &str, n: Option<u64>| {
         let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
@@ -165,12 +168,26 @@ fn item_bars() -> ItemProgress {
     })
 }
 
+/// `backup run --remote`: push and prune the remote; the errors, printed and returned.
+fn remote_after_backup(ctx: &Ctx, remote: &str, settings: &Settings) -> Vec<String> {
+    let (report, errors) =
+        crate::remote::push::push_and_prune(&ctx.layout, remote, settings, Some(item_bars()));
+    if let Some(r) = report {
+        println!("{}", r.summary());
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    errors
+}
+
 pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
     match cmd {
         BackupCmd::Run {
             kind,
             include_temporary,
             no_prune,
+            remote,
             root,
             retention,
             containers,
@@ -195,10 +212,20 @@ pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
                 eprintln!("error: {e}");
             }
             println!("{}", report.summary());
+            let offsite = remote
+                .as_deref()
+                .map(|r| remote_after_backup(ctx, r, &settings))
+                .unwrap_or_default();
             if !report.ok() {
                 bail!(
                     "the {kind} backup had {} error(s) (listed above and in its manifest.json); fix them and run it again",
                     report.errors.len()
+                );
+            }
+            if !offsite.is_empty() {
+                bail!(
+                    "the {kind} backup is complete locally, but the off-site copy failed: {}",
+                    offsite.join("; ")
                 );
             }
         }

@@ -2,9 +2,11 @@
 
 mod agent_cmd;
 mod backup_cmd;
+mod dr_cmd;
 mod output;
 mod plugin_cmd;
 mod progress;
+mod remote_cmd;
 mod snapshot_cmd;
 mod usage_cmd;
 mod volume_cmd;
@@ -122,6 +124,12 @@ pub enum Command {
     Workspace(workspace_cmd::WorkspaceCmd),
     /// Per-volume size, capacity, class, snapshots; filesystems holding volumes.
     Usage(usage_cmd::UsageArgs),
+    /// Off-site copies on S3-compatible storage, age-encrypted: add, ls, rm, push, prune, verify.
+    #[command(subcommand)]
+    Remote(remote_cmd::RemoteCmd),
+    /// Disaster recovery: rebuild this host's volumes from a remote.
+    #[command(subcommand)]
+    Dr(dr_cmd::DrCmd),
 }
 
 /// Parse, run, and return the exit status (0 done, 1 failed, 2 usage error).
@@ -147,6 +155,8 @@ pub fn main() -> i32 {
         Command::Snapshot(ref c) => snapshot_cmd::run(&cli.ctx(), c),
         Command::Backup(ref c) => backup_cmd::run(&cli.ctx(), c),
         Command::Usage(ref a) => usage_cmd::run(&cli, a),
+        Command::Remote(ref c) => remote_cmd::run(&cli.ctx().layout, c),
+        Command::Dr(ref c) => dr_cmd::run(&cli, c),
     };
     match result {
         Ok(()) => 0,

@@ -47,6 +47,10 @@ impl Layout {
     pub fn agent_dir(&self) -> PathBuf {
         self.root.join("state").join("agent")
     }
+    /// Remote configurations (`<name>.json`, root-only) and their push state.
+    pub fn remotes_dir(&self) -> PathBuf {
+        self.root.join("state").join("remotes")
+    }
     pub fn volumes_dir(&self) -> PathBuf {
         self.root.join("volumes")
     }

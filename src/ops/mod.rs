@@ -1,5 +1,6 @@
-//! Operator workflows over volumes: migration, workspace cleanup, templates, volume references.
+//! Operator workflows over volumes: migration, workspace cleanup, templates, volume references, disaster recovery.
 
+pub mod dr;
 pub mod migrate;
 pub mod template;
 pub mod volref;

@@ -1,0 +1,371 @@
+//! `allspark remote add|ls|rm|push|prune|verify`: flags and output of the remote commands.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use chrono::Local;
+use clap::{ArgGroup, Args, Subcommand};
+
+use super::backup_cmd::{item_bars, settings, ContainerArgs, RetentionArgs, RootArg};
+use super::output::human;
+use crate::core::layout::Layout;
+use crate::remote::config::{self, Encryption, RemoteConfig};
+use crate::remote::{catalog, client, prune, push, verify, Remote};
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("encryption").required(true).args(["age_recipient", "age_passphrase_file", "unencrypted"])))]
+pub struct AddArgs {
+    /// Name of the remote (`--remote NAME`, `dr restore --from NAME`).
+    pub name: String,
+    /// S3 endpoint URL: https://s3.eu-west-1.amazonaws.com, https://fra1.digitaloceanspaces.com, http://127.0.0.1:9000.
+    #[arg(long)]
+    pub endpoint: String,
+    /// Bucket (it must exist; allspark does not create buckets).
+    #[arg(long)]
+    pub bucket: String,
+    /// Key prefix inside the bucket, e.g. hosts/alpha.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Path-style addressing (endpoint/bucket/key): MinIO, most self-hosted servers.
+    #[arg(long)]
+    pub path_style: bool,
+    /// Root-only file with aws_access_key_id and aws_secret_access_key (default: the AWS_* environment variables).
+    #[arg(long)]
+    pub credentials_file: Option<PathBuf>,
+    /// Encrypt to this age public key (`age1…`, from `age-keygen`); repeatable.
+    #[arg(long)]
+    pub age_recipient: Vec<String>,
+    /// Encrypt with the passphrase on the first line of this root-only file (age scrypt).
+    #[arg(long)]
+    pub age_passphrase_file: Option<PathBuf>,
+    /// Upload without encryption (anyone who can read the bucket can read the backups).
+    #[arg(long)]
+    pub unencrypted: bool,
+    /// age identity file (private key) for `remote verify --full` and `dr restore` on this host.
+    #[arg(long)]
+    pub age_identity: Option<PathBuf>,
+    /// Do not check that the bucket answers with these credentials.
+    #[arg(long)]
+    pub no_check: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RemoteCmd {
+    /// Add (or replace) a remote: a root-only file <root>/state/remotes/NAME.json.
+    Add(AddArgs),
+    /// Without NAME: the remotes configured. With NAME: the backups on that remote.
+    Ls {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a remote (the bucket is not touched).
+    Rm { name: String },
+    /// Upload every complete local backup the remote lacks (resuming interrupted uploads), then apply retention there.
+    Push {
+        name: String,
+        /// Do not apply the remote's retention afterwards.
+        #[arg(long)]
+        no_prune: bool,
+        #[command(flatten)]
+        root: RootArg,
+        #[command(flatten)]
+        retention: RetentionArgs,
+        #[command(flatten)]
+        containers: ContainerArgs,
+    },
+    /// Apply retention on the remote (the local calendar rules; the newest complete backup of each type is kept).
+    Prune {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        retention: RetentionArgs,
+        #[command(flatten)]
+        containers: ContainerArgs,
+    },
+    /// Check every remote backup's objects (size, ETag) without downloading; --full downloads, decrypts and test-extracts.
+    Verify {
+        name: String,
+        /// Only this backup (TYPE/NAME, e.g. daily/20240131_020003).
+        #[arg(long)]
+        backup: Option<String>,
+        #[arg(long)]
+        full: bool,
+        /// age identity file for --full (default: the remote's --age-identity, or its passphrase file).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// --full downloads into a scratch directory under here.
+        #[command(flatten)]
+        root: RootArg,
+    },
+}
+
+pub fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
+    match cmd {
+        RemoteCmd::Add(a) => add(layout, a),
+        RemoteCmd::Ls { name: None, json } => {
+            let list = config::list(layout)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!(
+                "{:<14} {:<34} {:<24} {:<28} CREDENTIALS",
+                "NAME", "ENDPOINT", "BUCKET/PREFIX", "ENCRYPTION"
+            );
+            for r in &list {
+                println!(
+                    "{:<14} {:<34} {:<24} {:<28} {}",
+                    r.name,
+                    r.endpoint,
+                    if r.prefix.is_empty() {
+                        r.bucket.clone()
+                    } else {
+                        format!("{}/{}", r.bucket, r.prefix)
+                    },
+                    r.encryption.describe(),
+                    r.credentials_source()
+                );
+            }
+            Ok(())
+        }
+        RemoteCmd::Ls {
+            name: Some(name),
+            json,
+        } => {
+            let cfg = config::load(layout, name)?;
+            let remote = Remote::open(&cfg)?;
+            let list = client::runtime()?.block_on(catalog::list(&remote))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            println!(
+                "{:<8} {:<16} {:<11} {:>10} {:>8} COMPLETE",
+                "TYPE", "NAME", "OUTCOME", "SIZE", "OBJECTS"
+            );
+            for b in &list {
+                println!(
+                    "{:<8} {:<16} {:<11} {:>10} {:>8} {}",
+                    b.kind.as_str(),
+                    b.name,
+                    b.outcome,
+                    human(b.size),
+                    b.objects,
+                    if b.complete {
+                        "yes"
+                    } else {
+                        "no (interrupted upload)"
+                    }
+                );
+            }
+            Ok(())
+        }
+        RemoteCmd::Rm { name } => {
+            config::remove(layout, name)?;
+            println!("remote {name} removed (its bucket was not touched)");
+            Ok(())
+        }
+        RemoteCmd::Push {
+            name,
+            no_prune,
+            root,
+            retention,
+            containers,
+        } => {
+            let settings = settings(&root.backup_root, Some(retention), containers, false);
+            let cfg = config::load(layout, name)?;
+            let r = push::push(layout, &cfg, &settings, Some(item_bars()))?;
+            for p in &r.pushed {
+                println!("pushed {p}");
+            }
+            for e in &r.errors {
+                eprintln!("error: {e}");
+            }
+            println!("{}", r.summary());
+            if !r.ok() {
+                bail!(
+                    "the push to remote {name} failed (the local backups are intact); fix the cause above and run `allspark remote push {name}` again: it resumes"
+                );
+            }
+            if !no_prune {
+                let p = prune::prune(layout, &cfg, &settings, Local::now().naive_local(), false)?;
+                for id in &p.removed {
+                    println!("removed old remote backup {id}");
+                }
+                if !p.errors.is_empty() {
+                    bail!("remote retention failed: {}", p.errors.join("; "));
+                }
+            }
+            Ok(())
+        }
+        RemoteCmd::Prune {
+            name,
+            dry_run,
+            retention,
+            containers,
+        } => {
+            let settings = settings(
+                std::path::Path::new("/"),
+                Some(retention),
+                containers,
+                false,
+            );
+            let cfg = config::load(layout, name)?;
+            let r = prune::prune(
+                layout,
+                &cfg,
+                &settings,
+                Local::now().naive_local(),
+                *dry_run,
+            )?;
+            for d in r.decisions.iter().filter(|d| d.delete) {
+                println!(
+                    "{} {}/{}: {}",
+                    if *dry_run { "would remove" } else { "removed" },
+                    d.kind,
+                    d.name,
+                    d.reason
+                );
+            }
+            for e in &r.errors {
+                eprintln!("error: {e}");
+            }
+            println!(
+                "{} remote backup(s) {}, {} kept",
+                r.removed.len(),
+                if *dry_run { "to remove" } else { "removed" },
+                r.kept
+            );
+            if !r.errors.is_empty() {
+                bail!(
+                    "{} old remote backup(s) could not be removed",
+                    r.errors.len()
+                );
+            }
+            Ok(())
+        }
+        RemoteCmd::Verify {
+            name,
+            backup,
+            full,
+            identity,
+            json,
+            root,
+        } => {
+            let cfg = config::load(layout, name)?;
+            let r = verify::verify(
+                &cfg,
+                backup.as_deref(),
+                *full,
+                identity.as_deref(),
+                &root.backup_root,
+                Some(item_bars()),
+            )?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for i in &r.incomplete {
+                    eprintln!("warning: {i} is incomplete (an interrupted upload): never used; `allspark remote push {name}` resumes it");
+                }
+                for b in &r.backups {
+                    if b.ok {
+                        println!(
+                            "ok     {}: {} object(s){}",
+                            b.backup,
+                            b.objects,
+                            if *full {
+                                " downloaded, decrypted and test-extracted"
+                            } else {
+                                " present with the recorded size and ETag"
+                            }
+                        );
+                    } else {
+                        for p in &b.problems {
+                            println!("FAILED {}: {p}", b.backup);
+                        }
+                    }
+                }
+            }
+            if !r.ok() {
+                bail!("remote verification failed: {}", r.failures().join("; "));
+            }
+            if !*json {
+                println!(
+                    "ok: {} remote backup(s) of {name} verified",
+                    r.backups.len()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn add(layout: &Layout, a: &AddArgs) -> anyhow::Result<()> {
+    let encryption = if !a.age_recipient.is_empty() {
+        Encryption::Recipients {
+            recipients: a
+                .age_recipient
+                .iter()
+                .map(|r| r.trim().to_string())
+                .collect(),
+        }
+    } else if let Some(f) = &a.age_passphrase_file {
+        Encryption::Passphrase {
+            passphrase_file: std::path::absolute(f)?,
+        }
+    } else {
+        Encryption::None
+    };
+    let abs = |p: &Option<PathBuf>| -> anyhow::Result<Option<PathBuf>> {
+        Ok(match p {
+            Some(p) => Some(std::path::absolute(p)?),
+            None => None,
+        })
+    };
+    let cfg = RemoteConfig {
+        name: a.name.clone(),
+        endpoint: a.endpoint.clone(),
+        bucket: a.bucket.clone(),
+        prefix: a.prefix.trim_matches('/').to_string(),
+        region: a.region.clone(),
+        path_style: a.path_style,
+        credentials_file: abs(&a.credentials_file)?,
+        encryption,
+        identity_file: abs(&a.age_identity)?,
+    };
+    cfg.validate()?;
+    if !a.no_check {
+        let remote = Remote::open(&cfg)?;
+        let n = client::runtime()?
+            .block_on(catalog::list(&remote))
+            .map_err(|e| {
+                anyhow::anyhow!("{e:#}; the remote was not added (--no-check adds it anyway)")
+            })?
+            .len();
+        println!(
+            "remote {} answers: {}/{} holds {n} backup(s)",
+            cfg.name,
+            cfg.bucket,
+            remote.backups_key()
+        );
+    }
+    config::save(layout, &cfg)?;
+    if !cfg.encryption.is_encrypted() {
+        eprintln!("warning: remote {} is UNENCRYPTED: anyone who can read the bucket can read the backups", cfg.name);
+    } else {
+        eprintln!("note: keep the age identity (private key) or passphrase somewhere other than this host: without it the remote backups cannot be decrypted by anyone");
+    }
+    println!(
+        "remote {} added ({}), encryption: {}",
+        cfg.name,
+        config::path(layout, &cfg.name).display(),
+        cfg.encryption.describe()
+    );
+    Ok(())
+}

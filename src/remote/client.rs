@@ -1,0 +1,152 @@
+//! The object store behind a remote (`object_store`'s S3 client): retries with exponential backoff, timeouts, key names, and errors turned into sentences saying what to do.
+//!
+//! Tunables (environment): `ALLSPARK_REMOTE_RETRIES` (attempts per request
+//! after the first, default 6), `ALLSPARK_REMOTE_RETRY_SECS` (give up retrying
+//! a request after this long, default 120), `ALLSPARK_REMOTE_TIMEOUT_SECS`
+//! (one request, default 300).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as Key;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+
+use super::config::{self, RemoteConfig};
+use crate::backup::BackupType;
+
+/// An opened remote: its configuration and a client.
+#[derive(Clone)]
+pub struct Remote {
+    pub cfg: RemoteConfig,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+fn env_u64(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+impl Remote {
+    /// Build the client (no request is made yet).
+    pub fn open(cfg: &RemoteConfig) -> anyhow::Result<Remote> {
+        // An endpoint that drops a connection while a request is written must be an error the
+        // retries handle, not a SIGPIPE that kills the process (the CLI restores the default
+        // disposition so that `allspark … | head` ends quietly).
+        // SAFETY: setting a signal disposition; sigaction is process-wide and thread-safe.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+        let creds = config::credentials(cfg)?;
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(15),
+                base: 2.0,
+            },
+            max_retries: env_u64("ALLSPARK_REMOTE_RETRIES", 6) as usize,
+            retry_timeout: Duration::from_secs(env_u64("ALLSPARK_REMOTE_RETRY_SECS", 120)),
+        };
+        let client = ClientOptions::new()
+            .with_allow_http(cfg.endpoint.starts_with("http://"))
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(Duration::from_secs(env_u64(
+                "ALLSPARK_REMOTE_TIMEOUT_SECS",
+                300,
+            )));
+        let mut b = AmazonS3Builder::new()
+            .with_endpoint(cfg.endpoint.trim_end_matches('/'))
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_access_key_id(creds.access_key_id)
+            .with_secret_access_key(creds.secret_access_key)
+            .with_virtual_hosted_style_request(!cfg.path_style)
+            .with_retry(retry)
+            .with_client_options(client);
+        if let Some(t) = creds.session_token {
+            b = b.with_token(t);
+        }
+        let store = b.build().map_err(|e| {
+            anyhow::anyhow!(
+                "remote {}: cannot set up the S3 client ({e}); check its endpoint and region (`allspark remote ls`)",
+                cfg.name
+            )
+        })?;
+        Ok(Remote {
+            cfg: cfg.clone(),
+            store: Arc::new(store),
+        })
+    }
+
+    /// `<prefix>/backups`.
+    pub fn backups_key(&self) -> Key {
+        let p = if self.cfg.prefix.is_empty() {
+            "backups".to_string()
+        } else {
+            format!("{}/backups", self.cfg.prefix)
+        };
+        Key::from(p)
+    }
+
+    /// `<prefix>/backups/<type>/<name>`.
+    pub fn backup_key(&self, kind: BackupType, name: &str) -> Key {
+        self.backups_key().clone().join(kind.as_str()).join(name)
+    }
+
+    /// An object of a backup.
+    pub fn object_key(&self, kind: BackupType, name: &str, object: &str) -> Key {
+        self.backup_key(kind, name).join(object)
+    }
+
+    /// `s3://bucket/key`, for messages.
+    pub fn url(&self, key: &Key) -> String {
+        format!("s3://{}/{}", self.cfg.bucket, key)
+    }
+
+    /// Turn a client error into a sentence naming the remote, what was done, and what to do.
+    pub fn explain(&self, what: &str, e: object_store::Error) -> anyhow::Error {
+        let name = &self.cfg.name;
+        let text = e.to_string();
+        let creds = || {
+            format!(
+                "the remote {name} refused the credentials while {what} ({text}); check the access key in the {} and that it may use bucket {}",
+                self.cfg.credentials_source(),
+                self.cfg.bucket
+            )
+        };
+        match e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => anyhow::anyhow!(creds()),
+            object_store::Error::NotFound { .. } => {
+                anyhow::anyhow!("remote {name}: not found while {what} ({text})")
+            }
+            _ if ["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "403 Forbidden"]
+                .iter()
+                .any(|m| text.contains(m)) =>
+            {
+                anyhow::anyhow!(creds())
+            }
+            _ if text.contains("NoSuchBucket") => anyhow::anyhow!(
+                "remote {name}: bucket {} does not exist at {} while {what}; create it (allspark does not create buckets) or fix --bucket",
+                self.cfg.bucket,
+                self.cfg.endpoint
+            ),
+            _ => anyhow::anyhow!(
+                "remote {name} ({}) failed while {what}, after retries: {text}; check the endpoint and the network, then run `allspark remote push {name}` to resume",
+                self.cfg.endpoint
+            ),
+        }
+    }
+}
+
+/// A runtime for the remote's async client, for the synchronous callers (CLI, the agent's schedule thread).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start a runtime for the remote client: {e}"))
+}
