@@ -30,8 +30,10 @@ use super::{gzip, zst};
 use crate::core::options::Compression;
 
 /// Largest member or frame (compressed, and decoded) cut for the workers;
-/// larger ones are decoded as a stream.
-pub(crate) const MAX_PIECE: usize = 64 << 20;
+/// larger ones are decoded as a stream. Ours are 1 MiB (gzip) or 4 MiB (zstd);
+/// with `threads + 2` in flight, a hostile archive of large frames costs at
+/// most about `2 × (threads + 2) × MAX_PIECE` of memory.
+pub(crate) const MAX_PIECE: usize = 16 << 20;
 
 /// Size of the pieces the splitter hands out when it decodes a stream itself.
 const STREAM_PIECE: usize = 1 << 20;
@@ -243,7 +245,7 @@ impl<R: Read> Splitter<R> {
         let mut rest = [0u8; 1];
         if self.input.read(&mut rest)? != 0 {
             return Err(corrupt(format!(
-                "unexpected data after the end of the compressed stream, at byte {}",
+                "the archive is damaged: unexpected data after the end of the compressed stream, at byte {}",
                 self.input.get_ref().count - 1
             )));
         }
@@ -278,7 +280,7 @@ impl<R: Read> Splitter<R> {
         let got = self.fill(&mut v[start..])?;
         if got < n {
             return Err(corrupt(format!(
-                "the archive is truncated: {what} at byte {} ends early",
+                "the archive is truncated or damaged: {what} at byte {} ends early",
                 self.offset
             )));
         }
@@ -358,14 +360,14 @@ impl<R: Read> Splitter<R> {
             }
             if n < 4 || frame[..4] != zst::MAGIC {
                 return Err(corrupt(format!(
-                    "unexpected data at byte {} of the archive: not a zstd frame",
+                    "the archive is damaged at byte {}: neither a zstd frame nor a skippable frame starts there",
                     self.offset
                 )));
             }
             let what = format!("zstd frame {}", self.number);
             self.take(&mut frame, zst::HEADER_PREFIX - 4, &what)?;
             let hlen = zst::header_len(&frame)
-                .map_err(|e| corrupt(format!("{what} at byte {}: {e}", self.offset)))?;
+                .map_err(|e| corrupt(format!("{what} at byte {} is damaged: {e}", self.offset)))?;
             self.take(&mut frame, hlen - zst::HEADER_PREFIX, &what)?;
             let header = zst::parse_header(&frame);
             let content_size = match header.content_size {
@@ -376,7 +378,9 @@ impl<R: Read> Splitter<R> {
                 let at = frame.len();
                 self.take(&mut frame, 3, &what)?;
                 let (last, size) = zst::block_header([frame[at], frame[at + 1], frame[at + 2]])
-                    .map_err(|e| corrupt(format!("{what} at byte {}: {e}", self.offset)))?;
+                    .map_err(|e| {
+                        corrupt(format!("{what} at byte {} is damaged: {e}", self.offset))
+                    })?;
                 self.take(&mut frame, size, &what)?;
                 if frame.len() > MAX_PIECE {
                     return self.stream(frame, Compression::Zstd);
@@ -397,6 +401,11 @@ impl<R: Read> Splitter<R> {
     fn stream(&mut self, prefix: Vec<u8>, codec: Compression) -> io::Result<()> {
         self.streamed = true;
         let at = self.offset;
+        let kind = match codec {
+            Compression::Gzip => "gzip member",
+            Compression::Zstd => "zstd frame",
+        };
+        let number = self.number;
         let Splitter {
             input, order, free, ..
         } = self;
@@ -419,8 +428,7 @@ impl<R: Read> Splitter<R> {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         return Err(corrupt(format!(
-                            "the {} stream from byte {at} of the archive on is damaged: {e}",
-                            codec.as_str()
+                            "{kind} {number} at byte {at} of the archive, or one after it (decoded as one stream from there on), is damaged: {e}"
                         )))
                     }
                 }
