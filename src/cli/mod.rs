@@ -4,6 +4,7 @@ mod agent_cmd;
 mod backup_cmd;
 mod output;
 mod plugin_cmd;
+mod pool_cmd;
 mod progress;
 mod snapshot_cmd;
 mod usage_cmd;
@@ -122,6 +123,9 @@ pub enum Command {
     Workspace(workspace_cmd::WorkspaceCmd),
     /// Per-volume size, capacity, class, snapshots; filesystems holding volumes.
     Usage(usage_cmd::UsageArgs),
+    /// Storage pools: ls, usage (configured on the plugin with --pool / ALLSPARK_POOLS).
+    #[command(subcommand)]
+    Pool(pool_cmd::PoolCmd),
 }
 
 /// Parse, run, and return the exit status (0 done, 1 failed, 2 usage error).
@@ -147,6 +151,7 @@ pub fn main() -> i32 {
         Command::Snapshot(ref c) => snapshot_cmd::run(&cli.ctx(), c),
         Command::Backup(ref c) => backup_cmd::run(&cli.ctx(), c),
         Command::Usage(ref a) => usage_cmd::run(&cli, a),
+        Command::Pool(ref c) => pool_cmd::run(&cli, c),
     };
     match result {
         Ok(()) => 0,
