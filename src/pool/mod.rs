@@ -336,6 +336,8 @@ impl Pool {
     /// the marker id.
     fn prepare(&self, layout: &Layout, view: &HostView) -> io::Result<String> {
         let path = self.root_path(layout, view);
+        // A new image is a new filesystem: it gets a new marker whatever was recorded.
+        let mut fresh = false;
         match &self.spec {
             PoolSpec::Dir { .. } => durable::ensure_dir(&path, 0o700)?,
             PoolSpec::Btrfs { .. } => {
@@ -353,6 +355,7 @@ impl Pool {
                 let _lock = FileLock::acquire(&layout.pool_lock(&self.name), LockKind::Exclusive)?;
                 let local = view.local(image);
                 if image::ensure_image(&local, *size, &format!("allspark-{}", self.name))? {
+                    fresh = true;
                     tracing::info!(pool = %self.name, image = %local.display(), size, "pool image created");
                 }
                 if self.check_root(layout, view).is_err() {
@@ -377,7 +380,7 @@ impl Pool {
                     m.name
                 )))
             }
-            None if !self.id.is_empty() => {
+            None if !self.id.is_empty() && !fresh => {
                 return Err(io::Error::other(format!(
                     "pool {}: {} lost its {MARKER} marker (id {}): is its disk mounted? nothing was written",
                     self.name,
