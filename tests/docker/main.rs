@@ -1,4 +1,4 @@
-//! End to end through the real dockerd: legacy and managed plugins, compose as shipped on the installed driver, escapes, snapshots and backups.
+//! End to end through the real dockerd: legacy and managed plugins, compose as shipped on the installed driver, escapes, snapshots and backups, pools.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -9,4 +9,5 @@ mod databases;
 mod escapes;
 mod legacy_driver;
 mod managed;
+mod pool;
 mod snapshots;
