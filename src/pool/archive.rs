@@ -118,7 +118,11 @@ fn clean_leftovers(dir: &std::path::Path) {
 /// One pass over every volume on a btrfs pool (the agent calls it in the background).
 /// Returns how many archives were written.
 pub fn run_once(ctx: &Ctx) -> usize {
-    if !crate::pool::Registry::load(&ctx.layout).all().iter().any(|p| p.cow()) {
+    if !crate::pool::Registry::load(&ctx.layout)
+        .all()
+        .iter()
+        .any(|p| p.cow())
+    {
         return 0;
     }
     let Ok((records, _)) = Store::new(ctx.layout.clone()).all() else {

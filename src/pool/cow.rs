@@ -152,6 +152,13 @@ pub fn take(
         return Ok(None);
     };
     let name = rec.name.as_str();
+    // Write the volume's dirty data out before the lock: the snapshot commits a transaction
+    // that would otherwise flush it while Mounts of the volume wait.
+    if let Ok(o) = volume::open(layout, view, &pool.name, name, None, Missing::Refuse) {
+        if let Err(e) = rustix::fs::syncfs(&o.dir) {
+            tracing::warn!(volume = name, %e, "syncfs before the snapshot failed; the snapshot flushes instead");
+        }
+    }
     let lock_path = layout.snapshot_lock(name);
     let _lock = FileLock::acquire(&lock_path, LockKind::Exclusive)
         .map_err(io(format!("cannot take {}", lock_path.display())))?;

@@ -456,8 +456,11 @@ pub fn find(layout: &Layout, name: &str) -> Result<Pool, String> {
 /// that cannot be prepared is logged and kept (with its known id): its volumes fail with the
 /// reason until it is fixed, the other pools serve.
 pub fn setup(layout: &Layout, view: &HostView, defs: &[PoolDef]) -> io::Result<Registry> {
-    durable::ensure_dir(&layout.pools_dir(), 0o700)?;
     let old = Registry::load(layout);
+    if defs.is_empty() && old.pools.is_empty() {
+        // No pools, ever: nothing to record (the state root stays as before pools).
+        return Ok(old);
+    }
     let mut reg = Registry::default();
     for d in defs {
         let spec = d.spec.to_string();
