@@ -63,6 +63,27 @@ fn is_subvolume(dir: &Path) -> bool {
     st.filesystem_type().0 as i64 == 0x9123_683E && std::fs::metadata(dir).unwrap().ino() == 256
 }
 
+/// Unmount the pool behind the plugin's back (retried while a call in flight holds it busy).
+fn unmount_pool(p: &Plugin) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match nix::mount::umount2(&pool_root(p), nix::mount::MntFlags::empty()) {
+            Ok(()) => return,
+            Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("umount {}: {e}", pool_root(p).display()),
+        }
+    }
+}
+
+/// Wait until the plugin's start-up recovery (which opens the pools) is done.
+fn recovered(p: &Plugin) {
+    wait_for("the plugin's recovery", Duration::from_secs(20), || {
+        p.log().matches("recovery done").count() >= p.log().matches("plugin listening").count()
+    });
+}
+
 fn pool_is_mounted(p: &Plugin) -> bool {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     allspark::plugin::mounts::parse_mountinfo(&text).contains(&pool_root(p))
@@ -331,17 +352,19 @@ fn the_pool_is_mounted_again_after_a_restart_and_after_an_unmount_behind_its_bac
     create(&p, "keep", json!({"pool": "p"}));
     std::fs::write(data(&p, "keep").join("f"), b"still here").unwrap();
     // A reboot: the plugin stops and the pool is no longer mounted.
+    recovered(&p);
     p.terminate();
-    nix::mount::umount2(&pool_root(&p), nix::mount::MntFlags::empty()).unwrap();
+    unmount_pool(&p);
     assert!(!pool_is_mounted(&p));
     p.spawn();
+    recovered(&p);
     assert!(pool_is_mounted(&p), "mounted again at start: {}", p.log());
     assert_eq!(
         std::fs::read(data(&p, "keep").join("f")).unwrap(),
         b"still here"
     );
     // Unmounted behind the running plugin's back: the next Mount mounts it again.
-    nix::mount::umount2(&pool_root(&p), nix::mount::MntFlags::empty()).unwrap();
+    unmount_pool(&p);
     assert!(!pool_is_mounted(&p));
     let m = mount(&p, "keep", "c1");
     assert_eq!(std::fs::read(m.join("f")).unwrap(), b"still here");
@@ -364,8 +387,9 @@ fn call_dying(p: &Plugin, method: &str, body: Value) {
 fn kills_mid_snapshot_mid_clone_and_mid_image_leave_nothing_half_done() {
     // An image killed after it was sized, before it was formatted: cleaned up at the next start.
     let mut p = Plugin::start_with_pool(BIN, "p", "3G", &[]);
+    recovered(&p);
     p.terminate();
-    nix::mount::umount2(&pool_root(&p), nix::mount::MntFlags::empty()).unwrap();
+    unmount_pool(&p);
     std::fs::remove_file(p.pool_image("p")).unwrap();
     p.env = vec![("ALLSPARK_CRASH_AT".into(), "pool-image-sized".into())];
     let mut child = Command::new(BIN)
