@@ -547,3 +547,42 @@ fn a_mount_does_not_wait_for_an_archive_being_written() {
     assert!(snap.wait().unwrap().success());
     assert_eq!(kinds(&p, "big"), ["cow+archive"]);
 }
+
+#[test]
+fn a_dir_pool_holds_plain_directories_snapshotted_as_archives() {
+    let dir = tempfile::Builder::new()
+        .prefix("allspark-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let hdd = dir.path().join("hdd");
+    let p = Plugin::start_with(BIN, &["--pool", &format!("hdd=dir:{}", hdd.display())]);
+    assert!(hdd.join(".allspark-pool").exists(), "{}", p.log());
+    create(&p, "logs", json!({"pool": "hdd", "size": "1G"}));
+    let data = hdd.join("volumes/logs");
+    assert!(data.is_dir() && !is_subvolume(&data));
+    let m = mount(&p, "logs", "c1");
+    std::fs::write(m.join("app.log"), b"line 1\n").unwrap();
+    unmount(&p, "logs", "c1");
+    let id = cli_ok(&p, &["snapshot", "create", "logs"])
+        .trim()
+        .to_string();
+    assert_eq!(kinds(&p, "logs"), ["archive"]);
+    std::fs::write(data.join("app.log"), b"overwritten\n").unwrap();
+    cli_ok(&p, &["snapshot", "restore", "logs", &id, "--yes"]);
+    assert_eq!(std::fs::read(data.join("app.log")).unwrap(), b"line 1\n");
+    let (_, v) = p.call("VolumeDriver.Get", json!({"Name": "logs"}));
+    assert_eq!(v["Volume"]["Status"]["size_enforced"], false, "{v}");
+    assert_eq!(v["Volume"]["Status"]["pool"], "hdd", "{v}");
+    let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": "logs"}));
+    assert_eq!(err_of(&v), "", "{v}");
+    assert!(!data.exists());
+    assert_eq!(std::fs::read_dir(hdd.join("trash")).unwrap().count(), 0);
+    // The pool's disk "unmounted": its marker is gone, and nothing is written there.
+    std::fs::remove_file(hdd.join(".allspark-pool")).unwrap();
+    let (_, v) = p.call(
+        "VolumeDriver.Create",
+        json!({"Name": "x", "Opts": {"pool": "hdd"}}),
+    );
+    assert!(err_of(&v).contains("no .allspark-pool marker"), "{v}");
+    assert!(!hdd.join("volumes/x").exists());
+}
