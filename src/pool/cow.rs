@@ -376,11 +376,11 @@ pub fn remove(
 }
 
 /// Delete every read-only snapshot of a removed volume, and its directory.
-pub fn destroy_all(pool: &Pool, root: &Dir, volume: &str) -> std::io::Result<()> {
+pub fn destroy_all(root: &Dir, volume: &str) -> std::io::Result<()> {
     let parent = root
         .open_beneath(Path::new(crate::pool::SNAPSHOTS), Missing::Create)?
         .dir;
-    volume::destroy_tree_of_subvolumes(&parent, OsStr::new(volume), pool)
+    volume::destroy_tree_of_subvolumes(&parent, OsStr::new(volume))
 }
 
 /// One row of `snapshot ls`: an archive, a read-only snapshot, or both under one id.

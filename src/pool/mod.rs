@@ -404,7 +404,9 @@ impl Pool {
             durable::ensure_dir(&root.proc_path().join(d), 0o700)?;
         }
         if matches!(self.spec, PoolSpec::BtrfsImage { .. }) {
-            // allspark owns this filesystem: quotas on from the start, so `size=` is enforced.
+            // allspark owns this filesystem: root-only like the state root, and quotas on from
+            // the start, so `size=` is enforced.
+            rustix::fs::fchmod(&root, rustix::fs::Mode::from_raw_mode(0o700))?;
             btrfs::enable_quota(root.as_fd())?;
         }
         Ok(id)

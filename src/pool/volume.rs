@@ -425,7 +425,7 @@ pub fn remove(
         }
     }
     if subdir.is_none() && p.cow() {
-        if let Err(e) = cow::destroy_all(&p, &root, volume) {
+        if let Err(e) = cow::destroy_all(&root, volume) {
             tracing::warn!(volume = %name, error = %e, "cannot delete the volume's read-only snapshots");
         }
     }
@@ -513,11 +513,7 @@ pub fn reconcile(layout: &Layout, view: &HostView, store: &Store) {
 
 /// Delete the directory `parent/name` whose entries are subvolumes (read-only snapshots)
 /// and files.
-pub(crate) fn destroy_tree_of_subvolumes(
-    parent: &Dir,
-    name: &OsStr,
-    _pool: &Pool,
-) -> io::Result<()> {
+pub(crate) fn destroy_tree_of_subvolumes(parent: &Dir, name: &OsStr) -> io::Result<()> {
     let dir = match parent.open_beneath(Path::new(name), Missing::Refuse) {
         Ok(o) => o.dir,
         Err(BeneathError::Missing { .. }) => return Ok(()),
