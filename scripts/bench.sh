@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench.sh [--quick] [--only docker,socket,snapshots] [--out DIR] [--nice N] [--publish]
+# scripts/bench.sh [--quick] [--only docker,socket,snapshots,pool] [--out DIR] [--nice N] [--publish]
 #
 # allspark against Docker's `local` driver, GNU tar (czf, pigz, zstd) and restic,
 # in one run (release build): prints a table with every target MET or MISSED and
@@ -8,7 +8,8 @@
 #               200 000-file tree, ~30-40 min on 2 cores
 #   --quick     smoke check: 2 000 volumes, 100 MiB / 2 000 files and 20 000
 #               files, fewer runs, ~5 min
-#   --only L    comma list of sections: docker, socket, snapshots
+#   --only L    comma list of sections: docker, socket, snapshots, pool (a btrfs-image
+#               pool: snapshot on stop and clones vs the archive path; needs mkfs.btrfs)
 #   --out DIR   where the reports go (default bench-results/)
 #   --publish   afterwards, copy the report into docs/benchmarks.md (between the
 #               bench markers) and docs/benchmarks.json
@@ -32,7 +33,7 @@ while [[ $# -gt 0 ]]; do
         --nice) export ALLSPARK_BENCH_NICE="$2"; shift ;;
         --out) out="$2"; args+=(--out "$2"); shift ;;
         --quick|--only) args+=("$1"); [[ "$1" == --only ]] && { args+=("$2"); shift; } ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

@@ -5,6 +5,7 @@
 //! - [`plugin`]: the volume-driver process (socket server, protocol, driver, mounts).
 //! - [`agent`]: the companion process (spool worker, Docker events, schedule, usage, alerts, metrics).
 //! - [`archive`], [`snapshot`], [`backup`], [`usage`]: the data engines both processes and the CLI use.
+//! - [`pool`]: storage pools (directories, btrfs, btrfs images): subvolumes, read-only snapshots, clones, quotas.
 //! - [`remote`]: off-site copies on S3-compatible storage, age-encrypted; disaster recovery is [`ops::dr`].
 //! - [`ops`]: operator workflows (migrate, workspace cleanup, templates, volume references, disaster recovery).
 //! - [`docker`]: the Docker API façade; [`cli`]: one function per subcommand.
@@ -19,6 +20,7 @@ pub mod docker;
 pub mod fs;
 pub mod ops;
 pub mod plugin;
+pub mod pool;
 pub mod remote;
 pub mod snapshot;
 pub mod usage;

@@ -8,7 +8,7 @@
 //! and to `bench-results/latest.{md,json}` (`--out DIR` to change).
 //!
 //! Options (after `--`): `--quick` (smaller workspace, fewer volumes and
-//! runs: a smoke check of a minute or two), `--only docker,socket,snapshots`,
+//! runs: a smoke check of a minute or two), `--only docker,socket,snapshots,pool`,
 //! `--out DIR`, `--generate DIR [--files N --bytes B]` (only write the workspace there). Priority of
 //! the bench and every contender: `ALLSPARK_BENCH_NICE` (e.g. -10). Scratch space: `ALLSPARK_BENCH_DIR` (default `/var/tmp`).
 
@@ -19,6 +19,7 @@ mod client;
 mod docker;
 mod gen;
 mod plugin;
+mod pool;
 mod report;
 mod snapshots;
 mod socket;
@@ -279,6 +280,13 @@ fn main() {
     if wants("snapshots") {
         let dir = scratch("allspark-bench-snap-", &parent);
         let (sec, targets) = snapshots::run(&cfg, &bin, dir.path());
+        report.sections.push(sec);
+        report.targets.extend(targets);
+        dispose(dir);
+    }
+    if wants("pool") {
+        let dir = scratch("allspark-bench-pool-", &parent);
+        let (sec, targets) = pool::run(&cfg, &bin, dir.path());
         report.sections.push(sec);
         report.targets.extend(targets);
         dispose(dir);

@@ -14,6 +14,8 @@ pub struct Plugin {
     pub bind_roots: Vec<PathBuf>,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// Extra arguments of `allspark plugin` (e.g. `--pool`).
+    pub extra: Vec<String>,
 }
 
 impl Plugin {
@@ -32,6 +34,7 @@ impl Plugin {
             bind_roots: bind_roots.to_vec(),
             log: log.to_path_buf(),
             child: None,
+            extra: Vec::new(),
         }
     }
 
@@ -51,6 +54,7 @@ impl Plugin {
         cmd.arg("plugin")
             .arg("--socket")
             .arg(&self.socket)
+            .args(&self.extra)
             .env_remove("ALLSPARK_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -8,6 +8,7 @@
 //! | `allspark_volume_apparent_bytes` | `volume` | sum of file sizes |
 //! | `allspark_volume_files` | `volume` | distinct non-directory inodes |
 //! | `allspark_volume_capacity_bytes` | `volume` | the `size` option; absent without one |
+//! | `allspark_volume_capacity_enforced` | `volume` | 1 when `size` is a btrfs qgroup limit, 0 when only reported against; absent without one |
 //! | `allspark_volume_mounted` | `volume` | live mount references |
 //! | `allspark_snapshots` | `volume` | complete snapshots |
 //! | `allspark_snapshot_bytes` | `volume` | sum of the snapshot files' sizes |
@@ -265,6 +266,11 @@ pub fn render(layout: &Layout, report: Option<&Report>) -> String {
         "allspark_volume_capacity_bytes",
         "The volume's size option, in bytes.",
     );
+    let vol_cap_enforced = gauge(
+        &mut reg,
+        "allspark_volume_capacity_enforced",
+        "1 if the size option is a limit writes cannot pass (btrfs qgroup), 0 if it is only reported against.",
+    );
     let vol_files = gauge(
         &mut reg,
         "allspark_volume_files",
@@ -369,6 +375,11 @@ pub fn render(layout: &Layout, report: Option<&Report>) -> String {
             }
             if let Some(c) = v.capacity {
                 set(&vol_cap, &l, c as f64);
+                set(
+                    &vol_cap_enforced,
+                    &l,
+                    f64::from(u8::from(v.capacity_enforced)),
+                );
             }
             set(&vol_mounted, &l, v.mounted as f64);
             set(&snaps, &l, v.snapshots as f64);

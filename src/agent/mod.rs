@@ -74,6 +74,16 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 std::thread::sleep(spool_cfg.spool_poll);
             }
         });
+        // Archives of read-only snapshots, in the background: never under a snapshot lock.
+        let archive_ctx = cfg.ctx.clone();
+        let archive_poll = cfg.spool_poll.max(Duration::from_millis(200));
+        let mut archive_stop = stop_rx.clone();
+        let archive_task = tokio::task::spawn_blocking(move || {
+            while !*archive_stop.borrow_and_update() {
+                crate::pool::archive::run_once(&archive_ctx);
+                std::thread::sleep(archive_poll);
+            }
+        });
         if let Some(addr) = cfg.metrics {
             crate::agent::metrics::serve(addr, metrics_state.clone())
                 .await
@@ -93,6 +103,7 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         tracing::info!("signal received: finishing the current work");
         let _ = stop_tx.send(true);
         let _ = spool_task.await;
+        let _ = archive_task.await;
         sched_stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(h) = sched {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;

@@ -118,6 +118,15 @@ fn handle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
             ms = started.elapsed().as_millis() as u64,
             "snapshot taken"
         ),
+        Ok(CreateOutcome::Cow(c)) => tracing::info!(
+            volume = %event.volume,
+            id = %c.id,
+            trigger = ?trigger,
+            pool = %c.pool,
+            snapshot_ms = c.duration_ms,
+            ms = started.elapsed().as_millis() as u64,
+            "read-only snapshot taken (its archive follows in the background)"
+        ),
         Ok(CreateOutcome::AlreadyDone(m)) => {
             tracing::info!(volume = %event.volume, id = %m.id, "event already handled before a restart")
         }

@@ -5,6 +5,7 @@ mod backup_cmd;
 mod dr_cmd;
 mod output;
 mod plugin_cmd;
+mod pool_cmd;
 mod progress;
 mod remote_cmd;
 mod snapshot_cmd;
@@ -124,6 +125,9 @@ pub enum Command {
     Workspace(workspace_cmd::WorkspaceCmd),
     /// Per-volume size, capacity, class, snapshots; filesystems holding volumes.
     Usage(usage_cmd::UsageArgs),
+    /// Storage pools: ls, usage (configured on the plugin with --pool / ALLSPARK_POOLS).
+    #[command(subcommand)]
+    Pool(pool_cmd::PoolCmd),
     /// Off-site copies on S3-compatible storage, age-encrypted: add, ls, rm, push, prune, verify.
     #[command(subcommand)]
     Remote(remote_cmd::RemoteCmd),
@@ -155,6 +159,7 @@ pub fn main() -> i32 {
         Command::Snapshot(ref c) => snapshot_cmd::run(&cli.ctx(), c),
         Command::Backup(ref c) => backup_cmd::run(&cli.ctx(), c),
         Command::Usage(ref a) => usage_cmd::run(&cli, a),
+        Command::Pool(ref c) => pool_cmd::run(&cli, c),
         Command::Remote(ref c) => remote_cmd::run(&cli.ctx().layout, c),
         Command::Dr(ref c) => dr_cmd::run(&cli, c),
     };

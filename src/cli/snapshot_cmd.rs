@@ -16,6 +16,10 @@ pub enum SnapshotCmd {
         /// Write a full snapshot instead of an incremental one.
         #[arg(long)]
         full: bool,
+        /// On a btrfs pool: take the read-only snapshot only, and leave its archive to the
+        /// agent (by default the archive is written right after, without blocking mounts).
+        #[arg(long)]
+        no_archive: bool,
     },
     /// List snapshots (of one volume, or of all), oldest first.
     Ls {
@@ -44,7 +48,11 @@ pub enum SnapshotCmd {
 
 pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
     match cmd {
-        SnapshotCmd::Create { volume, full } => {
+        SnapshotCmd::Create {
+            volume,
+            full,
+            no_archive,
+        } => {
             let bar = bytes_bar(None, &format!("snapshot {volume}"));
             let tick = bar.clone().map(|b| {
                 std::sync::Arc::new(move |n: u64| b.set_position(n))
@@ -72,6 +80,27 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                     );
                     println!("{}", m.id);
                 }
+                CreateOutcome::Cow(c) => {
+                    eprintln!(
+                        "snapshot {} of {}: read-only btrfs snapshot in pool {}, {} ms",
+                        c.id, volume, c.pool, c.duration_ms
+                    );
+                    println!("{}", c.id);
+                    if !no_archive {
+                        for m in crate::pool::archive::catch_up(ctx, volume, true)? {
+                            eprintln!(
+                                "archive {} of {}: {} entries, {} bytes read, {} bytes stored ({}), {} ms",
+                                m.id,
+                                volume,
+                                m.files,
+                                m.bytes_in,
+                                m.bytes_stored,
+                                if m.parent.is_some() { "incremental" } else { "full" },
+                                m.duration_ms
+                            );
+                        }
+                    }
+                }
                 CreateOutcome::Skipped(why) => bail!("no snapshot taken: {why}"),
             }
         }
@@ -83,31 +112,47 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 }
                 None => catalog::volumes(&ctx.layout),
             };
-            let mut all: Vec<Manifest> = Vec::new();
+            let mut all = Vec::new();
             for v in &volumes {
-                all.extend(catalog::list(&ctx.layout, v)?);
+                all.extend(crate::pool::cow::listing(&ctx.layout, &ctx.view, v)?);
             }
             if *json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
+                let rows: Vec<serde_json::Value> = all.iter().map(|l| l.to_json()).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:<24} {:<24} {:<9} {:<11} {:>8} {:>12} {:>12}",
-                    "VOLUME", "ID", "TRIGGER", "KIND", "FILES", "BYTES IN", "STORED"
+                    "{:<24} {:<24} {:<9} {:<11} {:<11} {:>8} {:>12} {:>12}",
+                    "VOLUME", "ID", "TRIGGER", "KIND", "ARCHIVE", "FILES", "BYTES IN", "STORED"
                 );
-                for m in &all {
+                for l in &all {
+                    let (volume, trigger) = match (&l.manifest, &l.cow) {
+                        (Some(m), _) => (m.volume.clone(), m.trigger),
+                        (None, Some(c)) => (c.volume.clone(), c.trigger),
+                        (None, None) => continue,
+                    };
+                    let (archive, files, bytes_in, stored) = match &l.manifest {
+                        Some(m) => (
+                            if m.parent.is_some() {
+                                "incremental"
+                            } else {
+                                "full"
+                            },
+                            m.files.to_string(),
+                            m.bytes_in.to_string(),
+                            m.bytes_stored.to_string(),
+                        ),
+                        None => ("pending", "-".into(), "-".into(), "-".into()),
+                    };
                     println!(
-                        "{:<24} {:<24} {:<9} {:<11} {:>8} {:>12} {:>12}",
-                        m.volume,
-                        m.id,
-                        m.trigger.as_str().to_string(),
-                        if m.parent.is_some() {
-                            "incremental"
-                        } else {
-                            "full"
-                        },
-                        m.files,
-                        m.bytes_in,
-                        m.bytes_stored
+                        "{:<24} {:<24} {:<9} {:<11} {:<11} {:>8} {:>12} {:>12}",
+                        volume,
+                        l.id(),
+                        trigger.as_str(),
+                        l.kind,
+                        archive,
+                        files,
+                        bytes_in,
+                        stored
                     );
                 }
             }
@@ -150,12 +195,20 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             yes,
         } => {
             crate::core::names::validate(volume).map_err(anyhow::Error::msg)?;
-            let m = catalog::get(&ctx.layout, volume, id)?;
+            let created_at = match catalog::get(&ctx.layout, volume, id) {
+                Ok(m) => m.created_at,
+                Err(e) => match crate::pool::cow::listing(&ctx.layout, &ctx.view, volume)?
+                    .into_iter()
+                    .find_map(|l| l.cow.filter(|c| c.id == *id))
+                {
+                    Some(c) => c.created_at,
+                    None => return Err(e.into()),
+                },
+            };
             if into.is_none() && !yes {
                 bail!(
-                    "this replaces the whole content of volume {volume} with snapshot {} (taken {}); run again with --yes to do it, or use --into NEW",
-                    m.id,
-                    m.created_at.to_rfc3339()
+                    "this replaces the whole content of volume {volume} with snapshot {id} (taken {}); run again with --yes to do it, or use --into NEW",
+                    created_at.to_rfc3339()
                 );
             }
             let bar = bytes_bar(None, &format!("restore {volume}@{id}"));
@@ -171,21 +224,43 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
-            println!(
-                "restored {volume}@{id} into {}: {} archive(s), {} entries, {} bytes",
-                into.as_deref().unwrap_or(volume),
-                r.archives,
-                r.entries,
-                r.bytes
-            );
+            if r.cow {
+                println!(
+                    "restored {volume}@{id} into {}: a writable btrfs snapshot swapped in (nothing copied)",
+                    into.as_deref().unwrap_or(volume)
+                );
+            } else {
+                println!(
+                    "restored {volume}@{id} into {}: {} archive(s), {} entries, {} bytes",
+                    into.as_deref().unwrap_or(volume),
+                    r.archives,
+                    r.entries,
+                    r.bytes
+                );
+            }
         }
         SnapshotCmd::Rm { volume, id } => {
             crate::core::names::validate(volume).map_err(anyhow::Error::msg)?;
+            let _archiving = crate::fs::durable::FileLock::acquire(
+                &ctx.layout.archive_lock(volume),
+                crate::fs::durable::LockKind::Exclusive,
+            )?;
             let _lock = crate::fs::durable::FileLock::acquire(
                 &ctx.layout.snapshot_lock(volume),
                 crate::fs::durable::LockKind::Exclusive,
             )?;
-            catalog::get(&ctx.layout, volume, id)?;
+            let rec = crate::core::store::Store::new(ctx.layout.clone()).load(volume)?;
+            let archived = catalog::get(&ctx.layout, volume, id);
+            if archived.is_err() {
+                // A read-only snapshot without an archive.
+                if let Some(rec) = &rec {
+                    if crate::pool::cow::remove(&ctx.layout, &ctx.view, rec, id)? {
+                        println!("removed {volume}@{id}");
+                        return Ok(());
+                    }
+                }
+            }
+            archived?;
             let all = catalog::list(&ctx.layout, volume)?;
             let children: Vec<&str> = all
                 .iter()
@@ -196,6 +271,9 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 bail!("snapshot {id} is the parent of {}; remove those first (newest first), or use `allspark snapshot prune {volume}`", children.join(", "));
             }
             catalog::remove_dir(&ctx.layout, volume, id)?;
+            if let Some(rec) = &rec {
+                crate::pool::cow::remove(&ctx.layout, &ctx.view, rec, id)?;
+            }
             println!("removed {volume}@{id}");
         }
         SnapshotCmd::Prune { volume } => {
@@ -203,7 +281,24 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 .ok()
                 .map(|v| ops::keep_of(&v))
                 .unwrap_or_default();
-            let removed = retention::prune(&ctx.layout, volume, &vref)?;
+            let mut removed = {
+                // An archiver writes incrementals on the newest archive: not while pruning.
+                let _archiving = crate::fs::durable::FileLock::acquire(
+                    &ctx.layout.archive_lock(volume),
+                    crate::fs::durable::LockKind::Exclusive,
+                )?;
+                retention::prune(&ctx.layout, volume, &vref)?
+            };
+            if let Some(rec) = crate::core::store::Store::new(ctx.layout.clone()).load(volume)? {
+                removed.extend(crate::pool::cow::prune(
+                    &ctx.layout,
+                    &ctx.view,
+                    &rec,
+                    &vref,
+                )?);
+                removed.sort();
+                removed.dedup();
+            }
             println!(
                 "removed {} snapshot(s){}",
                 removed.len(),

@@ -6,7 +6,8 @@
 //! ```text
 //! {"measured_at": RFC 3339, "threshold_percent": 80.0,
 //!  "volumes": [{"name", "path", "bytes", "apparent_bytes", "files", "dirs",
-//!               "capacity", "percent", "class", "backup", "snapshots",
+//!               "capacity", "capacity_enforced", "pool", "percent", "class",
+//!               "backup", "snapshots",
 //!               "snapshot_bytes", "last_snapshot", "last_snapshot_at",
 //!               "mounted", "alert", "measured_at", "error"}],
 //!  "filesystems": [{"mount", "total_bytes", "used_bytes", "available_bytes",
@@ -14,7 +15,8 @@
 //!  "record_errors": ["..."]}
 //! ```
 //!
-//! The table marks with `!` every volume at or above the threshold of its `size`,
+//! The table marks with `!` every volume at or above the threshold of its `size`
+//! (shown `=50G` when the size is an enforced limit, a btrfs qgroup on a btrfs pool),
 //! and every filesystem at or above the threshold. Exit status 0 when the
 //! report was printed (alerts included); 1 if a volume record could not be read
 //! (as `allspark volume ls`), after printing what could be measured.
@@ -108,7 +110,10 @@ pub fn table(r: &Report) -> String {
             "{mark} {:<28} {:>8} {:>8} {:>6} {:>9} {:<9} {:<7} {:>5} {:>8}  {:<20} {:>7}",
             v.name,
             used,
-            v.capacity.map(human).unwrap_or_else(|| "-".into()),
+            v.capacity
+                // `=`: a limit writes cannot pass (btrfs qgroup); otherwise only reported against.
+                .map(|c| format!("{}{}", if v.capacity_enforced { "=" } else { "" }, human(c)))
+                .unwrap_or_else(|| "-".into()),
             v.percent
                 .map(|p| format!("{p:.1}%"))
                 .unwrap_or_else(|| "-".into()),

@@ -93,6 +93,26 @@ impl Layout {
     pub fn plugin_lock(&self) -> PathBuf {
         self.root.join("plugin.lock")
     }
+    /// Mount points of `btrfs-image` pools (`<name>`).
+    pub fn pools_dir(&self) -> PathBuf {
+        self.root.join("pools")
+    }
+    pub fn pool_mount(&self, name: &str) -> PathBuf {
+        self.pools_dir().join(name)
+    }
+    /// The pools the plugin serves, for every process (see `crate::pool`).
+    pub fn pools_registry(&self) -> PathBuf {
+        self.root.join("state").join("pools.json")
+    }
+    /// Held while a pool is prepared or mounted again.
+    pub fn pool_lock(&self, name: &str) -> PathBuf {
+        self.locks_dir().join(format!("{name}.pool"))
+    }
+    /// Held while archives are written from a volume's read-only snapshots (never the
+    /// snapshot lock: a Mount does not wait for an archive).
+    pub fn archive_lock(&self, name: &str) -> PathBuf {
+        self.locks_dir().join(format!("{name}.archive"))
+    }
     pub fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")
     }
@@ -110,6 +130,7 @@ impl Layout {
             "locks",
             "snapshots",
             "trash",
+            "pools",
         ]
         .iter()
         .map(|d| self.root.join(d))

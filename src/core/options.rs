@@ -22,6 +22,7 @@ pub const KEYS: &[&str] = &[
     "template",
     "parent",
     "compression",
+    "pool",
 ];
 
 /// Flags accepted in `o`.
@@ -234,6 +235,9 @@ pub struct VolumeSpec {
     /// Codec of new snapshot chains and backups of this volume; `None`: the agent's setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// The pool the volume lives in; `None` is the default pool (`<root>/volumes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// A refused option: names the key, the value and what is accepted.
@@ -303,6 +307,12 @@ pub fn parse(opts: Option<&BTreeMap<String, String>>) -> Result<VolumeSpec, Opti
                         .map_err(|_| refuse(key, value, Compression::ACCEPTED))?,
                 )
             }
+            "pool" => {
+                names::validate(value)
+                    .map_err(|e| refuse(key, value, format!("a pool name: {e}")))?;
+                // `pool=default` is the same volume as no pool at all.
+                spec.pool = (value != "default").then(|| value.clone());
+            }
             _ => {
                 return Err(refuse(
                     key,
@@ -327,6 +337,15 @@ pub fn parse(opts: Option<&BTreeMap<String, String>>) -> Result<VolumeSpec, Opti
             spec.parent.as_deref().unwrap_or(""),
             "parent= and device= cannot be combined",
         ));
+    }
+    if let Some(pool) = &spec.pool {
+        if spec.device.is_some() || spec.parent.is_some() {
+            return Err(refuse(
+                "pool",
+                pool,
+                "pool= cannot be combined with device= (a host directory) or parent= (a child lives in its parent's pool)",
+            ));
+        }
     }
     Ok(spec)
 }
@@ -695,6 +714,7 @@ mod tests {
             ("template", "../x", "volume name"),
             ("parent", "a/b", "volume name"),
             ("compression", "lz4", "zstd, gzip"),
+            ("pool", "../x", "pool name"),
         ];
         for (k, v, hint) in cases {
             let err = parse(Some(&opts(&[(k, v)]))).unwrap_err();
@@ -719,6 +739,23 @@ mod tests {
         );
         assert!(parse_keep("last=4294967295,daily=4294967295,weekly=2").is_ok());
         assert!(parse_keep("last=0,daily=0").is_err());
+    }
+
+    #[test]
+    fn pool_is_typed_and_refused_with_device_or_parent() {
+        let s = parse(Some(&opts(&[("pool", "fast")]))).unwrap();
+        assert_eq!(s.pool.as_deref(), Some("fast"));
+        assert_eq!(
+            parse(Some(&opts(&[("pool", "default")]))).unwrap().pool,
+            None
+        );
+        for other in [("device", "/srv/x"), ("parent", "ws")] {
+            let e = parse(Some(&opts(&[("pool", "fast"), other]))).unwrap_err();
+            assert!(e.to_string().contains("cannot be combined"), "{e}");
+        }
+        // Records of volumes without a pool are written as before.
+        let old = serde_json::to_value(VolumeSpec::default()).unwrap();
+        assert!(old.get("pool").is_none());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fs;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::core::layout::Layout;
+use crate::core::layout::{HostView, Layout};
 use crate::core::store::{DataLocation, VolumeRecord};
 
 /// Usage figures measured by the agent (or `allspark usage`) and cached for the plugin.
@@ -42,8 +42,13 @@ pub fn percent(bytes: u64, capacity: Option<u64>) -> Option<f64> {
         .map(|c| (bytes as f64 * 1000.0 / c as f64).round() / 10.0)
 }
 
-/// The status map of one volume.
+/// The status map of one volume (host paths as the host sees them).
 pub fn status(layout: &Layout, rec: &VolumeRecord) -> Map<String, Value> {
+    status_in(layout, &Default::default(), rec)
+}
+
+/// [`status`] from a process that sees the host through `view` (the managed plugin).
+pub fn status_in(layout: &Layout, view: &HostView, rec: &VolumeRecord) -> Map<String, Value> {
     let spec = &rec.spec;
     let mut m = Map::new();
     m.insert("options".into(), json!(rec.options));
@@ -53,10 +58,17 @@ pub fn status(layout: &Layout, rec: &VolumeRecord) -> Map<String, Value> {
     m.insert("mounted".into(), json!(rec.mount_count()));
     if let Some(size) = spec.size {
         m.insert("size".into(), json!(size));
+        let (enforced, how, _) = crate::pool::volume::capacity(layout, view, rec);
+        m.insert("size_enforced".into(), json!(enforced));
+        m.insert("size_enforcement".into(), json!(how));
     }
+    m.insert(
+        "pool".into(),
+        json!(rec.data.pool().unwrap_or(crate::pool::DEFAULT_POOL)),
+    );
     match &rec.data {
         DataLocation::Host { path } => m.insert("device".into(), json!(path)),
-        DataLocation::Managed { .. } => m.insert(
+        DataLocation::Managed { .. } | DataLocation::Pool { .. } => m.insert(
             "data".into(),
             json!(rec.data.local_path(layout, &Default::default())),
         ),
@@ -72,7 +84,7 @@ pub fn status(layout: &Layout, rec: &VolumeRecord) -> Map<String, Value> {
             m.insert("used_percent".into(), json!(p));
         }
     }
-    let ids = snapshot_ids(layout, &rec.name);
+    let ids = crate::pool::cow::all_ids(layout, view, rec, snapshot_ids(layout, &rec.name));
     m.insert("snapshots".into(), json!(ids.len()));
     if let Some(last) = ids.last() {
         m.insert("last_snapshot".into(), json!(last));

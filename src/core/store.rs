@@ -29,6 +29,14 @@ pub enum DataLocation {
     },
     /// A host directory (a `device=` volume or a child of one), as the host sees it.
     Host { path: PathBuf },
+    /// `<pool root>/volumes/<volume>` of a configured pool (a subvolume on btrfs),
+    /// optionally a subdirectory of it (a `parent=` child). See [`crate::pool`].
+    Pool {
+        pool: String,
+        volume: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subdir: Option<String>,
+    },
 }
 
 impl DataLocation {
@@ -43,6 +51,17 @@ impl DataLocation {
                 }
             }
             DataLocation::Host { path } => view.local(path),
+            DataLocation::Pool {
+                pool,
+                volume,
+                subdir,
+            } => {
+                let base = crate::pool::volume::path(layout, view, pool, volume);
+                match subdir {
+                    Some(s) => base.join(s),
+                    None => base,
+                }
+            }
         }
     }
     /// The same location one directory down (for `parent=` children).
@@ -58,12 +77,33 @@ impl DataLocation {
             DataLocation::Host { path } => DataLocation::Host {
                 path: path.join(name),
             },
+            DataLocation::Pool {
+                pool,
+                volume,
+                subdir,
+            } => DataLocation::Pool {
+                pool: pool.clone(),
+                volume: volume.clone(),
+                subdir: Some(match subdir {
+                    Some(s) => format!("{s}/{name}"),
+                    None => name.to_string(),
+                }),
+            },
         }
     }
     /// The trusted anchor of the data directory and the path below it: `<root>/volumes` for
     /// managed data, the host's `/` (as this process sees it) for a host path.
     fn anchored(&self, layout: &Layout, view: &HostView) -> (PathBuf, PathBuf) {
         match self {
+            DataLocation::Pool { pool, .. } => {
+                let anchor = crate::pool::volume::volumes_path(layout, view, pool);
+                let local = self.local_path(layout, view);
+                let rel = local
+                    .strip_prefix(&anchor)
+                    .map(Path::to_path_buf)
+                    .unwrap_or(local.clone());
+                (anchor, rel)
+            }
             DataLocation::Managed { .. } => {
                 let anchor = layout.volumes_dir();
                 let local = self.local_path(layout, view);
@@ -88,6 +128,21 @@ impl DataLocation {
         view: &HostView,
         missing: Missing,
     ) -> Result<Opened, BeneathError> {
+        if let DataLocation::Pool {
+            pool,
+            volume,
+            subdir,
+        } = self
+        {
+            return crate::pool::volume::open(
+                layout,
+                view,
+                pool,
+                volume,
+                subdir.as_deref(),
+                missing,
+            );
+        }
         let (anchor, rel) = self.anchored(layout, view);
         open_anchor(&anchor)?.open_beneath(&rel, missing)
     }
@@ -108,9 +163,13 @@ impl DataLocation {
                     reason: "a data directory needs a name".into(),
                 })?;
         let parent = rel.parent().unwrap_or(Path::new(""));
-        let dir = open_anchor(&anchor)?
-            .open_beneath(parent, Missing::Refuse)?
-            .dir;
+        let anchor_dir = match self {
+            DataLocation::Pool { pool, .. } => {
+                crate::pool::volume::open_volumes(layout, view, pool)?
+            }
+            _ => open_anchor(&anchor)?,
+        };
+        let dir = anchor_dir.open_beneath(parent, Missing::Refuse)?.dir;
         Ok((dir, name))
     }
 
@@ -123,7 +182,18 @@ impl DataLocation {
     /// Does removing the volume delete this data? Only managed directories are ours to delete
     /// (and among them, not a directory a child adopted: see [`VolumeRecord::adopted`]).
     pub fn owned(&self) -> bool {
-        matches!(self, DataLocation::Managed { .. })
+        matches!(
+            self,
+            DataLocation::Managed { .. } | DataLocation::Pool { .. }
+        )
+    }
+
+    /// The pool of the data (`None`: the default pool or a host directory).
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            DataLocation::Pool { pool, .. } => Some(pool),
+            _ => None,
+        }
     }
 }
 

@@ -30,6 +30,14 @@ pub fn fill(
                 .map_err(|e| format!("cannot copy volume {volume}: {e}"))?;
         }
         Template::Snapshot { volume, id } => {
+            // A read-only btrfs snapshot (of a volume in another pool, or not archived yet).
+            let cow = crate::pool::cow::find_snapshot(layout, view, volume, id)
+                .map_err(|e| e.to_string())?;
+            if let (Some((_, ro)), Err(_)) = (cow, catalog::get(layout, volume, id)) {
+                crate::fs::copy::copy_tree(&ro.proc_path(), dest)
+                    .map_err(|e| format!("cannot copy {volume}@{id}: {e}"))?;
+                return Ok(());
+            }
             let all = catalog::list(layout, volume).map_err(|e| e.to_string())?;
             catalog::get(layout, volume, id).map_err(|e| e.to_string())?;
             let chain = catalog::chain(&all, id).map_err(|e| e.to_string())?;

@@ -130,6 +130,13 @@ pub fn prune(
             .with_context(|| format!("cannot snapshot {name}; it was not removed"))?
         {
             CreateOutcome::Created(m) | CreateOutcome::AlreadyDone(m) => m.id,
+            // Read-only snapshots go with the volume: write its archive first.
+            CreateOutcome::Cow(c) => {
+                crate::pool::archive::catch_up(ctx, &name, true).with_context(|| {
+                    format!("cannot archive the snapshot of {name}; it was not removed")
+                })?;
+                c.id
+            }
             CreateOutcome::Skipped(why) => {
                 done.push((name, format!("kept: {why}")));
                 continue;

@@ -101,6 +101,15 @@ impl Driver {
                 describe_options(&existing.options)
             )));
         }
+        if spec.pool.is_some() {
+            let cx = crate::pool::volume::CreateCtx {
+                layout: &self.layout,
+                view: &self.settings.view,
+                store: &self.store,
+                sys: self.sys.as_ref(),
+            };
+            return crate::pool::volume::create(&cx, name, opts.cloned().unwrap_or_default(), spec);
+        }
         let data = self.locate(name, &spec)?;
         let opened = self.open_data(name, &data, Missing::Create)?;
         // A directory that existed with content is not ours: a template never overwrites it,
@@ -201,6 +210,13 @@ impl Driver {
                 .protected
                 .iter()
                 .map(|p| self.settings.view.local(p)),
+        );
+        // Pool roots (a btrfs or dir pool outside the state root).
+        dirs.extend(
+            crate::pool::Registry::load(&self.layout)
+                .all()
+                .iter()
+                .map(|p| p.root_path(&self.layout, &self.settings.view)),
         );
         dirs
     }
@@ -351,6 +367,14 @@ impl Driver {
                 "volume {name} is the parent of {}; remove those volumes first",
                 children.join(", ")
             )));
+        }
+        if let DataLocation::Pool { .. } = rec.data {
+            return crate::pool::volume::remove(
+                &self.layout,
+                &self.settings.view,
+                &self.store,
+                &rec,
+            );
         }
         let dir = self.owned_dir(&rec);
         let discarded = if rec.data.owned() && !rec.adopted {
@@ -611,7 +635,7 @@ impl Driver {
             name: name.to_string(),
             mountpoint: self.mountpoint(name).to_string_lossy().into_owned(),
             created_at: Some(rec.created_at.to_rfc3339()),
-            status: Some(status::status(&self.layout, &rec)),
+            status: Some(status::status_in(&self.layout, &self.settings.view, &rec)),
         })
     }
 
@@ -699,6 +723,7 @@ impl Driver {
         }
         self.put_back_interrupted_removals();
         self.empty_trash();
+        crate::pool::volume::reconcile(&self.layout, &self.settings.view, &self.store);
         Ok(())
     }
 
@@ -731,7 +756,8 @@ impl Driver {
                 continue;
             };
             let dir = self.owned_dir(&rec);
-            if !rec.data.owned() || dir.exists() {
+            // A pool volume's removals go through the pool's own trash.
+            if !rec.data.owned() || rec.data.pool().is_some() || dir.exists() {
                 continue;
             }
             match fs::rename(e.path(), &dir) {

@@ -24,6 +24,8 @@ pub struct PluginConfig {
     pub root: PathBuf,
     pub socket: PathBuf,
     pub settings: DriverSettings,
+    /// Storage pools besides the default one (see [`crate::pool`]).
+    pub pools: Vec<crate::pool::PoolDef>,
 }
 
 /// Hold the root's plugin lock, or say who holds it.
@@ -81,6 +83,13 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
         .ensure()
         .with_context(|| format!("cannot create the state root {}", cfg.root.display()))?;
     let _root_lock = lock_root(&layout)?;
+    // Pools before the socket: a Create with pool= finds its pool ready (images created,
+    // formatted and mounted here; remounted when found unmounted later).
+    let registry = crate::pool::setup(&layout, &cfg.settings.view, &cfg.pools)
+        .context("cannot record the storage pools")?;
+    for p in registry.all() {
+        tracing::info!(pool = %p.name, spec = %p.spec, id = %p.id, "pool configured");
+    }
     let driver = Arc::new(
         crate::context::driver(layout.clone(), cfg.settings.clone()).with_context(|| {
             format!(

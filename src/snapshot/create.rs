@@ -53,6 +53,19 @@ pub enum CreateOutcome {
     /// The event was already handled before a crash; its snapshot is this one.
     AlreadyDone(Manifest),
     Skipped(String),
+    /// A read-only btrfs snapshot (a volume on a btrfs pool); its archive follows later.
+    Cow(crate::pool::cow::CowSnapshot),
+}
+
+impl CreateOutcome {
+    /// The id of the snapshot taken or found, if any.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            CreateOutcome::Created(m) | CreateOutcome::AlreadyDone(m) => Some(&m.id),
+            CreateOutcome::Cow(c) => Some(&c.id),
+            CreateOutcome::Skipped(_) => None,
+        }
+    }
 }
 
 /// Take a snapshot. Holds the snapshot lock for the whole walk, so Mounts of the volume wait.
@@ -113,7 +126,7 @@ pub fn create(layout: &Layout, req: &CreateRequest) -> Result<CreateOutcome, Sna
     result.map(CreateOutcome::Created)
 }
 
-fn pick_parent(
+pub(crate) fn pick_parent(
     layout: &Layout,
     req: &CreateRequest,
     existing: &[Manifest],
@@ -151,7 +164,7 @@ fn next_id(last: Option<&str>) -> String {
     snapshot_id::new_id(at)
 }
 
-fn write_snapshot(
+pub(crate) fn write_snapshot(
     layout: &Layout,
     req: &CreateRequest,
     id: &str,

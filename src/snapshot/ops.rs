@@ -30,6 +30,15 @@ pub fn take(
     progress: Option<crate::snapshot::create::Progress>,
 ) -> anyhow::Result<CreateOutcome> {
     let vref = volref::resolve(&ctx.layout, &ctx.view, &ctx.docker_url, name)?;
+    // A volume on a btrfs pool: a read-only snapshot now, its archive later.
+    if let Some(rec) = &vref.record {
+        let skip = matches!(trigger, Trigger::Unmount);
+        if let Some(out) =
+            crate::pool::cow::take(&ctx.layout, &ctx.view, rec, trigger, event.clone(), skip)?
+        {
+            return Ok(out);
+        }
+    }
     // Read through a descriptor opened without following symlinks.
     let data = vref.open(&ctx.layout, &ctx.view)?;
     let outcome = create(
@@ -84,9 +93,13 @@ pub fn restore_over(
     id: &str,
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> anyhow::Result<RestoreReport> {
-    let all = catalog::list(&ctx.layout, name)?;
-    catalog::get(&ctx.layout, name, id)?;
-    let chain = catalog::chain(&all, id)?;
+    // A read-only snapshot alone (its archive not written yet) restores too.
+    let cow = crate::pool::cow::find_snapshot(&ctx.layout, &ctx.view, name, id)?.is_some();
+    let chain = match catalog::get(&ctx.layout, name, id) {
+        Ok(_) => catalog::chain(&catalog::list(&ctx.layout, name)?, id)?,
+        Err(_) if cow => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     let vref = volref::resolve(&ctx.layout, &ctx.view, &ctx.docker_url, name)?;
     let snap_lock = ctx.layout.snapshot_lock(name);
     let _snap = FileLock::acquire(&snap_lock, LockKind::Exclusive)
@@ -103,6 +116,9 @@ pub fn restore_over(
         bail!(refusal);
     }
     drop(data);
+    if let Some(report) = crate::pool::restore::over(ctx, &vref, id, &chain, progress)? {
+        return Ok(report);
+    }
     let target = vref.swap_target(&ctx.layout, &ctx.view)?;
     restore::remove_stale_staging(&target);
     let report = restore::restore_chain_into(&ctx.layout, &chain, &target, progress)?;
@@ -166,9 +182,12 @@ pub fn restore_into_new(
     new: &str,
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> anyhow::Result<RestoreReport> {
-    let all = catalog::list(&ctx.layout, name)?;
-    catalog::get(&ctx.layout, name, id)?;
-    let chain = catalog::chain(&all, id)?;
+    let cow = crate::pool::cow::find_snapshot(&ctx.layout, &ctx.view, name, id)?;
+    let chain = match catalog::get(&ctx.layout, name, id) {
+        Ok(_) => catalog::chain(&catalog::list(&ctx.layout, name)?, id)?,
+        Err(_) if cow.is_some() => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     let store = Store::new(ctx.layout.clone());
     if store.load(new)?.is_some() {
         bail!("volume {new} already exists; choose a new name for --into");
@@ -195,10 +214,45 @@ pub fn restore_into_new(
         snapshot_wait: crate::core::layout::DEFAULT_SNAPSHOT_WAIT,
         protected: Vec::new(),
     })?;
+    // Into the same btrfs pool: a writable snapshot of the read-only one (nothing copied).
+    if let Some((pool, _)) = &cow {
+        if opts.get("pool") == Some(&pool.name) {
+            let mut opts = opts.clone();
+            opts.insert("template".into(), format!("snapshot:{name}@{id}"));
+            driver.create(new, Some(&opts))?;
+            return Ok(RestoreReport {
+                cow: true,
+                ..Default::default()
+            });
+        }
+    }
     driver.create(new, Some(&opts))?;
     let rec = store.load(new)?.context("the new volume disappeared")?;
-    let target = restore::SwapTarget::of(&rec.data, &ctx.layout, &ctx.view)?;
-    let report = restore::restore_chain_into(&ctx.layout, &chain, &target, progress);
+    let report = match &cow {
+        // Only the read-only snapshot exists: copy it (another pool, or the default one).
+        Some((_, ro)) if chain.is_empty() => {
+            let dest =
+                rec.data
+                    .open(&ctx.layout, &ctx.view, crate::fs::beneath::Missing::Refuse)?;
+            crate::fs::copy::copy_tree(&ro.proc_path(), &dest.dir.proc_path())
+                .map(|_| RestoreReport::default())
+                .map_err(crate::snapshot::SnapshotError::from)
+        }
+        _ => {
+            let target = restore::SwapTarget::of(&rec.data, &ctx.layout, &ctx.view)?;
+            if let Some(r) = crate::pool::restore::over(
+                ctx,
+                &volref::resolve(&ctx.layout, &ctx.view, &ctx.docker_url, new)?,
+                id,
+                &chain,
+                progress,
+            )? {
+                Ok(r)
+            } else {
+                restore::restore_chain_into(&ctx.layout, &chain, &target, progress)
+            }
+        }
+    };
     if report.is_err() {
         let _ = driver.remove(new);
     }

@@ -19,6 +19,9 @@ pub struct RestoreReport {
     pub entries: u64,
     pub bytes: u64,
     pub deleted: u64,
+    /// A writable copy of a read-only btrfs snapshot was swapped in (nothing extracted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cow: bool,
 }
 
 /// The archive file of a snapshot.

@@ -11,13 +11,35 @@ use crate::snapshot::catalog;
 use crate::snapshot::manifest::Manifest;
 use crate::snapshot::SnapshotError;
 
+/// What retention needs to know of a snapshot (an archive, or a read-only btrfs snapshot).
+#[derive(Clone, Debug)]
+pub struct Item {
+    pub id: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The snapshot it is incremental to (kept with it).
+    pub parent: Option<String>,
+}
+
 /// Maps a snapshot to its calendar bucket (day, ISO week, month).
-type BucketFn = fn(&Manifest) -> String;
+type BucketFn = fn(&Item) -> String;
 
 /// The ids to keep: the newest `last`, the newest of each of the last `daily` days,
 /// `weekly` ISO weeks and `monthly` months that have snapshots, and every ancestor of those.
 pub fn plan(all: &[Manifest], keep: &Keep) -> BTreeSet<String> {
-    let mut newest_first: Vec<&Manifest> = all.iter().collect();
+    let items: Vec<Item> = all
+        .iter()
+        .map(|m| Item {
+            id: m.id.clone(),
+            created_at: m.created_at,
+            parent: m.parent.clone(),
+        })
+        .collect();
+    plan_items(&items, keep)
+}
+
+/// [`plan`] over any snapshots.
+pub fn plan_items(all: &[Item], keep: &Keep) -> BTreeSet<String> {
+    let mut newest_first: Vec<&Item> = all.iter().collect();
     newest_first.sort_by(|a, b| b.id.cmp(&a.id));
     let mut kept: BTreeSet<String> = newest_first
         .iter()
@@ -43,10 +65,23 @@ pub fn plan(all: &[Manifest], keep: &Keep) -> BTreeSet<String> {
             }
         }
     }
+    // Every ancestor of a kept snapshot (a broken or looping chain keeps what it reaches).
     let mut closure = kept.clone();
     for id in &kept {
-        if let Ok(chain) = catalog::chain(all, id) {
-            closure.extend(chain.into_iter().map(|m| m.id));
+        let mut cur = all
+            .iter()
+            .find(|m| &m.id == id)
+            .and_then(|m| m.parent.clone());
+        let mut steps = 0;
+        while let Some(p) = cur {
+            if steps > all.len() || !closure.insert(p.clone()) {
+                break;
+            }
+            steps += 1;
+            cur = all
+                .iter()
+                .find(|m| m.id == p)
+                .and_then(|m| m.parent.clone());
         }
     }
     closure

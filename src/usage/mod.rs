@@ -630,6 +630,13 @@ pub struct VolumeUsage {
     pub dirs: u64,
     /// The volume's `size` option in bytes, or null.
     pub capacity: Option<u64>,
+    /// Whether `capacity` is a limit writes cannot pass (a btrfs qgroup limit on a btrfs
+    /// pool) rather than a figure usage is reported against.
+    #[serde(default)]
+    pub capacity_enforced: bool,
+    /// The pool the volume lives in (`default` for `<root>/volumes`; null for `device=`).
+    #[serde(default)]
+    pub pool: Option<String>,
     /// `bytes` as a percentage of `capacity` (one decimal), or null without `size`.
     pub percent: Option<f64>,
     /// `class` option: critical, important, temporary.
@@ -800,7 +807,7 @@ fn measure_volume(
     path: &Path,
     opts: &ReportOptions,
 ) -> VolumeUsage {
-    let ids = status::snapshot_ids(layout, &rec.name);
+    let ids = crate::pool::cow::all_ids(layout, view, rec, status::snapshot_ids(layout, &rec.name));
     let snapshot_bytes = ids
         .iter()
         .map(|id| tree_apparent_size(&layout.volume_snapshots(&rec.name).join(id)))
@@ -814,6 +821,12 @@ fn measure_volume(
         files: 0,
         dirs: 0,
         capacity: rec.spec.size,
+        capacity_enforced: rec.spec.size.is_some()
+            && crate::pool::volume::capacity(layout, view, rec).0,
+        pool: match &rec.data {
+            crate::core::store::DataLocation::Host { .. } => None,
+            d => Some(d.pool().unwrap_or(crate::pool::DEFAULT_POOL).to_string()),
+        },
         percent: None,
         class: rec.spec.class,
         backup: rec.spec.backup,

@@ -1,4 +1,4 @@
-//! End to end through the real dockerd: legacy and managed plugins, compose as shipped on the installed driver, escapes, snapshots, backups and disaster recovery from a remote.
+//! End to end through the real dockerd: legacy and managed plugins, compose as shipped on the installed driver, escapes, snapshots, backups and disaster recovery from a remote, pools.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -9,5 +9,6 @@ mod databases;
 mod escapes;
 mod legacy_driver;
 mod managed;
+mod pool;
 mod remote;
 mod snapshots;

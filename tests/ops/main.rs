@@ -1,4 +1,4 @@
-//! The CLI and the agent against a socket-level plugin: snapshots, backups, operations, usage, metrics, remotes and disaster recovery.
+//! The CLI and the agent against a socket-level plugin: snapshots, backups, operations, usage, metrics, remotes and disaster recovery, pools.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -7,6 +7,7 @@ mod agent;
 mod backup;
 mod metrics;
 mod operations;
+mod pool;
 mod remote;
 mod shared_tree;
 mod snapshots;

@@ -58,6 +58,36 @@ impl Plugin {
         p
     }
 
+    /// Start a plugin with one `btrfs-image` pool `name` of `size` (sparse, in the scratch
+    /// directory: `<dir>/<name>.img`, mounted at `<root>/pools/<name>`).
+    pub fn start_with_pool(bin: &str, name: &str, size: &str, extra: &[&str]) -> Plugin {
+        let dir = tempfile::Builder::new()
+            .prefix("allspark-test-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("binds")).unwrap();
+        let image = dir.path().join(format!("{name}.img"));
+        let mut extra_args = vec![
+            "--pool".to_string(),
+            format!("{name}=btrfs-image:{}:{size}", image.display()),
+        ];
+        extra_args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = Plugin {
+            child: None,
+            dir,
+            bin: PathBuf::from(bin),
+            extra_args,
+            env: Vec::new(),
+        };
+        p.spawn();
+        p
+    }
+
+    /// The image file of a pool made by [`Plugin::start_with_pool`].
+    pub fn pool_image(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.img"))
+    }
+
     /// Start the process (again) and wait until the socket answers.
     pub fn spawn(&mut self) {
         let mut cmd = Command::new(&self.bin);

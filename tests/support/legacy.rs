@@ -35,12 +35,20 @@ pub struct LegacyPlugin {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub volumes: Vec<String>,
+    /// Extra arguments of `allspark plugin` (e.g. `--pool`).
+    pub extra_args: Vec<String>,
     _turn: std::sync::MutexGuard<'static, ()>,
     _machine_turn: allspark::fs::durable::FileLock,
 }
 
 impl LegacyPlugin {
     pub fn start() -> LegacyPlugin {
+        LegacyPlugin::start_with(|_| Vec::new())
+    }
+
+    /// Start with extra `allspark plugin` arguments, made from the scratch directory (for a
+    /// pool image inside it).
+    pub fn start_with(extra: impl FnOnce(&std::path::Path) -> Vec<String>) -> LegacyPlugin {
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let machine_turn = machine_wide_turn();
         let driver = DRIVER.to_string();
@@ -53,9 +61,11 @@ impl LegacyPlugin {
             dir,
             child: None,
             volumes: Vec::new(),
+            extra_args: Vec::new(),
             _turn: turn,
             _machine_turn: machine_turn,
         };
+        p.extra_args = extra(p.dir.path());
         let _ = std::fs::remove_file(p.socket());
         p.spawn();
         p
@@ -80,6 +90,7 @@ impl LegacyPlugin {
                 .arg(self.socket())
                 .arg("--bind-root")
                 .arg(self.dir.path().join("binds"))
+                .args(&self.extra_args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log))
                 .spawn()
@@ -117,10 +128,14 @@ impl Drop for LegacyPlugin {
         self.kill9();
         let _ = std::fs::remove_file(self.socket());
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in allspark::plugin::mounts::parse_mountinfo(&text) {
-            if m.starts_with(self.dir.path()) {
-                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-            }
+        let mut ours: Vec<PathBuf> = allspark::plugin::mounts::parse_mountinfo(&text)
+            .into_iter()
+            .filter(|m| m.starts_with(self.dir.path()))
+            .collect();
+        // Deepest first: volume mounts before the pool mount holding their data.
+        ours.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in ours {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }

@@ -1,0 +1,543 @@
+//! Storage pools: where managed volumes live (`dir:PATH`, `btrfs:PATH`, `btrfs-image:PATH:SIZE`), configured on the plugin, recorded in `<root>/state/pools.json` for every process, and opened only after their marker proves the right filesystem is there.
+//!
+//! The default pool `default` is `<root>/volumes` (records of its volumes are unchanged:
+//! `DataLocation::Managed`). Every other pool has a root directory holding `volumes/`,
+//! `snapshots/` (read-only snapshots on btrfs), `trash/` and the marker `.allspark-pool`
+//! (its name and a random id). A pool root whose marker is missing is not used: an unmounted
+//! disk never receives volume data. A `btrfs-image` pool is mounted again by whichever process
+//! finds its marker missing (plugin start, Create, Mount, a snapshot).
+
+pub mod archive;
+pub mod btrfs;
+pub mod cow;
+pub mod image;
+pub mod restore;
+pub mod volume;
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::layout::{HostView, Layout};
+use crate::fs::beneath::{Dir, Missing};
+use crate::fs::durable::{self, FileLock, LockKind};
+
+/// The pool of volumes created without `pool=`: `<root>/volumes`.
+pub const DEFAULT_POOL: &str = "default";
+/// The marker file at the root of every pool.
+pub const MARKER: &str = ".allspark-pool";
+/// Directories of a pool root.
+pub const VOLUMES: &str = "volumes";
+pub const SNAPSHOTS: &str = "snapshots";
+pub const TRASH: &str = "trash";
+
+/// What backs a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolSpec {
+    /// A directory (no copy-on-write: snapshots are archives).
+    Dir { path: PathBuf },
+    /// An existing btrfs mount: volumes are subvolumes.
+    Btrfs { path: PathBuf },
+    /// A sparse image file allspark creates, formats with btrfs and loop-mounts at
+    /// `<root>/pools/<name>`.
+    BtrfsImage { image: PathBuf, size: u64 },
+}
+
+const ACCEPTED: &str = "dir:PATH, btrfs:PATH (an existing btrfs mount) or btrfs-image:PATH:SIZE (e.g. btrfs-image:/var/lib/allspark-pool.img:50G), with absolute host paths";
+
+impl PoolSpec {
+    /// Parse `dir:PATH`, `btrfs:PATH` or `btrfs-image:PATH:SIZE`.
+    pub fn parse(s: &str) -> Result<PoolSpec, String> {
+        let bad = |why: &str| format!("invalid pool {s:?}: {why}; accepted: {ACCEPTED}");
+        let abs = |p: &str| -> Result<PathBuf, String> {
+            if !p.starts_with('/') || p.split('/').any(|c| c == "..") || p.contains('\0') {
+                return Err(bad("the path must be absolute, without '..'"));
+            }
+            Ok(PathBuf::from(p))
+        };
+        let (kind, rest) = s.split_once(':').ok_or_else(|| bad("no kind"))?;
+        match kind {
+            "dir" => Ok(PoolSpec::Dir { path: abs(rest)? }),
+            "btrfs" => Ok(PoolSpec::Btrfs { path: abs(rest)? }),
+            "btrfs-image" => {
+                let (path, size) = rest
+                    .rsplit_once(':')
+                    .ok_or_else(|| bad("btrfs-image needs PATH:SIZE"))?;
+                let size = crate::core::options::parse_size(size).map_err(|a| bad(&a))?;
+                if size < 256 << 20 {
+                    return Err(bad("a btrfs image needs at least 256M"));
+                }
+                Ok(PoolSpec::BtrfsImage {
+                    image: abs(path)?,
+                    size,
+                })
+            }
+            _ => Err(bad(&format!("unknown kind {kind:?}"))),
+        }
+    }
+
+    /// Does this pool give copy-on-write snapshots and clones?
+    pub fn cow(&self) -> bool {
+        !matches!(self, PoolSpec::Dir { .. })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PoolSpec::Dir { .. } => "dir",
+            PoolSpec::Btrfs { .. } => "btrfs",
+            PoolSpec::BtrfsImage { .. } => "btrfs-image",
+        }
+    }
+}
+
+impl std::fmt::Display for PoolSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolSpec::Dir { path } => write!(f, "dir:{}", path.display()),
+            PoolSpec::Btrfs { path } => write!(f, "btrfs:{}", path.display()),
+            PoolSpec::BtrfsImage { image, size } => {
+                write!(f, "btrfs-image:{}:{}", image.display(), human(*size))
+            }
+        }
+    }
+}
+
+/// A size in the units `size=` accepts (exact when it divides).
+pub fn human(bytes: u64) -> String {
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// One `--pool NAME=SPEC`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolDef {
+    pub name: String,
+    pub spec: PoolSpec,
+}
+
+/// Parse `NAME=SPEC` (from `--pool` or one item of `ALLSPARK_POOLS`).
+pub fn parse_def(s: &str) -> Result<PoolDef, String> {
+    let (name, spec) = s.split_once('=').ok_or_else(|| {
+        format!("invalid pool {s:?}: write NAME=SPEC, e.g. fast=btrfs:/srv/ssd; SPEC is {ACCEPTED}")
+    })?;
+    crate::core::names::validate(name).map_err(|e| format!("invalid pool name {name:?}: {e}"))?;
+    if name == DEFAULT_POOL {
+        return Err(format!(
+            "the pool name {DEFAULT_POOL:?} is reserved for <root>/volumes; choose another name"
+        ));
+    }
+    Ok(PoolDef {
+        name: name.to_string(),
+        spec: PoolSpec::parse(spec)?,
+    })
+}
+
+/// The pools of `--pool` flags and `ALLSPARK_POOLS` items; a name given twice is refused.
+pub fn parse_defs(items: &[String]) -> Result<Vec<PoolDef>, String> {
+    let mut out: Vec<PoolDef> = Vec::new();
+    for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let d = parse_def(item)?;
+        if out.iter().any(|o| o.name == d.name) {
+            return Err(format!(
+                "pool {} is configured twice; give each pool one spec",
+                d.name
+            ));
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// One configured pool as recorded for every process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub name: String,
+    /// The spec as configured (`btrfs-image:/x.img:4G`).
+    pub spec: String,
+    /// The id in the pool's marker (empty until the pool was prepared once).
+    #[serde(default)]
+    pub id: String,
+}
+
+/// The pools the plugin serves (`<root>/state/pools.json`, written at plugin start).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    pub pools: Vec<Entry>,
+}
+
+impl Registry {
+    /// The recorded pools (none when no plugin with pools ever ran).
+    pub fn load(layout: &Layout) -> Registry {
+        fs::read(layout.pools_registry())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, layout: &Layout) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        durable::atomic_write(&layout.pools_registry(), &bytes, 0o600)
+    }
+
+    /// A configured pool by name (not the default pool).
+    pub fn get(&self, name: &str) -> Option<Pool> {
+        let e = self.pools.iter().find(|e| e.name == name)?;
+        Some(Pool {
+            name: e.name.clone(),
+            spec: PoolSpec::parse(&e.spec).ok()?,
+            id: e.id.clone(),
+        })
+    }
+
+    /// Every configured pool, in configuration order.
+    pub fn all(&self) -> Vec<Pool> {
+        self.pools
+            .iter()
+            .filter_map(|e| self.get(&e.name))
+            .collect()
+    }
+
+    /// `default (dir:<root>/volumes), fast (btrfs:/srv/ssd)`: for refusals.
+    pub fn describe(&self, layout: &Layout) -> String {
+        let mut v = vec![format!(
+            "{DEFAULT_POOL} (dir:{})",
+            layout.volumes_dir().display()
+        )];
+        v.extend(
+            self.pools
+                .iter()
+                .map(|e| format!("{} ({})", e.name, e.spec)),
+        );
+        v.join(", ")
+    }
+}
+
+/// The marker's content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Marker {
+    name: String,
+    id: String,
+}
+
+/// A configured pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    pub spec: PoolSpec,
+    /// The marker id this pool must show (empty: not prepared yet).
+    pub id: String,
+}
+
+impl Pool {
+    /// The pool's root directory as this process reaches it.
+    pub fn root_path(&self, layout: &Layout, view: &HostView) -> PathBuf {
+        match &self.spec {
+            PoolSpec::Dir { path } | PoolSpec::Btrfs { path } => view.local(path),
+            PoolSpec::BtrfsImage { .. } => layout.pool_mount(&self.name),
+        }
+    }
+
+    pub fn cow(&self) -> bool {
+        self.spec.cow()
+    }
+
+    /// Open the pool's root, proven by its marker; a `btrfs-image` pool found unmounted is
+    /// mounted again first.
+    pub fn open_root(&self, layout: &Layout, view: &HostView) -> io::Result<Dir> {
+        match self.check_root(layout, view) {
+            Ok(d) => return Ok(d),
+            Err((why, unmounted))
+                if !unmounted || !matches!(self.spec, PoolSpec::BtrfsImage { .. }) =>
+            {
+                return Err(io::Error::other(why))
+            }
+            Err(_) => {}
+        }
+        let _lock = FileLock::acquire(&layout.pool_lock(&self.name), LockKind::Exclusive)?;
+        if let Ok(d) = self.check_root(layout, view) {
+            return Ok(d);
+        }
+        tracing::warn!(pool = %self.name, "pool image not mounted: mounting it again");
+        self.mount_image(layout, view)?;
+        self.check_root(layout, view)
+            .map_err(|(why, _)| io::Error::other(why))
+    }
+
+    /// The root with a marker naming this pool (and its id, once known), or why not (and
+    /// whether the marker is simply absent, as on an unmounted pool).
+    fn check_root(&self, layout: &Layout, view: &HostView) -> Result<Dir, (String, bool)> {
+        let path = self.root_path(layout, view);
+        let root = Dir::open_anchor(&path).map_err(|e| {
+            (
+                format!("pool {}: cannot open {}: {e}", self.name, path.display()),
+                true,
+            )
+        })?;
+        match read_marker(&root) {
+            Ok(Some(m)) if m.name == self.name && (self.id.is_empty() || m.id == self.id) => {
+                Ok(root)
+            }
+            Ok(Some(m)) => Err((format!(
+                "pool {}: {} holds pool {} (id {}), not this pool (id {}); fix --pool / ALLSPARK_POOLS so each pool names its own filesystem",
+                self.name,
+                path.display(),
+                m.name,
+                m.id,
+                self.id
+            ), false)),
+            Ok(None) => Err((format!(
+                "pool {}: {} has no {MARKER} marker: the pool's filesystem is not mounted there (mount it, or restart the plugin to prepare the pool); nothing was written",
+                self.name,
+                path.display()
+            ), true)),
+            Err(e) => Err((format!(
+                "pool {}: cannot read {}/{MARKER}: {e}",
+                self.name,
+                path.display()
+            ), false)),
+        }
+    }
+
+    fn mount_image(&self, layout: &Layout, view: &HostView) -> io::Result<()> {
+        let PoolSpec::BtrfsImage { image, .. } = &self.spec else {
+            return Ok(());
+        };
+        let target = self.root_path(layout, view);
+        durable::ensure_dir(&layout.pools_dir(), 0o700)?;
+        durable::ensure_dir(&target, 0o700)?;
+        image::mount(&view.local(image), &target)
+    }
+
+    /// The pool's `volumes/` directory, beneath the proven root.
+    pub fn volumes_dir(&self, root: &Dir) -> io::Result<Dir> {
+        Ok(root.open_beneath(Path::new(VOLUMES), Missing::Create)?.dir)
+    }
+
+    /// The pool's `snapshots/<volume>` directory.
+    pub fn snapshots_dir(&self, root: &Dir, volume: &str) -> io::Result<Dir> {
+        Ok(root
+            .open_beneath(&Path::new(SNAPSHOTS).join(volume), Missing::Create)?
+            .dir)
+    }
+
+    pub fn trash_dir(&self, root: &Dir) -> io::Result<Dir> {
+        Ok(root.open_beneath(Path::new(TRASH), Missing::Create)?.dir)
+    }
+
+    /// Prepare the pool at plugin start: create (and format) an image, mount it, write the
+    /// marker on a fresh filesystem, create the directories, enable quotas on btrfs. Returns
+    /// the marker id.
+    fn prepare(&self, layout: &Layout, view: &HostView) -> io::Result<String> {
+        let path = self.root_path(layout, view);
+        // A new image is a new filesystem: it gets a new marker whatever was recorded.
+        let mut fresh = false;
+        match &self.spec {
+            PoolSpec::Dir { .. } => durable::ensure_dir(&path, 0o700)?,
+            PoolSpec::Btrfs { .. } => {
+                let d = Dir::open_anchor(&path)?;
+                if !btrfs::is_btrfs(&d)? {
+                    return Err(io::Error::other(format!(
+                        "pool {}: {} is not a btrfs filesystem; mount btrfs there, or use dir:{}",
+                        self.name,
+                        path.display(),
+                        path.display()
+                    )));
+                }
+            }
+            PoolSpec::BtrfsImage { image, size } => {
+                let _lock = FileLock::acquire(&layout.pool_lock(&self.name), LockKind::Exclusive)?;
+                let local = view.local(image);
+                if image::ensure_image(&local, *size, &format!("allspark-{}", self.name))? {
+                    fresh = true;
+                    tracing::info!(pool = %self.name, image = %local.display(), size, "pool image created");
+                }
+                if self.check_root(layout, view).is_err() {
+                    let root = Dir::open_anchor(&path).ok();
+                    let has_marker = root
+                        .as_ref()
+                        .is_some_and(|r| matches!(read_marker(r), Ok(Some(_))));
+                    if !has_marker {
+                        self.mount_image(layout, view)?;
+                    }
+                }
+            }
+        }
+        let root = Dir::open_anchor(&path)?;
+        let id = match read_marker(&root)? {
+            Some(m) if m.name == self.name => m.id,
+            Some(m) => {
+                return Err(io::Error::other(format!(
+                    "pool {}: {} already holds pool {}; give each pool its own filesystem or directory",
+                    self.name,
+                    path.display(),
+                    m.name
+                )))
+            }
+            None if !self.id.is_empty() && !fresh => {
+                return Err(io::Error::other(format!(
+                    "pool {}: {} lost its {MARKER} marker (id {}): is its disk mounted? nothing was written",
+                    self.name,
+                    path.display(),
+                    self.id
+                )))
+            }
+            None => {
+                let id = new_id();
+                let m = Marker {
+                    name: self.name.clone(),
+                    id: id.clone(),
+                };
+                let bytes = serde_json::to_vec(&m).map_err(io::Error::other)?;
+                durable::atomic_write(&root.proc_path().join(MARKER), &bytes, 0o600)?;
+                tracing::info!(pool = %self.name, path = %path.display(), %id, "pool initialised");
+                id
+            }
+        };
+        for d in [VOLUMES, SNAPSHOTS, TRASH] {
+            durable::ensure_dir(&root.proc_path().join(d), 0o700)?;
+        }
+        if matches!(self.spec, PoolSpec::BtrfsImage { .. }) {
+            // allspark owns this filesystem: root-only like the state root, and quotas on from
+            // the start, so `size=` is enforced.
+            rustix::fs::fchmod(&root, rustix::fs::Mode::from_raw_mode(0o700))?;
+            btrfs::enable_quota(root.as_fd())?;
+        }
+        Ok(id)
+    }
+}
+
+fn read_marker(root: &Dir) -> io::Result<Option<Marker>> {
+    let f = match rustix::fs::openat(
+        root,
+        MARKER,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(f) => f,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut s = String::new();
+    fs::File::from(f).take(4096).read_to_string(&mut s)?;
+    serde_json::from_str(&s)
+        .map(Some)
+        .map_err(|e| io::Error::other(format!("{MARKER} is corrupt: {e}")))
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 8];
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64;
+        b = (t ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    hex::encode(b)
+}
+
+/// A configured pool by name, or a refusal naming the configured ones.
+pub fn find(layout: &Layout, name: &str) -> Result<Pool, String> {
+    let reg = Registry::load(layout);
+    reg.get(name).ok_or_else(|| {
+        format!(
+            "pool={name}: no such pool; configured pools: {} (pools are configured on the plugin with --pool NAME=SPEC or ALLSPARK_POOLS)",
+            reg.describe(layout)
+        )
+    })
+}
+
+/// Prepare the configured pools and record them for every process (plugin start). A pool
+/// that cannot be prepared is logged and kept (with its known id): its volumes fail with the
+/// reason until it is fixed, the other pools serve.
+pub fn setup(layout: &Layout, view: &HostView, defs: &[PoolDef]) -> io::Result<Registry> {
+    let old = Registry::load(layout);
+    if defs.is_empty() && old.pools.is_empty() {
+        // No pools, ever: nothing to record (the state root stays as before pools).
+        return Ok(old);
+    }
+    let mut reg = Registry::default();
+    for d in defs {
+        let spec = d.spec.to_string();
+        let known = old
+            .pools
+            .iter()
+            .find(|e| e.name == d.name && e.spec == spec)
+            .map(|e| e.id.clone())
+            .unwrap_or_default();
+        let pool = Pool {
+            name: d.name.clone(),
+            spec: d.spec.clone(),
+            id: known.clone(),
+        };
+        let id = match pool.prepare(layout, view) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(pool = %d.name, error = %e, "pool not ready; its volumes fail until this is fixed");
+                known
+            }
+        };
+        reg.pools.push(Entry {
+            name: d.name.clone(),
+            spec,
+            id,
+        });
+    }
+    for e in &old.pools {
+        if !reg.pools.iter().any(|n| n.name == e.name) {
+            tracing::warn!(pool = %e.name, spec = %e.spec, "pool no longer configured: volumes in it cannot be used until it is configured again");
+        }
+    }
+    reg.save(layout)?;
+    Ok(reg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print_back() {
+        for s in [
+            "dir:/srv/hdd",
+            "btrfs:/srv/ssd",
+            "btrfs-image:/var/lib/p.img:4G",
+        ] {
+            assert_eq!(PoolSpec::parse(s).unwrap().to_string(), s);
+        }
+        assert_eq!(
+            PoolSpec::parse("btrfs-image:/a:b/p.img:512M").unwrap(),
+            PoolSpec::BtrfsImage {
+                image: "/a:b/p.img".into(),
+                size: 512 << 20
+            }
+        );
+    }
+
+    #[test]
+    fn refusals_say_what_is_accepted() {
+        for (s, hint) in [
+            ("zfs:/tank", "unknown kind"),
+            ("dir:relative", "absolute"),
+            ("btrfs-image:/p.img", "PATH:SIZE"),
+            ("btrfs-image:/p.img:10M", "at least 256M"),
+            ("btrfs:/a/../b", "'..'"),
+        ] {
+            let e = PoolSpec::parse(s).unwrap_err();
+            assert!(e.contains(hint) && e.contains("accepted"), "{s}: {e}");
+        }
+        assert!(parse_def("default=dir:/x")
+            .unwrap_err()
+            .contains("reserved"));
+        assert!(parse_def("dir:/x").unwrap_err().contains("NAME=SPEC"));
+        let two = parse_defs(&["a=dir:/x".into(), "a=dir:/y".into()]).unwrap_err();
+        assert!(two.contains("twice"), "{two}");
+    }
+}
