@@ -7,18 +7,25 @@
 //! (real PostgreSQL 15 and Redis 7 built offline by scripts/db-images.sh, a busybox sleeper for
 //! builder and target); the test checks that it names no driver and that the merged
 //! configuration differs from the shipped one in `image:` only. Then: `up -d`, data written in
-//! every volume, three `down` / `up -d` cycles, a dockerd restart (only with
-//! `ALLSPARK_TEST_DOCKERD_RESTART=1`, as .ci/run sets), `up -d` again, everything still there,
-//! and `down -v` keeps the `device=` data.
+//! every volume (50 000 rows, 2 001 Redis keys, builder files, a workspace project); issue
+//! 14's platform day with the installed CLI (stop `target` and `builder`: a snapshot of
+//! target-workspaces appears; `backup run daily` and `hourly` into /backups/allspark; drop
+//! the table, delete the files, FLUSHALL; `backup restore --yes` of the daily backup exits 0
+//! with no error line and everything is back); three `down` / `up -d` cycles, a dockerd
+//! restart (only with `ALLSPARK_TEST_DOCKERD_RESTART=1`, as .ci/run sets), `up -d` again, the
+//! restored data still there, and `down -v` keeps the `device=` data.
 //!
 //! The compose project has a unique name, so its volumes are the test's own. The
 //! `device=/var/lib/allspark/postgres` directory of the shipped file is used as is: the test
 //! refuses to start when it holds data (a user's database), and at the end removes it when it
 //! created it, or empties it again. Cleanup guards take the project down with its volumes,
-//! remove what the agent and the driver kept of them (snapshots, locks, usage, references), uninstall and
-//! put back what the machine had (tests/support/install.rs), also when the test fails. Needs
-//! root, docker-compose and debootstrap (for the images).
+//! remove what the agent and the driver kept of them (snapshots, locks, usage, references) and
+//! the backups the test wrote, uninstall and put back what the machine had
+//! (tests/support/install.rs), also when the test fails. Needs root, docker-compose and
+//! debootstrap (for the images).
 
+use super::databases::{fingerprint, psql, redis, KEYS, ROWS};
+use crate::support::backups::{backup_dirs, manifest, state, text};
 use crate::support::common;
 use crate::support::install::{HostInstall, HOST_DRIVER, STATE_ROOT};
 
@@ -49,9 +56,6 @@ const PG_DEVICE: &str = "/var/lib/allspark/postgres";
 
 /// Seconds docker-compose waits for one Docker API request.
 const COMPOSE_HTTP_TIMEOUT: &str = "600";
-
-/// Rows written into PostgreSQL; their ids sum to `ROWS * (ROWS + 1) / 2`.
-const ROWS: u64 = 10_000;
 
 /// One compose project of the shipped file with the image-only override.
 struct Project {
@@ -131,23 +135,6 @@ impl Project {
         wait_until("Redis answers", Duration::from_secs(60), || {
             ready("redis", "redis-cli ping 2>/dev/null | grep -q PONG")
         });
-    }
-
-    /// `psql` as the superuser, stopping at the first error; returns its unaligned output.
-    fn sql(&self, query: &str) -> String {
-        docker_ok(&[
-            "exec",
-            &self.container("db"),
-            "psql",
-            "-U",
-            "postgres",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-Atc",
-            query,
-        ])
-        .trim()
-        .to_string()
     }
 }
 
@@ -242,18 +229,30 @@ print(" ".join(sorted(changed)))
         .collect()
 }
 
-/// Everything written after the first `up` is there, with its owners, modes and flags.
-fn check_data(p: &Project, when: &str) {
+/// Everything written after the first `up` is there, with its owners, modes and flags;
+/// `rows` is the database's [`fingerprint`] when it was written.
+fn check_data(p: &Project, rows: &str, when: &str) {
     p.wait_for_databases();
     assert_eq!(
-        p.sql("SELECT count(*), sum(id) FROM projects"),
-        format!("{ROWS}|{}", ROWS * (ROWS + 1) / 2),
-        "{when}: the PostgreSQL rows"
+        fingerprint(&p.container("db")),
+        rows,
+        "{when}: the PostgreSQL rows (count and checksum of every row)"
     );
+    let rd = p.container("redis");
     assert_eq!(
-        p.exec("redis", "redis-cli GET allspark:session").trim(),
+        redis(&rd, &["GET", "allspark:session"]),
         "s3cr3t-session",
         "{when}: the Redis key"
+    );
+    assert_eq!(
+        redis(&rd, &["DBSIZE"]),
+        (KEYS + 1).to_string(),
+        "{when}: the Redis keys"
+    );
+    assert_eq!(
+        redis(&rd, &["GET", "session:1234"]),
+        "user-1234",
+        "{when}: a Redis key"
     );
     assert_eq!(
         p.exec(
@@ -263,6 +262,15 @@ fn check_data(p: &Project, when: &str) {
         .trim(),
         "upload\nkey\nbuilder log",
         "{when}: builder's files"
+    );
+    assert_eq!(
+        p.exec(
+            "builder",
+            "ls /app/storage/exports | wc -l; cat /app/storage/exports/report-137.csv"
+        )
+        .trim(),
+        "200\nrow 137",
+        "{when}: builder's exports"
     );
     assert_eq!(
         p.exec(
@@ -315,6 +323,195 @@ fn check_drivers(p: &Project, when: &str) {
             "{when}: docker volume inspect {name} shows no Status: {info}"
         );
     }
+}
+
+/// The backup root of the installed agent and CLI (install.sh's default, mounted into the
+/// agent container at the same path).
+const BACKUP_ROOT: &str = "/backups/allspark";
+
+/// `allspark ARGS…` (the installed CLI); panics with its output unless it exits 0 and
+/// printed no error line. Returns stdout and stderr.
+fn cli_ok(install: &HostInstall, args: &[&str]) -> String {
+    let out = install.cli(args);
+    let t = text(&out);
+    assert!(out.status.success(), "allspark {args:?}: {t}");
+    // Error lines: a failed part (`FAILED …`), an error log line, psql's `ERROR:`/`FATAL:`.
+    let errors: Vec<&str> = t
+        .lines()
+        .filter(|l| {
+            l.starts_with("FAILED")
+                || l.contains(" ERROR ")
+                || ["ERROR:", "FATAL:", "PANIC:"].iter().any(|e| l.contains(e))
+        })
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "allspark {args:?} reported errors {errors:?}: {t}"
+    );
+    t
+}
+
+/// Issue 14's platform day, on the data of the first `up`: stop `target` (and `builder`, the
+/// other user of target-workspaces: the agent snapshots a volume when its *last* container
+/// stops) and a snapshot appears; `backup run daily` and `hourly` with the installed CLI into
+/// the backup root of the install; destroy (drop the table, delete files, FLUSHALL);
+/// `backup restore --yes` of the daily backup; every row, key and file is back.
+fn platform_day(p: &Project, install: &mut HostInstall, rows: &str) {
+    let started = Instant::now();
+    let label = format!("com.docker.compose.project={}", p.name);
+    // The backups this test writes go with the install; what was there stays.
+    let broot = Path::new(BACKUP_ROOT);
+    for kind in ["daily", "hourly"] {
+        let dir = broot.join(kind);
+        if dir.exists() {
+            install.after_uninstall(format!(
+                "cd {} && for d in * .[!.]*; do [ -e \"$d\" ] || continue; case ' {} ' in *\" $d \"*) ;; *) rm -rf \"$d\" ;; esac; done",
+                dir.display(),
+                backup_dirs(broot, kind)
+                    .iter()
+                    .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        } else {
+            install.after_uninstall(format!("rm -rf {}", dir.display()));
+        }
+    }
+
+    // target-workspaces is snapshotted when its last container stops.
+    let ws = p.volume("target-workspaces");
+    let snapshots = || {
+        let out = install.cli(&["snapshot", "ls", &ws, "--json"]);
+        assert!(out.status.success(), "allspark snapshot ls: {}", text(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(
+        snapshots(),
+        0,
+        "no snapshot of {ws} before its containers stop"
+    );
+    p.compose_ok(&["stop", "target", "builder"]);
+    wait_until(
+        "the agent snapshots target-workspaces once target and builder stopped",
+        Duration::from_secs(120),
+        || snapshots() > 0,
+    );
+    p.compose_ok(&["start", "builder", "target"]);
+
+    // Daily: the dump stands for postgres-data; redis and target are stopped, archived and
+    // started again. Hourly: the dump only.
+    let daily_before = backup_dirs(broot, "daily");
+    let t = cli_ok(
+        install,
+        &["backup", "run", "daily", "--container-label", &label],
+    );
+    eprintln!("backup run daily:\n{t}");
+    let daily = backup_dirs(broot, "daily")
+        .into_iter()
+        .find(|d| !daily_before.contains(d))
+        .unwrap_or_else(|| panic!("backup run daily made no directory in {BACKUP_ROOT}: {t}"));
+    let m = manifest(&daily);
+    let (db, rd) = (p.container("db"), p.container("redis"));
+    assert_eq!(m["outcome"], "ok", "{m}");
+    assert_eq!(m["databases"], serde_json::json!([db.clone()]), "{m}");
+    assert_eq!(
+        m["covered_by_dump"][p.volume("postgres-data")],
+        db.as_str(),
+        "{m}"
+    );
+    let volumes = m["volumes"].as_array().unwrap();
+    for v in [
+        "redis-data",
+        "builder-data",
+        "target-workspaces",
+        "shared-ssh-keys",
+    ] {
+        assert!(
+            volumes.iter().any(|x| x == p.volume(v).as_str()),
+            "the daily backup holds {v}: {m}"
+        );
+    }
+    for v in ["postgres-data", "log-data"] {
+        assert!(
+            !volumes.iter().any(|x| x == p.volume(v).as_str()),
+            "the daily backup must not archive {v}: {m}"
+        );
+    }
+    let hourly_before = backup_dirs(broot, "hourly");
+    let t = cli_ok(
+        install,
+        &["backup", "run", "hourly", "--container-label", &label],
+    );
+    let hourly = backup_dirs(broot, "hourly")
+        .into_iter()
+        .find(|d| !hourly_before.contains(d))
+        .unwrap_or_else(|| panic!("backup run hourly made no directory in {BACKUP_ROOT}: {t}"));
+    let m = manifest(&hourly);
+    assert_eq!(m["outcome"], "ok", "{m}");
+    assert_eq!(m["databases"], serde_json::json!([db.clone()]), "{m}");
+    assert_eq!(m["volumes"], serde_json::json!([]), "{m}");
+    for s in ["db", "redis", "builder", "target"] {
+        assert_eq!(
+            state(&p.container(s), "Running"),
+            "true",
+            "{s} runs after the backups"
+        );
+    }
+    check_data(p, rows, "after the backups");
+
+    // Destroy.
+    psql(&db, "app", "DROP TABLE projects");
+    assert_eq!(redis(&rd, &["FLUSHALL"]), "OK");
+    assert_eq!(redis(&rd, &["DBSIZE"]), "0");
+    p.exec(
+        "builder",
+        "rm -rf /app/storage/upload.bin /app/storage/exports /workspaces/project-abc123",
+    );
+
+    // Restore this project's volumes and dump from the daily backup.
+    let dir = path_str(&daily).to_string();
+    let mut args = vec![
+        "backup",
+        "restore",
+        dir.as_str(),
+        "--yes",
+        "--container-label",
+        &label,
+    ];
+    let names: Vec<String> = [
+        "redis-data",
+        "builder-data",
+        "target-workspaces",
+        "shared-ssh-keys",
+    ]
+    .iter()
+    .map(|v| p.volume(v))
+    .collect();
+    for v in &names {
+        args.extend(["--volume", v.as_str()]);
+    }
+    args.extend(["--database", db.as_str()]);
+    let t = cli_ok(install, &args);
+    eprintln!("backup restore:\n{t}");
+    assert!(t.contains(&format!("ok     database {db}")), "{t}");
+    for v in &names {
+        assert!(t.contains(&format!("ok     volume {v}")), "{t}");
+    }
+    for s in ["db", "redis", "builder", "target"] {
+        wait_until(
+            &format!("{s} runs after the restore"),
+            Duration::from_secs(120),
+            || state(&p.container(s), "Running") == "true",
+        );
+    }
+    check_data(p, rows, "after the restore");
+    eprintln!(
+        "platform day (snapshot, backups, destroy, restore): {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -398,14 +595,32 @@ fn shipped_compose_file_survives_down_up_cycles_and_a_dockerd_restart_on_the_ins
     p.compose_ok(&["up", "-d"]);
     check_drivers(&p, "after the first up");
     p.wait_for_databases();
-    p.sql(&format!(
-        "CREATE TABLE projects (id int PRIMARY KEY, name text NOT NULL); \
-         INSERT INTO projects SELECT g, 'project ' || g FROM generate_series(1, {ROWS}) g"
-    ));
+    let (db, rd) = (p.container("db"), p.container("redis"));
+    psql(&db, "postgres", "CREATE DATABASE app");
+    psql(
+        &db,
+        "app",
+        &format!(
+            "CREATE TABLE projects (id integer PRIMARY KEY, name text NOT NULL, payload text); \
+             INSERT INTO projects SELECT g, 'project-' || g, md5(g::text) FROM generate_series(1, {ROWS}) g"
+        ),
+    );
+    let rows = fingerprint(&db);
+    assert!(rows.starts_with(&format!("{ROWS}:")), "{rows}");
     assert_eq!(
-        p.exec("redis", "redis-cli SET allspark:session s3cr3t-session")
-            .trim(),
+        redis(&rd, &["SET", "allspark:session", "s3cr3t-session"]),
         "OK"
+    );
+    redis(
+        &rd,
+        &[
+            "EVAL",
+            &format!(
+                "for i = 0, {} do redis.call('SET', 'session:' .. i, 'user-' .. i) end",
+                KEYS - 1
+            ),
+            "0",
+        ],
     );
     docker_ok(&[
         "run",
@@ -419,15 +634,18 @@ fn shipped_compose_file_survives_down_up_cycles_and_a_dockerd_restart_on_the_ins
     ]);
     p.exec(
         "builder",
-        "echo upload > /app/storage/upload.bin && mkdir -p /workspaces/project-abc123 && \
-         echo code > /workspaces/project-abc123/app.rb && echo 'builder log' > /app/log/builder.log",
+        "echo upload > /app/storage/upload.bin && mkdir -p /app/storage/exports && \
+         for i in $(seq 1 200); do echo \"row $i\" > /app/storage/exports/report-$i.csv; done && \
+         mkdir -p /workspaces/project-abc123 && echo code > /workspaces/project-abc123/app.rb && \
+         echo 'builder log' > /app/log/builder.log",
     );
     assert_eq!(
         fs::read_to_string(pg_device.join("PG_VERSION")).unwrap(),
         "15\n",
         "postgres-data is the device= directory {PG_DEVICE}"
     );
-    check_data(&p, "after the first up");
+    check_data(&p, &rows, "after the first up");
+    platform_day(&p, &mut install, &rows);
 
     // Cycles 2 and 3: down, up -d. Docker reports the driver as the file names it, so
     // docker-compose v1 accepts its own volumes again.
@@ -450,7 +668,7 @@ fn shipped_compose_file_survives_down_up_cycles_and_a_dockerd_restart_on_the_ins
         }
         p.compose_ok(&["up", "-d"]);
         check_drivers(&p, &format!("cycle {cycle}"));
-        check_data(&p, &format!("after up number {cycle}"));
+        check_data(&p, &rows, &format!("after up number {cycle}"));
     }
 
     // dockerd restarts under the running project: the driver runs outside it, the
@@ -475,11 +693,11 @@ fn shipped_compose_file_survives_down_up_cycles_and_a_dockerd_restart_on_the_ins
                 })
             },
         );
-        check_data(&p, "after the dockerd restart");
+        check_data(&p, &rows, "after the dockerd restart");
     }
     p.compose_ok(&["up", "-d"]);
     check_drivers(&p, "after the last up");
-    check_data(&p, "after the last up");
+    check_data(&p, &rows, "after the last up");
 
     // down -v removes the volumes and their managed data, never the device= data.
     p.compose_ok(&["down", "-v"]);

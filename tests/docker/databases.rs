@@ -19,11 +19,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const ROWS: u64 = 50_000;
-const KEYS: u64 = 2_000;
+pub(super) const ROWS: u64 = 50_000;
+pub(super) const KEYS: u64 = 2_000;
 
 /// `psql` in the db container; its stdout, trimmed.
-fn psql(db: &str, database: &str, sql: &str) -> String {
+pub(super) fn psql(db: &str, database: &str, sql: &str) -> String {
     docker_ok(&[
         "exec",
         db,
@@ -43,7 +43,7 @@ fn psql(db: &str, database: &str, sql: &str) -> String {
 }
 
 /// `redis-cli ARGS…` in the redis container; its stdout, trimmed.
-fn redis(c: &str, args: &[&str]) -> String {
+pub(super) fn redis(c: &str, args: &[&str]) -> String {
     let mut a = vec!["exec", c, "redis-cli"];
     a.extend_from_slice(args);
     docker_ok(&a).trim().to_string()
@@ -76,7 +76,7 @@ fn run_service(
 }
 
 /// The database's content that must come back: row count and a checksum of every row.
-fn fingerprint(db: &str) -> String {
+pub(super) fn fingerprint(db: &str) -> String {
     psql(
         db,
         "app",
