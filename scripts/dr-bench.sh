@@ -70,8 +70,14 @@ echo "backup + push: $backup_push s" >&2
 grep -q '1 backup(s) pushed' "$W/backup.log" || { cat "$W/backup.log"; exit 1; }
 archive=$(ls "$broot"/daily/*/workspace.tar.*)
 stored=$(stat -c %s "$archive")
+cp "$archive" "$W/archive"
+archive=$W/archive
 
-# Baseline: extracting the same archive with GNU tar, no download, no decryption.
+# The host is lost.
+kill "$plugin_pid"; wait "$plugin_pid" 2>/dev/null || true
+rm -rf "$root" "$broot"
+# Baseline: extracting the same archive with GNU tar, no download, no decryption, after the
+# same deletions (ext4 pays for recently deleted inodes when it allocates new ones).
 mkdir "$W/tar-x"
 sync
 t=$(now)
@@ -79,9 +85,6 @@ tar -xf "$archive" -C "$W/tar-x"   # gzip or zstd, detected by GNU tar
 tar_x=$(since "$t")
 rm -rf "$W/tar-x"
 
-# The host is lost.
-kill "$plugin_pid"; wait "$plugin_pid" 2>/dev/null || true
-rm -rf "$root" "$broot"
 start_plugin
 add_remote
 sync

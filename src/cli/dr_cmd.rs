@@ -117,6 +117,11 @@ pub fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
                 for p in &r.problems {
                     eprintln!("error: {p}");
                 }
+                for (v, d) in &r.covered_by_dump {
+                    println!(
+                        "volume {v} was recreated empty: the backup keeps its data as dump {d} (the database method); start its database, then replay the dump"
+                    );
+                }
                 if !r.dumps_pending.is_empty() {
                     println!(
                         "database dumps not restored yet: {}; start the database containers (labelled allspark.restore.exec) and run:",

@@ -15,7 +15,9 @@
 //! 4. Database dumps are fed by the same restore path, into the running
 //!    containers labelled `allspark.restore.exec` — with `--databases`, or
 //!    later with `allspark backup restore DIR --database NAME --yes` once the
-//!    database containers run again.
+//!    database containers run again. A database volume the backup left to its
+//!    dump (`covered_by_dump`) is recreated empty: the database initialises
+//!    it when its container starts, then the dump fills it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,6 +72,8 @@ pub struct DrReport {
     pub items: Vec<ItemResult>,
     /// Dumps in the backup not restored now (see the hint printed).
     pub dumps_pending: Vec<String>,
+    /// Volumes recreated empty because a dump stands for them: `(volume, dump)`.
+    pub covered_by_dump: Vec<(String, String)>,
     /// Problems, one sentence each (records not created, items failed).
     pub problems: Vec<String>,
     pub download_bytes: u64,
@@ -226,6 +230,11 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
         .iter()
         .filter(|f| f.kind == FileKind::Database)
         .map(|f| f.source.clone())
+        .collect();
+    report.covered_by_dump = m
+        .covered_by_dump
+        .iter()
+        .map(|(v, d)| (v.clone(), d.clone()))
         .collect();
     if req.databases && !dumps.is_empty() {
         run_restore(ctx, req, &dir, Vec::new(), dumps, &mut report)?;
