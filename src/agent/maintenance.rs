@@ -286,6 +286,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<HashMap<_, _>>(),
+            image: String::new(),
             volumes: vec![],
         }
     }

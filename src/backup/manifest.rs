@@ -9,6 +9,7 @@
 //! | `volumes` | names of the volumes archived in the backup |
 //! | `databases` | names of the dumps in the backup |
 //! | `files` | `[{name, kind: volume\|database, size, sha256, source, compression: zstd\|gzip, covers}]`; `covers`: the volumes a dump stands for |
+//! | `files[].producer` | for a dump: `{container, image, compose_project, compose_service}` of the container that wrote it; restore feeds the dump only to the same one (see [`Producer`]) |
 //! | `covered_by_dump` | `{volume: dump}`: volumes left out of the file archives because a dump stands for them (the database method, see the README) |
 //! | `started_at`, `finished_at`, `duration_ms` | the run |
 //! | `outcome` | `ok` or `failed` |
@@ -74,6 +75,89 @@ pub struct FileEntry {
     /// For a dump: the volumes of its container, not archived because the dump stands for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub covers: Vec<String>,
+    /// For a dump: the container that wrote it (absent in manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub producer: Option<Producer>,
+}
+
+/// Compose's project label.
+pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+/// Compose's service label.
+pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+
+/// The identity of the container a dump came from.
+///
+/// A restore feeds a dump only to a container with the same identity: the
+/// same compose project and service when the producer had both labels (the
+/// container may have been recreated, renamed or upgraded meanwhile), else
+/// the same container name. The image is recorded for the operator, not
+/// compared (a database is restored into a newer image on purpose).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Producer {
+    /// The container's name at backup time.
+    pub container: String,
+    /// Its image, as Docker listed it.
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_service: Option<String>,
+}
+
+impl Producer {
+    /// The identity of container `c`.
+    pub fn of(c: &crate::docker::ContainerInfo) -> Producer {
+        let label = |k: &str| c.labels.get(k).filter(|v| !v.is_empty()).cloned();
+        Producer {
+            container: c.name.clone(),
+            image: c.image.clone(),
+            compose_project: label(COMPOSE_PROJECT),
+            compose_service: label(COMPOSE_SERVICE),
+        }
+    }
+
+    /// The compose project and service, when both are known.
+    fn compose(&self) -> Option<(&str, &str)> {
+        Some((
+            self.compose_project.as_deref()?,
+            self.compose_service.as_deref()?,
+        ))
+    }
+
+    /// `compose service db of project shop (container shop-db-1, image postgres:16)`, or `container db (image …)`.
+    pub fn describe(&self) -> String {
+        let image = if self.image.is_empty() {
+            String::new()
+        } else {
+            format!(", image {}", self.image)
+        };
+        match self.compose() {
+            Some((p, s)) => format!(
+                "compose service {s} of project {p} (container {}{image})",
+                self.container
+            ),
+            None => format!("container {}{image}", self.container),
+        }
+    }
+
+    /// `Ok` when `other` is the same producer; else the mismatch, in words.
+    pub fn matches(&self, other: &Producer) -> Result<(), String> {
+        match (self.compose(), other.compose()) {
+            (Some(a), Some(b)) if a == b => Ok(()),
+            (Some(_), _) => Err(format!(
+                "the dump was written by {}, but the restore container is {}: not the same compose project and service",
+                self.describe(),
+                other.describe()
+            )),
+            (None, _) if self.container == other.container => Ok(()),
+            (None, _) => Err(format!(
+                "the dump was written by {}, but the restore container is {}: not the same container name",
+                self.describe(),
+                other.describe()
+            )),
+        }
+    }
 }
 
 /// `manifest.json` of a backup directory.
@@ -254,6 +338,61 @@ mod tests {
         assert_eq!(m.outcome, None);
         assert_eq!(m.outcome_str(), "unknown");
         assert!(m.files.is_empty());
+    }
+
+    fn producer(name: &str, compose: Option<(&str, &str)>) -> Producer {
+        Producer {
+            container: name.into(),
+            image: "busybox".into(),
+            compose_project: compose.map(|c| c.0.to_string()),
+            compose_service: compose.map(|c| c.1.to_string()),
+        }
+    }
+
+    #[test]
+    fn producer_identity_matching() {
+        let db = producer("shop-db-1", Some(("shop", "db")));
+        // Recreated (other name, newer image): the same service.
+        let mut recreated = producer("shop-db-2", Some(("shop", "db")));
+        recreated.image = "postgres:17".into();
+        assert_eq!(db.matches(&recreated), Ok(()));
+        // Another service, another project, or no compose labels at all: refused, naming both.
+        for other in [
+            producer("shop-db-1", Some(("shop", "evil"))),
+            producer("shop-db-1", Some(("other", "db"))),
+            producer("shop-db-1", None),
+        ] {
+            let e = db.matches(&other).unwrap_err();
+            assert!(
+                e.contains("compose service db of project shop") && e.contains(&other.container),
+                "{e}"
+            );
+        }
+        // Plain containers: by name.
+        let plain = producer("victim", None);
+        assert_eq!(plain.matches(&producer("victim", None)), Ok(()));
+        assert_eq!(plain.matches(&producer("victim", Some(("p", "s")))), Ok(()));
+        let e = plain.matches(&producer("attacker", None)).unwrap_err();
+        assert!(
+            e.contains("container victim") && e.contains("container attacker"),
+            "{e}"
+        );
+        // A producer with only one compose label is matched by name.
+        let mut half = producer("x", None);
+        half.compose_project = Some("p".into());
+        assert!(half.matches(&producer("y", Some(("p", "s")))).is_err());
+        assert!(half.matches(&producer("x", Some(("p", "s")))).is_ok());
+    }
+
+    #[test]
+    fn a_dump_entry_without_producer_reads() {
+        let e: FileEntry = serde_json::from_str(
+            r#"{"name":"db.sql.gz","kind":"database","size":1,"sha256":"00","source":"db"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.producer, None);
+        let v = serde_json::to_value(&e).unwrap();
+        assert!(v.get("producer").is_none());
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! A dump `<name>.sql.gz` goes, gunzipped, into the stdin of
 //! `sh -c <command>` in the running container labelled
 //! `allspark.restore.exec=<command>` whose dump name (label
-//! `allspark.backup.name`, else the container name) is `<name>`, after the
+//! `allspark.backup.name`, else the container name) is `<name>` and which is
+//! the dump's recorded producer (the manifest's `producer`: the same compose
+//! project and service, else the same container name; see
+//! [`select_hook`]), after the
 //! volumes are back and their containers started again. Before it, allspark
 //! waits (at most [`READY_TIMEOUT`]) until that container runs and, if it
 //! carries `allspark.restore.wait=<command>`, until that command exits 0
@@ -32,7 +35,7 @@ use bollard::Docker;
 use flate2::read::MultiGzDecoder;
 use serde::Serialize;
 
-use super::manifest::{self, BackupManifest, FileEntry, FileKind};
+use super::manifest::{self, BackupManifest, FileEntry, FileKind, Producer};
 use super::quiesce::StopGuard;
 use super::run::{dump_name, running_containers, ItemProgress};
 use super::{verify, Settings, LABEL_RESTORE, LABEL_RESTORE_WAIT};
@@ -84,6 +87,8 @@ pub struct PlannedDump {
     pub command: Option<String>,
     /// The readiness check run before it (`allspark.restore.wait`).
     pub wait: Option<String>,
+    /// The container that wrote it (`None`: a manifest from before producers were recorded).
+    pub producer: Option<Producer>,
 }
 
 /// Everything a restore would do.
@@ -255,6 +260,7 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
             container_id: None,
             command: None,
             wait: None,
+            producer: f.producer.clone(),
         })
         .collect();
 
@@ -293,6 +299,13 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
                     })
                     .filter(|c| dump_name(c) == d.name)
                     .collect();
+                let hooks = match select_hook(&d.name, d.producer.as_ref(), &hooks) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        problems.push(e);
+                        continue;
+                    }
+                };
                 match hooks.as_slice() {
                     [c] => {
                         d.container = Some(c.name.clone());
@@ -337,6 +350,37 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
         dumps,
         problems,
     })
+}
+
+/// Of the running containers taking dump `name` (by dump name), those its recorded producer allows.
+///
+/// Without a recorded producer (a manifest from before allspark recorded
+/// them) every candidate is kept: the dump name alone decides, as it did.
+/// With one, only a container of the same identity ([`Producer::matches`]);
+/// when candidates exist but none matches, the refusal names each mismatch.
+pub fn select_hook<'a>(
+    name: &str,
+    producer: Option<&Producer>,
+    candidates: &[&'a ContainerInfo],
+) -> Result<Vec<&'a ContainerInfo>, String> {
+    let Some(p) = producer else {
+        return Ok(candidates.to_vec());
+    };
+    let mut mismatches = Vec::new();
+    let mut ok = Vec::new();
+    for c in candidates {
+        match p.matches(&Producer::of(c)) {
+            Ok(()) => ok.push(*c),
+            Err(e) => mismatches.push(e),
+        }
+    }
+    if ok.is_empty() && !mismatches.is_empty() {
+        return Err(format!(
+            "dump {name} is refused: {}; it is fed only to the container that wrote it (same compose project and service, else same name)",
+            mismatches.join("; ")
+        ));
+    }
+    Ok(ok)
 }
 
 /// The result of one item.
@@ -810,6 +854,56 @@ fn restore_volume(
 mod tests {
     use super::*;
     use std::io::Write;
+
+    fn container(name: &str, labels: &[(&str, &str)]) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("id-{name}"),
+            name: name.into(),
+            running: true,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            image: "busybox".into(),
+            volumes: vec![],
+        }
+    }
+
+    #[test]
+    fn a_dump_goes_only_to_its_producer() {
+        let attacker = container("attacker", &[("allspark.backup.name", "victim")]);
+        let victim = container("victim", &[]);
+        let by_attacker = Producer::of(&attacker);
+        let by_victim = Producer::of(&victim);
+        // The attacker's dump is not fed to the victim: refused, naming both.
+        let e = select_hook("victim", Some(&by_attacker), &[&victim]).unwrap_err();
+        assert!(
+            e.contains("container attacker") && e.contains("container victim"),
+            "{e}"
+        );
+        // The victim's own dump goes to it, not to an impostor with its dump name.
+        let got = select_hook("victim", Some(&by_victim), &[&attacker, &victim]).unwrap();
+        assert_eq!(got.iter().map(|c| &c.name).collect::<Vec<_>>(), ["victim"]);
+        // Compose: a recreated container of the same service takes it.
+        let labels = [
+            (crate::backup::manifest::COMPOSE_PROJECT, "shop"),
+            (crate::backup::manifest::COMPOSE_SERVICE, "db"),
+        ];
+        let old = Producer::of(&container("shop-db-1", &labels));
+        let new = container("shop_db_1", &labels);
+        assert_eq!(select_hook("db", Some(&old), &[&new]).unwrap().len(), 1);
+        // Old manifests (no producer): the dump name alone, as before.
+        assert_eq!(
+            select_hook("victim", None, &[&attacker, &victim])
+                .unwrap()
+                .len(),
+            2
+        );
+        // No candidate at all: no refusal here, the caller says none runs.
+        assert!(select_hook("victim", Some(&by_victim), &[])
+            .unwrap()
+            .is_empty());
+    }
 
     #[test]
     fn psql_errors_name_their_line() {

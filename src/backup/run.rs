@@ -49,7 +49,7 @@ use anyhow::Context;
 use bollard::Docker;
 use chrono::{Local, Utc};
 
-use super::manifest::{self, BackupManifest, FileEntry, FileKind, LastBackup, Outcome};
+use super::manifest::{self, BackupManifest, FileEntry, FileKind, LastBackup, Outcome, Producer};
 use super::quiesce::StopGuard;
 use super::{
     dump, retention, BackupType, LabelFilter, Settings, LABEL_DUMP, LABEL_NAME, LABEL_STOP,
@@ -227,6 +227,30 @@ pub fn dump_name(c: &ContainerInfo) -> String {
         .filter(|n| !n.is_empty())
         .cloned()
         .unwrap_or_else(|| c.name.clone())
+}
+
+/// Dump names taken by more than one container of a run: `(name, containers by name)`.
+///
+/// Dump names are one namespace: two containers with the same name (e.g. one
+/// labelled `allspark.backup.name=<the other's name>`) would write one file,
+/// and the first would take the other's slot. Such containers are all
+/// refused, before any dump runs.
+pub fn duplicate_dump_names(dumped: &[&ContainerInfo]) -> Vec<(String, Vec<String>)> {
+    let mut by_name: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for c in dumped {
+        by_name
+            .entry(dump_name(c))
+            .or_default()
+            .push(c.name.clone());
+    }
+    by_name
+        .into_iter()
+        .filter(|(_, cs)| cs.len() > 1)
+        .map(|(n, mut cs)| {
+            cs.sort();
+            (n, cs)
+        })
+        .collect()
 }
 
 /// Create `<root>/<type>/<YYYYmmdd_HHMMSS>` (mode 0700: backups hold secrets); a second run in the same second waits for the next one.
@@ -410,6 +434,17 @@ fn run_in(
         })
         .collect();
     let coverage = dump_coverage(&selected, &to_dump);
+    // Refused before any dump runs: every container whose dump name another one also has.
+    let mut refused: std::collections::HashMap<String, String> = Default::default();
+    for (name, cs) in duplicate_dump_names(&to_dump) {
+        let why = format!(
+            "dump {name} refused: containers {} all have dump name {name} (label {LABEL_NAME}, else the container name), so neither is dumped; give each a distinct {LABEL_NAME} label",
+            cs.join(" and ")
+        );
+        for c in to_dump.iter().filter(|c| cs.contains(&c.name)) {
+            refused.insert(c.id.clone(), why.clone());
+        }
+    }
     let volumes: Vec<Arc<VolumeRecord>> = if kind.dumps_only() {
         Vec::new()
     } else {
@@ -461,7 +496,11 @@ fn run_in(
             if let Some(p) = &opts.progress {
                 p(&format!("dump {name}"), Some(0));
             }
-            match do_dump(rt, docker, c, &name, &cmd, dir, &m) {
+            let result = match refused.get(&c.id) {
+                Some(why) => Err(format!("container {}: {why}", c.name)),
+                None => do_dump(rt, docker, c, &name, &cmd, dir, &m),
+            };
+            match result {
                 Ok(mut entry) => {
                     tracing::info!(dump = %name, container = %c.name, bytes = entry.bytes_in, covers = ?covers, "database dumped");
                     for v in &covers {
@@ -569,6 +608,7 @@ fn do_dump(
         bytes_in: r.bytes_in,
         compression: Compression::Gzip,
         covers: Vec::new(),
+        producer: Some(Producer::of(c)),
     })
 }
 
@@ -654,6 +694,7 @@ fn archive_volume(
             bytes_in: r.bytes_in,
             compression,
             covers: Vec::new(),
+            producer: None,
         },
         warning,
     ))
@@ -662,6 +703,42 @@ fn archive_volume(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn container(name: &str, labels: &[(&str, &str)]) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("id-{name}"),
+            name: name.into(),
+            running: true,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            image: "busybox".into(),
+            volumes: vec![],
+        }
+    }
+
+    #[test]
+    fn duplicate_dump_names_are_found_naming_every_container() {
+        let a = container("aaa-attacker", &[(LABEL_NAME, "victim")]);
+        let v = container("victim", &[]);
+        let other = container("other", &[(LABEL_NAME, "shop")]);
+        let empty_label = container("plain", &[(LABEL_NAME, "")]);
+        let all = [&v, &a, &other, &empty_label];
+        assert_eq!(
+            duplicate_dump_names(&all),
+            vec![(
+                "victim".to_string(),
+                vec!["aaa-attacker".to_string(), "victim".to_string()]
+            )]
+        );
+        assert!(duplicate_dump_names(&[&v, &other, &empty_label]).is_empty());
+        let twin = container("twin", &[(LABEL_NAME, "shop")]);
+        assert_eq!(
+            duplicate_dump_names(&[&other, &twin])[0].1,
+            vec!["other", "twin"]
+        );
+    }
 
     fn rec(name: &str, opts: &[(&str, &str)]) -> Arc<VolumeRecord> {
         Arc::new(VolumeRecord::managed(name, opts).unwrap())

@@ -51,6 +51,8 @@ pub struct ContainerInfo {
     pub name: String,
     pub running: bool,
     pub labels: HashMap<String, String>,
+    /// The image it was created from, as Docker lists it (`postgres:16`, or an id).
+    pub image: String,
     /// Names of the named volumes it mounts.
     pub volumes: Vec<String>,
 }
@@ -95,6 +97,7 @@ fn info(c: bollard::models::ContainerSummary) -> ContainerInfo {
             .to_string(),
         running: c.state.as_deref() == Some("running"),
         labels: c.labels.unwrap_or_default(),
+        image: c.image.unwrap_or_default(),
         volumes: c
             .mounts
             .unwrap_or_default()

@@ -315,18 +315,15 @@ fn backup_dump_stop_restore_and_damage_with_dockerd() {
 
     // A restore command that goes on after errors and exits 0 (psql without ON_ERROR_STOP):
     // FAILED, each error line named, with the statement it points at.
-    let db2 = unique_name("db2");
-    cleanup.add(format!("docker rm -f {db2}"));
+    // (The same container name: a dump is fed only to the container that wrote it.)
     docker_ok(&["rm", "-f", &db]);
     docker_ok(&[
         "run",
         "-d",
         "--name",
-        &db2,
+        &db,
         "--label",
         &scope,
-        "--label",
-        &format!("allspark.backup.name={db}"),
         "--label",
         "allspark.restore.exec=cat > /dev/null; echo 'psql:<stdin>:1: ERROR:  first failure' >&2; echo 'psql:<stdin>:1: ERROR:  second failure' >&2",
         &image,
@@ -397,6 +394,157 @@ fn backup_dump_stop_restore_and_damage_with_dockerd() {
         before,
         "nothing was stopped"
     );
+}
+
+/// Issue 13, item 5: a container labelled `allspark.backup.name=<victim>` neither takes the
+/// victim's dump slot at backup nor gets its SQL fed to the victim's restore command.
+#[test]
+fn a_dump_is_bound_to_the_container_that_wrote_it() {
+    let Some(_docker) = require_docker() else {
+        return;
+    };
+    let image = ensure_busybox_image();
+    let mut p = LegacyPlugin::start();
+    let scope_value = unique_name("scope");
+    let scope = format!("allspark.test.scope={scope_value}");
+    let victim = unique_name("victim");
+    let victim_vol = unique_name("victimvol");
+    // Sorts before the victim, so it was dumped first and took the victim's slot.
+    let attacker = format!("a0-{}", unique_name("attacker"));
+    let mut cleanup = Cleanup::new();
+    for c in [&victim, &attacker] {
+        cleanup.add(format!("docker rm -f {c}"));
+    }
+    let out = p.create(&victim_vol, &["backup=high"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let start = |name: &str, labels: &[String], volume: Option<&str>| {
+        let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.into()];
+        for l in std::iter::once(&scope).chain(labels) {
+            args.push("--label".into());
+            args.push(l.clone());
+        }
+        if let Some(v) = volume {
+            args.push("-v".into());
+            args.push(v.into());
+        }
+        args.extend([image.clone(), "sh".into(), "-c".into(), SLEEP.into()]);
+        docker_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    let victim_labels = [
+        "allspark.backup.dump=echo VICTIM-SQL".to_string(),
+        "allspark.restore.exec=cat > /db/restored.sql".to_string(),
+    ];
+    start(&victim, &victim_labels, Some(&format!("{victim_vol}:/db")));
+    start(
+        &attacker,
+        &[
+            "allspark.backup.dump=echo ATTACKER-SQL".to_string(),
+            format!("allspark.backup.name={victim}"),
+        ],
+        None,
+    );
+    let broot = p.dir.path().join("backups");
+    let broot_s = broot.to_str().unwrap().to_string();
+    let backup = |kind: &str| {
+        allspark(
+            &p,
+            &[
+                "backup",
+                "run",
+                kind,
+                "--backup-root",
+                &broot_s,
+                "--container-label",
+                &scope,
+            ],
+        )
+    };
+
+    // 1. Both claim dump name <victim>: refused before any dump, naming both; no dump file.
+    let out = backup("hourly");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(&attacker) && t.contains(&victim) && t.contains("refused"),
+        "{t}"
+    );
+    let dir = dirs_of(&broot, "hourly").pop().expect("a backup directory");
+    let m = manifest(&dir);
+    assert_eq!(m["databases"], serde_json::json!([]), "{m}");
+    assert!(!dir.join(format!("{victim}.sql.gz")).exists());
+
+    // 2. The attacker alone (the victim does not dump this time) writes <victim>.sql.gz;
+    //    its manifest records the attacker as the producer.
+    docker_ok(&["rm", "-f", &victim]);
+    start(
+        &victim,
+        &["allspark.restore.exec=cat > /db/restored.sql".to_string()],
+        Some(&format!("{victim_vol}:/db")),
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = backup("hourly");
+    assert!(out.status.success(), "{}", text(&out));
+    let dir = dirs_of(&broot, "hourly").pop().unwrap();
+    let m = manifest(&dir);
+    assert_eq!(m["databases"], serde_json::json!([victim.clone()]), "{m}");
+    assert!(gunzip(&dir.join(format!("{victim}.sql.gz"))).contains("ATTACKER-SQL"));
+    let entry = &m["files"].as_array().unwrap()[0];
+    assert_eq!(entry["producer"]["container"], attacker.as_str(), "{m}");
+
+    // 3. Restore: the victim's restore command is not fed the attacker's SQL; refused, naming both.
+    let dir_s = dir.to_str().unwrap();
+    let out = allspark(
+        &p,
+        &[
+            "backup",
+            "restore",
+            dir_s,
+            "--database",
+            &victim,
+            "--yes",
+            "--container-label",
+            &scope,
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(&format!("container {attacker}"))
+            && t.contains(&format!("container {victim}"))
+            && t.contains("refused"),
+        "{t}"
+    );
+    let fed = docker(&["exec", &victim, "cat", "/db/restored.sql"]);
+    assert!(
+        !String::from_utf8_lossy(&fed.stdout).contains("ATTACKER-SQL"),
+        "the victim was fed the attacker's dump"
+    );
+    assert!(!fed.status.success(), "nothing was fed to the victim");
+
+    // 4. The victim's own dump still goes to it.
+    docker_ok(&["rm", "-f", &attacker]);
+    docker_ok(&["rm", "-f", &victim]);
+    start(&victim, &victim_labels, Some(&format!("{victim_vol}:/db")));
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = backup("hourly");
+    assert!(out.status.success(), "{}", text(&out));
+    let dir = dirs_of(&broot, "hourly").pop().unwrap();
+    let out = allspark(
+        &p,
+        &[
+            "backup",
+            "restore",
+            dir.to_str().unwrap(),
+            "--database",
+            &victim,
+            "--yes",
+            "--container-label",
+            &scope,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let fed = docker_ok(&["exec", &victim, "cat", "/db/restored.sql"]);
+    assert_eq!(fed.trim(), "VICTIM-SQL");
 }
 
 struct Agent(Child);
