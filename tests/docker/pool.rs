@@ -3,42 +3,11 @@
 use crate::support::common;
 use crate::support::legacy;
 
-use std::process::Command;
 use std::time::Duration;
 
-use crate::support::harness::Agent;
 use common::{docker, docker_ok, ensure_busybox_image, require_docker, unique_name, wait_until};
 use legacy::{run, LegacyPlugin};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_allspark");
-
-fn start_agent(p: &LegacyPlugin) -> Agent {
-    Agent::start(&p.root(), &p.dir.path().join("agent.log"), &[])
-}
-
-fn cli_ok(p: &LegacyPlugin, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--root")
-        .arg(p.root())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "allspark {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn snapshots(p: &LegacyPlugin, volume: &str) -> Vec<Value> {
-    serde_json::from_str::<Value>(&cli_ok(p, &["snapshot", "ls", volume, "--json"]))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
 
 #[test]
 fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
@@ -52,7 +21,7 @@ fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
             format!("p=btrfs-image:{}:3G", dir.join("p.img").display()),
         ]
     });
-    let _agent = start_agent(&p);
+    let _agent = p.start_agent();
     let (small, other, ws) = (
         unique_name("small"),
         unique_name("other"),
@@ -118,9 +87,9 @@ fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
         "echo precious > /w/file; mkdir /w/src",
     );
     wait_until("the snapshot on stop", Duration::from_secs(60), || {
-        !snapshots(&p, &ws).is_empty()
+        !p.snapshots(&ws).is_empty()
     });
-    let snap = &snapshots(&p, &ws)[0];
+    let snap = &p.snapshots(&ws)[0];
     assert!(snap["kind"].as_str().unwrap().starts_with("cow"), "{snap}");
     let id = snap["id"].as_str().unwrap().to_string();
     let clone = unique_name("clone");
@@ -142,7 +111,7 @@ fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
     wait_until(
         "the archive of the snapshot",
         Duration::from_secs(60),
-        || snapshots(&p, &ws)[0]["kind"] == "cow+archive",
+        || p.snapshots(&ws)[0]["kind"] == "cow+archive",
     );
     for v in [&small, &other, &ws, &clone] {
         docker_ok(&["volume", "rm", v]);

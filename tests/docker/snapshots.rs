@@ -1,45 +1,12 @@
 //! Snapshots with the real dockerd: snapshot-on-unmount of an allspark volume and `allspark.snapshot=on-stop` of a local volume.
 
 use crate::support::common;
-use crate::support::harness;
 use crate::support::legacy;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{docker_ok, ensure_busybox_image, require_docker, unique_name, wait_until, Cleanup};
-use harness::Agent;
 use legacy::{run, LegacyPlugin};
-use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_allspark");
-
-fn start_agent(p: &LegacyPlugin) -> Agent {
-    Agent::start(&p.root(), &p.dir.path().join("agent.log"), &[])
-}
-
-fn cli_ok(p: &LegacyPlugin, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--root")
-        .arg(p.root())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "allspark {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn snapshots(p: &LegacyPlugin, volume: &str) -> Vec<Value> {
-    serde_json::from_str::<Value>(&cli_ok(p, &["snapshot", "ls", volume, "--json"]))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
 
 #[test]
 fn a_stopped_container_leaves_a_snapshot_and_the_next_one_is_incremental() {
@@ -48,7 +15,7 @@ fn a_stopped_container_leaves_a_snapshot_and_the_next_one_is_incremental() {
     };
     let image = ensure_busybox_image();
     let mut p = LegacyPlugin::start();
-    let _agent = start_agent(&p);
+    let _agent = p.start_agent();
     let ws = unique_name("workspace");
     let out = p.create(&ws, &["snapshot=on-unmount", "uid=1000", "gid=1000"]);
     assert!(
@@ -61,7 +28,7 @@ fn a_stopped_container_leaves_a_snapshot_and_the_next_one_is_incremental() {
     wait_until(
         "a snapshot after the container stopped",
         Duration::from_secs(60),
-        || snapshots(&p, &ws).len() == 1,
+        || p.snapshots(&ws).len() == 1,
     );
     let first_listing = run(
         &image,
@@ -71,14 +38,14 @@ fn a_stopped_container_leaves_a_snapshot_and_the_next_one_is_incremental() {
     wait_until(
         "the snapshot of the listing run",
         Duration::from_secs(60),
-        || snapshots(&p, &ws).len() == 2,
+        || p.snapshots(&ws).len() == 2,
     );
 
     run(&image, &v, "echo changed > /workspace/src/m1/f1.txt");
     wait_until("the incremental snapshot", Duration::from_secs(60), || {
-        snapshots(&p, &ws).len() == 3
+        p.snapshots(&ws).len() == 3
     });
-    let snaps = snapshots(&p, &ws);
+    let snaps = p.snapshots(&ws);
     assert_eq!(snaps[0]["trigger"], "unmount");
     assert!(snaps[0]["parent"].is_null());
     assert_eq!(snaps[2]["parent"], snaps[1]["id"]);
@@ -90,7 +57,7 @@ fn a_stopped_container_leaves_a_snapshot_and_the_next_one_is_incremental() {
     );
 
     let first = snaps[0]["id"].as_str().unwrap().to_string();
-    cli_ok(&p, &["snapshot", "restore", &ws, &first, "--yes"]);
+    p.cli_ok(&["snapshot", "restore", &ws, &first, "--yes"]);
     let restored = run(
         &image,
         &v,
@@ -113,7 +80,7 @@ fn a_labelled_container_gets_its_local_volumes_snapshotted_when_it_stops() {
     };
     let image = ensure_busybox_image();
     let p = LegacyPlugin::start();
-    let _agent = start_agent(&p);
+    let _agent = p.start_agent();
     let local = unique_name("localvol");
     docker_ok(&["volume", "create", &local]);
     let mut cleanup = Cleanup::new();
@@ -135,9 +102,9 @@ fn a_labelled_container_gets_its_local_volumes_snapshotted_when_it_stops() {
     wait_until(
         "a snapshot of the local volume",
         Duration::from_secs(60),
-        || snapshots(&p, &local).len() == 1,
+        || p.snapshots(&local).len() == 1,
     );
-    let snaps = snapshots(&p, &local);
+    let snaps = p.snapshots(&local);
     assert_eq!(snaps[0]["trigger"], "stop");
     assert_eq!(snaps[0]["driver"], "local");
     let id = snaps[0]["id"].as_str().unwrap().to_string();
@@ -146,8 +113,8 @@ fn a_labelled_container_gets_its_local_volumes_snapshotted_when_it_stops() {
         &format!("{local}:/data"),
         "echo overwritten > /data/file",
     );
-    cli_ok(&p, &["snapshot", "verify", &local]);
-    cli_ok(&p, &["snapshot", "restore", &local, &id, "--yes"]);
+    p.cli_ok(&["snapshot", "verify", &local]);
+    p.cli_ok(&["snapshot", "restore", &local, &id, "--yes"]);
     assert_eq!(
         run(&image, &format!("{local}:/data"), "cat /data/file").trim(),
         "precious"
@@ -167,7 +134,7 @@ fn a_container_that_stops_while_the_agent_is_down_is_caught_up_from_the_events_c
     cleanup.add(format!("docker volume rm -f {local}"));
     let cursor = p.root().join("state/agent/events-cursor.json");
     {
-        let _agent = start_agent(&p);
+        let _agent = p.start_agent();
         wait_until(
             "the agent to save its events cursor",
             Duration::from_secs(30),
@@ -188,12 +155,12 @@ fn a_container_that_stops_while_the_agent_is_down_is_caught_up_from_the_events_c
         "-c",
         "echo while-away > /data/file",
     ]);
-    assert!(snapshots(&p, &local).is_empty());
-    let _agent = start_agent(&p);
+    assert!(p.snapshots(&local).is_empty());
+    let _agent = p.start_agent();
     wait_until(
         "the missed stop to be caught up",
         Duration::from_secs(60),
-        || snapshots(&p, &local).len() == 1,
+        || p.snapshots(&local).len() == 1,
     );
-    assert_eq!(snapshots(&p, &local)[0]["trigger"], "stop");
+    assert_eq!(p.snapshots(&local)[0]["trigger"], "stop");
 }

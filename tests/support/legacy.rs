@@ -42,6 +42,38 @@ pub struct LegacyPlugin {
 }
 
 impl LegacyPlugin {
+    /// An agent on this plugin's root (log in the plugin's scratch directory).
+    pub fn start_agent(&self) -> crate::support::harness::Agent {
+        crate::support::harness::Agent::start(&self.root(), &self.dir.path().join("agent.log"), &[])
+    }
+
+    /// The CLI on this plugin's root, which must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "allspark {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `snapshot ls VOLUME --json`.
+    pub fn snapshots(&self, volume: &str) -> Vec<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(
+            &self.cli_ok(&["snapshot", "ls", volume, "--json"]),
+        )
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+    }
+
     pub fn start() -> LegacyPlugin {
         LegacyPlugin::start_with(|_| Vec::new())
     }
