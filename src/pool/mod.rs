@@ -312,6 +312,17 @@ impl Pool {
         let target = self.root_path(layout, view);
         durable::ensure_dir(&layout.pools_dir(), 0o700)?;
         durable::ensure_dir(&target, 0o700)?;
+        // Something is mounted there already (this pool, seen without its marker for a
+        // moment, or another filesystem): never stack a second mount on it.
+        use std::os::unix::fs::MetadataExt;
+        if fs::metadata(&target)?.dev() != fs::metadata(layout.pools_dir())?.dev() {
+            return Err(io::Error::other(format!(
+                "pool {}: a filesystem is already mounted on {} but shows no {MARKER} marker of this pool; unmount it (umount {}) and try again",
+                self.name,
+                target.display(),
+                target.display()
+            )));
+        }
         image::mount(&view.local(image), &target)
     }
 

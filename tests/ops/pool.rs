@@ -365,7 +365,17 @@ fn the_pool_is_mounted_again_after_a_restart_and_after_an_unmount_behind_its_bac
     );
     // Unmounted behind the running plugin's back: the next Mount mounts it again.
     unmount_pool(&p);
-    assert!(!pool_is_mounted(&p));
+    assert!(
+        !pool_is_mounted(&p),
+        "{}\n{}",
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(pool_root(&p).to_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        p.log()
+    );
     let m = mount(&p, "keep", "c1");
     assert_eq!(std::fs::read(m.join("f")).unwrap(), b"still here");
     assert!(pool_is_mounted(&p));
