@@ -856,17 +856,7 @@ mod tests {
     use std::io::Write;
 
     fn container(name: &str, labels: &[(&str, &str)]) -> ContainerInfo {
-        ContainerInfo {
-            id: format!("id-{name}"),
-            name: name.into(),
-            running: true,
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            image: "busybox".into(),
-            volumes: vec![],
-        }
+        ContainerInfo::fixture(name, labels)
     }
 
     #[test]

@@ -57,6 +57,24 @@ pub struct ContainerInfo {
     pub volumes: Vec<String>,
 }
 
+#[cfg(test)]
+impl ContainerInfo {
+    /// A running `busybox` container named `name` with `labels` (unit-test fixture).
+    pub(crate) fn fixture(name: &str, labels: &[(&str, &str)]) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("id-{name}"),
+            name: name.into(),
+            running: true,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            image: "busybox".into(),
+            volumes: vec![],
+        }
+    }
+}
+
 /// Containers matching Docker list `filters` (`all`: stopped ones too), as `ContainerInfo`.
 pub async fn list(
     docker: &Docker,
