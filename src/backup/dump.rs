@@ -77,6 +77,46 @@ struct Stderr {
     in_error: bool,
 }
 
+/// Create and start `sh -c <command>` in container `who`, attached: the exec's id, its output
+/// stream and its stdin. `what` names the command in errors, `attached` what must be attached.
+async fn start_attached(
+    docker: &Docker,
+    who: &str,
+    command: &str,
+    stdin: bool,
+    output_capacity: usize,
+    what: &str,
+    attached: &str,
+) -> Result<
+    (
+        String,
+        impl futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
+        impl tokio::io::AsyncWrite + Unpin,
+    ),
+    String,
+> {
+    let exec = create(docker, who, command, stdin)
+        .await
+        .map_err(|e| format!("cannot run {what} in container {who}: {e}"))?;
+    let started = docker
+        .start_exec(
+            &exec,
+            Some(StartExecOptions {
+                detach: false,
+                tty: false,
+                output_capacity: Some(output_capacity),
+            }),
+        )
+        .await
+        .map_err(|e| format!("cannot start {what} in container {who}: {e}"))?;
+    let StartExecResults::Attached { output, input } = started else {
+        return Err(format!(
+            "{what} in container {who} did not attach its {attached}"
+        ));
+    };
+    Ok((exec, output, input))
+}
+
 /// A line PostgreSQL prints under an error (`LINE 2: …`, `DETAIL:`, `HINT:`, `CONTEXT:`).
 fn is_error_detail(line: &str) -> bool {
     let t = line.trim_start();
@@ -222,25 +262,16 @@ async fn dump_inner(
         count: 0,
     };
     let mut gz = GzEncoder::new(hashing, Compression::new(6));
-    let exec = create(docker, who, command, false)
-        .await
-        .map_err(|e| format!("cannot run the dump command in container {who}: {e}"))?;
-    let started = docker
-        .start_exec(
-            &exec,
-            Some(StartExecOptions {
-                detach: false,
-                tty: false,
-                output_capacity: Some(1 << 20),
-            }),
-        )
-        .await
-        .map_err(|e| format!("cannot start the dump command in container {who}: {e}"))?;
-    let StartExecResults::Attached { mut output, .. } = started else {
-        return Err(format!(
-            "the dump command in container {who} did not attach its output"
-        ));
-    };
+    let (exec, mut output, _) = start_attached(
+        docker,
+        who,
+        command,
+        false,
+        1 << 20,
+        "the dump command",
+        "output",
+    )
+    .await?;
     let mut stderr = Stderr::default();
     let mut bytes_in = 0u64;
     let mut write_error = None;
@@ -343,29 +374,16 @@ pub async fn feed_stdin<R: Read>(
     command: &str,
     mut input: R,
 ) -> Result<FeedOutcome, String> {
-    let exec = create(docker, who, command, true)
-        .await
-        .map_err(|e| format!("cannot run `{command}` in container {who}: {e}"))?;
-    let started = docker
-        .start_exec(
-            &exec,
-            Some(StartExecOptions {
-                detach: false,
-                tty: false,
-                output_capacity: Some(64 << 10),
-            }),
-        )
-        .await
-        .map_err(|e| format!("cannot start `{command}` in container {who}: {e}"))?;
-    let StartExecResults::Attached {
-        mut output,
-        input: mut stdin,
-    } = started
-    else {
-        return Err(format!(
-            "`{command}` in container {who} did not attach its input"
-        ));
-    };
+    let (exec, mut output, mut stdin) = start_attached(
+        docker,
+        who,
+        command,
+        true,
+        64 << 10,
+        &format!("`{command}`"),
+        "input",
+    )
+    .await?;
     // Docker keeps an exec's stdin open after the process exits: a command that stops
     // early (psql with ON_ERROR_STOP) would leave the writer blocked for minutes. The
     // writer and the reader therefore give up a little after the process is gone.
@@ -476,25 +494,16 @@ impl ExecOutcome {
 /// Run `sh -c <command>` in container `who`, wait for it, and return its exit code and output tails.
 /// `Err` only when the command could not be run at all (e.g. the container is not running).
 pub async fn exec(docker: &Docker, who: &str, command: &str) -> Result<ExecOutcome, String> {
-    let exec = create(docker, who, command, false)
-        .await
-        .map_err(|e| format!("cannot run `{command}` in container {who}: {e}"))?;
-    let started = docker
-        .start_exec(
-            &exec,
-            Some(StartExecOptions {
-                detach: false,
-                tty: false,
-                output_capacity: Some(64 << 10),
-            }),
-        )
-        .await
-        .map_err(|e| format!("cannot start `{command}` in container {who}: {e}"))?;
-    let StartExecResults::Attached { mut output, .. } = started else {
-        return Err(format!(
-            "`{command}` in container {who} did not attach its output"
-        ));
-    };
+    let (exec, mut output, _) = start_attached(
+        docker,
+        who,
+        command,
+        false,
+        64 << 10,
+        &format!("`{command}`"),
+        "output",
+    )
+    .await?;
     let mut err = Stderr::default();
     let mut out: Vec<u8> = Vec::new();
     while let Some(item) = output.next().await {
