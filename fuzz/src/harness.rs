@@ -29,6 +29,7 @@ use allspark::plugin::driver::{Driver, DriverSettings};
 use allspark::plugin::mounts::{RecordingSys, Sys};
 use allspark::plugin::protocol::{CreateRequest, MountRequest, NameRequest};
 use allspark::plugin::server::Handler;
+use allspark::pool::location::Locate;
 use allspark::snapshot::manifest;
 use serde_json::{json, Value};
 
@@ -824,7 +825,7 @@ fn record_file(dir: &Path, bytes: &[u8]) {
     match store.load("v") {
         Ok(Some(rec)) => {
             assert_eq!(rec.name, "v");
-            let _ = status::status(&layout, &rec);
+            let _ = allspark::plugin::status::status(&layout, &rec);
             let again = serde_json::to_vec(&*rec).expect("record serializes");
             let back: allspark::core::store::VolumeRecord =
                 serde_json::from_slice(&again).expect("record deserializes");

@@ -3,7 +3,7 @@
 //! The agent's scheduler looks at the running containers (only those with
 //! `--container-label`, if set) at least once a minute. A container is keyed
 //! by its name, so a container recreated by compose keeps its history. The
-//! schedule follows the backup jobs' rules ([`crate::agent::schedule::due`]):
+//! schedule follows the backup jobs' rules ([`crate::agent::cron::due`]):
 //! a container seen for the first time gets a baseline and runs at its next
 //! due time; a due time missed while the agent was down runs once.
 //!
@@ -22,7 +22,7 @@ use anyhow::Context;
 use chrono::{DateTime, Local, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::schedule::{self, parse_cron, Cron, State};
+use crate::agent::cron::{self, parse_cron, Cron, State};
 use crate::backup::{Settings, LABEL_MAINTENANCE_EXEC, LABEL_MAINTENANCE_SCHEDULE};
 use crate::context::Ctx;
 use crate::core::layout::Layout;
@@ -91,7 +91,7 @@ pub fn due_tasks<'a, Z: TimeZone>(
                 state.last_run.insert(t.key(), now.with_timezone(&Utc));
             }
             Some(last) => {
-                if schedule::due(cron, Some(*last), now) {
+                if cron::due(cron, Some(*last), now) {
                     out.push(t);
                 }
             }
@@ -223,14 +223,14 @@ impl Maintainer {
                 }
             }
         }
-        let mut state = schedule::load_state(&ctx.layout);
+        let mut state = cron::load_state(&ctx.layout);
         let known = state.last_run.len();
         let due: Vec<Task> = due_tasks(&self.tasks, &mut state, &Local::now())
             .into_iter()
             .cloned()
             .collect();
         if state.last_run.len() != known {
-            if let Err(e) = schedule::save_state(&ctx.layout, &state) {
+            if let Err(e) = cron::save_state(&ctx.layout, &state) {
                 tracing::error!(error = %format!("{e:#}"), "cannot save the schedule state");
             }
         }
@@ -250,9 +250,9 @@ impl Maintainer {
             if let Err(e) = record(&ctx.layout, &t.container, &t.command, &result, Utc::now()) {
                 tracing::error!(error = %format!("{e:#}"), "cannot record the maintenance result");
             }
-            let mut state = schedule::load_state(&ctx.layout);
+            let mut state = cron::load_state(&ctx.layout);
             state.last_run.insert(t.key(), started);
-            if let Err(e) = schedule::save_state(&ctx.layout, &state) {
+            if let Err(e) = cron::save_state(&ctx.layout, &state) {
                 tracing::error!(error = %format!("{e:#}"), "cannot save the schedule state");
             }
         }

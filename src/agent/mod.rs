@@ -1,6 +1,7 @@
 //! The `allspark agent` process: spool consumer, Docker events, schedules (backups, verify, maintenance), usage and metrics, until SIGTERM.
 
 pub mod alerts;
+pub mod cron;
 pub mod events;
 pub mod maintenance;
 pub mod metrics;

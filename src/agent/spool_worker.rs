@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::agent::metrics::MetricsState;
 use crate::context::Ctx;
 use crate::core::spool::{self, EventKind};
-use crate::snapshot::ops;
+use crate::ops::snapshot as snapshot_ops;
 use crate::snapshot::{CreateOutcome, Trigger};
 
 /// Retry bookkeeping of failed events (in memory: a restarted agent simply retries at once).
@@ -106,7 +106,7 @@ fn handle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
         .load(&event.volume)?
         .is_some();
     let started = Instant::now();
-    match ops::take(ctx, &event.volume, trigger, name, false, None) {
+    match snapshot_ops::take(ctx, &event.volume, trigger, name, false, None) {
         Ok(CreateOutcome::Created(m)) => tracing::info!(
             volume = %event.volume,
             id = %m.id,

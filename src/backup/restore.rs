@@ -42,10 +42,11 @@ use super::{verify, Settings, LABEL_RESTORE, LABEL_RESTORE_WAIT};
 use crate::archive::{self, ExtractOptions};
 use crate::context::Ctx;
 use crate::core::store::Store;
-use crate::core::topology;
 use crate::docker::ContainerInfo;
 use crate::fs::beneath::Missing;
 use crate::fs::durable::{FileLock, LockKind};
+use crate::pool::location::Locate;
+use crate::pool::topology;
 use crate::snapshot::restore::{remove_staged, staging_dir, swap_in, SwapTarget};
 use crate::snapshot::Counting;
 

@@ -61,6 +61,7 @@ use crate::core::store::{Store, VolumeRecord};
 use crate::docker::ContainerInfo;
 use crate::fs::beneath::Missing;
 use crate::fs::durable::{self, FileLock, LockKind};
+use crate::pool::location::Locate;
 
 /// Progress of one item: `(item, Some(bytes so far))` while it runs, `(item, None)` when it is done.
 pub type ItemProgress = Arc<dyn Fn(&str, Option<u64>) + Send + Sync>;

@@ -62,11 +62,11 @@ pub struct AgentArgs {
 
 /// Check a 5-field cron expression at parse time (a bad one is a usage error).
 fn valid_cron(s: &str) -> Result<String, String> {
-    schedule::parse_cron(s).map(|_| s.to_string())
+    crate::agent::cron::parse_cron(s).map(|_| s.to_string())
 }
 
 pub fn run(ctx: Ctx, a: &AgentArgs) -> anyhow::Result<()> {
-    let cron = |s: &str| schedule::parse_cron(s).map_err(anyhow::Error::msg);
+    let cron = |s: &str| crate::agent::cron::parse_cron(s).map_err(anyhow::Error::msg);
     let schedule = if a.no_schedule {
         None
     } else {

@@ -91,7 +91,7 @@ impl Cli {
             snapshot_wait,
             protected: self.protected_dirs(),
         };
-        Ok(crate::context::driver(layout, settings)?)
+        Ok(crate::plugin::host_driver(layout, settings)?)
     }
 
     /// The shared context of snapshot and backup work.

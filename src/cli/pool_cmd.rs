@@ -7,7 +7,7 @@ use super::Cli;
 use crate::core::layout::{HostView, Layout};
 use crate::core::store::{DataLocation, Store};
 use crate::fs::beneath::Missing;
-use crate::pool::{btrfs, volume, Registry, DEFAULT_POOL};
+use crate::pool::{btrfs, location, Registry, DEFAULT_POOL};
 
 #[derive(Subcommand, Debug)]
 pub enum PoolCmd {
@@ -98,13 +98,13 @@ fn volumes(layout: &Layout, view: &HostView) -> Vec<Value> {
                 DataLocation::Managed { .. } => DEFAULT_POOL.to_string(),
                 DataLocation::Host { .. } => return None,
             };
-            let (enforced, how, q) = volume::capacity(layout, view, r);
+            let (enforced, how, q) = crate::pool::capacity::capacity(layout, view, r);
             let q = q.or_else(|| match &r.data {
                 DataLocation::Pool {
                     pool,
                     volume,
                     subdir: None,
-                } => volume::open(layout, view, pool, volume, None, Missing::Refuse)
+                } => location::open(layout, view, pool, volume, None, Missing::Refuse)
                     .ok()
                     .and_then(|o| btrfs::qgroup(&o.dir).ok().flatten()),
                 _ => None,

@@ -5,7 +5,7 @@ use clap::Subcommand;
 
 use super::progress::bytes_bar;
 use crate::context::Ctx;
-use crate::snapshot::ops;
+use crate::ops::snapshot as snapshot_ops;
 use crate::snapshot::{catalog, retention, verify, CreateOutcome, Manifest, Trigger};
 
 #[derive(Subcommand, Debug)]
@@ -58,7 +58,7 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 std::sync::Arc::new(move |n: u64| b.set_position(n))
                     as crate::snapshot::create::Progress
             });
-            let out = ops::take(ctx, volume, Trigger::Manual, None, *full, tick)?;
+            let out = snapshot_ops::take(ctx, volume, Trigger::Manual, None, *full, tick)?;
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
@@ -218,8 +218,8 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                 }
             };
             let r = match into {
-                Some(new) => ops::restore_into_new(ctx, volume, id, new, Some(&tick))?,
-                None => ops::restore_over(ctx, volume, id, Some(&tick))?,
+                Some(new) => snapshot_ops::restore_into_new(ctx, volume, id, new, Some(&tick))?,
+                None => snapshot_ops::restore_over(ctx, volume, id, Some(&tick))?,
             };
             if let Some(b) = bar {
                 b.finish_and_clear();
@@ -279,7 +279,7 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
         SnapshotCmd::Prune { volume } => {
             let vref = crate::ops::volref::resolve(&ctx.layout, &ctx.view, &ctx.docker_url, volume)
                 .ok()
-                .map(|v| ops::keep_of(&v))
+                .map(|v| snapshot_ops::keep_of(&v))
                 .unwrap_or_default();
             let mut removed = {
                 // An archiver writes incrementals on the newest archive: not while pruning.

@@ -4,8 +4,9 @@ use clap::Subcommand;
 
 use super::Cli;
 use crate::core::layout::Layout;
-use crate::core::status;
 use crate::core::store::Store;
+use crate::plugin::status;
+use crate::pool::location::Locate;
 
 #[derive(Subcommand, Debug)]
 pub enum VolumeCmd {

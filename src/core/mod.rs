@@ -10,4 +10,3 @@ pub mod snapshot_id;
 pub mod spool;
 pub mod status;
 pub mod store;
-pub mod topology;

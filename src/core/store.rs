@@ -10,9 +10,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::core::layout::{HostView, Layout};
+use crate::core::layout::Layout;
 use crate::core::options::VolumeSpec;
-use crate::fs::beneath::{BeneathError, Dir, Missing, Opened};
 use crate::fs::durable::{self, FileLock, LockKind};
 
 /// Version of the record format written by this build.
@@ -40,30 +39,6 @@ pub enum DataLocation {
 }
 
 impl DataLocation {
-    /// The directory as this process reaches it.
-    pub fn local_path(&self, layout: &Layout, view: &HostView) -> PathBuf {
-        match self {
-            DataLocation::Managed { volume, subdir } => {
-                let base = layout.managed_data(volume);
-                match subdir {
-                    Some(s) => base.join(s),
-                    None => base,
-                }
-            }
-            DataLocation::Host { path } => view.local(path),
-            DataLocation::Pool {
-                pool,
-                volume,
-                subdir,
-            } => {
-                let base = crate::pool::volume::path(layout, view, pool, volume);
-                match subdir {
-                    Some(s) => base.join(s),
-                    None => base,
-                }
-            }
-        }
-    }
     /// The same location one directory down (for `parent=` children).
     pub fn child(&self, name: &str) -> DataLocation {
         match self {
@@ -91,94 +66,6 @@ impl DataLocation {
             },
         }
     }
-    /// The trusted anchor of the data directory and the path below it: `<root>/volumes` for
-    /// managed data, the host's `/` (as this process sees it) for a host path.
-    fn anchored(&self, layout: &Layout, view: &HostView) -> (PathBuf, PathBuf) {
-        match self {
-            DataLocation::Pool { pool, .. } => {
-                let anchor = crate::pool::volume::volumes_path(layout, view, pool);
-                let local = self.local_path(layout, view);
-                let rel = local
-                    .strip_prefix(&anchor)
-                    .map(Path::to_path_buf)
-                    .unwrap_or(local.clone());
-                (anchor, rel)
-            }
-            DataLocation::Managed { .. } => {
-                let anchor = layout.volumes_dir();
-                let local = self.local_path(layout, view);
-                let rel = local
-                    .strip_prefix(&anchor)
-                    .map(Path::to_path_buf)
-                    .unwrap_or(local.clone());
-                (anchor, rel)
-            }
-            DataLocation::Host { path } => (
-                view.local(Path::new("/")),
-                path.strip_prefix("/").unwrap_or(path).to_path_buf(),
-            ),
-        }
-    }
-
-    /// Open the data directory beneath its trusted anchor without following any symlink. The
-    /// descriptor is what every later step uses; the path is never resolved again.
-    pub fn open(
-        &self,
-        layout: &Layout,
-        view: &HostView,
-        missing: Missing,
-    ) -> Result<Opened, BeneathError> {
-        if let DataLocation::Pool {
-            pool,
-            volume,
-            subdir,
-        } = self
-        {
-            return crate::pool::volume::open(
-                layout,
-                view,
-                pool,
-                volume,
-                subdir.as_deref(),
-                missing,
-            );
-        }
-        let (anchor, rel) = self.anchored(layout, view);
-        open_anchor(&anchor)?.open_beneath(&rel, missing)
-    }
-
-    /// The directory holding the data directory, opened the same way, and the data
-    /// directory's name in it (for a restore that swaps a new tree in).
-    pub fn open_parent(
-        &self,
-        layout: &Layout,
-        view: &HostView,
-    ) -> Result<(Dir, std::ffi::OsString), BeneathError> {
-        let (anchor, rel) = self.anchored(layout, view);
-        let name =
-            rel.file_name()
-                .map(|n| n.to_os_string())
-                .ok_or_else(|| BeneathError::Invalid {
-                    path: anchor.join(&rel),
-                    reason: "a data directory needs a name".into(),
-                })?;
-        let parent = rel.parent().unwrap_or(Path::new(""));
-        let anchor_dir = match self {
-            DataLocation::Pool { pool, .. } => {
-                crate::pool::volume::open_volumes(layout, view, pool)?
-            }
-            _ => open_anchor(&anchor)?,
-        };
-        let dir = anchor_dir.open_beneath(parent, Missing::Refuse)?.dir;
-        Ok((dir, name))
-    }
-
-    /// The anchor-relative path of the data directory, joined to the anchor (for removing
-    /// what a Create made).
-    pub fn anchor_path(&self, layout: &Layout, view: &HostView, rel: &Path) -> PathBuf {
-        self.anchored(layout, view).0.join(rel)
-    }
-
     /// Does removing the volume delete this data? Only managed directories are ours to delete
     /// (and among them, not a directory a child adopted: see [`VolumeRecord::adopted`]).
     pub fn owned(&self) -> bool {
@@ -195,13 +82,6 @@ impl DataLocation {
             _ => None,
         }
     }
-}
-
-fn open_anchor(anchor: &Path) -> Result<Dir, BeneathError> {
-    Dir::open_anchor(anchor).map_err(|source| BeneathError::Io {
-        path: anchor.to_path_buf(),
-        source,
-    })
 }
 
 /// One volume, as stored.

@@ -15,10 +15,11 @@ use sha2::{Digest, Sha256};
 
 use crate::core::layout::{HostView, Layout};
 use crate::core::store::{DataLocation, Store};
-use crate::core::topology;
 use crate::fs::beneath::{Dir, Missing};
 use crate::fs::durable::{FileLock, LockKind};
 use crate::plugin::driver::Driver;
+use crate::pool::location::Locate;
+use crate::pool::topology;
 
 /// Test hook: `ALLSPARK_CRASH_AT=<step>` aborts the process at that step (copied, verified, switched, deleted).
 fn crash_point(step: &str) {

@@ -2,6 +2,7 @@
 
 pub mod dr;
 pub mod migrate;
+pub mod snapshot;
 pub mod template;
 pub mod volref;
 pub mod workspace;

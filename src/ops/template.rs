@@ -4,6 +4,7 @@ use crate::core::layout::{HostView, Layout};
 use crate::core::options::Template;
 use crate::core::store::Store;
 use crate::fs::beneath::{Dir, Missing};
+use crate::pool::location::Locate;
 use crate::snapshot::{catalog, restore};
 
 /// Copy the template's content into `dest` (an empty, new directory, as a descriptor). The

@@ -8,6 +8,7 @@ use anyhow::bail;
 use crate::core::layout::{HostView, Layout};
 use crate::core::store::{Store, VolumeRecord};
 use crate::fs::beneath::{Dir, Missing};
+use crate::pool::location::Locate;
 use crate::snapshot::restore::SwapTarget;
 
 /// A volume whose data this process can reach.

@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use crate::context::Ctx;
 use crate::core::options::Class;
 use crate::core::store::{Store, VolumeRecord};
+use crate::ops::snapshot as snapshot_ops;
 use crate::plugin::driver::Driver;
-use crate::snapshot::ops;
 use crate::snapshot::{CreateOutcome, Trigger};
 
 /// Parse an age like `30d`, `12h`, `2w`, `90m`.
@@ -126,7 +126,7 @@ pub fn prune(
             done.push((name, "would be snapshotted and removed".to_string()));
             continue;
         }
-        let id = match ops::take(ctx, &name, Trigger::Manual, None, false, None)
+        let id = match snapshot_ops::take(ctx, &name, Trigger::Manual, None, false, None)
             .with_context(|| format!("cannot snapshot {name}; it was not removed"))?
         {
             CreateOutcome::Created(m) | CreateOutcome::AlreadyDone(m) => m.id,
@@ -152,7 +152,7 @@ pub fn prune(
             continue;
         }
         if let Some(rec) = now_records.iter().find(|r| r.name == name) {
-            ops::save_removed_options(&ctx.layout, rec).with_context(|| {
+            snapshot_ops::save_removed_options(&ctx.layout, rec).with_context(|| {
                 format!("cannot keep the options of {name}; it was not removed")
             })?;
         }

@@ -14,12 +14,15 @@ use crate::core::layout::{HostView, Layout};
 use crate::core::names;
 use crate::core::options::{self, VolumeSpec};
 use crate::core::spool::{self, Event, EventKind};
-use crate::core::status;
 use crate::core::store::{DataLocation, Store, StoreError, VolumeRecord};
 use crate::fs::beneath::{Dir, Missing, Opened};
 use crate::fs::durable::{self, FileLock, LockKind};
 use crate::fs::hostpath;
+use crate::plugin::error::io_ctx;
+pub use crate::plugin::error::{DriverError, Result};
 use crate::plugin::mounts::Sys;
+use crate::plugin::status;
+use crate::pool::location::Locate;
 
 /// What the driver needs to know besides the root.
 #[derive(Clone, Debug)]
@@ -33,30 +36,6 @@ pub struct DriverSettings {
     /// (the backup root, for one).
     pub protected: Vec<PathBuf>,
 }
-
-/// A refused or failed call; the text is what `docker` prints.
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    #[error("no such volume: {0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Busy(String),
-    #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> DriverError {
-    let context = context.into();
-    move |source| DriverError::Io { context, source }
-}
-
-pub type Result<T> = std::result::Result<T, DriverError>;
 
 /// The volume driver. Every call re-reads the records on disk under the volume's lock.
 pub struct Driver {
@@ -102,13 +81,18 @@ impl Driver {
             )));
         }
         if spec.pool.is_some() {
-            let cx = crate::pool::volume::CreateCtx {
+            let cx = crate::plugin::pool_volume::CreateCtx {
                 layout: &self.layout,
                 view: &self.settings.view,
                 store: &self.store,
                 sys: self.sys.as_ref(),
             };
-            return crate::pool::volume::create(&cx, name, opts.cloned().unwrap_or_default(), spec);
+            return crate::plugin::pool_volume::create(
+                &cx,
+                name,
+                opts.cloned().unwrap_or_default(),
+                spec,
+            );
         }
         let data = self.locate(name, &spec)?;
         let opened = self.open_data(name, &data, Missing::Create)?;
@@ -369,7 +353,7 @@ impl Driver {
             )));
         }
         if let DataLocation::Pool { .. } = rec.data {
-            return crate::pool::volume::remove(
+            return crate::plugin::pool_volume::remove(
                 &self.layout,
                 &self.settings.view,
                 &self.store,
@@ -723,7 +707,7 @@ impl Driver {
         }
         self.put_back_interrupted_removals();
         self.empty_trash();
-        crate::pool::volume::reconcile(&self.layout, &self.settings.view, &self.store);
+        crate::plugin::pool_volume::reconcile(&self.layout, &self.settings.view, &self.store);
         Ok(())
     }
 

@@ -2,9 +2,12 @@
 
 pub mod api;
 pub mod driver;
+pub mod error;
 pub mod mounts;
+pub mod pool_volume;
 pub mod protocol;
 pub mod server;
+pub mod status;
 
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
@@ -91,7 +94,7 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
         tracing::info!(pool = %p.name, spec = %p.spec, id = %p.id, "pool configured");
     }
     let driver = Arc::new(
-        crate::context::driver(layout.clone(), cfg.settings.clone()).with_context(|| {
+        host_driver(layout.clone(), cfg.settings.clone()).with_context(|| {
             format!(
                 "cannot prepare the mount directory {}",
                 cfg.settings.mount_dir.display()
@@ -140,4 +143,13 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
         tracing::info!("allspark plugin stopped");
         anyhow::Ok(())
     })
+}
+
+/// The one place a [`driver::Driver`] is built on the real system calls: the plugin process,
+/// and commands that create, remove or move volumes.
+pub fn host_driver(
+    layout: crate::core::layout::Layout,
+    settings: driver::DriverSettings,
+) -> std::io::Result<driver::Driver> {
+    driver::Driver::new(layout, Arc::new(mounts::LinuxSys::new()), settings)
 }

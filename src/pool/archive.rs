@@ -8,12 +8,9 @@
 use crate::context::Ctx;
 use crate::core::store::Store;
 use crate::fs::durable::{self, FileLock, LockKind};
-use crate::pool::cow;
+use crate::pool::cow::{self, ARCHIVING};
 use crate::snapshot::create::{self, CreateRequest, DEFAULT_FULL_EVERY};
 use crate::snapshot::{catalog, retention, Manifest, SnapshotError};
-
-/// Prefix of an archive being written from a read-only snapshot.
-pub const ARCHIVING: &str = ".archiving-";
 
 /// Archive the read-only snapshots of `volume` that have no archive yet, oldest first, then
 /// apply `keep=` to the archives. With `wait`, waits for another archiver of the volume;

@@ -13,9 +13,12 @@ use crate::core::snapshot_id;
 use crate::core::store::{DataLocation, Store, VolumeRecord};
 use crate::fs::beneath::{BeneathError, Dir, Missing};
 use crate::fs::durable::{self, FileLock, LockKind};
-use crate::pool::{btrfs, find, image::crash_point, volume, Pool};
+use crate::pool::{btrfs, find, image::crash_point, location, tree, Pool};
 use crate::snapshot::manifest::{Manifest, Trigger};
 use crate::snapshot::{catalog, retention, SnapshotError};
+
+/// Prefix of an archive being written from a read-only snapshot.
+pub const ARCHIVING: &str = ".archiving-";
 
 /// One read-only snapshot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,7 +62,7 @@ pub fn list_in(pool: &Pool, root: &Dir, volume: &str) -> Vec<CowSnapshot> {
     ) else {
         return Vec::new();
     };
-    let mut out: Vec<CowSnapshot> = volume::names_in(&dir.dir)
+    let mut out: Vec<CowSnapshot> = tree::names_in(&dir.dir)
         .into_iter()
         .filter_map(|n| n.into_string().ok())
         .filter(|n| snapshot_id::validate(n).is_ok())
@@ -154,7 +157,7 @@ pub fn take(
     let name = rec.name.as_str();
     // Write the volume's dirty data out before the lock: the snapshot commits a transaction
     // that would otherwise flush it while Mounts of the volume wait.
-    if let Ok(o) = volume::open(layout, view, &pool.name, name, None, Missing::Refuse) {
+    if let Ok(o) = location::open(layout, view, &pool.name, name, None, Missing::Refuse) {
         if let Err(e) = rustix::fs::syncfs(&o.dir) {
             tracing::warn!(volume = name, %e, "syncfs before the snapshot failed; the snapshot flushes instead");
         }
@@ -195,7 +198,7 @@ pub fn take(
     let id = next_id(last.as_deref());
     let started = Instant::now();
     let src =
-        volume::open(layout, view, &pool.name, name, None, Missing::Refuse).map_err(beneath)?;
+        location::open(layout, view, &pool.name, name, None, Missing::Refuse).map_err(beneath)?;
     let tmp = format!(".tmp-{id}");
     btrfs::snapshot(&src.dir, &snaps, OsStr::new(&tmp), true).map_err(io(format!(
         "cannot snapshot {} (btrfs)",
@@ -216,14 +219,14 @@ pub fn take(
         meta.duration_ms = started.elapsed().as_millis() as u64;
         let bytes = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
         durable::atomic_write(&snaps.proc_path().join(format!("{id}.json")), &bytes, 0o600)?;
-        volume::rename_noreplace(&snaps, OsStr::new(&tmp), OsStr::new(&id))?;
+        location::rename_noreplace(&snaps, OsStr::new(&tmp), OsStr::new(&id))?;
         snaps.file()?.sync_all()?;
         Ok(meta)
     };
     let meta = match publish() {
         Ok(m) => m,
         Err(e) => {
-            let _ = volume::destroy(&snaps, OsStr::new(&tmp));
+            let _ = tree::destroy(&snaps, OsStr::new(&tmp));
             let _ = std::fs::remove_file(snaps.proc_path().join(format!("{id}.json")));
             return Err(SnapshotError::io(
                 format!("cannot publish snapshot {name}@{id}"),
@@ -256,14 +259,14 @@ fn next_id(last: Option<&str>) -> String {
 /// Delete what an interrupted snapshot left (`.tmp-<id>` subvolumes, `<id>.json` without its
 /// subvolume). Call only while holding the volume's snapshot lock.
 pub fn clean_leftovers(snaps: &Dir) {
-    let names = volume::names_in(snaps);
+    let names = tree::names_in(snaps);
     for n in &names {
         let Some(s) = n.to_str() else { continue };
         let orphan_meta = s
             .strip_suffix(".json")
             .is_some_and(|id| !names.iter().any(|m| m.to_str() == Some(id)));
         if s.starts_with(".tmp-") || orphan_meta {
-            match volume::destroy(snaps, n) {
+            match tree::destroy(snaps, n) {
                 Ok(_) => {
                     tracing::warn!(entry = s, "removed the leftover of an interrupted snapshot")
                 }
@@ -288,7 +291,7 @@ fn archiving_now(layout: &Layout, volume: &str) -> Option<String> {
         .find_map(|e| {
             e.file_name()
                 .to_str()
-                .and_then(|n| n.strip_prefix(crate::pool::archive::ARCHIVING))
+                .and_then(|n| n.strip_prefix(ARCHIVING))
                 .map(str::to_string)
         })
 }
@@ -345,7 +348,7 @@ fn remove_in(pool: &Pool, root: &Dir, volume: &str, id: &str) -> std::io::Result
     snapshot_id::validate(id).map_err(std::io::Error::other)?;
     let snaps = pool.snapshots_dir(root, volume)?;
     // The subvolume first: a snapshot is listed while its subvolume exists.
-    volume::destroy(&snaps, OsStr::new(id))?;
+    tree::destroy(&snaps, OsStr::new(id))?;
     let _ = rustix::fs::unlinkat(
         &snaps,
         format!("{id}.json").as_str(),
@@ -380,7 +383,7 @@ pub fn destroy_all(root: &Dir, volume: &str) -> std::io::Result<()> {
     let parent = root
         .open_beneath(Path::new(crate::pool::SNAPSHOTS), Missing::Create)?
         .dir;
-    volume::destroy_tree_of_subvolumes(&parent, OsStr::new(volume))
+    tree::destroy_tree_of_subvolumes(&parent, OsStr::new(volume))
 }
 
 /// One row of `snapshot ls`: an archive, a read-only snapshot, or both under one id.

@@ -9,10 +9,13 @@
 
 pub mod archive;
 pub mod btrfs;
+pub mod capacity;
 pub mod cow;
 pub mod image;
+pub mod location;
 pub mod restore;
-pub mod volume;
+pub mod topology;
+pub mod tree;
 
 use std::fs;
 use std::io::{self, Read};

@@ -13,7 +13,7 @@ use crate::core::layout::Layout;
 use crate::fs::beneath::{Dir, Missing};
 use crate::fs::durable::{FileLock, LockKind};
 use crate::ops::volref::VolumeRef;
-use crate::pool::{btrfs, cow, image::crash_point, volume};
+use crate::pool::{btrfs, cow, image::crash_point, tree};
 use crate::snapshot::restore::{self as archive_restore, RestoreReport};
 use crate::snapshot::{Manifest, SnapshotError};
 
@@ -50,7 +50,7 @@ pub fn over(
         .map_err(io(format!("volume {name}: cannot open its pool")))?;
     let tmp = format!("{RESTORING}{name}");
     let tmp = OsStr::new(&tmp);
-    volume::destroy(&vols, tmp).map_err(io(format!(
+    tree::destroy(&vols, tmp).map_err(io(format!(
         "cannot delete the leftover {}",
         vols.shown().join(tmp).display()
     )))?;
@@ -71,7 +71,7 @@ pub fn over(
     }) {
         Ok(r) => r,
         Err(e) => {
-            let _ = volume::destroy(&vols, tmp);
+            let _ = tree::destroy(&vols, tmp);
             return Err(e);
         }
     };
@@ -83,7 +83,7 @@ pub fn over(
         rustix::fs::RenameFlags::NOREPLACE
     };
     if let Err(e) = rustix::fs::renameat_with(&vols, tmp, &vols, name, flags) {
-        let _ = volume::destroy(&vols, tmp);
+        let _ = tree::destroy(&vols, tmp);
         let hint = if e == rustix::io::Errno::BUSY {
             " (it is a mount point; restore into a new volume with --into instead)"
         } else {
@@ -97,7 +97,7 @@ pub fn over(
     vols.file()
         .and_then(|f| f.sync_all())
         .map_err(io("cannot sync after the swap".into()))?;
-    if let Err(e) = volume::destroy(&vols, tmp) {
+    if let Err(e) = tree::destroy(&vols, tmp) {
         tracing::warn!(volume = name, %e, "cannot delete the old content after the restore; the next restore or plugin start does");
     }
     Ok(Some(report))
@@ -152,7 +152,7 @@ pub fn clean_leftover(layout: &Layout, vols: &Dir, name: &str) {
         return;
     };
     let tmp = format!("{RESTORING}{name}");
-    match volume::destroy(vols, OsStr::new(&tmp)) {
+    match tree::destroy(vols, OsStr::new(&tmp)) {
         Ok(true) => tracing::warn!(
             volume = name,
             "removed the leftover of an interrupted restore"

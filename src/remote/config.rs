@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -105,7 +106,7 @@ impl RemoteConfig {
                     bail!("give at least one --age-recipient (an age1… public key)");
                 }
                 for r in recipients {
-                    super::crypt::parse_recipient(r)?;
+                    parse_recipient(r)?;
                 }
             }
             Encryption::Passphrase { passphrase_file } => {
@@ -361,4 +362,13 @@ mod tests {
         };
         assert!(c.validate().is_err());
     }
+}
+
+/// Parse an age X25519 public key (`age1…`).
+pub fn parse_recipient(s: &str) -> anyhow::Result<age::x25519::Recipient> {
+    age::x25519::Recipient::from_str(s.trim()).map_err(|e| {
+        anyhow::anyhow!(
+            "{s:?} is not an age public key ({e}); give the `age1…` line `age-keygen` prints (\"Public key: …\")"
+        )
+    })
 }

@@ -7,21 +7,11 @@
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use age::secrecy::SecretString;
 use anyhow::{bail, Context};
 
-use super::config::{check_private_file, Encryption, RemoteConfig};
-
-/// Parse an age X25519 public key (`age1…`).
-pub fn parse_recipient(s: &str) -> anyhow::Result<age::x25519::Recipient> {
-    age::x25519::Recipient::from_str(s.trim()).map_err(|e| {
-        anyhow::anyhow!(
-            "{s:?} is not an age public key ({e}); give the `age1…` line `age-keygen` prints (\"Public key: …\")"
-        )
-    })
-}
+use super::config::{check_private_file, parse_recipient, Encryption, RemoteConfig};
 
 /// Read a passphrase file (one line; a trailing newline is not part of the passphrase).
 fn read_passphrase(path: &Path) -> anyhow::Result<SecretString> {

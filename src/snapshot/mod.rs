@@ -13,7 +13,6 @@
 pub mod catalog;
 pub mod create;
 pub mod manifest;
-pub mod ops;
 pub mod restore;
 pub mod retention;
 pub mod verify;

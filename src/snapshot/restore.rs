@@ -8,6 +8,7 @@ use crate::archive::{self, ExtractOptions};
 use crate::core::layout::{HostView, Layout};
 use crate::core::store::DataLocation;
 use crate::fs::beneath::{Dir, Missing};
+use crate::pool::location::Locate;
 use crate::snapshot::catalog;
 use crate::snapshot::manifest::Manifest;
 use crate::snapshot::{Counting, SnapshotError};

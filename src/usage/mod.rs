@@ -80,6 +80,7 @@ use crate::core::options::{BackupPriority, Class};
 use crate::core::status::{self, UsageCache};
 use crate::core::store::{Store, VolumeRecord};
 use crate::fs::beneath::Missing;
+use crate::pool::location::Locate;
 
 /// Default alert threshold, percent of a volume's `size` or of a filesystem.
 pub const DEFAULT_THRESHOLD_PERCENT: f64 = 80.0;
@@ -822,7 +823,7 @@ fn measure_volume(
         dirs: 0,
         capacity: rec.spec.size,
         capacity_enforced: rec.spec.size.is_some()
-            && crate::pool::volume::capacity(layout, view, rec).0,
+            && crate::pool::capacity::capacity(layout, view, rec).0,
         pool: match &rec.data {
             crate::core::store::DataLocation::Host { .. } => None,
             d => Some(d.pool().unwrap_or(crate::pool::DEFAULT_POOL).to_string()),

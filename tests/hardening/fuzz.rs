@@ -204,7 +204,7 @@ fn write_fuzz_seeds() {
         docker_url: "unix:///nonexistent.sock".into(),
         compression: allspark::core::options::Compression::Zstd,
     };
-    let first = allspark::snapshot::ops::take(
+    let first = allspark::ops::snapshot::take(
         &ctx,
         "vol",
         allspark::snapshot::Trigger::Manual,
@@ -215,7 +215,7 @@ fn write_fuzz_seeds() {
     .unwrap();
     fs::remove_file(data.join("hard")).unwrap();
     fs::write(data.join("new"), b"new").unwrap();
-    let second = allspark::snapshot::ops::take(
+    let second = allspark::ops::snapshot::take(
         &ctx,
         "vol",
         allspark::snapshot::Trigger::Unmount,

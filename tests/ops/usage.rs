@@ -309,7 +309,7 @@ fn measure_all_writes_usage_cache_and_cli_json_agrees() {
     let cached = status::cached_usage(&layout, "alpha").unwrap();
     assert_eq!((cached.bytes, cached.files), (alpha.bytes, 1));
     let rec = Store::new(layout.clone()).load("alpha").unwrap().unwrap();
-    let st = status::status(&layout, &rec);
+    let st = allspark::plugin::status::status(&layout, &rec);
     assert_eq!(st["used_bytes"], serde_json::json!(alpha_du));
     assert_eq!(st["used_percent"], serde_json::json!(pct));
 

@@ -11,6 +11,7 @@ use crate::core::layout::{HostView, Layout};
 use crate::core::store::{Store, VolumeRecord};
 use crate::fs::beneath::{Dir, DirId, Missing};
 use crate::fs::durable::{FileLock, LockKind};
+use crate::pool::location::Locate;
 
 /// How another volume's data relates to the directory asked about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

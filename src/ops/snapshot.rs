@@ -8,13 +8,14 @@ use crate::context::Ctx;
 use crate::core::layout::Layout;
 use crate::core::options::{Compression, Keep};
 use crate::core::store::{Store, VolumeRecord};
-use crate::core::topology;
 use crate::fs::durable::{FileLock, LockKind};
 use crate::ops::volref::{self, VolumeRef};
+use crate::pool::topology;
 
 /// How long an operation waits for the snapshot locks of the volumes sharing its tree.
 const FAMILY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::plugin::driver::DriverSettings;
+use crate::pool::location::Locate;
 use crate::snapshot::create::DEFAULT_FULL_EVERY;
 use crate::snapshot::{
     catalog, create, restore, retention, CreateOutcome, CreateRequest, RestoreReport, Trigger,
@@ -207,13 +208,16 @@ pub fn restore_into_new(
             _ => true,
         })
         .collect();
-    let driver = ctx.driver(DriverSettings {
-        mount_dir: ctx.layout.mounts_dir(),
-        bind_roots: vec![ctx.layout.root.clone()],
-        view: ctx.view.clone(),
-        snapshot_wait: crate::core::layout::DEFAULT_SNAPSHOT_WAIT,
-        protected: Vec::new(),
-    })?;
+    let driver = crate::plugin::host_driver(
+        ctx.layout.clone(),
+        DriverSettings {
+            mount_dir: ctx.layout.mounts_dir(),
+            bind_roots: vec![ctx.layout.root.clone()],
+            view: ctx.view.clone(),
+            snapshot_wait: crate::core::layout::DEFAULT_SNAPSHOT_WAIT,
+            protected: Vec::new(),
+        },
+    )?;
     // Into the same btrfs pool: a writable snapshot of the read-only one (nothing copied).
     if let Some((pool, _)) = &cow {
         if opts.get("pool") == Some(&pool.name) {

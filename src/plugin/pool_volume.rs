@@ -10,158 +10,19 @@
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::Utc;
 
 use crate::core::layout::{HostView, Layout};
 use crate::core::options::{Template, VolumeSpec};
 use crate::core::store::{DataLocation, Store, VolumeRecord};
-use crate::fs::beneath::{BeneathError, Dir, Missing, Opened};
-use crate::plugin::driver::DriverError;
+use crate::fs::beneath::{BeneathError, Dir, Missing};
+use crate::plugin::error::DriverError;
 use crate::plugin::mounts::Sys;
-use crate::pool::{btrfs, cow, find, image::crash_point, Pool, Registry, VOLUMES};
-
-/// Prefix of a volume being created.
-pub const CREATING: &str = ".creating-";
-
-/// `<pool root>/volumes` as this process reaches it (an unknown pool: where an image pool of
-/// that name would be mounted).
-pub fn volumes_path(layout: &Layout, view: &HostView, pool: &str) -> PathBuf {
-    match Registry::load(layout).get(pool) {
-        Some(p) => p.root_path(layout, view).join(VOLUMES),
-        None => layout.pool_mount(pool).join(VOLUMES),
-    }
-}
-
-/// `<pool root>/volumes/<volume>`.
-pub fn path(layout: &Layout, view: &HostView, pool: &str, volume: &str) -> PathBuf {
-    volumes_path(layout, view, pool).join(volume)
-}
-
-fn pool_err(pool: &str, layout: &Layout, e: impl std::fmt::Display) -> BeneathError {
-    BeneathError::Invalid {
-        path: volumes_path(layout, &HostView::default(), pool),
-        reason: e.to_string(),
-    }
-}
-
-/// The pool's `volumes/` directory beneath its proven root.
-pub fn open_volumes(layout: &Layout, view: &HostView, pool: &str) -> Result<Dir, BeneathError> {
-    let p = find(layout, pool).map_err(|e| pool_err(pool, layout, e))?;
-    let root = p
-        .open_root(layout, view)
-        .map_err(|e| pool_err(pool, layout, e))?;
-    p.volumes_dir(&root).map_err(|e| pool_err(pool, layout, e))
-}
-
-/// Open a pool volume's data (or a child's subdirectory of it) without following symlinks.
-/// A volume whose Create was killed after its record is completed here; a volume deleted
-/// behind allspark's back is made again, empty, when `missing` is `Create`.
-pub fn open(
-    layout: &Layout,
-    view: &HostView,
-    pool: &str,
-    volume: &str,
-    subdir: Option<&str>,
-    missing: Missing,
-) -> Result<Opened, BeneathError> {
-    let p = find(layout, pool).map_err(|e| pool_err(pool, layout, e))?;
-    let root = p
-        .open_root(layout, view)
-        .map_err(|e| pool_err(pool, layout, e))?;
-    let vols = p
-        .volumes_dir(&root)
-        .map_err(|e| pool_err(pool, layout, e))?;
-    let top = open_top(&p, &vols, volume, missing)?;
-    match subdir {
-        None => Ok(top),
-        Some(s) => {
-            let o = top.dir.open_beneath(Path::new(s), missing)?;
-            Ok(Opened {
-                dir: o.dir,
-                created: match (top.created, o.created) {
-                    (Some(t), _) => Some(t),
-                    (None, Some(c)) => Some(Path::new(volume).join(c)),
-                    (None, None) => None,
-                },
-            })
-        }
-    }
-}
-
-fn open_top(p: &Pool, vols: &Dir, volume: &str, missing: Missing) -> Result<Opened, BeneathError> {
-    match vols.open_beneath(Path::new(volume), Missing::Refuse) {
-        Err(BeneathError::Missing { .. }) => {}
-        other => return other,
-    }
-    let tmp = format!("{CREATING}{volume}");
-    match rename_noreplace(vols, OsStr::new(&tmp), OsStr::new(volume)) {
-        Ok(()) => {
-            let _ = vols.file().and_then(|f| f.sync_all());
-            tracing::warn!(
-                volume,
-                "a Create was interrupted after its record: its data is put in place"
-            );
-            return vols.open_beneath(Path::new(volume), Missing::Refuse);
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            return vols.open_beneath(Path::new(volume), Missing::Refuse)
-        }
-        Err(_) => {}
-    }
-    if missing == Missing::Refuse {
-        return vols.open_beneath(Path::new(volume), Missing::Refuse);
-    }
-    make_empty(p, vols, OsStr::new(volume)).map_err(|source| BeneathError::Io {
-        path: vols.shown().join(volume),
-        source,
-    })?;
-    tracing::warn!(volume, pool = %p.name, "the volume's data was missing: made again, empty");
-    let o = vols.open_beneath(Path::new(volume), Missing::Refuse)?;
-    Ok(Opened {
-        dir: o.dir,
-        created: Some(PathBuf::from(volume)),
-    })
-}
-
-/// An empty volume root: a subvolume on btrfs, a directory otherwise.
-fn make_empty(p: &Pool, parent: &Dir, name: &OsStr) -> io::Result<()> {
-    if p.cow() {
-        btrfs::create_subvolume(parent, name)
-    } else {
-        rustix::fs::mkdirat(parent, name, rustix::fs::Mode::from_raw_mode(0o755))
-            .map_err(Into::into)
-    }
-}
-
-pub(crate) fn rename_noreplace(dir: &Dir, from: &OsStr, to: &OsStr) -> io::Result<()> {
-    rustix::fs::renameat_with(dir, from, dir, to, rustix::fs::RenameFlags::NOREPLACE)
-        .map_err(Into::into)
-}
-
-/// Delete `parent/name` if it exists: a subvolume at once, a directory tree by walking it.
-pub(crate) fn destroy(parent: &Dir, name: &OsStr) -> io::Result<bool> {
-    let st = match rustix::fs::statat(parent, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(rustix::io::Errno::NOENT) => return Ok(false),
-        Err(e) => return Err(e.into()),
-    };
-    let is_dir = (st.st_mode & libc::S_IFMT) == libc::S_IFDIR;
-    if is_dir {
-        let d = parent.open_beneath(Path::new(name), Missing::Refuse)?;
-        if btrfs::is_subvolume(&d.dir)? {
-            drop(d);
-            btrfs::destroy_subvolume(parent, name)?;
-            return Ok(true);
-        }
-        drop(d);
-        std::fs::remove_dir_all(parent.proc_path().join(name))?;
-    } else {
-        rustix::fs::unlinkat(parent, name, rustix::fs::AtFlags::empty())?;
-    }
-    Ok(true)
-}
+use crate::pool::location::{make_empty, open, open_top, rename_noreplace, CREATING};
+use crate::pool::tree::{destroy, names_in};
+use crate::pool::{btrfs, cow, find, image::crash_point, Pool, Registry};
 
 /// What a Create in a pool needs from the driver.
 pub struct CreateCtx<'a> {
@@ -509,68 +370,4 @@ pub fn reconcile(layout: &Layout, view: &HostView, store: &Store) {
             }
         }
     }
-}
-
-/// Delete the directory `parent/name` whose entries are subvolumes (read-only snapshots)
-/// and files.
-pub(crate) fn destroy_tree_of_subvolumes(parent: &Dir, name: &OsStr) -> io::Result<()> {
-    let dir = match parent.open_beneath(Path::new(name), Missing::Refuse) {
-        Ok(o) => o.dir,
-        Err(BeneathError::Missing { .. }) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    for entry in names_in(&dir) {
-        destroy(&dir, &entry)?;
-    }
-    drop(dir);
-    rustix::fs::unlinkat(parent, name, rustix::fs::AtFlags::REMOVEDIR).map_err(Into::into)
-}
-
-pub(crate) fn names_in(dir: &Dir) -> Vec<OsString> {
-    std::fs::read_dir(dir.proc_path())
-        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default()
-}
-
-/// How `size=` is enforced for a volume: `(enforced, how, qgroup figures)`.
-pub fn capacity(
-    layout: &Layout,
-    view: &HostView,
-    rec: &VolumeRecord,
-) -> (bool, String, Option<btrfs::Qgroup>) {
-    let why_not = match &rec.data {
-        DataLocation::Pool {
-            pool,
-            volume,
-            subdir: None,
-        } => match find(layout, pool) {
-            Ok(p) if p.cow() => {
-                let q = open(layout, view, pool, volume, None, Missing::Refuse)
-                    .ok()
-                    .and_then(|o| btrfs::qgroup(&o.dir).ok().flatten());
-                return match q.and_then(|q| q.limit) {
-                    Some(l) => (
-                        true,
-                        format!(
-                            "btrfs qgroup limit of {l} bytes (writes past it fail with EDQUOT)"
-                        ),
-                        q,
-                    ),
-                    None => (
-                        false,
-                        "no btrfs qgroup limit is set on the subvolume".into(),
-                        q,
-                    ),
-                };
-            }
-            Ok(_) => "a dir pool cannot enforce it",
-            Err(_) => "its pool is not configured",
-        },
-        DataLocation::Pool { .. } => "a parent= child shares its parent's space",
-        DataLocation::Managed { .. } => {
-            "the default pool cannot enforce it (use pool= on a btrfs pool)"
-        }
-        DataLocation::Host { .. } => "a device= directory cannot be limited",
-    };
-    (false, format!("not enforced: {why_not}"), None)
 }
