@@ -14,7 +14,7 @@ use crate::core::layout::{HostView, Layout};
 use crate::core::names;
 use crate::core::options::{self, VolumeSpec};
 use crate::core::spool::{self, Event, EventKind};
-use crate::core::store::{DataLocation, Store, StoreError, VolumeRecord};
+use crate::core::store::{DataLocation, Store, VolumeRecord};
 use crate::fs::beneath::{Dir, Missing, Opened};
 use crate::fs::durable::{self, FileLock, LockKind};
 use crate::fs::hostpath;

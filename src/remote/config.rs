@@ -316,6 +316,15 @@ pub fn remove(layout: &Layout, name: &str) -> anyhow::Result<()> {
     durable::remove_durable(&p).with_context(|| format!("cannot remove {}", p.display()))
 }
 
+/// Parse an age X25519 public key (`age1…`).
+pub fn parse_recipient(s: &str) -> anyhow::Result<age::x25519::Recipient> {
+    age::x25519::Recipient::from_str(s.trim()).map_err(|e| {
+        anyhow::anyhow!(
+            "{s:?} is not an age public key ({e}); give the `age1…` line `age-keygen` prints (\"Public key: …\")"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,13 +371,4 @@ mod tests {
         };
         assert!(c.validate().is_err());
     }
-}
-
-/// Parse an age X25519 public key (`age1…`).
-pub fn parse_recipient(s: &str) -> anyhow::Result<age::x25519::Recipient> {
-    age::x25519::Recipient::from_str(s.trim()).map_err(|e| {
-        anyhow::anyhow!(
-            "{s:?} is not an age public key ({e}); give the `age1…` line `age-keygen` prints (\"Public key: …\")"
-        )
-    })
 }
