@@ -4,6 +4,7 @@
 //! until the snapshot is listed (the agent, polling its spool every 20 ms, takes it). Before
 //! each timed stop the agent has finished every archive, so no stop competes with one.
 
+use allspark::core::names::VolumeName;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -118,7 +119,7 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
         ),
         (
             "arc",
-            allspark::core::layout::Layout::new(&root).managed_data("arc"),
+            allspark::core::layout::Layout::new(&root).managed_data(&VolumeName::fixed("arc")),
             root.join("snapshots/arc"),
         ),
     ];

@@ -1,5 +1,6 @@
 //! Snapshots of a generated workspace and of a 200 000-file tree: allspark (zstd and gzip) full / incremental / restore (the CLI, release build) vs tar czf, tar -I pigz, tar -I 'zstd -T0 -3', restic.
 
+use allspark::core::names::VolumeName;
 use std::cell::{Cell, RefCell};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -410,8 +411,8 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
     call("VolumeDriver.Create", br#"{"Name":"ws","Opts":{}}"#);
     call("VolumeDriver.Create", br#"{"Name":"many","Opts":{}}"#);
     let layout = allspark::core::layout::Layout::new(&root);
-    let data = layout.managed_data("ws");
-    let many = layout.managed_data("many");
+    let data = layout.managed_data(&VolumeName::fixed("ws"));
+    let many = layout.managed_data(&VolumeName::fixed("many"));
 
     eprintln!(
         "snapshots: generating {} files, {:.2} GB under {}, and {} files under {}",
@@ -619,7 +620,7 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
         let new = format!("ws-restore-{codec}-{round}");
         let t = allspark(&["snapshot", "restore", "ws", id, "--into", &new, "--yes"]);
         if !*checked {
-            let n = count_files(&layout.managed_data(&new));
+            let n = count_files(&layout.managed_data(&VolumeName::fixed(&new)));
             assert_eq!(n, tree.files.len(), "restored file count");
             *checked = true;
         }

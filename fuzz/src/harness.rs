@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use allspark::archive::{self, ExtractOptions, Index};
 use allspark::core::layout::{HostView, Layout};
+use allspark::core::names::VolumeName;
 use allspark::core::options::{self, MountFlags, VolumeSpec};
 use allspark::core::store::{DataLocation, Store, StoreError};
 use allspark::core::{names, snapshot_id, spool, status};
@@ -711,7 +712,7 @@ fn check_driver_state(driver: &Driver, sys: &GuardSys, layout: &Layout, dir: &Pa
     {
         let n = e.file_name().to_string_lossy().into_owned();
         assert!(
-            names_seen.contains(&n),
+            names_seen.iter().any(|s| *s == n),
             "volumes/{n} exists without a record: half-created or half-removed"
         );
     }
@@ -776,8 +777,8 @@ pub fn state_files(data: &[u8]) {
         _ => {
             let layout = Layout::new(dir.join("root"));
             layout.ensure().expect("layout");
-            fs::write(layout.usage("v"), rest).expect("write");
-            let _ = status::cached_usage(&layout, "v");
+            fs::write(layout.usage(&VolumeName::fixed("v")), rest).expect("write");
+            let _ = status::cached_usage(&layout, &VolumeName::fixed("v"));
         }
     }
 }
@@ -819,10 +820,10 @@ fn manifest_file(dir: &Path, bytes: &[u8]) {
 fn record_file(dir: &Path, bytes: &[u8]) {
     let layout = Layout::new(dir.join("root"));
     layout.ensure().expect("layout");
-    let path = layout.record("v");
+    let path = layout.record(&VolumeName::fixed("v"));
     fs::write(&path, bytes).expect("write");
     let store = Store::new(layout.clone());
-    match store.load("v") {
+    match store.load(&VolumeName::fixed("v")) {
         Ok(Some(rec)) => {
             assert_eq!(rec.name, "v");
             let _ = allspark::plugin::status::status(&layout, &rec);
@@ -836,7 +837,10 @@ fn record_file(dir: &Path, bytes: &[u8]) {
         Ok(None) => panic!("a record file that exists reads as no volume"),
         Err(StoreError::Corrupt { path: p, .. }) => {
             assert_eq!(p, path);
-            let msg = store.load("v").expect_err("still corrupt").to_string();
+            let msg = store
+                .load(&VolumeName::fixed("v"))
+                .expect_err("still corrupt")
+                .to_string();
             assert!(
                 msg.contains("move it aside") && msg.contains(&*path.to_string_lossy()),
                 "{msg}"

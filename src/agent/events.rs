@@ -107,12 +107,12 @@ pub async fn watch(layout: Layout, docker_url: String) {
                 let layout = layout.clone();
                 match tokio::task::spawn_blocking(move || spool::write(&layout, &event)).await {
                     Ok(Ok(_)) => tracing::info!(
-                        volume,
+                        %volume,
                         container,
                         "labelled container stopped: snapshot queued"
                     ),
                     other => tracing::error!(
-                        volume,
+                        %volume,
                         ?other,
                         "cannot queue the snapshot of a stopped container"
                     ),
@@ -144,9 +144,10 @@ pub fn interpret(msg: &EventMessage, labelled: &mut HashSet<String>) -> Option<E
         }
         (Some(EventMessageTypeEnum::VOLUME), Some("unmount")) => {
             let container = attrs.get("container")?;
+            let volume = crate::core::names::VolumeName::parse(&id).ok()?;
             labelled.contains(container).then(|| Event {
                 kind: EventKind::Stop,
-                volume: id,
+                volume,
                 at: Utc::now(),
                 container: Some(container.clone()),
             })

@@ -101,7 +101,11 @@ impl MetricsState {
                 match report.volumes.iter_mut().find(|n| n.name == v.name) {
                     Some(n) if n.measured_at < v.measured_at => *n = v.clone(),
                     Some(_) => {}
-                    None if self.layout.record(&v.name).exists() => report.volumes.push(v.clone()),
+                    None if crate::core::names::VolumeName::parse(&v.name)
+                        .is_ok_and(|n| self.layout.record(&n).exists()) =>
+                    {
+                        report.volumes.push(v.clone())
+                    }
                     None => {}
                 }
             }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::metrics::MetricsState;
 use crate::context::Ctx;
+use crate::core::names::VolumeName;
 use crate::core::spool::{self, EventKind};
 use crate::ops::snapshot as snapshot_ops;
 use crate::snapshot::{CreateOutcome, Trigger};
@@ -142,7 +143,7 @@ fn handle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
 }
 
 /// Measure one volume now and show it (never fails: the periodic walk is the fallback).
-fn measure(ctx: &Ctx, volume: &str, metrics: Option<&MetricsState>) {
+fn measure(ctx: &Ctx, volume: &VolumeName, metrics: Option<&MetricsState>) {
     let started = Instant::now();
     match crate::usage::measure_named(
         &ctx.layout,
@@ -153,20 +154,20 @@ fn measure(ctx: &Ctx, volume: &str, metrics: Option<&MetricsState>) {
         Ok(u) => {
             match &u {
                 Some(u) => tracing::info!(
-                    volume,
+                    %volume,
                     bytes = u.bytes,
                     files = u.files,
                     ms = started.elapsed().as_millis() as u64,
                     "volume measured"
                 ),
-                None => tracing::info!(volume, "volume removed: its figures are dropped"),
+                None => tracing::info!(%volume, "volume removed: its figures are dropped"),
             }
             if let Some(m) = metrics {
                 m.update_volume(volume, u);
             }
         }
         Err(e) => {
-            tracing::warn!(volume, error = %format!("{e:#}"), "cannot measure the volume now; the next usage walk will")
+            tracing::warn!(%volume, error = %format!("{e:#}"), "cannot measure the volume now; the next usage walk will")
         }
     }
 }

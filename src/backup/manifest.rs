@@ -201,7 +201,7 @@ pub struct BackupManifest {
 /// A volume record as the manifest keeps it: enough to create the volume again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordEntry {
-    pub name: String,
+    pub name: crate::core::names::VolumeName,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }

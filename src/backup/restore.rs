@@ -41,6 +41,7 @@ use super::run::{dump_name, running_containers, ItemProgress};
 use super::{verify, Settings, LABEL_RESTORE, LABEL_RESTORE_WAIT};
 use crate::archive::{self, ExtractOptions};
 use crate::context::Ctx;
+use crate::core::names::VolumeName;
 use crate::core::store::Store;
 use crate::docker::ContainerInfo;
 use crate::fs::beneath::Missing;
@@ -68,12 +69,12 @@ pub struct RestoreRequest {
 /// A volume to restore.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlannedVolume {
-    pub name: String,
+    pub name: VolumeName,
     pub file: String,
     /// Its data directory (`None`: no such allspark volume here).
     pub target: Option<PathBuf>,
     /// `parent=` volumes whose data lies inside it: replaced too, must not be mounted either.
-    pub nested: Vec<String>,
+    pub nested: Vec<VolumeName>,
 }
 
 /// A dump to restore.
@@ -216,7 +217,14 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
         if !(all || req.volumes.contains(&f.source)) {
             continue;
         }
-        let target = match store.load(&f.source) {
+        let name = match VolumeName::parse(&f.source) {
+            Ok(n) => n,
+            Err(e) => {
+                problems.push(format!("the backup's volume entry {:?}: {e}", f.source));
+                continue;
+            }
+        };
+        let target = match store.load(&name) {
             Ok(Some(rec)) => Some(rec.data.local_path(&ctx.layout, &ctx.view)),
             Ok(None) => {
                 let opts: Vec<String> = f
@@ -238,12 +246,12 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
                 None
             }
         };
-        let nested = super::run::with_descendants(&records, &f.source)
+        let nested = super::run::with_descendants(&records, &name)
             .into_iter()
             .skip(1)
             .collect();
         volumes.push(PlannedVolume {
-            name: f.source.clone(),
+            name,
             file: f.name.clone(),
             target,
             nested,
@@ -740,7 +748,7 @@ pub fn statements_at(path: &Path, lines: &[u64]) -> std::collections::HashMap<u6
 }
 
 /// Wait (bounded) until no container mounts the volume; the error says what to do.
-fn wait_unmounted(store: &Store, name: &str) -> Result<(), String> {
+fn wait_unmounted(store: &Store, name: &VolumeName) -> Result<(), String> {
     let deadline = Instant::now() + UNMOUNT_WAIT;
     loop {
         let count = {

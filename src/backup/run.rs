@@ -56,6 +56,7 @@ use super::{
 };
 use crate::archive::{self, CompressOptions, WriteOptions};
 use crate::context::Ctx;
+use crate::core::names::VolumeName;
 use crate::core::options::{BackupPriority, Class, Compression};
 use crate::core::store::{Store, VolumeRecord};
 use crate::docker::ContainerInfo;
@@ -168,13 +169,13 @@ pub fn select_volumes(
 }
 
 /// `name` and the `parent=` volumes inside it (children, grand-children …).
-pub fn with_descendants(records: &[Arc<VolumeRecord>], name: &str) -> Vec<String> {
-    let mut out = vec![name.to_string()];
+pub fn with_descendants(records: &[Arc<VolumeRecord>], name: &VolumeName) -> Vec<VolumeName> {
+    let mut out = vec![name.clone()];
     let mut i = 0;
     while i < out.len() && out.len() < 10_000 {
         let cur = out[i].clone();
         for r in records {
-            if r.spec.parent.as_deref() == Some(cur.as_str()) && !out.contains(&r.name) {
+            if r.spec.parent.as_ref() == Some(&cur) && !out.contains(&r.name) {
                 out.push(r.name.clone());
             }
         }
@@ -451,7 +452,7 @@ fn run_in(
     } else {
         selected
             .iter()
-            .filter(|r| !coverage.contains_key(&r.name))
+            .filter(|r| !coverage.contains_key(r.name.as_str()))
             .cloned()
             .collect()
     };
@@ -552,7 +553,7 @@ fn run_in(
         }
         match archive_volume(ctx, rec, dir, opts) {
             Ok((entry, warning)) => {
-                m.volumes.push(rec.name.clone());
+                m.volumes.push(rec.name.to_string());
                 m.files.push(entry);
                 m.errors.extend(warning);
             }
@@ -690,7 +691,7 @@ fn archive_volume(
             kind: FileKind::Volume,
             size: stats.bytes_out,
             sha256: stats.sha256,
-            source: name.clone(),
+            source: name.to_string(),
             options: rec.options.clone(),
             bytes_in: r.bytes_in,
             compression,
@@ -731,24 +732,33 @@ mod tests {
         );
     }
 
-    fn rec(name: &str, opts: &[(&str, &str)]) -> Arc<VolumeRecord> {
+    fn rec(name: &VolumeName, opts: &[(&str, &str)]) -> Arc<VolumeRecord> {
         Arc::new(VolumeRecord::managed(name, opts).unwrap())
     }
 
     #[test]
     fn selection_orders_by_priority_and_leaves_out_none_temporary_and_children() {
         let all = vec![
-            rec("redis-data", &[("backup", "medium")]),
-            rec("postgres-data", &[("backup", "highest")]),
-            rec("log-data", &[("backup", "low"), ("class", "temporary")]),
-            rec("cache", &[("backup", "none")]),
-            rec("builder-data", &[("backup", "high")]),
-            rec("target-workspaces", &[("backup", "medium")]),
+            rec(&VolumeName::fixed("redis-data"), &[("backup", "medium")]),
             rec(
-                "project-1",
+                &VolumeName::fixed("postgres-data"),
+                &[("backup", "highest")],
+            ),
+            rec(
+                &VolumeName::fixed("log-data"),
+                &[("backup", "low"), ("class", "temporary")],
+            ),
+            rec(&VolumeName::fixed("cache"), &[("backup", "none")]),
+            rec(&VolumeName::fixed("builder-data"), &[("backup", "high")]),
+            rec(
+                &VolumeName::fixed("target-workspaces"),
+                &[("backup", "medium")],
+            ),
+            rec(
+                &VolumeName::fixed("project-1"),
                 &[("parent", "target-workspaces"), ("backup", "high")],
             ),
-            rec("orphan-child", &[("parent", "cache")]),
+            rec(&VolumeName::fixed("orphan-child"), &[("parent", "cache")]),
         ];
         let names =
             |v: Vec<Arc<VolumeRecord>>| v.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
@@ -762,9 +772,9 @@ mod tests {
                 "target-workspaces"
             ]
         );
-        assert!(names(select_volumes(&all, true)).contains(&"log-data".to_string()));
+        assert!(names(select_volumes(&all, true)).contains(&VolumeName::fixed("log-data")));
         assert_eq!(
-            with_descendants(&all, "target-workspaces"),
+            with_descendants(&all, &VolumeName::fixed("target-workspaces")),
             vec!["target-workspaces", "project-1"]
         );
     }

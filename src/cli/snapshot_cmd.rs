@@ -5,6 +5,8 @@ use clap::Subcommand;
 
 use super::progress::bytes_bar;
 use crate::context::Ctx;
+use crate::core::names::VolumeName;
+use crate::core::snapshot_id::SnapshotId;
 use crate::ops::snapshot as snapshot_ops;
 use crate::snapshot::{catalog, retention, verify, CreateOutcome, Manifest, Trigger};
 
@@ -12,7 +14,7 @@ use crate::snapshot::{catalog, retention, verify, CreateOutcome, Manifest, Trigg
 pub enum SnapshotCmd {
     /// Snapshot a volume now (incremental to its last snapshot); prints the new id.
     Create {
-        volume: String,
+        volume: VolumeName,
         /// Write a full snapshot instead of an incremental one.
         #[arg(long)]
         full: bool,
@@ -23,27 +25,30 @@ pub enum SnapshotCmd {
     },
     /// List snapshots (of one volume, or of all), oldest first.
     Ls {
-        volume: Option<String>,
+        volume: Option<VolumeName>,
         #[arg(long)]
         json: bool,
     },
     /// Check checksums and test-read archives (one snapshot's chain, or every snapshot).
-    Verify { volume: String, id: Option<String> },
+    Verify {
+        volume: VolumeName,
+        id: Option<SnapshotId>,
+    },
     /// Restore a snapshot over the volume (refused while mounted), or into a new volume.
     Restore {
-        volume: String,
-        id: String,
+        volume: VolumeName,
+        id: SnapshotId,
         /// Restore into this new volume instead of over the source.
         #[arg(long)]
-        into: Option<String>,
+        into: Option<VolumeName>,
         /// Confirm that the volume's current content is replaced.
         #[arg(long)]
         yes: bool,
     },
     /// Delete one snapshot (refused while a later snapshot needs it).
-    Rm { volume: String, id: String },
+    Rm { volume: VolumeName, id: SnapshotId },
     /// Apply the volume's retention (`keep=`) now.
-    Prune { volume: String },
+    Prune { volume: VolumeName },
 }
 
 pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
@@ -107,7 +112,6 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
         SnapshotCmd::Ls { volume, json } => {
             let volumes = match volume {
                 Some(v) => {
-                    crate::core::names::validate(v).map_err(anyhow::Error::msg)?;
                     vec![v.clone()]
                 }
                 None => catalog::volumes(&ctx.layout),
@@ -158,7 +162,6 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             }
         }
         SnapshotCmd::Verify { volume, id } => {
-            crate::core::names::validate(volume).map_err(anyhow::Error::msg)?;
             let all = catalog::list(&ctx.layout, volume)?;
             let targets: Vec<Manifest> = match id {
                 Some(id) => catalog::chain(&all, &catalog::get(&ctx.layout, volume, id)?.id)?,
@@ -194,12 +197,11 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             into,
             yes,
         } => {
-            crate::core::names::validate(volume).map_err(anyhow::Error::msg)?;
             let created_at = match catalog::get(&ctx.layout, volume, id) {
                 Ok(m) => m.created_at,
                 Err(e) => match crate::pool::cow::listing(&ctx.layout, &ctx.view, volume)?
                     .into_iter()
-                    .find_map(|l| l.cow.filter(|c| c.id == *id))
+                    .find_map(|l| l.cow.filter(|c| c.id == id.as_str()))
                 {
                     Some(c) => c.created_at,
                     None => return Err(e.into()),
@@ -240,7 +242,6 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             }
         }
         SnapshotCmd::Rm { volume, id } => {
-            crate::core::names::validate(volume).map_err(anyhow::Error::msg)?;
             let _archiving = crate::fs::durable::FileLock::acquire(
                 &ctx.layout.archive_lock(volume),
                 crate::fs::durable::LockKind::Exclusive,

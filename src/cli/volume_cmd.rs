@@ -4,6 +4,7 @@ use clap::Subcommand;
 
 use super::Cli;
 use crate::core::layout::Layout;
+use crate::core::names::VolumeName;
 use crate::core::store::Store;
 use crate::plugin::status;
 use crate::pool::location::Locate;
@@ -16,10 +17,10 @@ pub enum VolumeCmd {
         json: bool,
     },
     /// Show one volume's record and status.
-    Inspect { name: String },
+    Inspect { name: VolumeName },
     /// Move a volume's data to another host directory (refused while mounted; the old data is kept).
     Migrate {
-        name: String,
+        name: VolumeName,
         /// The new host directory (empty or missing; under an allowed bind root).
         #[arg(long)]
         to: String,
@@ -28,7 +29,7 @@ pub enum VolumeCmd {
         delete_source: bool,
     },
     /// Delete the data a migration left at the old place.
-    Cleanup { name: String },
+    Cleanup { name: VolumeName },
 }
 
 pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
@@ -70,7 +71,6 @@ pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
             }
         }
         VolumeCmd::Inspect { name } => {
-            crate::core::names::validate(name).map_err(anyhow::Error::msg)?;
             let r = store
                 .load(name)?
                 .ok_or_else(|| anyhow::anyhow!("no such volume: {name}"))?;

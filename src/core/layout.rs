@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::core::names::VolumeName;
+
 /// Default state root.
 pub const DEFAULT_ROOT: &str = "/var/lib/allspark";
 /// Default plugin socket (legacy discovery path, driver name `allspark`).
@@ -26,21 +28,21 @@ impl Layout {
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state").join("volumes")
     }
-    pub fn record(&self, name: &str) -> PathBuf {
+    pub fn record(&self, name: &VolumeName) -> PathBuf {
         self.state_dir().join(format!("{name}.json"))
     }
     /// Mount references of this boot (`<name>.json`): runtime state, never fsynced.
     pub fn refs_dir(&self) -> PathBuf {
         self.root.join("state").join("refs")
     }
-    pub fn refs(&self, name: &str) -> PathBuf {
+    pub fn refs(&self, name: &VolumeName) -> PathBuf {
         self.refs_dir().join(format!("{name}.json"))
     }
     /// Cached usage figures written by the agent (`<name>.json`).
     pub fn usage_dir(&self) -> PathBuf {
         self.root.join("state").join("usage")
     }
-    pub fn usage(&self, name: &str) -> PathBuf {
+    pub fn usage(&self, name: &VolumeName) -> PathBuf {
         self.usage_dir().join(format!("{name}.json"))
     }
     /// Agent-side state (backup runs, event cursors, stopped containers).
@@ -55,7 +57,7 @@ impl Layout {
         self.root.join("volumes")
     }
     /// Managed data directory of a volume without `device`.
-    pub fn managed_data(&self, name: &str) -> PathBuf {
+    pub fn managed_data(&self, name: &VolumeName) -> PathBuf {
         self.volumes_dir().join(name).join("data")
     }
     pub fn trash_dir(&self) -> PathBuf {
@@ -75,18 +77,18 @@ impl Layout {
     pub fn measure_dir(&self) -> PathBuf {
         self.root.join("state").join("measure")
     }
-    pub fn measure_request(&self, name: &str) -> PathBuf {
+    pub fn measure_request(&self, name: &VolumeName) -> PathBuf {
         self.measure_dir().join(name)
     }
     pub fn locks_dir(&self) -> PathBuf {
         self.root.join("locks")
     }
     /// Short-lived record lock of a volume.
-    pub fn record_lock(&self, name: &str) -> PathBuf {
+    pub fn record_lock(&self, name: &VolumeName) -> PathBuf {
         self.locks_dir().join(format!("{name}.lock"))
     }
     /// Snapshot lock of a volume, held by the agent while it archives.
-    pub fn snapshot_lock(&self, name: &str) -> PathBuf {
+    pub fn snapshot_lock(&self, name: &VolumeName) -> PathBuf {
         self.locks_dir().join(format!("{name}.snap"))
     }
     /// Lock held by the one plugin process serving this root.
@@ -110,13 +112,13 @@ impl Layout {
     }
     /// Held while archives are written from a volume's read-only snapshots (never the
     /// snapshot lock: a Mount does not wait for an archive).
-    pub fn archive_lock(&self, name: &str) -> PathBuf {
+    pub fn archive_lock(&self, name: &VolumeName) -> PathBuf {
         self.locks_dir().join(format!("{name}.archive"))
     }
     pub fn snapshots_dir(&self) -> PathBuf {
         self.root.join("snapshots")
     }
-    pub fn volume_snapshots(&self, name: &str) -> PathBuf {
+    pub fn volume_snapshots(&self, name: &VolumeName) -> PathBuf {
         self.snapshots_dir().join(name)
     }
     /// The plugin's own directories: a `device` may not point into them.

@@ -21,7 +21,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use crate::core::layout::Layout;
-use crate::core::names;
+use crate::core::names::VolumeName;
 use crate::fs::durable::{FileLock, LockKind};
 
 /// What a sweep did.
@@ -34,16 +34,16 @@ pub struct SweepReport {
 }
 
 /// The volume a lock file belongs to: `<name>.lock` or `<name>.snap`.
-fn owner(file: &str) -> Option<&str> {
+fn owner(file: &str) -> Option<VolumeName> {
     let name = file
         .strip_suffix(".lock")
         .or_else(|| file.strip_suffix(".snap"))?;
-    names::validate(name).is_ok().then_some(name)
+    VolumeName::parse(name).ok()
 }
 
 /// After Remove deleted `name`'s record, holding `record_lock`: delete its snapshot lock
 /// (unless held) and its record lock, and release the latter.
-pub fn release_removed(layout: &Layout, name: &str, record_lock: FileLock) -> SweepReport {
+pub fn release_removed(layout: &Layout, name: &VolumeName, record_lock: FileLock) -> SweepReport {
     let mut report = SweepReport::default();
     let snap = layout.snapshot_lock(name);
     if snap.exists() {
@@ -73,14 +73,14 @@ pub fn release_removed(layout: &Layout, name: &str, record_lock: FileLock) -> Sw
 /// Delete the lock files of volumes that have no record, skipping any that someone holds.
 pub fn sweep(layout: &Layout) -> std::io::Result<SweepReport> {
     let mut report = SweepReport::default();
-    let mut owners: Vec<String> = Vec::new();
+    let mut owners: Vec<VolumeName> = Vec::new();
     for e in fs::read_dir(layout.locks_dir())?.flatten() {
         let file = e.file_name();
         let Some(name) = file.to_str().and_then(owner) else {
             continue;
         };
-        if !owners.iter().any(|o| o == name) {
-            owners.push(name.to_string());
+        if !owners.contains(&name) {
+            owners.push(name);
         }
     }
     owners.sort();
@@ -141,10 +141,10 @@ mod tests {
     #[test]
     fn sweep_deletes_only_the_locks_of_volumes_without_a_record() {
         let (_d, layout) = root();
-        touch(&layout.record("alive"));
+        touch(&layout.record(&VolumeName::fixed("alive")));
         for n in ["alive", "gone", "gone2"] {
-            touch(&layout.record_lock(n));
-            touch(&layout.snapshot_lock(n));
+            touch(&layout.record_lock(&VolumeName::fixed(n)));
+            touch(&layout.snapshot_lock(&VolumeName::fixed(n)));
         }
         touch(&layout.locks_dir().join("not-a-lock.txt"));
         let r = sweep(&layout).unwrap();
@@ -161,13 +161,23 @@ mod tests {
     #[test]
     fn a_held_lock_is_never_deleted_and_goes_at_a_later_sweep() {
         let (_d, layout) = root();
-        let held = FileLock::acquire(&layout.snapshot_lock("gone"), LockKind::Shared).unwrap();
-        let rec_held =
-            FileLock::acquire(&layout.record_lock("other"), LockKind::Exclusive).unwrap();
+        let held = FileLock::acquire(
+            &layout.snapshot_lock(&VolumeName::fixed("gone")),
+            LockKind::Shared,
+        )
+        .unwrap();
+        let rec_held = FileLock::acquire(
+            &layout.record_lock(&VolumeName::fixed("other")),
+            LockKind::Exclusive,
+        )
+        .unwrap();
         let r = sweep(&layout).unwrap();
         assert_eq!(
             r.busy,
-            vec![layout.snapshot_lock("gone"), layout.record_lock("other")]
+            vec![
+                layout.snapshot_lock(&VolumeName::fixed("gone")),
+                layout.record_lock(&VolumeName::fixed("other"))
+            ]
         );
         assert_eq!(names_in(&layout), ["gone.snap", "other.lock"]);
         drop(held);
@@ -180,10 +190,14 @@ mod tests {
     #[test]
     fn a_record_created_meanwhile_keeps_its_locks() {
         let (_d, layout) = root();
-        touch(&layout.record_lock("late"));
+        touch(&layout.record_lock(&VolumeName::fixed("late")));
         // A Create holds the record lock and writes the record before the sweep gets the lock.
-        let create = FileLock::acquire(&layout.record_lock("late"), LockKind::Exclusive).unwrap();
-        touch(&layout.record("late"));
+        let create = FileLock::acquire(
+            &layout.record_lock(&VolumeName::fixed("late")),
+            LockKind::Exclusive,
+        )
+        .unwrap();
+        touch(&layout.record(&VolumeName::fixed("late")));
         drop(create);
         let r = sweep(&layout).unwrap();
         assert!(r.removed.is_empty());
@@ -195,7 +209,7 @@ mod tests {
     #[test]
     fn a_waiter_on_an_unlinked_lock_file_relocks_the_new_one() {
         let (_d, layout) = root();
-        let path = layout.record_lock("v");
+        let path = layout.record_lock(&VolumeName::fixed("v"));
         let remover = FileLock::acquire(&path, LockKind::Exclusive).unwrap();
         let got = Arc::new(AtomicBool::new(false));
         let (p2, g2) = (path.clone(), got.clone());

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::names;
+use crate::core::names::VolumeName;
+use crate::core::snapshot_id::SnapshotId;
 
 /// Keys accepted in `driver_opts` / `docker volume create -o`.
 pub const KEYS: &[&str] = &[
@@ -211,8 +212,8 @@ pub struct MountFlags {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Template {
-    Volume { volume: String },
-    Snapshot { volume: String, id: String },
+    Volume { volume: VolumeName },
+    Snapshot { volume: VolumeName, id: SnapshotId },
 }
 
 /// Everything a volume was created with, typed.
@@ -231,7 +232,7 @@ pub struct VolumeSpec {
     /// Expected capacity in bytes.
     pub size: Option<u64>,
     pub template: Option<Template>,
-    pub parent: Option<String>,
+    pub parent: Option<VolumeName>,
     /// Codec of new snapshot chains and backups of this volume; `None`: the agent's setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
@@ -296,9 +297,10 @@ pub fn parse(opts: Option<&BTreeMap<String, String>>) -> Result<VolumeSpec, Opti
             "size" => spec.size = Some(parse_size(value).map_err(|a| refuse(key, value, a))?),
             "template" => spec.template = Some(parse_template(value)?),
             "parent" => {
-                names::validate(value)
-                    .map_err(|e| refuse(key, value, format!("a volume name: {e}")))?;
-                spec.parent = Some(value.clone());
+                spec.parent = Some(
+                    VolumeName::parse(value)
+                        .map_err(|e| refuse(key, value, format!("a volume name: {e}")))?,
+                );
             }
             "compression" => {
                 spec.compression = Some(
@@ -308,7 +310,7 @@ pub fn parse(opts: Option<&BTreeMap<String, String>>) -> Result<VolumeSpec, Opti
                 )
             }
             "pool" => {
-                names::validate(value)
+                VolumeName::parse(value)
                     .map_err(|e| refuse(key, value, format!("a pool name: {e}")))?;
                 // `pool=default` is the same volume as no pool at all.
                 spec.pool = (value != "default").then(|| value.clone());
@@ -334,7 +336,7 @@ pub fn parse(opts: Option<&BTreeMap<String, String>>) -> Result<VolumeSpec, Opti
     if spec.device.is_some() && spec.parent.is_some() {
         return Err(refuse(
             "parent",
-            spec.parent.as_deref().unwrap_or(""),
+            spec.parent.as_deref().unwrap_or_default(),
             "parent= and device= cannot be combined",
         ));
     }
@@ -566,18 +568,15 @@ fn parse_template(value: &str) -> Result<Template, OptionError> {
         let (volume, id) = rest
             .split_once('@')
             .ok_or_else(|| refuse("template", value, ACCEPTED))?;
-        names::validate(volume)
-            .map_err(|e| refuse("template", value, format!("{ACCEPTED}: {e}")))?;
-        crate::core::snapshot_id::validate(id)
-            .map_err(|e| refuse("template", value, format!("{ACCEPTED}: {e}")))?;
+        let bad = |e: String| refuse("template", value, format!("{ACCEPTED}: {e}"));
         return Ok(Template::Snapshot {
-            volume: volume.into(),
-            id: id.into(),
+            volume: VolumeName::parse(volume).map_err(bad)?,
+            id: SnapshotId::parse(id).map_err(bad)?,
         });
     }
-    names::validate(value).map_err(|e| refuse("template", value, format!("{ACCEPTED}: {e}")))?;
     Ok(Template::Volume {
-        volume: value.into(),
+        volume: VolumeName::parse(value)
+            .map_err(|e| refuse("template", value, format!("{ACCEPTED}: {e}")))?,
     })
 }
 

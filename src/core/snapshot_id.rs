@@ -1,4 +1,4 @@
-//! Snapshot ids: UTC timestamps `YYYYmmddTHHMMSS.ffffffZ` that sort by time.
+//! Snapshot ids: UTC timestamps `YYYYmmddTHHMMSS.ffffffZ` that sort by time, checked once where an id enters (a command line, a directory listing, an option) and carried as a [`SnapshotId`] from there on.
 
 use chrono::{DateTime, Utc};
 
@@ -19,6 +19,84 @@ pub fn parse(id: &str) -> Result<DateTime<Utc>, String> {
         .ok()
         .filter(|_| id.len() == 23)
         .ok_or_else(|| format!("invalid snapshot id {id:?}: ids look like 20261125T200000.000000Z"))
+}
+
+/// A snapshot id that parsed as a timestamp (so it is one path component).
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct SnapshotId(String);
+
+impl SnapshotId {
+    /// A new id for `at`.
+    pub fn at(at: DateTime<Utc>) -> SnapshotId {
+        SnapshotId(new_id(at))
+    }
+    /// Check `s`; the error shows what ids look like.
+    pub fn parse(s: &str) -> Result<SnapshotId, String> {
+        parse(s)?;
+        Ok(SnapshotId(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The time the id stands for.
+    pub fn time(&self) -> DateTime<Utc> {
+        parse(&self.0).expect("a SnapshotId is checked when made")
+    }
+}
+
+impl std::str::FromStr for SnapshotId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        SnapshotId::parse(s)
+    }
+}
+
+impl TryFrom<String> for SnapshotId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        parse(&s)?;
+        Ok(SnapshotId(s))
+    }
+}
+
+impl From<SnapshotId> for String {
+    fn from(n: SnapshotId) -> String {
+        n.0
+    }
+}
+
+impl std::ops::Deref for SnapshotId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for SnapshotId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for SnapshotId {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+impl std::fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for SnapshotId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::core::layout::Layout;
+use crate::core::names::VolumeName;
 use crate::fs::durable;
 
 /// What happened to a volume.
@@ -33,7 +34,7 @@ pub enum EventKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub kind: EventKind,
-    pub volume: String,
+    pub volume: VolumeName,
     pub at: DateTime<Utc>,
     /// The container that stopped (for `Stop` events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,7 +89,7 @@ pub fn read(path: &Path) -> io::Result<Event> {
 }
 
 /// Ask the agent to measure `volume` now (best effort: a failure is logged, the periodic walk catches up).
-pub fn request_measure(layout: &Layout, volume: &str) {
+pub fn request_measure(layout: &Layout, volume: &VolumeName) {
     let dir = layout.measure_dir();
     let made = durable::ensure_dir(&dir, 0o700).and_then(|()| {
         use std::os::unix::fs::OpenOptionsExt;
@@ -101,20 +102,23 @@ pub fn request_measure(layout: &Layout, volume: &str) {
             .map(drop)
     });
     if let Err(e) = made {
-        tracing::warn!(volume, %e, "cannot request a measurement; the volume is measured at the next usage walk");
+        tracing::warn!(%volume, %e, "cannot request a measurement; the volume is measured at the next usage walk");
     }
 }
 
 /// Take the pending measure requests: their markers are deleted, the volume names returned (sorted).
 /// A request made while the caller measures leaves a new marker, so nothing is missed.
-pub fn take_measure_requests(layout: &Layout) -> Vec<String> {
+pub fn take_measure_requests(layout: &Layout) -> Vec<VolumeName> {
     let Ok(rd) = fs::read_dir(layout.measure_dir()) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = rd
+    let mut names: Vec<VolumeName> = rd
         .flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| crate::core::names::validate(n).is_ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| VolumeName::parse(n).ok())
+        })
         .filter(|n| match fs::remove_file(layout.measure_request(n)) {
             Ok(()) => true,
             Err(e) => {
@@ -148,7 +152,7 @@ mod tests {
                 &layout,
                 &Event {
                     kind: EventKind::Unmount,
-                    volume: v.to_string(),
+                    volume: VolumeName::fixed(v),
                     at,
                     container: None,
                 },
@@ -156,7 +160,7 @@ mod tests {
             .unwrap();
         }
         let files = pending(&layout).unwrap();
-        let vols: Vec<String> = files.iter().map(|f| read(f).unwrap().volume).collect();
+        let vols: Vec<VolumeName> = files.iter().map(|f| read(f).unwrap().volume).collect();
         assert_eq!(vols, ["a", "b", "c"]);
         done(&files[0]).unwrap();
         assert_eq!(pending(&layout).unwrap().len(), 2);
@@ -168,12 +172,12 @@ mod tests {
         let layout = Layout::new(d.path());
         layout.ensure().unwrap();
         for v in ["b", "a", "b", "b"] {
-            request_measure(&layout, v);
+            request_measure(&layout, &VolumeName::fixed(v));
         }
         fs::write(layout.measure_dir().join(".junk"), b"").unwrap();
         assert_eq!(take_measure_requests(&layout), ["a", "b"]);
         assert!(take_measure_requests(&layout).is_empty());
-        request_measure(&layout, "a");
+        request_measure(&layout, &VolumeName::fixed("a"));
         assert_eq!(take_measure_requests(&layout), ["a"]);
     }
 }

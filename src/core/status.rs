@@ -5,6 +5,8 @@ use std::fs;
 use serde::{Deserialize, Serialize};
 
 use crate::core::layout::Layout;
+use crate::core::names::VolumeName;
+use crate::core::snapshot_id::SnapshotId;
 
 /// Usage figures measured by the agent (or `allspark usage`) and cached for the plugin.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -15,17 +17,20 @@ pub struct UsageCache {
 }
 
 /// Read a volume's cached usage, if any was measured.
-pub fn cached_usage(layout: &Layout, name: &str) -> Option<UsageCache> {
+pub fn cached_usage(layout: &Layout, name: &VolumeName) -> Option<UsageCache> {
     serde_json::from_slice(&fs::read(layout.usage(name)).ok()?).ok()
 }
 
 /// Snapshot ids of a volume, oldest first (complete snapshots only).
-pub fn snapshot_ids(layout: &Layout, name: &str) -> Vec<String> {
-    let mut ids: Vec<String> = fs::read_dir(layout.volume_snapshots(name))
+pub fn snapshot_ids(layout: &Layout, name: &VolumeName) -> Vec<SnapshotId> {
+    let mut ids: Vec<SnapshotId> = fs::read_dir(layout.volume_snapshots(name))
         .map(|rd| {
             rd.flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| crate::core::snapshot_id::validate(n).is_ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| SnapshotId::parse(n).ok())
+                })
                 .collect()
         })
         .unwrap_or_default();

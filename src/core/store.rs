@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::core::layout::Layout;
+use crate::core::names::VolumeName;
 use crate::core::options::VolumeSpec;
 use crate::fs::durable::{self, FileLock, LockKind};
 
@@ -23,7 +24,7 @@ pub const RECORD_VERSION: u32 = 1;
 pub enum DataLocation {
     /// Inside `<root>/volumes/<volume>/data`, optionally a subdirectory of it (a `parent=` child).
     Managed {
-        volume: String,
+        volume: VolumeName,
         subdir: Option<String>,
     },
     /// A host directory (a `device=` volume or a child of one), as the host sees it.
@@ -32,7 +33,7 @@ pub enum DataLocation {
     /// optionally a subdirectory of it (a `parent=` child). See [`crate::pool`].
     Pool {
         pool: String,
-        volume: String,
+        volume: VolumeName,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         subdir: Option<String>,
     },
@@ -88,7 +89,7 @@ impl DataLocation {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VolumeRecord {
     pub version: u32,
-    pub name: String,
+    pub name: VolumeName,
     pub created_at: DateTime<Utc>,
     /// The options exactly as given at Create.
     pub options: BTreeMap<String, String>,
@@ -115,14 +116,14 @@ pub struct VolumeRecord {
 impl VolumeRecord {
     /// A new, unmounted record created now.
     pub fn new(
-        name: &str,
+        name: &VolumeName,
         options: BTreeMap<String, String>,
         spec: VolumeSpec,
         data: DataLocation,
     ) -> VolumeRecord {
         VolumeRecord {
             version: RECORD_VERSION,
-            name: name.to_string(),
+            name: name.clone(),
             created_at: Utc::now(),
             options,
             spec,
@@ -137,7 +138,7 @@ impl VolumeRecord {
 
     /// A new managed-directory record from `key=value` options (fixtures, tools).
     pub fn managed(
-        name: &str,
+        name: &VolumeName,
         opts: &[(&str, &str)],
     ) -> Result<VolumeRecord, crate::core::options::OptionError> {
         let options: BTreeMap<String, String> = opts
@@ -146,7 +147,7 @@ impl VolumeRecord {
             .collect();
         let spec = crate::core::options::parse(Some(&options))?;
         let data = DataLocation::Managed {
-            volume: name.to_string(),
+            volume: name.clone(),
             subdir: None,
         };
         Ok(VolumeRecord::new(name, options, spec, data))
@@ -232,7 +233,7 @@ fn later(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<
 /// against each file's inode, size and mtime on every read, so it is never stale.
 pub struct Store {
     layout: Layout,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Mutex<HashMap<VolumeName, Cached>>,
 }
 
 impl Store {
@@ -248,13 +249,13 @@ impl Store {
     }
 
     /// Take the record lock of a volume (short-lived; held across read-modify-write).
-    pub fn lock(&self, name: &str) -> Result<FileLock, StoreError> {
+    pub fn lock(&self, name: &VolumeName) -> Result<FileLock, StoreError> {
         let p = self.layout.record_lock(name);
         FileLock::acquire(&p, LockKind::Exclusive).map_err(io_err("lock", &p))
     }
 
     /// Read a record; `Ok(None)` when the volume does not exist.
-    pub fn load(&self, name: &str) -> Result<Option<Arc<VolumeRecord>>, StoreError> {
+    pub fn load(&self, name: &VolumeName) -> Result<Option<Arc<VolumeRecord>>, StoreError> {
         let path = self.layout.record(name);
         let meta = fs::metadata(&path);
         self.load_with(name, &path, meta)
@@ -263,7 +264,7 @@ impl Store {
     /// [`load`](Self::load) with the record's metadata already taken.
     fn load_with(
         &self,
-        name: &str,
+        name: &VolumeName,
         path: &Path,
         meta: io::Result<fs::Metadata>,
     ) -> Result<Option<Arc<VolumeRecord>>, StoreError> {
@@ -295,12 +296,12 @@ impl Store {
         };
         let record: VolumeRecord =
             serde_json::from_slice(&bytes).map_err(|e| self.corrupt(path, e.to_string()))?;
-        if record.name != name {
+        if record.name != *name {
             return Err(self.corrupt(path, format!("it names volume {:?}", record.name)));
         }
         let record = Arc::new(record);
         self.cache_lock().insert(
-            name.to_string(),
+            name.clone(),
             Cached {
                 ino: key.0,
                 mtime_ns: key.1,
@@ -365,7 +366,7 @@ impl Store {
         }
     }
 
-    fn cache_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, HashMap<VolumeName, Cached>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -381,7 +382,7 @@ impl Store {
     }
 
     /// Delete a record durably. Caller holds the lock.
-    pub fn delete(&self, name: &str) -> Result<(), StoreError> {
+    pub fn delete(&self, name: &VolumeName) -> Result<(), StoreError> {
         let path = self.layout.record(name);
         self.cache_lock().remove(name);
         durable::remove_durable(&path).map_err(io_err("delete", &path))?;
@@ -393,18 +394,18 @@ impl Store {
     }
 
     /// The volumes created with `parent=name`, sorted.
-    pub fn children(&self, name: &str) -> Result<Vec<String>, StoreError> {
+    pub fn children(&self, name: &VolumeName) -> Result<Vec<VolumeName>, StoreError> {
         Ok(self
             .all()?
             .0
             .iter()
-            .filter(|r| r.spec.parent.as_deref() == Some(name))
+            .filter(|r| r.spec.parent.as_ref() == Some(name))
             .map(|r| r.name.clone())
             .collect())
     }
 
     /// Names of all volumes, sorted.
-    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+    pub fn names(&self) -> Result<Vec<VolumeName>, StoreError> {
         let dir = self.layout.state_dir();
         let mut names = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
@@ -450,14 +451,13 @@ impl Store {
 }
 
 /// The volume name of a file in the state directory, if it is a record (`<valid name>.json`).
-fn record_name(file: &std::ffi::OsStr) -> Option<String> {
+fn record_name(file: &std::ffi::OsStr) -> Option<VolumeName> {
     let file = file.to_str()?;
     if file.starts_with('.') {
         return None;
     }
     let name = file.strip_suffix(".json")?;
-    crate::core::names::validate(name).ok()?;
-    Some(name.to_string())
+    VolumeName::parse(name).ok()
 }
 
 #[cfg(test)]
@@ -465,7 +465,7 @@ mod tests {
     use super::*;
 
     fn record(name: &str) -> VolumeRecord {
-        VolumeRecord::managed(name, &[]).unwrap()
+        VolumeRecord::managed(&name.parse().unwrap(), &[]).unwrap()
     }
 
     #[test]
@@ -476,17 +476,21 @@ mod tests {
         let store = Store::new(layout);
         let mut r = record("v1");
         store.save(&r).unwrap();
-        assert_eq!(*store.load("v1").unwrap().unwrap(), r);
+        assert_eq!(*store.load(&VolumeName::fixed("v1")).unwrap().unwrap(), r);
         r.mounts.insert("abc".into(), 2);
         store.save(&r).unwrap();
         assert_eq!(
-            store.load("v1").unwrap().unwrap().mount_count(),
+            store
+                .load(&VolumeName::fixed("v1"))
+                .unwrap()
+                .unwrap()
+                .mount_count(),
             2,
             "cache must notice the rewrite"
         );
         assert_eq!(store.names().unwrap(), vec!["v1".to_string()]);
-        store.delete("v1").unwrap();
-        assert!(store.load("v1").unwrap().is_none());
+        store.delete(&VolumeName::fixed("v1")).unwrap();
+        assert!(store.load(&VolumeName::fixed("v1")).unwrap().is_none());
     }
 
     #[test]
@@ -494,9 +498,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let layout = Layout::new(d.path());
         layout.ensure().unwrap();
-        fs::write(layout.record("bad"), b"{not json").unwrap();
+        fs::write(layout.record(&VolumeName::fixed("bad")), b"{not json").unwrap();
         let store = Store::new(layout);
-        let err = store.load("bad").unwrap_err().to_string();
+        let err = store
+            .load(&VolumeName::fixed("bad"))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("corrupt") && err.contains("move it aside"),
             "{err}"

@@ -33,6 +33,7 @@ use crate::backup::restore::{self, ItemResult, RestoreRequest};
 use crate::backup::run::ItemProgress;
 use crate::backup::Settings;
 use crate::context::Ctx;
+use crate::core::names::VolumeName;
 use crate::core::store::Store;
 use crate::plugin::driver::Driver;
 use crate::remote::catalog::{self, RemoteBackup};
@@ -108,9 +109,11 @@ pub fn records_in_order(m: &BackupManifest) -> Vec<RecordEntry> {
         m.files
             .iter()
             .filter(|f| f.kind == FileKind::Volume)
-            .map(|f| RecordEntry {
-                name: f.source.clone(),
-                options: f.options.clone(),
+            .filter_map(|f| {
+                Some(RecordEntry {
+                    name: VolumeName::parse(&f.source).ok()?,
+                    options: f.options.clone(),
+                })
             })
             .collect()
     } else {
@@ -118,12 +121,12 @@ pub fn records_in_order(m: &BackupManifest) -> Vec<RecordEntry> {
     };
     let mut out: Vec<RecordEntry> = Vec::new();
     while !pending.is_empty() {
-        let names: Vec<String> = pending.iter().map(|r| r.name.clone()).collect();
+        let names: Vec<VolumeName> = pending.iter().map(|r| r.name.clone()).collect();
         let (ready, rest): (Vec<RecordEntry>, Vec<RecordEntry>) =
             pending
                 .into_iter()
                 .partition(|r| match r.options.get("parent") {
-                    Some(p) => !names.contains(p) || out.iter().any(|o| &o.name == p),
+                    Some(p) => !names.iter().any(|n| n == p) || out.iter().any(|o| o.name == *p),
                     None => true,
                 });
         if ready.is_empty() {
@@ -215,14 +218,15 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
     let t1 = Instant::now();
     create_records(driver, &m, &mut report);
     let store = Store::new(ctx.layout.clone());
-    let volumes: Vec<String> = m
+    let volumes: Vec<VolumeName> = m
         .files
         .iter()
         .filter(|f| f.kind == FileKind::Volume)
-        .map(|f| f.source.clone())
+        .filter_map(|f| VolumeName::parse(&f.source).ok())
         .filter(|v| matches!(store.load(v), Ok(Some(_))))
         .collect();
     if !volumes.is_empty() {
+        let volumes = volumes.iter().map(ToString::to_string).collect();
         run_restore(ctx, req, &dir, volumes, Vec::new(), &mut report)?;
     }
     let dumps: Vec<String> = m
@@ -276,8 +280,8 @@ fn create_records(driver: &Driver, m: &BackupManifest, report: &mut DrReport) {
             .collect();
         let existed = matches!(driver.store().load(&r.name), Ok(Some(_)));
         match driver.create(&r.name, Some(&opts)) {
-            Ok(()) if existed => report.existing.push(r.name.clone()),
-            Ok(()) => report.created.push(r.name.clone()),
+            Ok(()) if existed => report.existing.push(r.name.to_string()),
+            Ok(()) => report.created.push(r.name.to_string()),
             Err(e) => report.problems.push(format!(
                 "volume {} cannot be created again ({e}); create it by hand and restore it with `allspark backup restore {} --volume {} --yes`",
                 r.name,

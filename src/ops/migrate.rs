@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
 use crate::core::layout::{HostView, Layout};
+use crate::core::names::VolumeName;
 use crate::core::store::{DataLocation, Store};
 use crate::fs::beneath::{Dir, Missing};
 use crate::fs::durable::{FileLock, LockKind};
@@ -43,11 +44,10 @@ pub fn migrate(
     driver: &Driver,
     layout: &Layout,
     view: &HostView,
-    name: &str,
+    name: &VolumeName,
     to: &str,
     delete_source: bool,
 ) -> anyhow::Result<MigrateReport> {
-    crate::core::names::validate(name).map_err(anyhow::Error::msg)?;
     let store = Store::new(layout.clone());
     let host_to = driver.check_device(to)?;
     let _snap = FileLock::acquire(&layout.snapshot_lock(name), LockKind::Exclusive)?;
@@ -197,8 +197,11 @@ fn check_not_nested(source: &Dir, target: &Path, to: &str) -> anyhow::Result<()>
 }
 
 /// Delete the data a migration left at the old place.
-pub fn cleanup(layout: &Layout, view: &HostView, name: &str) -> anyhow::Result<Option<PathBuf>> {
-    crate::core::names::validate(name).map_err(anyhow::Error::msg)?;
+pub fn cleanup(
+    layout: &Layout,
+    view: &HostView,
+    name: &VolumeName,
+) -> anyhow::Result<Option<PathBuf>> {
     let store = Store::new(layout.clone());
     let _lock = store.lock(name)?;
     let mut r = (*store
@@ -212,7 +215,7 @@ pub fn cleanup(layout: &Layout, view: &HostView, name: &str) -> anyhow::Result<O
     if let Ok(opened) = prev.open(layout, view, Missing::Refuse) {
         // Another volume on the same directory, inside it or around it keeps it alive.
         let fam = topology::family(layout, view, &opened.dir, &dir);
-        if let Some(other) = fam.members.iter().find(|m| m.name != name) {
+        if let Some(other) = fam.members.iter().find(|m| m.name != *name) {
             bail!(
                 "the old data of {name} at {} is still used by volume {} (it {}); it is kept — nothing was deleted",
                 dir.display(),

@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 
 use crate::context::Ctx;
 use crate::core::layout::Layout;
+use crate::core::names::VolumeName;
 use crate::core::options::{Compression, Keep};
 use crate::core::store::{Store, VolumeRecord};
 use crate::fs::durable::{FileLock, LockKind};
@@ -24,7 +25,7 @@ use crate::snapshot::{
 /// Snapshot a volume now, then apply its retention.
 pub fn take(
     ctx: &Ctx,
-    name: &str,
+    name: &VolumeName,
     trigger: Trigger,
     event: Option<String>,
     force_full: bool,
@@ -62,7 +63,7 @@ pub fn take(
         let removed = retention::prune(&ctx.layout, name, &keep)?;
         if !removed.is_empty() {
             tracing::info!(
-                volume = name,
+                volume = %name,
                 removed = removed.len(),
                 "old snapshots pruned"
             );
@@ -90,7 +91,7 @@ pub fn keep_of(vref: &VolumeRef) -> Keep {
 /// Restore snapshot `id` of `name` over the volume's data. Refused while the volume is mounted.
 pub fn restore_over(
     ctx: &Ctx,
-    name: &str,
+    name: &VolumeName,
     id: &str,
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> anyhow::Result<RestoreReport> {
@@ -157,7 +158,7 @@ fn refuse_if_in_use(ctx: &Ctx, vref: &VolumeRef) -> anyhow::Result<()> {
 }
 
 /// Where the options of a removed volume are kept beside its snapshots.
-fn removed_options_path(layout: &Layout, name: &str) -> std::path::PathBuf {
+fn removed_options_path(layout: &Layout, name: &VolumeName) -> std::path::PathBuf {
     layout.volume_snapshots(name).join("volume-options.json")
 }
 
@@ -171,16 +172,16 @@ pub fn save_removed_options(layout: &Layout, rec: &VolumeRecord) -> anyhow::Resu
     Ok(())
 }
 
-fn load_removed_options(layout: &Layout, name: &str) -> Option<BTreeMap<String, String>> {
+fn load_removed_options(layout: &Layout, name: &VolumeName) -> Option<BTreeMap<String, String>> {
     serde_json::from_slice(&std::fs::read(removed_options_path(layout, name)).ok()?).ok()
 }
 
 /// Restore snapshot `id` of `name` into a new allspark volume `new` (created with the source's options, without its device).
 pub fn restore_into_new(
     ctx: &Ctx,
-    name: &str,
+    name: &VolumeName,
     id: &str,
-    new: &str,
+    new: &VolumeName,
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
 ) -> anyhow::Result<RestoreReport> {
     let cow = crate::pool::cow::find_snapshot(&ctx.layout, &ctx.view, name, id)?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::bail;
 
 use crate::core::layout::{HostView, Layout};
+use crate::core::names::VolumeName;
 use crate::core::store::{Store, VolumeRecord};
 use crate::fs::beneath::{Dir, Missing};
 use crate::pool::location::Locate;
@@ -14,7 +15,7 @@ use crate::snapshot::restore::SwapTarget;
 /// A volume whose data this process can reach.
 #[derive(Debug, Clone)]
 pub struct VolumeRef {
-    pub name: String,
+    pub name: VolumeName,
     /// The data directory as this process reaches it.
     pub dir: PathBuf,
     /// `allspark`, or the Docker driver of a foreign volume.
@@ -47,12 +48,11 @@ pub fn resolve(
     layout: &Layout,
     view: &HostView,
     docker_url: &str,
-    name: &str,
+    name: &VolumeName,
 ) -> anyhow::Result<VolumeRef> {
-    crate::core::names::validate(name).map_err(anyhow::Error::msg)?;
     if let Some(rec) = Store::new(layout.clone()).load(name)? {
         return Ok(VolumeRef {
-            name: name.to_string(),
+            name: name.clone(),
             dir: rec.data.local_path(layout, view),
             driver: "allspark".into(),
             record: Some(rec),
@@ -64,7 +64,7 @@ pub fn resolve(
     })?;
     match found {
         Ok(Some(v)) => Ok(VolumeRef {
-            name: name.to_string(),
+            name: name.clone(),
             dir: view.local(&v.mountpoint),
             driver: v.driver,
             record: None,
@@ -77,7 +77,7 @@ pub fn resolve(
 }
 
 /// How many running containers use a foreign (non-allspark) volume, through the Docker API.
-pub fn running_users(docker_url: &str, name: &str) -> anyhow::Result<Vec<String>> {
+pub fn running_users(docker_url: &str, name: &VolumeName) -> anyhow::Result<Vec<String>> {
     crate::docker::block_on(async {
         let d = crate::docker::connect(docker_url).await?;
         let cs = crate::docker::containers(&d, Some(name)).await?;

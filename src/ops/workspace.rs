@@ -6,6 +6,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use crate::context::Ctx;
+use crate::core::names::VolumeName;
 use crate::core::options::Class;
 use crate::core::store::{Store, VolumeRecord};
 use crate::ops::snapshot as snapshot_ops;
@@ -85,9 +86,9 @@ pub fn plan(
     records: &[std::sync::Arc<VolumeRecord>],
     age: Duration,
     now: DateTime<Utc>,
-) -> Vec<String> {
+) -> Vec<VolumeName> {
     let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-    let mut names: Vec<String> = records
+    let mut names: Vec<VolumeName> = records
         .iter()
         .filter(|r| {
             is_candidate_kind(r)
@@ -116,7 +117,7 @@ pub fn prune(
     driver: &Driver,
     age: Duration,
     dry_run: bool,
-) -> anyhow::Result<Vec<(String, String)>> {
+) -> anyhow::Result<Vec<(VolumeName, String)>> {
     let store = Store::new(ctx.layout.clone());
     let (records, _) = store.all()?;
     let planned = plan(&records, age, Utc::now());
@@ -162,7 +163,11 @@ pub fn prune(
     Ok(done)
 }
 
-fn remove_via_docker_or_driver(ctx: &Ctx, driver: &Driver, name: &str) -> anyhow::Result<()> {
+fn remove_via_docker_or_driver(
+    ctx: &Ctx,
+    driver: &Driver,
+    name: &VolumeName,
+) -> anyhow::Result<()> {
     let via_docker = crate::docker::block_on(async {
         let d = crate::docker::connect(&ctx.docker_url).await?;
         match d.remove_volume(name, None).await {
@@ -180,7 +185,7 @@ fn remove_via_docker_or_driver(ctx: &Ctx, driver: &Driver, name: &str) -> anyhow
         Ok(false) => Ok(driver.remove(name)?),
         Err(e) if format!("{e:#}").contains("Docker refused") => Err(e),
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), volume = name, "Docker not reachable; removing through the driver state directly");
+            tracing::warn!(error = %format!("{e:#}"), volume = %name, "Docker not reachable; removing through the driver state directly");
             Ok(driver.remove(name)?)
         }
     }

@@ -7,6 +7,7 @@ use hyper::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::core::names::VolumeName;
 use crate::plugin::driver::{Driver, DriverError};
 use crate::plugin::protocol::*;
 use crate::plugin::server::{Handler, Reply};
@@ -54,13 +55,17 @@ impl DriverApi {
     fn dispatch(&self, call: &str, body: &[u8]) -> (Reply, Option<String>) {
         let d = &self.driver;
         macro_rules! run {
-            ($req:ty, |$r:ident| $volume:expr, $work:expr) => {{
+            // The name is checked once here; the driver takes it typed.
+            ($req:ty, |$r:ident, $n:ident| $work:expr) => {{
                 let $r: $req = match decode(call, body) {
                     Ok(r) => r,
                     Err(reply) => return (reply, None),
                 };
-                let volume = Some($volume.to_string());
-                let reply = match $work {
+                let volume = Some($r.name.clone());
+                let reply = match VolumeName::parse(&$r.name)
+                    .map_err(DriverError::Invalid)
+                    .and_then(|$n| $work)
+                {
                     Ok(v) => encode(&v),
                     Err(e) => failure(&e),
                 };
@@ -73,18 +78,18 @@ impl DriverApi {
             "VolumeDriver.Capabilities" => {
                 (encode(&CapabilitiesResponse { capabilities: Capability { scope: "local" } }), None)
             }
-            "VolumeDriver.Create" => run!(CreateRequest, |r| r.name, d.create(&r.name, r.opts.as_ref()).map(|_| empty())),
-            "VolumeDriver.Remove" => run!(NameRequest, |r| r.name, d.remove(&r.name).map(|_| empty())),
-            "VolumeDriver.Mount" => run!(MountRequest, |r| r.name, d.mount(&r.name, &r.id).map(|p| MountpointResponse {
+            "VolumeDriver.Create" => run!(CreateRequest, |r, n| d.create(&n, r.opts.as_ref()).map(|_| empty())),
+            "VolumeDriver.Remove" => run!(NameRequest, |r, n| d.remove(&n).map(|_| empty())),
+            "VolumeDriver.Mount" => run!(MountRequest, |r, n| d.mount(&n, &r.id).map(|p| MountpointResponse {
                 mountpoint: p.to_string_lossy().into_owned(),
                 err: String::new()
             })),
-            "VolumeDriver.Unmount" => run!(MountRequest, |r| r.name, d.unmount(&r.name, &r.id).map(|_| empty())),
-            "VolumeDriver.Path" => run!(NameRequest, |r| r.name, d.path(&r.name).map(|p| MountpointResponse {
+            "VolumeDriver.Unmount" => run!(MountRequest, |r, n| d.unmount(&n, &r.id).map(|_| empty())),
+            "VolumeDriver.Path" => run!(NameRequest, |r, n| d.path(&n).map(|p| MountpointResponse {
                 mountpoint: p.to_string_lossy().into_owned(),
                 err: String::new()
             })),
-            "VolumeDriver.Get" => run!(NameRequest, |r| r.name, d.get(&r.name).map(|v| GetResponse { volume: v, err: String::new() })),
+            "VolumeDriver.Get" => run!(NameRequest, |r, n| d.get(&n).map(|v| GetResponse { volume: v, err: String::new() })),
             "VolumeDriver.List" => {
                 let reply = match d.list() {
                     Ok(volumes) => encode(&ListResponse { volumes, err: String::new() }),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::core::layout::{HostView, Layout};
-use crate::core::names;
+use crate::core::names::VolumeName;
 use crate::core::options::{self, VolumeSpec};
 use crate::core::spool::{self, Event, EventKind};
 use crate::core::store::{DataLocation, Store, VolumeRecord};
@@ -62,13 +62,12 @@ impl Driver {
     }
 
     /// Where a volume is mounted for containers.
-    pub fn mountpoint(&self, name: &str) -> PathBuf {
+    pub fn mountpoint(&self, name: &VolumeName) -> PathBuf {
         self.settings.mount_dir.join(name)
     }
 
     /// Create a volume, or accept a repeated Create with the same options.
-    pub fn create(&self, name: &str, opts: Option<&BTreeMap<String, String>>) -> Result<()> {
-        names::validate(name).map_err(DriverError::Invalid)?;
+    pub fn create(&self, name: &VolumeName, opts: Option<&BTreeMap<String, String>>) -> Result<()> {
         let spec = options::parse(opts).map_err(|e| DriverError::Invalid(e.to_string()))?;
         let _lock = self.store.lock(name)?;
         if let Some(existing) = self.store.load(name)? {
@@ -111,7 +110,7 @@ impl Driver {
         }
         let adopted = existing_content && spec.parent.is_some();
         if adopted {
-            tracing::warn!(volume = name, path = %opened.dir.shown().display(), "the child's directory already holds data: adopted, and kept when the volume is removed");
+            tracing::warn!(volume = %name, path = %opened.dir.shown().display(), "the child's directory already holds data: adopted, and kept when the volume is removed");
         }
         let result = self.fill_and_record(name, opts, spec, data.clone(), &opened.dir, adopted);
         if result.is_ok() {
@@ -126,7 +125,12 @@ impl Driver {
     /// Open a volume's data directory through its trusted anchor (see [`crate::fs::beneath`]),
     /// then check a host directory's containment on the descriptor: below an allowed bind
     /// root, and neither inside nor around one of allspark's own directories.
-    fn open_data(&self, name: &str, data: &DataLocation, missing: Missing) -> Result<Opened> {
+    fn open_data(
+        &self,
+        name: &VolumeName,
+        data: &DataLocation,
+        missing: Missing,
+    ) -> Result<Opened> {
         let opened = data
             .open(&self.layout, &self.settings.view, missing)
             .map_err(|e| {
@@ -141,7 +145,7 @@ impl Driver {
     }
 
     /// The containment rules of a host directory, checked by device and inode on its descriptor.
-    fn check_contained(&self, name: &str, path: &Path, dir: &Dir) -> Result<()> {
+    fn check_contained(&self, name: &VolumeName, path: &Path, dir: &Dir) -> Result<()> {
         let ctx = |e: io::Error| DriverError::Io {
             context: format!("volume {name}: cannot check where {} lies", path.display()),
             source: e,
@@ -210,16 +214,16 @@ impl Driver {
         fs::remove_dir_all(data.anchor_path(&self.layout, &self.settings.view, top))
     }
 
-    fn locate_managed(&self, name: &str) -> DataLocation {
+    fn locate_managed(&self, name: &VolumeName) -> DataLocation {
         DataLocation::Managed {
-            volume: name.to_string(),
+            volume: name.clone(),
             subdir: None,
         }
     }
 
     fn fill_and_record(
         &self,
-        name: &str,
+        name: &VolumeName,
         opts: Option<&BTreeMap<String, String>>,
         spec: VolumeSpec,
         data: DataLocation,
@@ -244,7 +248,7 @@ impl Driver {
     }
 
     /// Decide where a new volume's data lives, refusing paths outside the rules.
-    fn locate(&self, name: &str, spec: &VolumeSpec) -> Result<DataLocation> {
+    fn locate(&self, name: &VolumeName, spec: &VolumeSpec) -> Result<DataLocation> {
         if let Some(parent) = &spec.parent {
             let p = self.store.load(parent)?.ok_or_else(|| {
                 DriverError::Invalid(format!("parent={parent}: no such volume; create it first"))
@@ -315,11 +319,10 @@ impl Driver {
     }
 
     /// Remove a volume: refused while mounted; deletes managed data, never a device's data.
-    pub fn remove(&self, name: &str) -> Result<()> {
-        names::validate(name).map_err(DriverError::Invalid)?;
+    pub fn remove(&self, name: &VolumeName) -> Result<()> {
         let lock = self.store.lock(name)?;
         let Some(rec) = self.store.load(name)? else {
-            tracing::info!(volume = name, "remove of an unknown volume: nothing to do");
+            tracing::info!(volume = %name, "remove of an unknown volume: nothing to do");
             crate::core::locks::release_removed(&self.layout, name, lock);
             return Ok(());
         };
@@ -334,7 +337,7 @@ impl Driver {
             // Under the lock, references without their bind mount are stale: an Unmount
             // removed the mount but could not record it (full or read-only disk).
             tracing::warn!(
-                volume = name,
+                volume = %name,
                 refs = n,
                 "references without a live mount are stale: ignored"
             );
@@ -365,7 +368,7 @@ impl Driver {
             self.discard(name, &dir)?
         } else {
             if rec.adopted {
-                tracing::warn!(volume = name, path = %dir.display(), "the volume adopted an existing directory at Create: its data is kept");
+                tracing::warn!(volume = %name, path = %dir.display(), "the volume adopted an existing directory at Create: its data is kept");
             }
             None
         };
@@ -373,7 +376,7 @@ impl Driver {
             // The record stays, so the data stays too.
             if let Some(trash) = discarded {
                 if let Err(err) = fs::rename(&trash, &dir) {
-                    tracing::error!(volume = name, from = %trash.display(), %err, "cannot put the data back after a failed removal; the next start of the plugin does");
+                    tracing::error!(volume = %name, from = %trash.display(), %err, "cannot put the data back after a failed removal; the next start of the plugin does");
                 }
             }
             return Err(e.into());
@@ -395,7 +398,7 @@ impl Driver {
 
     /// Move a directory into the trash (atomic), to be deleted once the record is gone.
     /// Returns where the directory went, if it existed.
-    fn discard(&self, name: &str, dir: &Path) -> Result<Option<PathBuf>> {
+    fn discard(&self, name: &VolumeName, dir: &Path) -> Result<Option<PathBuf>> {
         if !dir.exists() {
             return Ok(None);
         }
@@ -431,8 +434,7 @@ impl Driver {
     }
 
     /// Mount a volume for a container (reference counted per mount ID).
-    pub fn mount(&self, name: &str, id: &str) -> Result<PathBuf> {
-        names::validate(name).map_err(DriverError::Invalid)?;
+    pub fn mount(&self, name: &VolumeName, id: &str) -> Result<PathBuf> {
         let rec = self
             .store
             .load(name)?
@@ -455,12 +457,12 @@ impl Driver {
             if rec.mount_count() > 0 {
                 // Stale: an Unmount removed the bind mount but could not record it (full or
                 // read-only disk). Kept, they would keep the new mount alive after its Unmount.
-                tracing::warn!(volume = name, refs = ?rec.mounts, "references without a live mount are stale: cleared");
+                tracing::warn!(volume = %name, refs = ?rec.mounts, "references without a live mount are stale: cleared");
                 rec.mounts.clear();
             } else if self.is_live_mount(&target) {
                 // A bind mount nobody references (a crash between the bind and the record, not
                 // yet recovered): replace it rather than stack a second one on it.
-                tracing::warn!(volume = name, "a bind mount without a reference: replaced");
+                tracing::warn!(volume = %name, "a bind mount without a reference: replaced");
                 self.sys
                     .unmount(&target)
                     .map_err(io_ctx(format!("cannot unmount {}", target.display())))?;
@@ -508,17 +510,19 @@ impl Driver {
     /// Spool an on-mount event (unless one for this volume is already pending: a Mount that
     /// timed out and was retried does not queue a second snapshot) and wait for the agent to
     /// consume it, until `deadline`.
-    fn wait_for_mount_snapshot(&self, name: &str, deadline: Instant) -> Result<()> {
+    fn wait_for_mount_snapshot(&self, name: &VolumeName, deadline: Instant) -> Result<()> {
         let pending = spool::pending(&self.layout)
             .unwrap_or_default()
             .into_iter()
-            .find(|f| spool::read(f).is_ok_and(|e| e.kind == EventKind::Mount && e.volume == name));
+            .find(|f| {
+                spool::read(f).is_ok_and(|e| e.kind == EventKind::Mount && e.volume == *name)
+            });
         let file = match pending {
             Some(f) => f,
             None => {
                 let event = Event {
                     kind: EventKind::Mount,
-                    volume: name.to_string(),
+                    volume: name.clone(),
                     at: Utc::now(),
                     container: None,
                 };
@@ -528,7 +532,7 @@ impl Driver {
         };
         while file.exists() {
             if Instant::now() >= deadline {
-                tracing::warn!(volume = name, "the on-mount snapshot did not finish within the snapshot wait; mounting anyway (the agent will take it when it runs)");
+                tracing::warn!(volume = %name, "the on-mount snapshot did not finish within the snapshot wait; mounting anyway (the agent will take it when it runs)");
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -536,7 +540,7 @@ impl Driver {
         Ok(())
     }
 
-    fn wait_for_snapshot_lock(&self, name: &str, deadline: Instant) -> Result<FileLock> {
+    fn wait_for_snapshot_lock(&self, name: &VolumeName, deadline: Instant) -> Result<FileLock> {
         let p = self.layout.snapshot_lock(name);
         let left = deadline.saturating_duration_since(Instant::now());
         FileLock::acquire_within(&p, LockKind::Shared, left)
@@ -550,18 +554,17 @@ impl Driver {
     }
 
     /// Drop one reference of a mount ID; the last one removes the bind mount. Unknown IDs are harmless.
-    pub fn unmount(&self, name: &str, id: &str) -> Result<()> {
-        names::validate(name).map_err(DriverError::Invalid)?;
+    pub fn unmount(&self, name: &VolumeName, id: &str) -> Result<()> {
         let _lock = self.store.lock(name)?;
         let Some(rec) = self.store.load(name)? else {
-            tracing::info!(volume = name, "unmount of an unknown volume: nothing to do");
+            tracing::info!(volume = %name, "unmount of an unknown volume: nothing to do");
             return Ok(());
         };
         let mut rec = (*rec).clone();
         match rec.mounts.get_mut(id) {
             None => {
                 tracing::info!(
-                    volume = name,
+                    volume = %name,
                     id,
                     "unmount of an unknown mount ID: nothing to do"
                 );
@@ -585,12 +588,12 @@ impl Driver {
         if last && rec.spec.snapshot.on_unmount() {
             let event = Event {
                 kind: EventKind::Unmount,
-                volume: name.to_string(),
+                volume: name.clone(),
                 at: Utc::now(),
                 container: None,
             };
             if let Err(e) = spool::write(&self.layout, &event) {
-                tracing::error!(volume = name, %e, "cannot spool the unmount event; no automatic snapshot will be taken");
+                tracing::error!(volume = %name, %e, "cannot spool the unmount event; no automatic snapshot will be taken");
             }
         }
         if last {
@@ -600,8 +603,7 @@ impl Driver {
     }
 
     /// The mountpoint of an existing volume.
-    pub fn path(&self, name: &str) -> Result<PathBuf> {
-        names::validate(name).map_err(DriverError::Invalid)?;
+    pub fn path(&self, name: &VolumeName) -> Result<PathBuf> {
         self.store
             .load(name)?
             .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
@@ -609,8 +611,7 @@ impl Driver {
     }
 
     /// One volume with its status; an error for an unknown volume (Docker relies on it).
-    pub fn get(&self, name: &str) -> Result<crate::plugin::protocol::Volume> {
-        names::validate(name).map_err(DriverError::Invalid)?;
+    pub fn get(&self, name: &VolumeName) -> Result<crate::plugin::protocol::Volume> {
         let rec = self
             .store
             .load(name)?
@@ -632,7 +633,7 @@ impl Driver {
             .into_iter()
             .map(|name| crate::plugin::protocol::Volume {
                 mountpoint: self.mountpoint(&name).to_string_lossy().into_owned(),
-                name,
+                name: name.into(),
                 created_at: None,
                 status: None,
             })
@@ -681,21 +682,18 @@ impl Driver {
             }
         }
         for target in &live {
-            let name = target
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = mount_owner(target);
             let _lock = self.lock_for_mount(target)?;
             if !self.is_live_mount(target) {
                 continue;
             }
-            let referenced = names::validate(&name).is_ok()
-                && self
-                    .store
+            let referenced = name.is_some_and(|name| {
+                self.store
                     .load(&name)
                     .ok()
                     .flatten()
-                    .is_some_and(|r| r.mount_count() > 0);
+                    .is_some_and(|r| r.mount_count() > 0)
+            });
             if !referenced {
                 tracing::warn!(mount = %target.display(), "stale bind mount without a reference: removed");
                 if let Err(e) = self.sys.unmount(target) {
@@ -713,14 +711,10 @@ impl Driver {
 
     /// The record lock of the volume a mount point (in the mount or staging directory) belongs to.
     fn lock_for_mount(&self, point: &Path) -> Result<Option<FileLock>> {
-        let name = point
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if names::validate(&name).is_err() {
-            return Ok(None);
+        match mount_owner(point) {
+            Some(name) => Ok(Some(self.store.lock(&name)?)),
+            None => Ok(None),
         }
-        Ok(Some(self.store.lock(&name)?))
     }
 
     /// A Remove killed after moving the data to the trash but before deleting the record left a
@@ -760,10 +754,15 @@ impl Driver {
 }
 
 /// The volume a trash entry (`<name>.<nanoseconds>`) came from.
-fn trash_owner(file: &std::ffi::OsStr) -> Option<String> {
+fn trash_owner(file: &std::ffi::OsStr) -> Option<VolumeName> {
     let (name, stamp) = file.to_str()?.rsplit_once('.')?;
     let stamp_ok = !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit());
-    (stamp_ok && names::validate(name).is_ok()).then(|| name.to_string())
+    stamp_ok.then(|| VolumeName::parse(name).ok()).flatten()
+}
+
+/// The volume a mount point (`<mount dir>/<name>`) belongs to.
+fn mount_owner(point: &Path) -> Option<VolumeName> {
+    VolumeName::parse(point.file_name()?.to_str()?).ok()
 }
 
 fn nearest_existing(p: &Path) -> PathBuf {

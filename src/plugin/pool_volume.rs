@@ -15,6 +15,7 @@ use std::path::Path;
 use chrono::Utc;
 
 use crate::core::layout::{HostView, Layout};
+use crate::core::names::VolumeName;
 use crate::core::options::{Template, VolumeSpec};
 use crate::core::store::{DataLocation, Store, VolumeRecord};
 use crate::fs::beneath::{BeneathError, Dir, Missing};
@@ -36,7 +37,7 @@ pub struct CreateCtx<'a> {
 /// exists). Nothing is left behind on failure.
 pub fn create(
     cx: &CreateCtx,
-    name: &str,
+    name: &VolumeName,
     options: std::collections::BTreeMap<String, String>,
     spec: VolumeSpec,
 ) -> Result<(), DriverError> {
@@ -54,7 +55,7 @@ pub fn create(
     let vols = pool.volumes_dir(&root).map_err(io_ctx(format!(
         "pool {pool_name}: cannot open its volumes directory"
     )))?;
-    if rustix::fs::statat(&vols, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+    if rustix::fs::statat(&vols, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok() {
         return Err(DriverError::Conflict(format!(
             "{} already exists but no volume {name} does; move it away (nothing was deleted) and try again",
             vols.shown().join(name).display()
@@ -66,7 +67,7 @@ pub fn create(
         vols.shown().join(&tmp).display()
     )))? {
         tracing::warn!(
-            volume = name,
+            volume = %name,
             "removed the leftover of an interrupted Create"
         );
     }
@@ -103,7 +104,7 @@ pub fn create(
         }
         let data = DataLocation::Pool {
             pool: pool_name.clone(),
-            volume: name.to_string(),
+            volume: name.clone(),
             subdir: None,
         };
         cx.store.save(&VolumeRecord::new(
@@ -119,8 +120,12 @@ pub fn create(
             // Rolled forward meanwhile by a reader of the new record.
             Err(e)
                 if e.raw_os_error() == Some(libc::ENOENT)
-                    && rustix::fs::statat(&vols, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                        .is_ok() => {}
+                    && rustix::fs::statat(
+                        &vols,
+                        name.as_str(),
+                        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .is_ok() => {}
             Err(e) => {
                 return Err(io_ctx(format!(
                     "cannot put {} in place",
@@ -137,7 +142,7 @@ pub fn create(
             let _ = cx.store.delete(name);
         }
         if let Err(e) = destroy(&vols, &tmp) {
-            tracing::warn!(volume = name, %e, "cannot delete the data of a failed Create; the next Create or plugin start does");
+            tracing::warn!(volume = %name, %e, "cannot delete the data of a failed Create; the next Create or plugin start does");
         }
     }
     result
@@ -312,12 +317,9 @@ pub fn reconcile(layout: &Layout, view: &HostView, store: &Store) {
             let owner = entry
                 .to_str()
                 .and_then(|s| s.rsplit_once('.'))
-                .map(|(n, _)| n.to_string())
-                .unwrap_or_default();
-            let _lock = crate::core::names::validate(&owner)
-                .ok()
-                .and_then(|()| store.lock(&owner).ok());
-            if let Ok(Some(rec)) = store.load(&owner) {
+                .and_then(|(n, _)| VolumeName::parse(n).ok());
+            let _lock = owner.as_ref().and_then(|o| store.lock(o).ok());
+            if let Some(Ok(Some(rec))) = owner.as_ref().map(|o| store.load(o)) {
                 if let DataLocation::Pool {
                     pool,
                     volume,
@@ -334,7 +336,7 @@ pub fn reconcile(layout: &Layout, view: &HostView, store: &Store) {
                         && rustix::fs::renameat(&trash, &entry, &vols, volume.as_str()).is_ok()
                     {
                         let _ = vols.file().and_then(|f| f.sync_all());
-                        tracing::warn!(volume = %owner, "a removal was interrupted before it was acknowledged: the volume's data is put back");
+                        tracing::warn!(volume = ?owner, "a removal was interrupted before it was acknowledged: the volume's data is put back");
                         continue;
                     }
                 }
@@ -344,18 +346,20 @@ pub fn reconcile(layout: &Layout, view: &HostView, store: &Store) {
             }
         }
         for entry in names_in(&vols) {
-            let Some(name) = entry.to_str().and_then(|s| s.strip_prefix(CREATING)) else {
+            let Some(created) = entry.to_str().and_then(|s| s.strip_prefix(CREATING)) else {
                 if let Some(name) = entry
                     .to_str()
                     .and_then(|s| s.strip_prefix(crate::pool::restore::RESTORING))
+                    .and_then(|n| VolumeName::parse(n).ok())
                 {
-                    crate::pool::restore::clean_leftover(layout, &vols, name);
+                    crate::pool::restore::clean_leftover(layout, &vols, &name);
                 }
                 continue;
             };
-            if crate::core::names::validate(name).is_err() {
+            let Ok(name) = VolumeName::parse(created) else {
                 continue;
-            }
+            };
+            let name = &name;
             let Ok(_lock) = store.lock(name) else {
                 continue;
             };
@@ -364,7 +368,7 @@ pub fn reconcile(layout: &Layout, view: &HostView, store: &Store) {
                     let _ = open_top(&p, &vols, name, Missing::Refuse);
                 }
                 Ok(None) if destroy(&vols, &entry).is_ok() => {
-                    tracing::warn!(volume = name, pool = %p.name, "removed the leftover of an interrupted Create");
+                    tracing::warn!(volume = %name, pool = %p.name, "removed the leftover of an interrupted Create");
                 }
                 _ => {}
             }

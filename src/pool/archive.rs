@@ -6,6 +6,7 @@
 //! complete; only read-only snapshots newer than the newest archive are archived, in order.
 
 use crate::context::Ctx;
+use crate::core::names::VolumeName;
 use crate::core::store::Store;
 use crate::fs::durable::{self, FileLock, LockKind};
 use crate::pool::cow::{self, ARCHIVING};
@@ -15,7 +16,11 @@ use crate::snapshot::{catalog, retention, Manifest, SnapshotError};
 /// Archive the read-only snapshots of `volume` that have no archive yet, oldest first, then
 /// apply `keep=` to the archives. With `wait`, waits for another archiver of the volume;
 /// without, returns nothing when one is at work.
-pub fn catch_up(ctx: &Ctx, volume: &str, wait: bool) -> Result<Vec<Manifest>, SnapshotError> {
+pub fn catch_up(
+    ctx: &Ctx,
+    volume: &VolumeName,
+    wait: bool,
+) -> Result<Vec<Manifest>, SnapshotError> {
     let layout = &ctx.layout;
     let Some(rec) = Store::new(layout.clone()).load(volume)? else {
         return Ok(Vec::new());
@@ -92,7 +97,7 @@ pub fn catch_up(ctx: &Ctx, volume: &str, wait: bool) -> Result<Vec<Manifest>, Sn
     if !out.is_empty() {
         let removed = retention::prune(layout, volume, &rec.spec.keep)?;
         if !removed.is_empty() {
-            tracing::info!(volume, removed = removed.len(), "old archives pruned");
+            tracing::info!(%volume, removed = removed.len(), "old archives pruned");
         }
     }
     Ok(out)

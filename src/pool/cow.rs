@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::core::layout::{HostView, Layout};
+use crate::core::names::VolumeName;
 use crate::core::options::Keep;
-use crate::core::snapshot_id;
+use crate::core::snapshot_id::{self, SnapshotId};
 use crate::core::store::{DataLocation, Store, VolumeRecord};
 use crate::fs::beneath::{BeneathError, Dir, Missing};
 use crate::fs::durable::{self, FileLock, LockKind};
@@ -24,7 +25,7 @@ pub const ARCHIVING: &str = ".archiving-";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CowSnapshot {
     pub id: String,
-    pub volume: String,
+    pub volume: VolumeName,
     pub pool: String,
     pub trigger: Trigger,
     pub created_at: DateTime<Utc>,
@@ -55,7 +56,7 @@ fn beneath(e: BeneathError) -> SnapshotError {
 
 /// The read-only snapshots of `volume` in `pool`, oldest first (an id whose subvolume exists;
 /// its `.json` adds the trigger).
-pub fn list_in(pool: &Pool, root: &Dir, volume: &str) -> Vec<CowSnapshot> {
+pub fn list_in(pool: &Pool, root: &Dir, volume: &VolumeName) -> Vec<CowSnapshot> {
     let Ok(dir) = root.open_beneath(
         &Path::new(crate::pool::SNAPSHOTS).join(volume),
         Missing::Refuse,
@@ -74,7 +75,7 @@ pub fn list_in(pool: &Pool, root: &Dir, volume: &str) -> Vec<CowSnapshot> {
                 .unwrap_or_else(|| CowSnapshot {
                     created_at: snapshot_id::parse(&id).unwrap_or_default(),
                     id,
-                    volume: volume.to_string(),
+                    volume: volume.clone(),
                     pool: pool.name.clone(),
                     trigger: Trigger::Manual,
                     event: None,
@@ -104,7 +105,7 @@ pub fn list(layout: &Layout, view: &HostView, rec: &VolumeRecord) -> Vec<CowSnap
 pub fn open_snapshot(
     pool: &Pool,
     root: &Dir,
-    volume: &str,
+    volume: &VolumeName,
     id: &str,
 ) -> Result<Option<Dir>, SnapshotError> {
     snapshot_id::validate(id).map_err(SnapshotError::Invalid)?;
@@ -124,7 +125,7 @@ pub fn open_snapshot(
 pub fn find_snapshot(
     layout: &Layout,
     view: &HostView,
-    volume: &str,
+    volume: &VolumeName,
     id: &str,
 ) -> Result<Option<(Pool, Dir)>, SnapshotError> {
     let Some(rec) = Store::new(layout.clone()).load(volume)? else {
@@ -154,12 +155,12 @@ pub fn take(
     let Some(pool) = pool_of(layout, rec) else {
         return Ok(None);
     };
-    let name = rec.name.as_str();
+    let name = &rec.name;
     // Write the volume's dirty data out before the lock: the snapshot commits a transaction
     // that would otherwise flush it while Mounts of the volume wait.
     if let Ok(o) = location::open(layout, view, &pool.name, name, None, Missing::Refuse) {
         if let Err(e) = rustix::fs::syncfs(&o.dir) {
-            tracing::warn!(volume = name, %e, "syncfs before the snapshot failed; the snapshot flushes instead");
+            tracing::warn!(volume = %name, %e, "syncfs before the snapshot failed; the snapshot flushes instead");
         }
     }
     let lock_path = layout.snapshot_lock(name);
@@ -207,7 +208,7 @@ pub fn take(
     crash_point("cow-snapshot-made");
     let meta = CowSnapshot {
         id: id.clone(),
-        volume: name.to_string(),
+        volume: name.clone(),
         pool: pool.name.clone(),
         trigger,
         created_at: snapshot_id::parse(&id).unwrap_or_else(|_| Utc::now()),
@@ -237,7 +238,7 @@ pub fn take(
     let removed = prune_locked(layout, &pool, &root, name, &rec.spec.keep);
     if !removed.is_empty() {
         tracing::info!(
-            volume = name,
+            volume = %name,
             removed = removed.len(),
             "old read-only snapshots pruned"
         );
@@ -279,7 +280,7 @@ pub fn clean_leftovers(snaps: &Dir) {
 }
 
 /// The id an archiver is writing right now for `volume`, if one is.
-fn archiving_now(layout: &Layout, volume: &str) -> Option<String> {
+fn archiving_now(layout: &Layout, volume: &VolumeName) -> Option<String> {
     if let Ok(Some(_free)) =
         FileLock::try_acquire(&layout.archive_lock(volume), LockKind::Exclusive)
     {
@@ -298,7 +299,13 @@ fn archiving_now(layout: &Layout, volume: &str) -> Option<String> {
 
 /// Delete the read-only snapshots `keep` does not keep (never the one being archived). The
 /// caller holds the snapshot lock.
-fn prune_locked(layout: &Layout, pool: &Pool, root: &Dir, name: &str, keep: &Keep) -> Vec<String> {
+fn prune_locked(
+    layout: &Layout,
+    pool: &Pool,
+    root: &Dir,
+    name: &VolumeName,
+    keep: &Keep,
+) -> Vec<String> {
     let all = list_in(pool, root, name);
     let items: Vec<retention::Item> = all
         .iter()
@@ -318,7 +325,7 @@ fn prune_locked(layout: &Layout, pool: &Pool, root: &Dir, name: &str, keep: &Kee
         match remove_in(pool, root, name, &m.id) {
             Ok(()) => removed.push(m.id.clone()),
             Err(e) => {
-                tracing::warn!(volume = name, id = %m.id, error = %e, "cannot delete a read-only snapshot")
+                tracing::warn!(volume = %name, id = %m.id, error = %e, "cannot delete a read-only snapshot")
             }
         }
     }
@@ -344,7 +351,7 @@ pub fn prune(
     Ok(prune_locked(layout, &pool, &root, &rec.name, keep))
 }
 
-fn remove_in(pool: &Pool, root: &Dir, volume: &str, id: &str) -> std::io::Result<()> {
+fn remove_in(pool: &Pool, root: &Dir, volume: &VolumeName, id: &str) -> std::io::Result<()> {
     snapshot_id::validate(id).map_err(std::io::Error::other)?;
     let snaps = pool.snapshots_dir(root, volume)?;
     // The subvolume first: a snapshot is listed while its subvolume exists.
@@ -379,7 +386,7 @@ pub fn remove(
 }
 
 /// Delete every read-only snapshot of a removed volume, and its directory.
-pub fn destroy_all(root: &Dir, volume: &str) -> std::io::Result<()> {
+pub fn destroy_all(root: &Dir, volume: &VolumeName) -> std::io::Result<()> {
     let parent = root
         .open_beneath(Path::new(crate::pool::SNAPSHOTS), Missing::Create)?
         .dir;
@@ -434,7 +441,7 @@ impl Listed {
 pub fn listing(
     layout: &Layout,
     view: &HostView,
-    volume: &str,
+    volume: &VolumeName,
 ) -> Result<Vec<Listed>, SnapshotError> {
     let archives = catalog::list(layout, volume)?;
     let cows = match Store::new(layout.clone()).load(volume)? {
@@ -474,11 +481,15 @@ pub fn all_ids(
     layout: &Layout,
     view: &HostView,
     rec: &VolumeRecord,
-    archive_ids: Vec<String>,
-) -> Vec<String> {
+    archive_ids: Vec<SnapshotId>,
+) -> Vec<SnapshotId> {
     let mut ids = archive_ids;
     if pool_of(layout, rec).is_some() {
-        ids.extend(list(layout, view, rec).into_iter().map(|c| c.id));
+        ids.extend(
+            list(layout, view, rec)
+                .into_iter()
+                .filter_map(|c| SnapshotId::parse(&c.id).ok()),
+        );
         ids.sort();
         ids.dedup();
     }

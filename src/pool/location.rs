@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::core::layout::{HostView, Layout};
+use crate::core::names::VolumeName;
 use crate::core::store::DataLocation;
 use crate::fs::beneath::{BeneathError, Dir, Missing, Opened};
 use crate::pool::{btrfs, find, Pool, Registry, VOLUMES};
@@ -152,7 +153,7 @@ pub fn volumes_path(layout: &Layout, view: &HostView, pool: &str) -> PathBuf {
 }
 
 /// `<pool root>/volumes/<volume>`.
-pub fn path(layout: &Layout, view: &HostView, pool: &str, volume: &str) -> PathBuf {
+pub fn path(layout: &Layout, view: &HostView, pool: &str, volume: &VolumeName) -> PathBuf {
     volumes_path(layout, view, pool).join(volume)
 }
 
@@ -179,7 +180,7 @@ pub fn open(
     layout: &Layout,
     view: &HostView,
     pool: &str,
-    volume: &str,
+    volume: &VolumeName,
     subdir: Option<&str>,
     missing: Missing,
 ) -> Result<Opened, BeneathError> {
@@ -210,7 +211,7 @@ pub fn open(
 pub(crate) fn open_top(
     p: &Pool,
     vols: &Dir,
-    volume: &str,
+    volume: &VolumeName,
     missing: Missing,
 ) -> Result<Opened, BeneathError> {
     match vols.open_beneath(Path::new(volume), Missing::Refuse) {
@@ -222,7 +223,7 @@ pub(crate) fn open_top(
         Ok(()) => {
             let _ = vols.file().and_then(|f| f.sync_all());
             tracing::warn!(
-                volume,
+                %volume,
                 "a Create was interrupted after its record: its data is put in place"
             );
             return vols.open_beneath(Path::new(volume), Missing::Refuse);
@@ -239,7 +240,7 @@ pub(crate) fn open_top(
         path: vols.shown().join(volume),
         source,
     })?;
-    tracing::warn!(volume, pool = %p.name, "the volume's data was missing: made again, empty");
+    tracing::warn!(%volume, pool = %p.name, "the volume's data was missing: made again, empty");
     let o = vols.open_beneath(Path::new(volume), Missing::Refuse)?;
     Ok(Opened {
         dir: o.dir,

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use crate::context::Ctx;
 use crate::core::layout::Layout;
+use crate::core::names::VolumeName;
 use crate::fs::beneath::{Dir, Missing};
 use crate::fs::durable::{FileLock, LockKind};
 use crate::ops::volref::VolumeRef;
@@ -41,7 +42,7 @@ pub fn over(
     let Some(pool) = cow::pool_of(&ctx.layout, rec) else {
         return Ok(None);
     };
-    let name = rec.name.as_str();
+    let name = &rec.name;
     let root = pool
         .open_root(&ctx.layout, &ctx.view)
         .map_err(io(format!("volume {name}: cannot open its pool")))?;
@@ -76,13 +77,14 @@ pub fn over(
         }
     };
     crash_point("pool-restore-made");
-    let exists = rustix::fs::statat(&vols, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok();
+    let exists =
+        rustix::fs::statat(&vols, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok();
     let flags = if exists {
         rustix::fs::RenameFlags::EXCHANGE
     } else {
         rustix::fs::RenameFlags::NOREPLACE
     };
-    if let Err(e) = rustix::fs::renameat_with(&vols, tmp, &vols, name, flags) {
+    if let Err(e) = rustix::fs::renameat_with(&vols, tmp, &vols, name.as_str(), flags) {
         let _ = tree::destroy(&vols, tmp);
         let hint = if e == rustix::io::Errno::BUSY {
             " (it is a mount point; restore into a new volume with --into instead)"
@@ -98,7 +100,7 @@ pub fn over(
         .and_then(|f| f.sync_all())
         .map_err(io("cannot sync after the swap".into()))?;
     if let Err(e) = tree::destroy(&vols, tmp) {
-        tracing::warn!(volume = name, %e, "cannot delete the old content after the restore; the next restore or plugin start does");
+        tracing::warn!(volume = %name, %e, "cannot delete the old content after the restore; the next restore or plugin start does");
     }
     Ok(Some(report))
 }
@@ -110,7 +112,7 @@ fn make(
     root: &Dir,
     vols: &Dir,
     tmp: &OsStr,
-    name: &str,
+    name: &VolumeName,
     id: &str,
     chain: &[Manifest],
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,
@@ -143,10 +145,7 @@ fn make(
 
 /// Delete a restore's leftover `volumes/.restoring-<name>` unless a restore of the volume is
 /// running (plugin start).
-pub fn clean_leftover(layout: &Layout, vols: &Dir, name: &str) {
-    if crate::core::names::validate(name).is_err() {
-        return;
-    }
+pub fn clean_leftover(layout: &Layout, vols: &Dir, name: &VolumeName) {
     let Ok(Some(_lock)) = FileLock::try_acquire(&layout.snapshot_lock(name), LockKind::Exclusive)
     else {
         return;
@@ -154,12 +153,12 @@ pub fn clean_leftover(layout: &Layout, vols: &Dir, name: &str) {
     let tmp = format!("{RESTORING}{name}");
     match tree::destroy(vols, OsStr::new(&tmp)) {
         Ok(true) => tracing::warn!(
-            volume = name,
+            volume = %name,
             "removed the leftover of an interrupted restore"
         ),
         Ok(false) => {}
         Err(e) => {
-            tracing::warn!(volume = name, %e, "cannot remove the leftover of an interrupted restore")
+            tracing::warn!(volume = %name, %e, "cannot remove the leftover of an interrupted restore")
         }
     }
 }

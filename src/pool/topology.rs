@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::core::layout::{HostView, Layout};
+use crate::core::names::VolumeName;
 use crate::core::store::{Store, VolumeRecord};
 use crate::fs::beneath::{Dir, DirId, Missing};
 use crate::fs::durable::{FileLock, LockKind};
@@ -37,7 +38,7 @@ impl Relation {
 /// One volume of the family.
 #[derive(Clone, Debug)]
 pub struct Member {
-    pub name: String,
+    pub name: VolumeName,
     pub relation: Relation,
     /// Mount references the plugin holds for it.
     pub mounts: u32,
@@ -97,13 +98,13 @@ impl Family {
 pub fn lock_members(
     layout: &Layout,
     fam: &Family,
-    except: &str,
+    except: &VolumeName,
     wait: std::time::Duration,
 ) -> Result<Vec<FileLock>, String> {
-    let mut names: Vec<&str> = fam
+    let mut names: Vec<&VolumeName> = fam
         .members
         .iter()
-        .map(|m| m.name.as_str())
+        .map(|m| &m.name)
         .filter(|n| *n != except)
         .collect();
     names.sort_unstable();

@@ -4,18 +4,19 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::core::layout::Layout;
+use crate::core::names::VolumeName;
 use crate::core::snapshot_id;
 use crate::fs::durable;
 use crate::snapshot::manifest::{self, Manifest, MANIFEST_NAME};
 use crate::snapshot::SnapshotError;
 
 /// Directory of one snapshot.
-pub fn snapshot_dir(layout: &Layout, volume: &str, id: &str) -> PathBuf {
+pub fn snapshot_dir(layout: &Layout, volume: &VolumeName, id: &str) -> PathBuf {
     layout.volume_snapshots(volume).join(id)
 }
 
 /// Complete snapshots of a volume, oldest first. Unreadable manifests are errors, never skipped silently.
-pub fn list(layout: &Layout, volume: &str) -> Result<Vec<Manifest>, SnapshotError> {
+pub fn list(layout: &Layout, volume: &VolumeName) -> Result<Vec<Manifest>, SnapshotError> {
     let dir = layout.volume_snapshots(volume);
     let mut out = Vec::new();
     let entries = match fs::read_dir(&dir) {
@@ -41,21 +42,24 @@ pub fn list(layout: &Layout, volume: &str) -> Result<Vec<Manifest>, SnapshotErro
 }
 
 /// Volumes that have snapshots (allspark volumes and others snapshotted by label).
-pub fn volumes(layout: &Layout) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(layout.snapshots_dir())
+pub fn volumes(layout: &Layout) -> Vec<VolumeName> {
+    let mut v: Vec<VolumeName> = fs::read_dir(layout.snapshots_dir())
         .map(|rd| {
             rd.flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| VolumeName::parse(n).ok())
+                })
                 .collect()
         })
         .unwrap_or_default();
-    v.retain(|n| crate::core::names::validate(n).is_ok());
     v.sort();
     v
 }
 
 /// One snapshot's manifest.
-pub fn get(layout: &Layout, volume: &str, id: &str) -> Result<Manifest, SnapshotError> {
+pub fn get(layout: &Layout, volume: &VolumeName, id: &str) -> Result<Manifest, SnapshotError> {
     snapshot_id::validate(id).map_err(SnapshotError::Invalid)?;
     let dir = snapshot_dir(layout, volume, id);
     if !dir.is_dir() {
@@ -87,7 +91,7 @@ pub fn chain(all: &[Manifest], id: &str) -> Result<Vec<Manifest>, SnapshotError>
 }
 
 /// Delete one snapshot directory: rename it out of sight first, so a half-deleted snapshot is never listed.
-pub fn remove_dir(layout: &Layout, volume: &str, id: &str) -> Result<(), SnapshotError> {
+pub fn remove_dir(layout: &Layout, volume: &VolumeName, id: &str) -> Result<(), SnapshotError> {
     let dir = snapshot_dir(layout, volume, id);
     let gone = layout
         .volume_snapshots(volume)

@@ -9,6 +9,7 @@ use chrono::Utc;
 
 use crate::archive::{self, CompressOptions, Index, WriteOptions};
 use crate::core::layout::Layout;
+use crate::core::names::VolumeName;
 use crate::core::options::Compression;
 use crate::core::snapshot_id;
 use crate::core::store::Store;
@@ -27,7 +28,7 @@ pub const DEFAULT_FULL_EVERY: usize = 10;
 
 /// What to snapshot and why.
 pub struct CreateRequest<'a> {
-    pub volume: &'a str,
+    pub volume: &'a VolumeName,
     /// The volume's data directory as this process reaches it.
     pub source: &'a Path,
     pub trigger: Trigger,
@@ -70,7 +71,6 @@ impl CreateOutcome {
 
 /// Take a snapshot. Holds the snapshot lock for the whole walk, so Mounts of the volume wait.
 pub fn create(layout: &Layout, req: &CreateRequest) -> Result<CreateOutcome, SnapshotError> {
-    crate::core::names::validate(req.volume).map_err(SnapshotError::Invalid)?;
     if !req.source.is_dir() {
         return Err(SnapshotError::NotFound(format!(
             "the data directory {} of volume {} does not exist",
@@ -147,7 +147,7 @@ pub(crate) fn pick_parent(
     match Index::load(&index_path) {
         Ok(index) => (Some(last.id.clone()), Some(index)),
         Err(e) => {
-            tracing::warn!(volume = req.volume, %e, "the last snapshot's index is unreadable; taking a full snapshot");
+            tracing::warn!(volume = %req.volume, %e, "the last snapshot's index is unreadable; taking a full snapshot");
             (None, None)
         }
     }
@@ -202,7 +202,7 @@ pub(crate) fn write_snapshot(
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         id: id.to_string(),
-        volume: req.volume.to_string(),
+        volume: req.volume.clone(),
         parent,
         trigger: req.trigger,
         created_at,

@@ -53,7 +53,7 @@ impl Trigger {
 pub struct Manifest {
     pub format: u32,
     pub id: String,
-    pub volume: String,
+    pub volume: crate::core::names::VolumeName,
     /// The snapshot this one is incremental to; `None` for a full snapshot.
     pub parent: Option<String>,
     pub trigger: Trigger,

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use chrono::Datelike;
 
 use crate::core::layout::Layout;
+use crate::core::names::VolumeName;
 use crate::core::options::Keep;
 use crate::fs::durable::{FileLock, LockKind};
 use crate::snapshot::catalog;
@@ -88,8 +89,11 @@ pub fn plan_items(all: &[Item], keep: &Keep) -> BTreeSet<String> {
 }
 
 /// Delete the snapshots `plan` does not keep, newest first (children before parents). Returns the removed ids.
-pub fn prune(layout: &Layout, volume: &str, keep: &Keep) -> Result<Vec<String>, SnapshotError> {
-    crate::core::names::validate(volume).map_err(SnapshotError::Invalid)?;
+pub fn prune(
+    layout: &Layout,
+    volume: &VolumeName,
+    keep: &Keep,
+) -> Result<Vec<String>, SnapshotError> {
     let lock_path = layout.snapshot_lock(volume);
     let _lock = FileLock::acquire(&lock_path, LockKind::Exclusive)
         .map_err(|e| SnapshotError::io(format!("cannot take {}", lock_path.display()), e))?;
@@ -115,7 +119,7 @@ mod tests {
         Manifest {
             format: MANIFEST_FORMAT,
             id: id.into(),
-            volume: "v".into(),
+            volume: crate::core::names::VolumeName::fixed("v"),
             parent: parent.map(str::to_string),
             trigger: Trigger::Unmount,
             created_at: Utc.with_ymd_and_hms(2026, 11, day, hour, 0, 0).unwrap(),

@@ -76,6 +76,7 @@ use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use serde::{Deserialize, Serialize};
 
 use crate::core::layout::{HostView, Layout};
+use crate::core::names::VolumeName;
 use crate::core::options::{BackupPriority, Class};
 use crate::core::status::{self, UsageCache};
 use crate::core::store::{Store, VolumeRecord};
@@ -606,7 +607,7 @@ fn count_entry(shared: &Shared<'_>, local: &mut Local, rel: &[u8], fd: i32, name
 }
 
 /// Where the listing cache of a volume lives: `<root>/state/usage-cache/<volume>.bin`.
-pub fn listing_cache_path(layout: &Layout, volume: &str) -> PathBuf {
+pub fn listing_cache_path(layout: &Layout, volume: &VolumeName) -> PathBuf {
     layout
         .root
         .join("state")
@@ -750,8 +751,8 @@ pub fn measure_report(layout: &Layout, view: &HostView, opts: &ReportOptions) ->
         if u.error.is_none() {
             if let Ok(m) = fs::metadata(&path) {
                 match by_dev.iter_mut().find(|(d, _, _)| *d == m.dev()) {
-                    Some((_, _, names)) => names.push(rec.name.clone()),
-                    None => by_dev.push((m.dev(), path.clone(), vec![rec.name.clone()])),
+                    Some((_, _, names)) => names.push(rec.name.to_string()),
+                    None => by_dev.push((m.dev(), path.clone(), vec![rec.name.to_string()])),
                 }
             }
         }
@@ -779,7 +780,7 @@ pub fn measure_report(layout: &Layout, view: &HostView, opts: &ReportOptions) ->
 pub fn measure_named(
     layout: &Layout,
     view: &HostView,
-    name: &str,
+    name: &VolumeName,
     opts: &ReportOptions,
 ) -> anyhow::Result<Option<VolumeUsage>> {
     let store = Store::new(layout.clone());
@@ -815,7 +816,7 @@ fn measure_volume(
         .sum();
     let last = ids.last().cloned();
     let mut v = VolumeUsage {
-        name: rec.name.clone(),
+        name: rec.name.to_string(),
         path: path.to_path_buf(),
         bytes: 0,
         apparent_bytes: 0,
@@ -833,10 +834,8 @@ fn measure_volume(
         backup: rec.spec.backup,
         snapshots: ids.len() as u64,
         snapshot_bytes,
-        last_snapshot_at: last
-            .as_deref()
-            .and_then(|id| crate::core::snapshot_id::parse(id).ok()),
-        last_snapshot: last,
+        last_snapshot_at: last.as_ref().map(|id| id.time()),
+        last_snapshot: last.map(String::from),
         mounted: rec.mount_count(),
         alert: false,
         measured_at: Utc::now(),

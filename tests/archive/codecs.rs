@@ -1,6 +1,7 @@
 //! Codecs through snapshot create and restore: chains that switch codec or mix them, and a damaged member or frame in a parallel restore.
 
 use crate::util;
+use allspark::core::names::VolumeName;
 
 use std::fs;
 use std::path::Path;
@@ -17,7 +18,7 @@ use util::*;
 fn volume(root: &Path) -> (Layout, std::path::PathBuf) {
     let layout = Layout::new(root.join("state-root"));
     layout.ensure().expect("create the state root");
-    let data = layout.managed_data("v");
+    let data = layout.managed_data(&VolumeName::fixed("v"));
     fs::create_dir_all(data.join("src/deep")).expect("mkdir");
     for i in 0..40 {
         fs::write(data.join(format!("src/f{i:02}.txt")), text(20_000, i)).expect("write");
@@ -29,7 +30,7 @@ fn volume(root: &Path) -> (Layout, std::path::PathBuf) {
 
 fn snap(layout: &Layout, data: &Path, codec: Compression, full: bool, every: usize) -> Manifest {
     let req = CreateRequest {
-        volume: "v",
+        volume: &VolumeName::fixed("v"),
         source: data,
         trigger: Trigger::Manual,
         event: None,
@@ -61,7 +62,7 @@ fn restore_to(
 
 /// Restore `m`'s chain into a fresh directory (swapped in by the restore) and return its tree.
 fn restored(layout: &Layout, m: &Manifest, into: &Path) -> Tree {
-    let all = catalog::list(layout, "v").expect("list");
+    let all = catalog::list(layout, &VolumeName::fixed("v")).expect("list");
     let chain = catalog::chain(&all, &m.id).expect("chain");
     restore_to(layout, &chain, into).expect("restore");
     snapshot(into)
@@ -126,7 +127,7 @@ fn a_chain_mixing_codecs_restores() {
     let incr = snap(&layout, &data, Compression::Gzip, false, 10);
     let want = snapshot(&data);
     assert!(incr.parent.is_some());
-    let dir = catalog::snapshot_dir(&layout, "v", &incr.id);
+    let dir = catalog::snapshot_dir(&layout, &VolumeName::fixed("v"), &incr.id);
     let zst = dir.join("snapshot.tar.zst");
     let sh = format!(
         "gzip -dc {} | zstd -q -3 -o {}",
@@ -144,7 +145,7 @@ fn a_chain_mixing_codecs_restores() {
     ))
     .into();
     fs::write(dir.join("manifest.json"), m.to_string()).expect("write manifest");
-    let incr = catalog::get(&layout, "v", &incr.id).expect("manifest");
+    let incr = catalog::get(&layout, &VolumeName::fixed("v"), &incr.id).expect("manifest");
     assert_eq!(incr.compression, Compression::Zstd);
     let into = work.path().join("restored");
     assert_same_tree(&want, &restored(&layout, &incr, &into), "mixed chain");
@@ -163,7 +164,7 @@ fn a_damaged_member_or_frame_fails_the_parallel_restore_naming_it_and_nothing_is
             fs::write(data.join(format!("big-{i}.txt")), text(4 << 20, 100 + i)).expect("write");
         }
         let m = snap(&layout, &data, codec, true, 10);
-        let all = catalog::list(&layout, "v").expect("list");
+        let all = catalog::list(&layout, &VolumeName::fixed("v")).expect("list");
         let chain = catalog::chain(&all, &m.id).expect("chain");
 
         // Undamaged, it restores with the pieces decoded on the worker threads.
@@ -216,7 +217,7 @@ fn a_checksum_mismatch_is_caught_while_extracting_before_the_swap() {
     let target = work.path().join("target");
     fs::create_dir(&target).expect("mkdir");
     fs::write(target.join("marker"), b"current").expect("write");
-    let all = catalog::list(&layout, "v").expect("list");
+    let all = catalog::list(&layout, &VolumeName::fixed("v")).expect("list");
     let chain = catalog::chain(&all, &m.id).expect("chain");
     let err = restore_to(&layout, &chain, &target)
         .expect_err("mismatch")

@@ -6,6 +6,7 @@
 #[path = "../../fuzz/src/harness.rs"]
 mod fuzz_harness;
 
+use allspark::core::names::VolumeName;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -171,16 +172,18 @@ fn write_fuzz_seeds() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    driver.create("vol", Some(&opts)).unwrap();
-    driver.mount("vol", "c1").unwrap();
+    driver
+        .create(&VolumeName::fixed("vol"), Some(&opts))
+        .unwrap();
+    driver.mount(&VolumeName::fixed("vol"), "c1").unwrap();
     put(
         "state_files",
         "record",
         Some(2),
-        &fs::read(layout.record("vol")).unwrap(),
+        &fs::read(layout.record(&VolumeName::fixed("vol"))).unwrap(),
     );
-    driver.unmount("vol", "c1").unwrap();
-    let data = layout.managed_data("vol");
+    driver.unmount(&VolumeName::fixed("vol"), "c1").unwrap();
+    let data = layout.managed_data(&VolumeName::fixed("vol"));
     fs::create_dir_all(data.join("dir/sub")).unwrap();
     fs::write(data.join("dir/sub/file.txt"), b"hello").unwrap();
     fs::write(data.join("setuid"), b"#!/bin/sh\n").unwrap();
@@ -206,7 +209,7 @@ fn write_fuzz_seeds() {
     };
     let first = allspark::ops::snapshot::take(
         &ctx,
-        "vol",
+        &VolumeName::fixed("vol"),
         allspark::snapshot::Trigger::Manual,
         None,
         false,
@@ -217,7 +220,7 @@ fn write_fuzz_seeds() {
     fs::write(data.join("new"), b"new").unwrap();
     let second = allspark::ops::snapshot::take(
         &ctx,
-        "vol",
+        &VolumeName::fixed("vol"),
         allspark::snapshot::Trigger::Unmount,
         Some("00000000000000000001-0000000001-00000001.json".into()),
         false,
@@ -228,7 +231,9 @@ fn write_fuzz_seeds() {
         let allspark::snapshot::CreateOutcome::Created(m) = outcome else {
             panic!("no snapshot")
         };
-        let dir = layout.volume_snapshots("vol").join(&m.id);
+        let dir = layout
+            .volume_snapshots(&VolumeName::fixed("vol"))
+            .join(&m.id);
         put(
             "state_files",
             &format!("manifest-{name}"),
@@ -250,7 +255,7 @@ fn write_fuzz_seeds() {
     }
     let ev = allspark::core::spool::Event {
         kind: allspark::core::spool::EventKind::Unmount,
-        volume: "vol".into(),
+        volume: VolumeName::fixed("vol"),
         at: chrono::Utc::now(),
         container: Some("abc".into()),
     };

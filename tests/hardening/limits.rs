@@ -7,6 +7,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use allspark::core::layout::Layout;
+use allspark::core::names::VolumeName;
 use allspark::fs::durable::{FileLock, LockKind};
 use harness::{call_raw, err_of, Plugin};
 use serde_json::json;
@@ -24,7 +25,11 @@ fn a_mount_waiting_for_a_stuck_snapshot_gives_up_within_one_snapshot_wait() {
     assert_eq!(err_of(&v), "");
     // No agent consumes the on-mount event, and a snapshot holds the volume's lock.
     let layout = Layout::new(p.root());
-    let _snapshot = FileLock::acquire(&layout.snapshot_lock("stuck"), LockKind::Exclusive).unwrap();
+    let _snapshot = FileLock::acquire(
+        &layout.snapshot_lock(&VolumeName::fixed("stuck")),
+        LockKind::Exclusive,
+    )
+    .unwrap();
     for attempt in 1..=2 {
         let started = Instant::now();
         let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "stuck", "ID": "c1"}));

@@ -1,5 +1,6 @@
 //! The metrics server over real TCP: scrape `/metrics`, parse every sample line, check series and values; 404 elsewhere.
 
+use allspark::core::names::VolumeName;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::net::SocketAddr;
@@ -133,10 +134,10 @@ fn write(p: &Path, bytes: &[u8]) {
 }
 
 fn save(layout: &Layout, name: &str, opts: &[(&str, &str)], mounts: u32) {
-    let mut rec = VolumeRecord::managed(name, opts).unwrap();
+    let mut rec = VolumeRecord::managed(&VolumeName::fixed(name), opts).unwrap();
     rec.mounts = (0..mounts).map(|i| (format!("m{i}"), 1)).collect();
     Store::new(layout.clone()).save(&rec).unwrap();
-    fs::create_dir_all(layout.managed_data(name)).unwrap();
+    fs::create_dir_all(layout.managed_data(&VolumeName::fixed(name))).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,14 +148,17 @@ async fn scrape_over_tcp_and_parse() {
     save(&layout, "pg", &[("size", "1M")], 3);
     save(&layout, "cache", &[("class", "temporary")], 0);
     write(
-        &layout.managed_data("pg").join("base/1"),
+        &layout.managed_data(&VolumeName::fixed("pg")).join("base/1"),
         &vec![1u8; 200_000],
     );
-    write(&layout.managed_data("cache").join("x"), b"hello");
+    write(
+        &layout.managed_data(&VolumeName::fixed("cache")).join("x"),
+        b"hello",
+    );
     let snap_id = "20261125T200000.000000Z";
     write(
         &layout
-            .volume_snapshots("pg")
+            .volume_snapshots(&VolumeName::fixed("pg"))
             .join(snap_id)
             .join("data.tar.gz"),
         &[0u8; 777],
@@ -300,7 +304,10 @@ async fn scrape_over_tcp_and_parse() {
     );
 
     // The agent refreshes the figures: the next scrape shows them.
-    write(&layout.managed_data("cache").join("y"), &vec![2u8; 50_000]);
+    write(
+        &layout.managed_data(&VolumeName::fixed("cache")).join("y"),
+        &vec![2u8; 50_000],
+    );
     fs::remove_file(layout.spool_dir().join("0001-a.json")).unwrap();
     let report = tokio::task::spawn_blocking({
         let layout = layout.clone();

@@ -1,5 +1,6 @@
 //! Usage measurement against `du`, the listing cache under modification, `measure_all` + `allspark usage --json` on a real root, and alert crossings (once per crossing, persisted).
 
+use allspark::core::names::VolumeName;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -221,7 +222,7 @@ fn walk_does_not_leave_the_tree_through_symlinks() {
 }
 
 fn record(name: &str, opts: &[(&str, &str)], mounts: &[(&str, u32)]) -> VolumeRecord {
-    let mut r = VolumeRecord::managed(name, opts).unwrap();
+    let mut r = VolumeRecord::managed(&VolumeName::fixed(name), opts).unwrap();
     r.mounts = mounts.iter().map(|(k, n)| (k.to_string(), *n)).collect();
     r
 }
@@ -246,26 +247,28 @@ fn sample_root() -> (tempfile::TempDir, Layout) {
     store
         .save(&record("beta", &[("class", "temporary")], &[]))
         .unwrap();
-    let a = layout.managed_data("alpha");
+    let a = layout.managed_data(&VolumeName::fixed("alpha"));
     fs::create_dir_all(&a).unwrap();
     write_len(&a.join("big"), 90 * 1024);
-    let b = layout.managed_data("beta");
+    let b = layout.managed_data(&VolumeName::fixed("beta"));
     fs::create_dir_all(b.join("x/y")).unwrap();
     write_len(&b.join("x/y/z"), 5000);
     write_len(&b.join("w"), 1);
     let snap = layout
-        .volume_snapshots("alpha")
+        .volume_snapshots(&VolumeName::fixed("alpha"))
         .join("20261125T200000.000000Z");
     fs::create_dir_all(&snap).unwrap();
     write_len(&snap.join("manifest.json"), 10);
     write_len(&snap.join("data.tar.gz"), 1000);
     let older = layout
-        .volume_snapshots("alpha")
+        .volume_snapshots(&VolumeName::fixed("alpha"))
         .join("20261124T200000.000000Z");
     fs::create_dir_all(&older).unwrap();
     write_len(&older.join("data.tar.gz"), 500);
     // An incomplete snapshot is not counted.
-    let tmp = layout.volume_snapshots("alpha").join(".tmp-20261126");
+    let tmp = layout
+        .volume_snapshots(&VolumeName::fixed("alpha"))
+        .join(".tmp-20261126");
     fs::create_dir_all(&tmp).unwrap();
     write_len(&tmp.join("data.tar.gz"), 7777);
     (t, layout)
@@ -279,7 +282,7 @@ fn measure_all_writes_usage_cache_and_cli_json_agrees() {
     assert_eq!(vols.len(), 2);
     let alpha = vols.iter().find(|v| v.name == "alpha").unwrap();
     let beta = vols.iter().find(|v| v.name == "beta").unwrap();
-    let alpha_du = du_bytes(&layout.managed_data("alpha"));
+    let alpha_du = du_bytes(&layout.managed_data(&VolumeName::fixed("alpha")));
     assert_eq!(alpha.bytes, alpha_du);
     assert_eq!(alpha.files, 1);
     assert_eq!(alpha.capacity, Some(100 * 1024));
@@ -298,7 +301,10 @@ fn measure_all_writes_usage_cache_and_cli_json_agrees() {
         "2026-11-25T20:00:00+00:00"
     );
     assert_eq!(alpha.mounted, 2);
-    assert_eq!(beta.bytes, du_bytes(&layout.managed_data("beta")));
+    assert_eq!(
+        beta.bytes,
+        du_bytes(&layout.managed_data(&VolumeName::fixed("beta")))
+    );
     assert_eq!((beta.files, beta.dirs), (2, 3));
     assert_eq!(
         (beta.capacity, beta.percent, beta.alert),
@@ -306,15 +312,21 @@ fn measure_all_writes_usage_cache_and_cli_json_agrees() {
     );
     assert_eq!(beta.snapshots, 0);
     // The figures docker volume inspect shows.
-    let cached = status::cached_usage(&layout, "alpha").unwrap();
+    let cached = status::cached_usage(&layout, &VolumeName::fixed("alpha")).unwrap();
     assert_eq!((cached.bytes, cached.files), (alpha.bytes, 1));
-    let rec = Store::new(layout.clone()).load("alpha").unwrap().unwrap();
+    let rec = Store::new(layout.clone())
+        .load(&VolumeName::fixed("alpha"))
+        .unwrap()
+        .unwrap();
     let st = allspark::plugin::status::status(&layout, &rec);
     assert_eq!(st["used_bytes"], serde_json::json!(alpha_du));
     assert_eq!(st["used_percent"], serde_json::json!(pct));
 
     // The real binary.
-    write_len(&layout.managed_data("beta").join("more"), 20_000);
+    write_len(
+        &layout.managed_data(&VolumeName::fixed("beta")).join("more"),
+        20_000,
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_allspark"))
         .arg("--root")
         .arg(&layout.root)
@@ -338,7 +350,10 @@ fn measure_all_writes_usage_cache_and_cli_json_agrees() {
     assert_eq!(a["last_snapshot"], "20261125T200000.000000Z");
     assert_eq!(a["mounted"], 2);
     assert_eq!(a["error"], serde_json::Value::Null);
-    assert_eq!(b["bytes"], du_bytes(&layout.managed_data("beta")));
+    assert_eq!(
+        b["bytes"],
+        du_bytes(&layout.managed_data(&VolumeName::fixed("beta")))
+    );
     assert_eq!(b["files"], 3);
     assert_eq!(b["capacity"], serde_json::Value::Null);
     assert_eq!(b["alert"], false);
@@ -350,8 +365,10 @@ fn measure_all_writes_usage_cache_and_cli_json_agrees() {
     assert!(fss[0]["total_bytes"].as_u64().unwrap() > 0);
     // The CLI refreshed the inspect figures too.
     assert_eq!(
-        status::cached_usage(&layout, "beta").unwrap().bytes,
-        du_bytes(&layout.managed_data("beta"))
+        status::cached_usage(&layout, &VolumeName::fixed("beta"))
+            .unwrap()
+            .bytes,
+        du_bytes(&layout.managed_data(&VolumeName::fixed("beta")))
     );
 
     // The table marks the volume over its threshold, and --threshold moves it.
@@ -391,7 +408,7 @@ fn measure_all_writes_usage_cache_and_cli_json_agrees() {
 #[test]
 fn a_volume_whose_data_is_missing_is_reported_not_fatal() {
     let (_t, layout) = sample_root();
-    fs::remove_dir_all(layout.managed_data("beta")).unwrap();
+    fs::remove_dir_all(layout.managed_data(&VolumeName::fixed("beta"))).unwrap();
     let vols = usage::measure_all(&layout, &HostView::default());
     let beta = vols.iter().find(|v| v.name == "beta").unwrap();
     assert!(beta.error.is_some());
@@ -534,7 +551,11 @@ fn measure_and_alert_warns_once_across_agent_restarts() {
     assert_eq!(warns.len(), 1, "{}", log.text());
 
     // Shrink the data below the threshold: one recovery.
-    fs::write(layout.managed_data("alpha").join("big"), b"small").unwrap();
+    fs::write(
+        layout.managed_data(&VolumeName::fixed("alpha")).join("big"),
+        b"small",
+    )
+    .unwrap();
     let log = Captured::default();
     tracing::subscriber::with_default(log.subscriber(), || {
         let mut a = AlertState::load(&layout, AlertConfig::default());

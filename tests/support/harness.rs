@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use allspark::core::names::VolumeName;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -257,7 +258,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 /// The mount references the plugin keeps for `name` this boot (its runtime file), by mount ID.
 pub fn refs(root: &Path, name: &str) -> std::collections::BTreeMap<String, u64> {
     let layout = allspark::core::layout::Layout::new(root);
-    std::fs::read(layout.refs(name))
+    std::fs::read(layout.refs(&VolumeName::fixed(name)))
         .ok()
         .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         .and_then(|v| serde_json::from_value(v["mounts"].clone()).ok())
@@ -268,7 +269,7 @@ pub fn refs(root: &Path, name: &str) -> std::collections::BTreeMap<String, u64> 
 /// would leave them).
 pub fn set_refs(root: &Path, name: &str, mounts: Value) {
     let layout = allspark::core::layout::Layout::new(root);
-    let path = layout.refs(name);
+    let path = layout.refs(&VolumeName::fixed(name));
     let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     v["mounts"] = mounts;
     std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
