@@ -28,7 +28,7 @@ def client(key='test', secret='test'):
                         aws_access_key_id=key, aws_secret_access_key=secret)
 if cmd == 'mkbucket':
     client().create_bucket(Bucket=args[0])
-elif cmd in ('setup-auth', 'setup-auth-pair'):
+elif cmd == 'setup-auth':
     # moto enforces IAM only after INITIAL_NO_AUTH_ACTION_COUNT requests: these four.
     iam = boto3.client('iam', endpoint_url=ep, region_name='us-east-1',
                        aws_access_key_id='x', aws_secret_access_key='y')
@@ -37,8 +37,7 @@ elif cmd in ('setup-auth', 'setup-auth-pair'):
     iam.put_user_policy(UserName='allspark', PolicyName='s3', PolicyDocument=
         '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}')
     client(k['AccessKeyId'], k['SecretAccessKey']).create_bucket(Bucket=args[0])
-    # setup-auth-pair: the secret too, for a test that hands both to allspark another way.
-    print(k['AccessKeyId'] + (' ' + k['SecretAccessKey'] if cmd == 'setup-auth-pair' else ''))
+    print(k['AccessKeyId'])
 elif cmd == 'ls':
     p = client().get_paginator('list_objects_v2')
     for page in p.paginate(Bucket=args[0], Prefix=args[1]):
