@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub alert_threshold: f64,
     /// Scheduled backups and verify (`None`: no schedule).
     pub schedule: Option<schedule::ScheduleConfig>,
+    /// The off-site remote: completed snapshots of `offsite=snapshots` volumes go there.
+    pub remote: Option<String>,
 }
 
 /// Run the agent until SIGTERM/SIGINT.
@@ -85,6 +87,19 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 std::thread::sleep(archive_poll);
             }
         });
+        // Completed snapshots of offsite=snapshots volumes go off-site; the first poll catches up.
+        let offsite_task = cfg.remote.clone().map(|remote| {
+            let ctx = cfg.ctx.clone();
+            let poll = cfg.spool_poll.max(Duration::from_secs(1));
+            let mut stop = stop_rx.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut watcher = crate::remote::chains::Watcher::new(&remote);
+                while !*stop.borrow_and_update() {
+                    watcher.run_once(&ctx.layout);
+                    std::thread::sleep(poll);
+                }
+            })
+        });
         if let Some(addr) = cfg.metrics {
             crate::agent::metrics::serve(addr, metrics_state.clone())
                 .await
@@ -105,6 +120,9 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         let _ = spool_task.await;
         let _ = archive_task.await;
+        if let Some(t) = offsite_task {
+            let _ = t.await;
+        }
         sched_stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(h) = sched {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;

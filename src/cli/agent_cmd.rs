@@ -51,7 +51,7 @@ pub struct AgentArgs {
     /// Scheduled backups include volumes of class `temporary`.
     #[arg(long)]
     pub include_temporary: bool,
-    /// After each scheduled backup (and once at start, to catch up), push to this remote and apply its retention.
+    /// After each scheduled backup (and once at start, to catch up), push to this remote and apply its retention; also push every completed snapshot of volumes with offsite=snapshots.
     #[arg(long, env = "ALLSPARK_REMOTE")]
     pub remote: Option<String>,
     #[command(flatten)]
@@ -94,5 +94,6 @@ pub fn run(ctx: Ctx, a: &AgentArgs) -> anyhow::Result<()> {
         usage_every: Duration::from_secs(a.usage_interval.max(1)),
         alert_threshold: a.alert_threshold,
         schedule,
+        remote: a.remote.clone(),
     })
 }

@@ -114,6 +114,9 @@ pub fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
                         i.detail
                     );
                 }
+                for sn in &r.snapshots {
+                    println!("ok     snapshot {sn}: newer than the backup, restored over it");
+                }
                 for p in &r.problems {
                     eprintln!("error: {p}");
                 }

@@ -10,7 +10,7 @@ use super::backup_cmd::{item_bars, settings, ContainerArgs, RetentionArgs, RootA
 use super::output::human;
 use crate::core::layout::Layout;
 use crate::remote::config::{self, Encryption, RemoteConfig};
-use crate::remote::{catalog, client, prune, push, verify, Remote};
+use crate::remote::{catalog, chains, client, prune, push, snapshots, verify, Remote};
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("encryption").required(true).args(["age_recipient", "age_passphrase_file", "unencrypted"])))]
@@ -55,15 +55,18 @@ pub struct AddArgs {
 pub enum RemoteCmd {
     /// Add (or replace) a remote: a root-only file <root>/state/remotes/NAME.json.
     Add(AddArgs),
-    /// Without NAME: the remotes configured. With NAME: the backups on that remote.
+    /// Without NAME: the remotes configured. With NAME: the backups and snapshot chains on that remote.
     Ls {
         name: Option<String>,
         #[arg(long)]
         json: bool,
+        /// With --json: the remote's snapshots instead of its backups.
+        #[arg(long)]
+        snapshots: bool,
     },
     /// Forget a remote (the bucket is not touched).
     Rm { name: String },
-    /// Upload every complete local backup the remote lacks (resuming interrupted uploads), then apply retention there.
+    /// Upload every complete local backup the remote lacks and the snapshots of volumes with offsite=snapshots (resuming interrupted uploads), then apply retention there.
     Push {
         name: String,
         /// Do not apply the remote's retention afterwards.
@@ -108,7 +111,9 @@ pub enum RemoteCmd {
 pub fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
     match cmd {
         RemoteCmd::Add(a) => add(layout, a),
-        RemoteCmd::Ls { name: None, json } => {
+        RemoteCmd::Ls {
+            name: None, json, ..
+        } => {
             let list = config::list(layout)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -137,10 +142,17 @@ pub fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
         RemoteCmd::Ls {
             name: Some(name),
             json,
+            snapshots: snaps,
         } => {
             let cfg = config::load(layout, name)?;
             let remote = Remote::open(&cfg)?;
-            let list = client::runtime()?.block_on(catalog::list(&remote))?;
+            let rt = client::runtime()?;
+            let list = rt.block_on(catalog::list(&remote))?;
+            let chains = rt.block_on(snapshots::list(&remote, None))?;
+            if *json && *snaps {
+                println!("{}", serde_json::to_string_pretty(&chains)?);
+                return Ok(());
+            }
             if *json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
@@ -164,6 +176,7 @@ pub fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
                     }
                 );
             }
+            print_snapshots(&chains);
             Ok(())
         }
         RemoteCmd::Rm { name } => {
@@ -200,6 +213,22 @@ pub fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
                 }
                 if !p.errors.is_empty() {
                     bail!("remote retention failed: {}", p.errors.join("; "));
+                }
+            }
+            let volumes = chains::offsite_volumes(layout)?;
+            if !volumes.is_empty() {
+                let c = chains::push(layout, &cfg, &volumes, Some(item_bars()))?;
+                for v in &c.volumes {
+                    for id in &v.pushed {
+                        println!("pushed snapshot {}@{id}", v.volume);
+                    }
+                }
+                println!("{}", c.summary());
+                if !c.ok() {
+                    bail!(
+                        "the snapshot push to remote {name} failed (the local snapshots are intact): {}; run `allspark remote push {name}` again: it resumes",
+                        c.errors.join("; ")
+                    );
                 }
             }
             Ok(())
@@ -303,6 +332,32 @@ pub fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// The snapshot chains on a remote, one line per snapshot.
+fn print_snapshots(list: &[snapshots::RemoteSnapshot]) {
+    if list.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<24} {:<25} {:<25} {:>10} COMPLETE",
+        "VOLUME", "SNAPSHOT", "PARENT", "SIZE"
+    );
+    for s in list {
+        println!(
+            "{:<24} {:<25} {:<25} {:>10} {}",
+            s.volume,
+            s.id,
+            s.parent.as_deref().unwrap_or("-"),
+            human(s.size),
+            match (&s.error, s.complete) {
+                (Some(e), _) => format!("unreadable: {e}"),
+                (None, true) => "yes".into(),
+                (None, false) => "no (interrupted upload)".into(),
+            }
+        );
     }
 }
 

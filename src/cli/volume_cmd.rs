@@ -1,4 +1,4 @@
-//! `allspark volume ls|inspect`: the records as operators see them.
+//! `allspark volume ls|inspect|migrate|cleanup|push|pull`: the records as operators see them, and moving them.
 
 use clap::Subcommand;
 
@@ -30,6 +30,29 @@ pub enum VolumeCmd {
     },
     /// Delete the data a migration left at the old place.
     Cleanup { name: VolumeName },
+    /// Snapshot a volume now and upload its snapshot chain and options to a remote (to pull it on another host).
+    Push {
+        name: VolumeName,
+        remote: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recreate a volume from a remote (its options and newest snapshot chain), through Docker when dockerd answers.
+    Pull {
+        name: VolumeName,
+        remote: String,
+        /// Replace the data of an existing volume of that name (refused while it is mounted).
+        #[arg(long)]
+        overwrite: bool,
+        /// age identity file (private key) to decrypt with (default: the remote's --age-identity or passphrase file).
+        #[arg(long)]
+        identity: Option<std::path::PathBuf>,
+        /// The allspark plugin's volume driver name in this dockerd (`allspark:latest` for the managed plugin).
+        #[arg(long, env = "ALLSPARK_DRIVER", default_value = "allspark")]
+        driver: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
@@ -97,6 +120,57 @@ pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
                     format!("old data kept (delete it with `allspark volume cleanup {name}`)")
                 }
             );
+        }
+        VolumeCmd::Push { name, remote, json } => {
+            let cfg = crate::remote::config::load(&layout, remote)?;
+            let progress = (!json).then(super::backup_cmd::item_bars);
+            let r = crate::ops::offsite::push(&cli.ctx(), &cfg, name, progress)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "pushed volume {name} to remote {remote}: snapshot {} ({} snapshot(s) uploaded, {} already there, {} bytes) in {:.1} s; on the other host: `allspark volume pull {name} {remote}`",
+                    r.snapshot,
+                    r.pushed.len(),
+                    r.already,
+                    r.bytes,
+                    r.seconds
+                );
+            }
+        }
+        VolumeCmd::Pull {
+            name,
+            remote,
+            overwrite,
+            identity,
+            driver,
+            json,
+        } => {
+            let req = crate::ops::offsite::PullRequest {
+                remote: crate::remote::config::load(&layout, remote)?,
+                volume: name.clone(),
+                overwrite: *overwrite,
+                identity: identity.clone(),
+                docker_driver: driver.clone(),
+            };
+            let d = cli.driver(None, crate::core::layout::DEFAULT_SNAPSHOT_WAIT)?;
+            let r = crate::ops::offsite::pull(&cli.ctx(), &d, &req)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "pulled volume {name} from remote {remote}: snapshot {} ({} snapshot(s) fetched, {} entries restored), volume {} in {:.1} s",
+                    r.snapshot,
+                    r.fetched.len(),
+                    r.restore.entries,
+                    match r.created.as_str() {
+                        "docker" => "created through Docker",
+                        "driver" => "created in allspark's records (dockerd did not answer)",
+                        _ => "overwritten",
+                    },
+                    r.seconds
+                );
+            }
         }
         VolumeCmd::Cleanup { name } => {
             let view = crate::core::layout::HostView::new(cli.host_prefix.as_deref());

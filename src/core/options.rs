@@ -24,6 +24,7 @@ pub const KEYS: &[&str] = &[
     "parent",
     "compression",
     "pool",
+    "offsite",
 ];
 
 /// Flags accepted in `o`.
@@ -112,6 +113,38 @@ impl Class {
             Class::Critical => "critical",
             Class::Important => "important",
             Class::Temporary => "temporary",
+        }
+    }
+}
+
+/// What of a volume goes to the off-site remote (`offsite=`); the default follows `class`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Offsite {
+    /// Only inside backups (the default of `important` and `temporary` volumes).
+    Backups,
+    /// Backups, and every completed snapshot chain (the default of `critical` volumes).
+    Snapshots,
+}
+
+impl Offsite {
+    /// Accepted values, for refusals.
+    pub const ACCEPTED: &'static str =
+        "accepted: backups, snapshots (backups and every snapshot chain)";
+
+    /// The option value, as users write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Offsite::Backups => "backups",
+            Offsite::Snapshots => "snapshots",
+        }
+    }
+
+    /// The default of a class: `critical` volumes send their snapshot chains off-site too.
+    pub fn default_for(class: Class) -> Offsite {
+        match class {
+            Class::Critical => Offsite::Snapshots,
+            Class::Important | Class::Temporary => Offsite::Backups,
         }
     }
 }
@@ -239,6 +272,17 @@ pub struct VolumeSpec {
     /// The pool the volume lives in; `None` is the default pool (`<root>/volumes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// `offsite=` as given; `None`: the default of the class ([`VolumeSpec::offsite`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<Offsite>,
+}
+
+impl VolumeSpec {
+    /// What of this volume goes off-site: its `offsite=` option, else its class's default.
+    pub fn offsite(&self) -> Offsite {
+        self.offsite
+            .unwrap_or_else(|| Offsite::default_for(self.class))
+    }
 }
 
 /// A refused option: names the key, the value and what is accepted.
@@ -308,6 +352,13 @@ pub fn parse(opts: Option<&BTreeMap<String, String>>) -> Result<VolumeSpec, Opti
                         .parse()
                         .map_err(|_| refuse(key, value, Compression::ACCEPTED))?,
                 )
+            }
+            "offsite" => {
+                spec.offsite = Some(match value.as_str() {
+                    "backups" => Offsite::Backups,
+                    "snapshots" => Offsite::Snapshots,
+                    _ => return Err(refuse(key, value, Offsite::ACCEPTED)),
+                })
             }
             "pool" => {
                 VolumeName::parse(value)
@@ -606,6 +657,30 @@ mod tests {
         for c in [Class::Critical, Class::Important, Class::Temporary] {
             assert_eq!(to_value(c).unwrap(), c.as_str());
         }
+        for o in [Offsite::Backups, Offsite::Snapshots] {
+            assert_eq!(to_value(o).unwrap(), o.as_str());
+        }
+    }
+
+    #[test]
+    fn offsite_defaults_from_the_class_and_an_option_overrides_it() {
+        let spec = |pairs: &[(&str, &str)]| parse(Some(&opts(pairs))).unwrap().offsite();
+        assert_eq!(spec(&[]), Offsite::Backups);
+        assert_eq!(spec(&[("class", "critical")]), Offsite::Snapshots);
+        assert_eq!(spec(&[("class", "temporary")]), Offsite::Backups);
+        assert_eq!(
+            spec(&[("class", "critical"), ("offsite", "backups")]),
+            Offsite::Backups
+        );
+        assert_eq!(spec(&[("offsite", "snapshots")]), Offsite::Snapshots);
+        // Records written before the option existed read as the class's default.
+        let old: VolumeSpec = serde_json::from_value(serde_json::json!({
+            "device": null, "flags": MountFlags::default(), "uid": null, "gid": null, "mode": null,
+            "snapshot": "none", "keep": Keep::default(), "backup": "medium", "class": "critical",
+            "size": null, "template": null, "parent": null
+        }))
+        .unwrap();
+        assert_eq!(old.offsite(), Offsite::Snapshots);
     }
 
     use super::*;
@@ -714,6 +789,7 @@ mod tests {
             ("parent", "a/b", "volume name"),
             ("compression", "lz4", "zstd, gzip"),
             ("pool", "../x", "pool name"),
+            ("offsite", "tape", "backups, snapshots"),
         ];
         for (k, v, hint) in cases {
             let err = parse(Some(&opts(&[(k, v)]))).unwrap_err();

@@ -134,3 +134,48 @@ pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
         .context("cannot start a runtime")?;
     Ok(rt.block_on(f))
 }
+
+/// The `Env` settings (`KEY=VALUE`) of managed plugin `name` (`docker plugin inspect`), or
+/// `None` when dockerd has no such plugin. bollard has no plugin API: one GET through hyper.
+pub async fn plugin_env(url: &str, name: &str) -> anyhow::Result<Option<Vec<String>>> {
+    use http_body_util::{BodyExt, Empty};
+    let path = url.strip_prefix("unix://").unwrap_or(url);
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .with_context(|| format!("cannot connect to Docker at {url}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .context("Docker did not answer")?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("/plugins/{name}/json"))
+        .header("Host", "docker")
+        .body(Empty::<bytes::Bytes>::new())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .context("Docker did not answer")?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if status == hyper::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        anyhow::bail!(
+            "Docker answered {status} for plugin {name}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    #[derive(serde::Deserialize)]
+    struct Settings {
+        #[serde(rename = "Env", default)]
+        env: Vec<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Plugin {
+        #[serde(rename = "Settings")]
+        settings: Settings,
+    }
+    let p: Plugin = serde_json::from_slice(&body).context("Docker's plugin description")?;
+    Ok(Some(p.settings.env))
+}

@@ -11,7 +11,10 @@
 //!    parents before `parent=` children, through the driver (as `docker volume
 //!    create` would); `template=` is dropped, the data comes from the backup.
 //! 3. The volumes' data is restored by the backup restore
-//!    ([`crate::backup::restore`]): checksums, staging, atomic swap.
+//!    ([`crate::backup::restore`]): checksums, staging, atomic swap. A volume
+//!    whose newest complete snapshot chain on the remote (`offsite=snapshots`)
+//!    was taken after the backup then gets that chain restored over it
+//!    ([`crate::ops::offsite::restore_newer_chains`]).
 //! 4. Database dumps are fed by the same restore path, into the running
 //!    containers labelled `allspark.restore.exec` — with `--databases`, or
 //!    later with `allspark backup restore DIR --database NAME --yes` once the
@@ -71,6 +74,8 @@ pub struct DrReport {
     pub existing: Vec<String>,
     /// Volumes and dumps restored (the backup restore's items).
     pub items: Vec<ItemResult>,
+    /// Newer snapshot chains restored over the backup's data: `volume@id`.
+    pub snapshots: Vec<String>,
     /// Dumps in the backup not restored now (see the hint printed).
     pub dumps_pending: Vec<String>,
     /// Volumes recreated empty because a dump stands for them: `(volume, dump)`.
@@ -226,8 +231,19 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
         .filter(|v| matches!(store.load(v), Ok(Some(_))))
         .collect();
     if !volumes.is_empty() {
-        let volumes = volumes.iter().map(ToString::to_string).collect();
-        run_restore(ctx, req, &dir, volumes, Vec::new(), &mut report)?;
+        let names = volumes.iter().map(ToString::to_string).collect();
+        run_restore(ctx, req, &dir, names, Vec::new(), &mut report)?;
+        // Then the newest snapshot chain where it is newer than the backup (offsite=snapshots).
+        let (done, problems) = crate::ops::offsite::restore_newer_chains(
+            ctx,
+            &remote,
+            opener.clone(),
+            &volumes,
+            m.timestamp,
+            req.progress.as_ref(),
+        );
+        report.snapshots = done;
+        report.problems.extend(problems);
     }
     let dumps: Vec<String> = m
         .files

@@ -1,7 +1,9 @@
-//! Operator workflows over volumes: migration, workspace cleanup, templates, volume references, disaster recovery.
+//! Operator workflows over volumes: migration, workspace cleanup, templates, volume references, disaster recovery, moving a volume through a remote.
 
+pub mod docker_volumes;
 pub mod dr;
 pub mod migrate;
+pub mod offsite;
 pub mod snapshot;
 pub mod template;
 pub mod volref;

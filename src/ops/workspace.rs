@@ -157,38 +157,10 @@ pub fn prune(
                 format!("cannot keep the options of {name}; it was not removed")
             })?;
         }
-        remove_via_docker_or_driver(ctx, driver, &name)?;
+        crate::ops::docker_volumes::remove(ctx, driver, &name)?;
         done.push((name.clone(), format!("removed (snapshot {id} kept; restore with `allspark snapshot restore {name} {id} --into {name}`)")));
     }
     Ok(done)
-}
-
-fn remove_via_docker_or_driver(
-    ctx: &Ctx,
-    driver: &Driver,
-    name: &VolumeName,
-) -> anyhow::Result<()> {
-    let via_docker = crate::docker::block_on(async {
-        let d = crate::docker::connect(&ctx.docker_url).await?;
-        match d.remove_volume(name, None).await {
-            Ok(()) => anyhow::Ok(true),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(false),
-            Err(e) => {
-                Err(anyhow::Error::new(e).context(format!("Docker refused to remove {name}")))
-            }
-        }
-    })?;
-    match via_docker {
-        Ok(true) => Ok(()),
-        Ok(false) => Ok(driver.remove(name)?),
-        Err(e) if format!("{e:#}").contains("Docker refused") => Err(e),
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), volume = %name, "Docker not reachable; removing through the driver state directly");
-            Ok(driver.remove(name)?)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub fn status_in(layout: &Layout, view: &HostView, rec: &VolumeRecord) -> Map<St
     m.insert("class".into(), json!(spec.class));
     m.insert("backup".into(), json!(spec.backup));
     m.insert("snapshot".into(), json!(spec.snapshot));
+    m.insert("offsite".into(), json!(spec.offsite()));
     m.insert("mounted".into(), json!(rec.mount_count()));
     if let Some(size) = spec.size {
         m.insert("size".into(), json!(size));

@@ -80,14 +80,37 @@ impl Remote {
         })
     }
 
+    /// `<prefix>/<top>`.
+    fn top_key(&self, top: &str) -> Key {
+        if self.cfg.prefix.is_empty() {
+            Key::from(top)
+        } else {
+            Key::from(format!("{}/{top}", self.cfg.prefix))
+        }
+    }
+
     /// `<prefix>/backups`.
     pub fn backups_key(&self) -> Key {
-        let p = if self.cfg.prefix.is_empty() {
-            "backups".to_string()
-        } else {
-            format!("{}/backups", self.cfg.prefix)
-        };
-        Key::from(p)
+        self.top_key("backups")
+    }
+
+    /// `<prefix>/snapshots` (or `<prefix>/snapshots/<volume>`).
+    pub fn snapshots_key(&self, volume: Option<&str>) -> Key {
+        let k = self.top_key("snapshots");
+        match volume {
+            Some(v) => k.join(v),
+            None => k,
+        }
+    }
+
+    /// `<prefix>/snapshots/<volume>/<id>`.
+    pub fn snapshot_key(&self, volume: &str, id: &str) -> Key {
+        self.snapshots_key(Some(volume)).join(id)
+    }
+
+    /// `<prefix>/volumes/<volume>/<object>`: the volume's record (its Create options).
+    pub fn volume_key(&self, volume: &str, object: &str) -> Key {
+        self.top_key("volumes").join(volume).join(object)
     }
 
     /// `<prefix>/backups/<type>/<name>`.

@@ -4,8 +4,10 @@
 //! root-only file, `KEY=VALUE` lines or the AWS shared-credentials format:
 //! `aws_access_key_id`, `aws_secret_access_key`, optionally
 //! `aws_session_token`), else the environment (`AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`; with the managed plugin,
-//! `docker plugin set allspark AWS_ACCESS_KEY_ID=…`).
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), else the settings of the
+//! managed plugin (`docker plugin set allspark AWS_ACCESS_KEY_ID=…`), read
+//! through the Docker API when they are needed (plugin name: `ALLSPARK_PLUGIN`,
+//! default `allspark`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -127,7 +129,7 @@ impl RemoteConfig {
     pub fn credentials_source(&self) -> String {
         match &self.credentials_file {
             Some(f) => format!("file {}", f.display()),
-            None => "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)".into(),
+            None => "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), else the managed plugin's `docker plugin set` settings".into(),
         }
     }
 }
@@ -163,18 +165,64 @@ pub fn credentials(cfg: &RemoteConfig) -> anyhow::Result<Credentials> {
             )
         });
     }
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-        (Some(id), Some(secret)) => Ok(Credentials {
-            access_key_id: id,
-            secret_access_key: secret,
-            session_token: var("AWS_SESSION_TOKEN"),
-        }),
-        _ => bail!(
-            "remote {} has no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or add the remote again with --credentials-file FILE (a root-only file)",
-            cfg.name
-        ),
+    let env: Vec<String> = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ]
+    .iter()
+    .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+    .collect();
+    if let Some(c) = credentials_in_env(&env) {
+        return Ok(c);
     }
+    let plugin = std::env::var("ALLSPARK_PLUGIN").unwrap_or_else(|_| "allspark".into());
+    let docker = std::env::var("ALLSPARK_DOCKER")
+        .unwrap_or_else(|_| crate::docker::DEFAULT_DOCKER.to_string());
+    let from_plugin = crate::docker::block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            crate::docker::plugin_env(&docker, &plugin),
+        )
+        .await
+    });
+    match from_plugin {
+        Ok(Ok(Ok(Some(env)))) => {
+            if let Some(c) = credentials_in_env(&env) {
+                return Ok(c);
+            }
+        }
+        Ok(Ok(Ok(None))) => {}
+        other => {
+            let why = match other {
+                Ok(Ok(Err(e))) => format!("{e:#}"),
+                Ok(Err(_)) => "Docker did not answer within 10 s".into(),
+                Err(e) => format!("{e:#}"),
+                Ok(Ok(Ok(_))) => unreachable!("handled above"),
+            };
+            tracing::debug!(plugin = %plugin, reason = %why, "no credentials from the managed plugin's settings");
+        }
+    }
+    bail!(
+        "remote {} has no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (managed plugin: `docker plugin set {plugin} AWS_ACCESS_KEY_ID=… AWS_SECRET_ACCESS_KEY=…` while it is disabled), or add the remote again with --credentials-file FILE (a root-only file)",
+        cfg.name
+    )
+}
+
+/// An access key from `KEY=VALUE` environment entries (both parts non-empty).
+fn credentials_in_env(env: &[String]) -> Option<Credentials> {
+    let var = |k: &str| {
+        env.iter()
+            .filter_map(|e| e.split_once('='))
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.to_string())
+            .filter(|v| !v.is_empty())
+    };
+    Some(Credentials {
+        access_key_id: var("AWS_ACCESS_KEY_ID")?,
+        secret_access_key: var("AWS_SECRET_ACCESS_KEY")?,
+        session_token: var("AWS_SESSION_TOKEN"),
+    })
 }
 
 /// `KEY=VALUE` or `key = value` lines (`[profile]` headers and comments ignored).

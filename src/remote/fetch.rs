@@ -82,16 +82,7 @@ pub async fn fetch(
         )
         .await?;
         bytes += got.size;
-        if got.size != o.size || got.sha256 != o.sha256 {
-            bail!(
-                "{}: {} bytes with sha256 {}, the index recorded {} bytes with sha256 {} at upload; the object is damaged",
-                remote.url(&key),
-                got.size,
-                got.sha256,
-                o.size,
-                o.sha256
-            );
-        }
+        super::objects::check_stored(remote, &key, &got, o)?;
         if got.plain_size != f.size || (!f.sha256.is_empty() && got.plain_sha256 != f.sha256) {
             bail!(
                 "{}: decrypted to {} bytes with sha256 {}, the manifest says {} bytes with sha256 {}; the object is damaged",

@@ -16,23 +16,31 @@
 //!
 //! (no `.age` suffix on a remote added with `--unencrypted`). A remote backup
 //! without its manifest is incomplete (an upload was interrupted) and is never
-//! used; `allspark remote push` resumes it.
+//! used; `allspark remote push` resumes it. Snapshot chains of volumes with
+//! `offsite=snapshots` and volume records live beside them under
+//! `<prefix>/snapshots/` and `<prefix>/volumes/` ([`snapshots`]).
 //!
 //! Modules: [`config`] (remote files, credentials), [`crypt`] (age),
 //! [`client`] (the object store, retries, error sentences), [`transfer`]
 //! (streaming encrypt-and-upload, download-and-decrypt, bounded memory),
 //! [`fetch`] (a remote backup into a local directory, every object checked),
 //! [`catalog`] (remote backups and their index), [`push`] (what goes
-//! off-site), [`prune`] (remote retention), [`verify`] (checks at a distance).
+//! off-site), [`prune`] (remote retention), [`verify`] (checks at a distance),
+//! [`objects`] (a resumable upload of a directory's files), [`snapshots`]
+//! (snapshot chains and volume records on the remote), [`chains`] (which
+//! volumes send their chains, and the agent's uploader).
 //! Disaster recovery from a remote is [`crate::ops::dr`].
 
 pub mod catalog;
+pub mod chains;
 pub mod client;
 pub mod config;
 pub mod crypt;
 pub mod fetch;
+pub mod objects;
 pub mod prune;
 pub mod push;
+pub mod snapshots;
 pub mod transfer;
 pub mod verify;
 

@@ -6,10 +6,9 @@
 //! day old, as locally.
 
 use chrono::NaiveDateTime;
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
-use super::catalog::{self, RemoteBackup, INDEX};
+use super::catalog::{self, RemoteBackup};
 use super::client::{runtime, Remote};
 use super::config::RemoteConfig;
 use crate::backup::retention::{self, Candidate, Decision, State};
@@ -89,23 +88,5 @@ pub fn prune(
 
 /// Delete one remote backup: manifest first, index next, then every other object.
 pub async fn delete_backup(remote: &Remote, b: &RemoteBackup) -> anyhow::Result<()> {
-    let mut order: Vec<&String> = b.listing.keys().collect();
-    let rank = |k: &str| {
-        if k.starts_with(crate::backup::manifest::MANIFEST) {
-            0
-        } else if k == INDEX {
-            1
-        } else {
-            2
-        }
-    };
-    order.sort_by_key(|k| rank(k));
-    for object in order {
-        let key = remote.object_key(b.kind, &b.name, object);
-        match remote.store.delete(&key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(remote.explain(&format!("deleting {}", remote.url(&key)), e)),
-        }
-    }
-    Ok(())
+    super::objects::delete_set(remote, &remote.backup_key(b.kind, &b.name), &b.listing).await
 }

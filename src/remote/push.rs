@@ -11,19 +11,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use chrono::{Local, NaiveDateTime};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::catalog::{self, Index, IndexObject, RemoteBackup, INDEX};
+use super::catalog::{self, Index, RemoteBackup, INDEX};
 use super::client::{runtime, Remote};
 use super::config::{self, RemoteConfig};
 use super::crypt::Sealer;
-use super::transfer::{bare_etag, put_bytes, upload_file};
+use super::objects::{self, LocalFile};
+use super::transfer::put_bytes;
 use crate::backup::catalog::BackupEntry;
 use crate::backup::retention::{self, Candidate, State};
 use crate::backup::run::ItemProgress;
 use crate::backup::{self, Settings};
 use crate::core::layout::Layout;
-use crate::fs::durable;
 
 /// What a push did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -67,38 +67,12 @@ impl PushReport {
     }
 }
 
-/// The objects uploaded so far by an interrupted push.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Pending {
-    objects: Vec<IndexObject>,
-}
-
 fn pending_path(layout: &Layout, remote: &str, e: &BackupEntry) -> PathBuf {
-    layout
-        .remotes_dir()
-        .join(format!("{remote}.pending"))
-        .join(format!("{}-{}.json", e.kind, e.name))
-}
-
-fn load_pending(p: &Path) -> Pending {
-    std::fs::read(p)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-fn save_pending(p: &Path, s: &Pending) -> anyhow::Result<()> {
-    if let Some(dir) = p.parent() {
-        durable::ensure_dir(dir, 0o700)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    durable::atomic_write(p, &serde_json::to_vec_pretty(s)?, 0o600)
-        .with_context(|| format!("cannot write {}", p.display()))
-}
-
-/// A manifest file name must be a plain name inside the directory.
-fn plain_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains('/') && name != "." && name != ".." && !name.contains('\0')
+    objects::pending_path(
+        &layout.remotes_dir(),
+        remote,
+        &format!("{}-{}", e.kind, e.name),
+    )
 }
 
 fn state_of(complete: bool, ok: bool) -> State {
@@ -218,59 +192,26 @@ async fn push_one(
     progress: Option<&ItemProgress>,
 ) -> anyhow::Result<(usize, usize, u64)> {
     let m = e.manifest.as_ref().context("the backup has no manifest")?;
-    let mut pending = load_pending(pending_file);
-    let (mut uploaded, mut reused, mut bytes) = (0, 0, 0u64);
-    let mut objects = Vec::new();
-    for f in &m.files {
-        if !plain_name(&f.name) {
-            anyhow::bail!(
-                "its manifest names the file {:?}, which is not a plain file name; the manifest was tampered with",
-                f.name
-            );
-        }
-        let object = format!("{}{}", f.name, sealer.suffix());
-        let key = remote.object_key(e.kind, &e.name, &object);
-        let prev = pending.objects.iter().find(|o| o.file == f.name).cloned();
-        if let (Some(prev), Some(b)) = (&prev, existing) {
-            let intact = b.listing.get(&object).is_some_and(|meta| {
-                meta.size == prev.size
-                    && match (&meta.e_tag, &prev.etag) {
-                        (Some(have), Some(want)) => &bare_etag(have) == want,
-                        _ => true,
-                    }
-            });
-            if intact {
-                reused += 1;
-                objects.push(prev.clone());
-                continue;
-            }
-        }
-        pending.objects.retain(|o| o.file != f.name);
-        let item = format!("push {}", f.name);
-        let up = upload_file(
-            remote,
-            &key,
-            &e.dir.join(&f.name),
-            sealer,
-            (!f.sha256.is_empty()).then_some(f.sha256.as_str()),
-            progress.map(|p| (p.clone(), item)),
-        )
-        .await
-        .with_context(|| format!("file {}", f.name))?;
-        let o = IndexObject {
-            file: f.name.clone(),
-            object,
-            size: up.size,
-            sha256: up.sha256,
-            etag: up.e_tag,
-            plain_size: up.plain_size,
-        };
-        uploaded += 1;
-        bytes += o.size;
-        pending.objects.push(o.clone());
-        objects.push(o);
-        save_pending(pending_file, &pending)?;
-    }
+    let files: Vec<LocalFile> = m
+        .files
+        .iter()
+        .map(|f| LocalFile {
+            name: f.name.clone(),
+            sha256: Some(f.sha256.clone()),
+        })
+        .collect();
+    let up = objects::upload_files(
+        remote,
+        sealer,
+        &remote.backup_key(e.kind, &e.name),
+        &e.dir,
+        &files,
+        existing.map(|b| &b.listing),
+        pending_file,
+        progress,
+    )
+    .await?;
+    let (uploaded, reused, mut bytes, objects) = (up.uploaded, up.reused, up.bytes, up.objects);
     let manifest_object = catalog::manifest_object(sealer.suffix());
     let index = Index {
         format: 1,
@@ -308,7 +249,7 @@ async fn push_one(
         sealed,
     )
     .await?;
-    let _ = std::fs::remove_file(pending_file);
+    objects::done(pending_file);
     Ok((uploaded, reused, bytes))
 }
 

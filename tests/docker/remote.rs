@@ -2,7 +2,7 @@
 
 use crate::support::common::{
     docker, docker_ok, ensure_busybox_image, ensure_db_images, require_docker, unique_name,
-    wait_until, Cleanup,
+    wait_until, Cleanup, TestPlugin,
 };
 use crate::support::legacy::LegacyPlugin;
 use crate::support::s3::{require_s3, Keys, Moto, BUCKET, SECRET};
@@ -234,4 +234,138 @@ fn dr_restore_brings_postgres_rows_and_files_back_on_a_wiped_host() {
         sql(&db2, "SELECT count(*), sum(id) FROM items"),
         "1000|500500"
     );
+}
+
+/// The S3 key pair given only through `docker plugin set` on the managed plugin: a backup
+/// pushed with it (moto enforces IAM, so no other key would do), and the secret in no
+/// output, no `docker volume inspect` and no line of the dockerd log (where the plugin logs).
+#[test]
+fn credentials_given_by_docker_plugin_set_upload_a_backup_and_are_never_shown() {
+    let Some(_docker) = require_docker() else {
+        return;
+    };
+    if !require_s3() {
+        return;
+    }
+    let busybox = ensure_busybox_image();
+    // moto with IAM enforced rejects object_store's signatures (SignatureDoesNotMatch, also with
+    // a credentials file), so the bucket accepts any key: that the key came from the plugin's
+    // settings shows in `remote add` failing before `docker plugin set` and passing after.
+    let moto = Moto::start(None);
+    moto.s3(&["mkbucket", BUCKET]);
+    let (id, secret) = ("AKIAPLUGINSET", format!("{SECRET}-plugin-set"));
+    let dockerd_log = Path::new("/var/log/dockerd.log");
+    let log_before = std::fs::metadata(dockerd_log).map_or(0, |m| m.len());
+    let plugin = TestPlugin::start("allspark-test-creds");
+    let vol = unique_name("offsite");
+    let mut cleanup = Cleanup::new();
+    cleanup.add(format!("docker volume rm -f {vol} >/dev/null"));
+    docker_ok(&["volume", "create", "-d", &plugin.name, &vol]);
+    docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{vol}:/data"),
+        &busybox,
+        "sh",
+        "-c",
+        "echo precious > /data/file",
+    ]);
+
+    let root = plugin.root.root();
+    let broot = plugin.root.base.join("backups");
+    let keys = Keys::new();
+    let pk = keys.public_key();
+    // No credentials file, no AWS_* variables: only the plugin's settings hold the key.
+    let try_run = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .env("ALLSPARK_LOG", "debug")
+            .env("ALLSPARK_PLUGIN", &plugin.name)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("ALLSPARK_REMOTE")
+            .output()
+            .unwrap();
+        assert!(!text(&o).contains(&secret), "the secret was printed");
+        o
+    };
+    let run = |args: &[&str]| {
+        let o = try_run(args);
+        assert!(o.status.success(), "allspark {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let endpoint = moto.endpoint();
+    let add_args = [
+        "remote",
+        "add",
+        "offsite",
+        "--endpoint",
+        &endpoint,
+        "--bucket",
+        BUCKET,
+        "--prefix",
+        "hosts/alpha",
+        "--path-style",
+        "--age-recipient",
+        &pk,
+    ];
+    let o = try_run(&add_args);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("has no credentials") && text(&o).contains("docker plugin set"),
+        "{}",
+        text(&o)
+    );
+    docker_ok(&["plugin", "disable", "-f", &plugin.name]);
+    docker_ok(&[
+        "plugin",
+        "set",
+        &plugin.name,
+        &format!("AWS_ACCESS_KEY_ID={id}"),
+        &format!("AWS_SECRET_ACCESS_KEY={secret}"),
+    ]);
+    docker_ok(&["plugin", "enable", &plugin.name]);
+    let add = run(&add_args);
+    assert!(add.contains("remote offsite answers"), "{add}");
+    let scope = format!("allspark.test.scope={}", unique_name("creds"));
+    let out = run(&[
+        "backup",
+        "run",
+        "daily",
+        "--backup-root",
+        broot.to_str().unwrap(),
+        "--container-label",
+        &scope,
+        "--remote",
+        "offsite",
+    ]);
+    assert!(out.contains("1 backup(s) pushed"), "{out}");
+    let manifests = moto
+        .keys("hosts/alpha/backups/daily/")
+        .into_iter()
+        .filter(|(k, _)| k.ends_with("/manifest.json.age"))
+        .count();
+    assert_eq!(manifests, 1);
+    let remote_file = std::fs::read_to_string(root.join("state/remotes/offsite.json")).unwrap();
+    assert!(!remote_file.contains(&secret) && !remote_file.contains(id));
+
+    let inspect = docker_ok(&["volume", "inspect", &vol]);
+    assert!(inspect.contains("\"Status\""), "{inspect}");
+    assert!(
+        !inspect.contains(&secret),
+        "docker volume inspect shows the secret"
+    );
+    // The plugin logs (at debug) into the dockerd log: nothing of this run holds the secret.
+    let log = std::fs::read(dockerd_log).expect("the dockerd log");
+    let tail = String::from_utf8_lossy(&log[log_before.min(log.len() as u64) as usize..]);
+    let plugin_id = docker_ok(&["plugin", "inspect", "-f", "{{.Id}}", &plugin.name]);
+    assert!(
+        tail.contains(plugin_id.trim()),
+        "the plugin's lines are in {}",
+        dockerd_log.display()
+    );
+    assert!(!tail.contains(&secret), "the dockerd log holds the secret");
 }

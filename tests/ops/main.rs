@@ -9,6 +9,7 @@ mod metrics;
 mod operations;
 mod pool;
 mod remote;
+mod remote_chains;
 mod shared_tree;
 mod snapshots;
 mod usage;

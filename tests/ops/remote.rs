@@ -16,42 +16,42 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_allspark");
-const NO_DOCKER: &str = "unix:///nonexistent/docker.sock";
-const MARKER: &str = "ALLSPARK-PLAINTEXT-MARKER-7f3a9c";
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_allspark");
+pub(crate) const NO_DOCKER: &str = "unix:///nonexistent/docker.sock";
+pub(crate) const MARKER: &str = "ALLSPARK-PLAINTEXT-MARKER-7f3a9c";
 
 /// A host: a socket-level plugin on a scratch root, a backup root, an age key and a credentials file.
-struct Host {
-    p: Plugin,
-    keys: Keys,
+pub(crate) struct Host {
+    pub(crate) p: Plugin,
+    pub(crate) keys: Keys,
 }
 
 impl Host {
-    fn new() -> Host {
+    pub(crate) fn new() -> Host {
         Host {
             p: Plugin::start(BIN),
             keys: Keys::new(),
         }
     }
-    fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.p.root()
     }
-    fn broot(&self) -> PathBuf {
+    pub(crate) fn broot(&self) -> PathBuf {
         self.p.dir.path().join("backups")
     }
-    fn key(&self) -> PathBuf {
+    pub(crate) fn key(&self) -> PathBuf {
         self.keys.key()
     }
-    fn creds(&self) -> PathBuf {
+    pub(crate) fn creds(&self) -> PathBuf {
         self.keys.creds()
     }
-    fn public_key(&self) -> String {
+    pub(crate) fn public_key(&self) -> String {
         self.keys.public_key()
     }
-    fn data(&self, vol: &str) -> PathBuf {
+    pub(crate) fn data(&self, vol: &str) -> PathBuf {
         self.root().join("volumes").join(vol).join("data")
     }
-    fn create(&self, name: &str, opts: Value) {
+    pub(crate) fn create(&self, name: &str, opts: Value) {
         let (code, v) = self
             .p
             .call("VolumeDriver.Create", json!({"Name": name, "Opts": opts}));
@@ -59,7 +59,7 @@ impl Host {
         assert!(v["Err"].as_str().unwrap_or("").is_empty(), "{v}");
     }
     /// The CLI on this host's root (Docker pointed nowhere; retries short, so a dead endpoint fails fast).
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .arg("--root")
             .arg(self.root())
@@ -75,18 +75,18 @@ impl Host {
             .output()
             .unwrap()
     }
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
         assert!(o.status.success(), "allspark {args:?}: {}", text(&o));
         assert_secret_hidden(&o);
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
-    fn add_remote(&self, endpoint: &str) {
+    pub(crate) fn add_remote(&self, endpoint: &str) {
         let args = self.keys.add_args(endpoint);
         self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
     /// A backup of every volume (it "fails" only because Docker is unreachable: no dumps) pushed to the remote.
-    fn backup_and_push(&self) -> String {
+    pub(crate) fn backup_and_push(&self) -> String {
         let o = self.run(&["backup", "run", "daily", "--remote", "offsite"]);
         let t = text(&o);
         assert!(t.contains("1 backup(s) pushed"), "{t}");
@@ -98,13 +98,13 @@ impl Host {
         newest_backup(&self.broot())
     }
     /// The host is lost: plugin stopped, state root and backup root gone; a new plugin on an empty root.
-    fn wipe(&mut self) {
+    pub(crate) fn wipe(&mut self) {
         self.p.terminate();
         fs::remove_dir_all(self.root()).unwrap();
         fs::remove_dir_all(self.broot()).unwrap();
         self.p.spawn();
     }
-    fn dr(&self, extra: &[&str]) -> String {
+    pub(crate) fn dr(&self, extra: &[&str]) -> String {
         let key = self.key();
         let mut args = vec!["dr", "restore", "--from", "offsite", "--identity", s(&key)];
         args.extend_from_slice(extra);
@@ -112,11 +112,11 @@ impl Host {
     }
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "status {}\n--- stdout\n{}--- stderr\n{}",
         o.status,
@@ -125,7 +125,7 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn assert_secret_hidden(o: &Output) {
+pub(crate) fn assert_secret_hidden(o: &Output) {
     assert!(
         !text(o).contains(SECRET),
         "the secret key was printed: {}",
@@ -133,7 +133,7 @@ fn assert_secret_hidden(o: &Output) {
     );
 }
 
-fn newest_backup(broot: &Path) -> String {
+pub(crate) fn newest_backup(broot: &Path) -> String {
     let mut v: Vec<String> = fs::read_dir(broot.join("daily"))
         .unwrap()
         .flatten()
@@ -148,12 +148,12 @@ fn prefix(name: &str) -> String {
     format!("hosts/alpha/backups/daily/{name}/")
 }
 
-fn sha(path: &Path) -> String {
+pub(crate) fn sha(path: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(fs::read(path).unwrap()))
 }
 
-fn recovered_seconds(out: &str) -> f64 {
+pub(crate) fn recovered_seconds(out: &str) -> f64 {
     out.lines()
         .find_map(|l| l.strip_prefix("recovered in "))
         .and_then(|l| l.split_whitespace().next())
