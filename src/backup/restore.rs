@@ -30,7 +30,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bollard::Docker;
 use flate2::read::MultiGzDecoder;
 use serde::Serialize;
@@ -459,10 +459,7 @@ pub fn execute(
         );
     }
     let mut report = RestoreReport::default();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")?;
+    let rt = crate::core::runtime::shared()?;
     let docker: Option<Docker> = rt
         .block_on(crate::docker::connect(&ctx.docker_url))
         .map_err(|e| tracing::warn!(error = %format!("{e:#}"), "Docker is unreachable"))
@@ -472,7 +469,7 @@ pub fn execute(
         let mut guard = docker.as_ref().map(|d| {
             StopGuard::new(
                 &ctx.layout,
-                &rt,
+                rt,
                 d,
                 &format!("restore {}", plan.dir.display()),
             )

@@ -376,10 +376,7 @@ fn run_in(
         allspark_version: env!("CARGO_PKG_VERSION").to_string(),
         records: Vec::new(),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
-    let rt = match rt {
+    let rt = match crate::core::runtime::shared() {
         Ok(rt) => Some(rt),
         Err(e) => {
             m.errors.push(format!(

@@ -6,6 +6,7 @@ pub mod locks;
 pub mod logging;
 pub mod names;
 pub mod options;
+pub mod runtime;
 pub mod snapshot_id;
 pub mod spool;
 pub mod status;

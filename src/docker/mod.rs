@@ -126,13 +126,10 @@ fn info(c: bollard::models::ContainerSummary) -> ContainerInfo {
     }
 }
 
-/// Run a future to completion on a small runtime (for the synchronous CLI).
+/// Run a Docker API future to completion for a synchronous caller, on the process's shared
+/// runtime ([`crate::core::runtime`]).
 pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")?;
-    Ok(rt.block_on(f))
+    Ok(crate::core::runtime::shared()?.block_on(f))
 }
 
 /// The `Env` settings (`KEY=VALUE`) of managed plugin `name` (`docker plugin inspect`), or

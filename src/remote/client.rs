@@ -164,12 +164,8 @@ impl Remote {
     }
 }
 
-/// A runtime for the remote's async client, for the synchronous callers (CLI, the agent's schedule thread).
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(4)
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot start a runtime for the remote client: {e}"))
+/// The runtime the remote's async client runs on for the synchronous callers (CLI, the
+/// agent's schedule thread): the process's shared one.
+pub fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    crate::core::runtime::shared()
 }

@@ -92,7 +92,7 @@ pub fn verify(
         if full && problems.is_empty() {
             if let Some(op) = &opener {
                 problems.extend(full_check(
-                    &rt,
+                    rt,
                     &remote,
                     b,
                     op.clone(),
