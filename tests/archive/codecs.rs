@@ -23,7 +23,7 @@ fn volume(root: &Path) -> (Layout, std::path::PathBuf) {
     for i in 0..40 {
         fs::write(data.join(format!("src/f{i:02}.txt")), text(20_000, i)).expect("write");
     }
-    fs::write(data.join("src/deep/media.bin"), noise(300_000, 1)).expect("write");
+    fs::write(data.join("src/deep/media.bin"), noise(1, 300_000)).expect("write");
     fs::write(data.join("gone-later"), b"bye").expect("write");
     (layout, data)
 }

@@ -3,13 +3,11 @@
 use crate::util;
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::support::harness::gzip;
 use allspark::archive::{extract, ArchiveError, ExtractOptions, ExtractReport};
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use tar::{EntryType, Header};
 use util::*;
 
@@ -61,17 +59,11 @@ impl Raw {
     }
     fn end(mut self) -> Vec<u8> {
         self.0.extend([0u8; 1024]);
-        gz(&self.0)
+        gzip(&self.0)
     }
     fn end_raw(self) -> Vec<u8> {
-        gz(&self.0)
+        gzip(&self.0)
     }
-}
-
-fn gz(data: &[u8]) -> Vec<u8> {
-    let mut e = GzEncoder::new(Vec::new(), Compression::fast());
-    e.write_all(data).expect("gzip");
-    e.finish().expect("gzip finish")
 }
 
 fn pax(records: &[(&str, &[u8])]) -> Vec<u8> {
@@ -515,7 +507,7 @@ fn mangled_archives_never_panic_or_escape() {
         let _ = fs::remove_dir_all(&dest);
         for verify_only in [true, false] {
             let _ = extract(
-                &gz(&t)[..],
+                &gzip(&t)[..],
                 &dest,
                 &ExtractOptions {
                     verify_only,

@@ -324,19 +324,7 @@ pub fn mknod_char(p: &Path, major: u32, minor: u32) {
     );
 }
 
-/// Deterministic pseudo-random bytes.
-pub fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    v.truncate(n);
-    v
-}
+pub use crate::support::harness::noise;
 
 pub fn text(n: usize, seed: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(n + 32);
@@ -424,7 +412,7 @@ pub fn build_torture(root: &Path) -> bool {
     fs::write(p(root, "zero-bytes"), b"").expect("write");
     fs::write(p(root, "one-byte"), b"1").expect("write");
     fs::write(p(root, "text-100k.txt"), text(100_000, 1)).expect("write");
-    fs::write(p(root, "random-3m.bin"), noise(3 << 20, 5)).expect("write");
+    fs::write(p(root, "random-3m.bin"), noise(5, 3 << 20)).expect("write");
 
     // Symlinks: relative, dangling, absolute, to a directory.
     symlink("text-100k.txt", p(root, "link-rel")).expect("symlink");

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::common::wait_until;
 use harness::{cli, cli_ok, err_of, noise, Plugin};
 use serde_json::{json, Value};
 
@@ -25,19 +26,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_allspark");
 fn create(p: &Plugin, name: &str, opts: Value) -> String {
     let (_, v) = p.call("VolumeDriver.Create", json!({"Name": name, "Opts": opts}));
     err_of(&v).to_string()
-}
-
-fn mounted(p: &Plugin, name: &str) -> Option<u64> {
-    let (_, v) = p.call("VolumeDriver.Get", json!({"Name": name}));
-    v["Volume"]["Status"]["mounted"].as_u64()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 struct Agent(Child);
@@ -195,7 +183,7 @@ fn a_full_state_root_fails_create_and_mount_clearly_and_leaves_nothing_half_made
         err.contains("No space left on device") && err.contains("old.json"),
         "{err}"
     );
-    assert_eq!(mounted(p, "old"), Some(0));
+    assert_eq!(p.mount_count("old"), Some(0));
     assert_eq!(p.live_mounts(), vec![p.mount_dir().join("busy")]);
     assert_eq!(temp_files(&p.root()), Vec::<String>::new());
 
@@ -222,7 +210,7 @@ fn a_full_state_root_fails_create_and_mount_clearly_and_leaves_nothing_half_made
     assert_eq!(err_of(&v), "");
     let (_, v) = p.call("VolumeDriver.Unmount", json!({"Name": "busy", "ID": "c2"}));
     assert_eq!(err_of(&v), "");
-    assert_eq!(mounted(p, "busy"), Some(0));
+    assert_eq!(p.mount_count("busy"), Some(0));
     assert!(p.live_mounts().is_empty(), "{:?}", p.live_mounts());
     for name in ["old", "busy", "new"] {
         let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": name}));
@@ -248,7 +236,7 @@ fn a_full_snapshot_store_keeps_the_event_and_the_agent_retries_once_space_is_bac
     let (_, v) = p.call("VolumeDriver.Unmount", json!({"Name": "ws", "ID": "c"}));
     assert_eq!(err_of(&v), "");
     let log = p.dir.path().join("agent.log");
-    wait_for(
+    wait_until(
         "the agent to fail on the full disk",
         Duration::from_secs(30),
         || {
@@ -275,7 +263,7 @@ fn a_full_snapshot_store_keeps_the_event_and_the_agent_retries_once_space_is_bac
     );
     // Space comes back: the retry (5 s backoff) takes the snapshot.
     drop(snaps);
-    wait_for("the retried snapshot", Duration::from_secs(30), || {
+    wait_until("the retried snapshot", Duration::from_secs(30), || {
         fs::read_dir(p.root().join("spool")).unwrap().count() == 0
     });
     let listed: Vec<Value> =
@@ -494,7 +482,7 @@ fn corrupted_state_files_are_named_with_the_way_out_and_harm_nothing_else() {
     let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "fine", "ID": "c"}));
     assert_eq!(err_of(&v), "");
     p.call("VolumeDriver.Unmount", json!({"Name": "fine", "ID": "c"}));
-    wait_for(
+    wait_until(
         "the agent to handle the spool",
         Duration::from_secs(30),
         || {
@@ -596,7 +584,7 @@ fn five_hundred_events_wait_while_the_agent_is_down_and_none_is_lost() {
     );
     let started = Instant::now();
     let _agent = Agent::start(&p);
-    wait_for("the agent to catch up", Duration::from_secs(300), || {
+    wait_until("the agent to catch up", Duration::from_secs(300), || {
         fs::read_dir(p.root().join("spool")).unwrap().count() == 0
     });
     let caught_up = started.elapsed();

@@ -6,9 +6,9 @@
 #[path = "../../fuzz/src/harness.rs"]
 mod fuzz_harness;
 
+use crate::support::harness::gzip;
 use allspark::core::names::VolumeName;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn fuzz_dir() -> PathBuf {
@@ -56,12 +56,6 @@ fn put(target: &str, name: &str, selector: Option<u8>, body: &[u8]) {
     bytes.extend(selector);
     bytes.extend_from_slice(body);
     fs::write(dir.join(name), bytes).unwrap();
-}
-
-fn gz(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 fn header(name: &[u8], ty: tar::EntryType, size: u64, link: &[u8]) -> tar::Header {
@@ -320,7 +314,7 @@ fn write_fuzz_seeds() {
             "extract",
             &format!("hostile-{name}.tar.gz"),
             Some(4 | 8),
-            &gz(&t),
+            &gzip(&t),
         );
     }
     eprintln!("seeds written under {}", fuzz_dir().join("seeds").display());

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::support::backups::text;
 use chrono::{Duration, Local, NaiveDateTime};
 use harness::Plugin;
 use serde_json::{json, Value};
@@ -24,15 +25,6 @@ fn allspark(root: &Path, args: &[&str]) -> Output {
         .env_remove("ALLSPARK_BACKUP_ROOT")
         .output()
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\n--- stdout\n{}--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn stamp(t: NaiveDateTime) -> String {

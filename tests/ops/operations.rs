@@ -41,10 +41,6 @@ fn create(p: &Plugin, name: &str, opts: Value) -> String {
     )
 }
 
-fn data(p: &Plugin, name: &str) -> PathBuf {
-    p.root().join("volumes").join(name).join("data")
-}
-
 fn mount(p: &Plugin, name: &str, id: &str) -> PathBuf {
     let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": name, "ID": id}));
     assert_eq!(err_of(&v), "", "{v}");
@@ -70,7 +66,7 @@ fn base_template(p: &Plugin) {
         ),
         ""
     );
-    let d = data(p, "base");
+    let d = p.managed_data("base");
     std::fs::create_dir(d.join("app")).unwrap();
     std::fs::write(d.join("app/Gemfile"), b"source 'https://rubygems.org'\n").unwrap();
     std::os::unix::fs::chown(d.join("app"), Some(1000), Some(1000)).unwrap();
@@ -88,7 +84,7 @@ fn templates_copy_a_volume_or_a_snapshot_with_owners_and_modes() {
     let p = Plugin::start(BIN);
     base_template(&p);
     assert_eq!(create(&p, "project-a", json!({"template": "base"})), "");
-    let a = data(&p, "project-a");
+    let a = p.managed_data("project-a");
     assert_eq!(
         std::fs::read(a.join("app/Gemfile")).unwrap(),
         b"source 'https://rubygems.org'\n"
@@ -108,7 +104,7 @@ fn templates_copy_a_volume_or_a_snapshot_with_owners_and_modes() {
     let id = cli_ok(&p, &["snapshot", "create", "base"])
         .trim()
         .to_string();
-    std::fs::write(data(&p, "base").join("app/Gemfile"), b"changed later").unwrap();
+    std::fs::write(p.managed_data("base").join("app/Gemfile"), b"changed later").unwrap();
     assert_eq!(
         create(
             &p,
@@ -117,7 +113,7 @@ fn templates_copy_a_volume_or_a_snapshot_with_owners_and_modes() {
         ),
         ""
     );
-    let b = data(&p, "project-b");
+    let b = p.managed_data("project-b");
     assert_eq!(
         std::fs::read(b.join("app/Gemfile")).unwrap(),
         b"source 'https://rubygems.org'\n",
@@ -213,10 +209,12 @@ fn a_child_volume_is_a_subdirectory_of_its_parent() {
     assert!(err_of(&v).contains("parent of"), "{v}");
     let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": "project-def456"}));
     assert_eq!(err_of(&v), "");
-    assert!(!data(&p, "target-workspaces")
+    assert!(!p
+        .managed_data("target-workspaces")
         .join("project-def456")
         .exists());
-    assert!(data(&p, "target-workspaces")
+    assert!(p
+        .managed_data("target-workspaces")
         .join("project-abc123/app.rb")
         .exists());
 }
@@ -230,7 +228,7 @@ fn migration_interrupted_at_every_step_leaves_the_data_reachable() {
     );
     for i in 0..50 {
         std::fs::write(
-            data(&p, "mig").join(format!("f{i}")),
+            p.managed_data("mig").join(format!("f{i}")),
             format!("content {i}"),
         )
         .unwrap();
@@ -334,7 +332,8 @@ fn workspace_prune_snapshots_first_and_never_touches_a_mounted_volume() {
         ""
     );
     std::fs::write(
-        data(&p, "target-workspaces").join("project-old/work.txt"),
+        p.managed_data("target-workspaces")
+            .join("project-old/work.txt"),
         b"unsaved work",
     )
     .unwrap();
@@ -354,7 +353,10 @@ fn workspace_prune_snapshots_first_and_never_touches_a_mounted_volume() {
             && !dry.contains("target-workspaces:"),
         "{dry}"
     );
-    assert!(data(&p, "logs-tmp").exists(), "--dry-run removes nothing");
+    assert!(
+        p.managed_data("logs-tmp").exists(),
+        "--dry-run removes nothing"
+    );
 
     let young = cli_ok(&p, &["workspace", "prune", "--older-than", "30d"]);
     assert!(young.contains("nothing to prune"), "{young}");
@@ -380,7 +382,7 @@ fn workspace_prune_snapshots_first_and_never_touches_a_mounted_volume() {
         ],
     );
     assert_eq!(
-        std::fs::read(data(&p, "project-old-restored").join("work.txt")).unwrap(),
+        std::fs::read(p.managed_data("project-old-restored").join("work.txt")).unwrap(),
         b"unsaved work"
     );
     unmount(&p, "project-busy", "running");

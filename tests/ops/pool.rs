@@ -42,16 +42,8 @@ fn unmount(p: &Plugin, name: &str, id: &str) {
     assert_eq!(err_of(&v), "", "unmount {name}: {v}");
 }
 
-fn snapshots(p: &Plugin, volume: &str) -> Vec<Value> {
-    serde_json::from_str::<Value>(&cli_ok(p, &["snapshot", "ls", volume, "--json"]))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn kinds(p: &Plugin, volume: &str) -> Vec<String> {
-    snapshots(p, volume)
+    p.snapshots(volume)
         .iter()
         .map(|s| s["kind"].as_str().unwrap().to_string())
         .collect()
@@ -112,12 +104,12 @@ fn snapshot_on_stop_is_a_read_only_subvolume_and_its_archive_follows() {
     std::fs::write(m.join("blob"), noise(7, 3 << 20)).unwrap();
     unmount(&p, "ws", "c1");
     wait_for("the read-only snapshot", Duration::from_secs(30), || {
-        !snapshots(&p, "ws").is_empty()
+        !p.snapshots("ws").is_empty()
     });
     wait_for("its archive", Duration::from_secs(60), || {
         kinds(&p, "ws") == ["cow+archive"]
     });
-    let s = &snapshots(&p, "ws")[0];
+    let s = &p.snapshots("ws")[0];
     let id = s["id"].as_str().unwrap();
     assert_eq!(s["trigger"], "unmount", "{s}");
     assert_eq!(s["cow"]["pool"], "p", "{s}");
@@ -243,7 +235,8 @@ fn clone_from_snapshot_and_volume_share_blocks_and_restore_swaps_a_subvolume_in(
     for _ in 0..3 {
         cli_ok(&p, &["snapshot", "create", "base", "--no-archive"]);
     }
-    let ids: Vec<String> = snapshots(&p, "base")
+    let ids: Vec<String> = p
+        .snapshots("base")
         .iter()
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();
@@ -437,7 +430,7 @@ fn kills_mid_snapshot_mid_clone_and_mid_image_leave_nothing_half_done() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(snapshots(&p, "ws").is_empty(), "no half snapshot is listed");
+    assert!(p.snapshots("ws").is_empty(), "no half snapshot is listed");
     let snap_dir = pool_root(&p).join("snapshots/ws");
     let names = |d: &Path| -> Vec<String> {
         std::fs::read_dir(d)

@@ -11,24 +11,12 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
 
-fn snapshots(p: &Plugin, volume: &str) -> Vec<Value> {
-    serde_json::from_str::<Value>(&cli_ok(p, &["snapshot", "ls", volume, "--json"]))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn start_agent(p: &Plugin) -> Agent {
     Agent::start(
         &p.root(),
         &p.dir.path().join("agent.log"),
         &["--no-docker-events"],
     )
-}
-
-fn data(p: &Plugin, name: &str) -> PathBuf {
-    p.root().join("volumes").join(name).join("data")
 }
 
 fn mount_cycle(p: &Plugin, name: &str, id: &str, work: impl FnOnce(&Path)) {
@@ -92,9 +80,9 @@ fn unmount_hook_snapshots_incrementally_and_restore_gives_the_first_state_back()
     assert_eq!(err_of(&v), "");
     mount_cycle(&p, "ws", "c1", |mp| write_tree(mp, 200));
     wait_for("the first snapshot", Duration::from_secs(30), || {
-        snapshots(&p, "ws").len() == 1
+        p.snapshots("ws").len() == 1
     });
-    let first_state = tree(&data(&p, "ws"));
+    let first_state = tree(&p.managed_data("ws"));
 
     mount_cycle(&p, "ws", "c2", |mp| {
         std::fs::write(mp.join("d1/f1.txt"), b"changed").unwrap();
@@ -102,9 +90,9 @@ fn unmount_hook_snapshots_incrementally_and_restore_gives_the_first_state_back()
         std::fs::remove_file(mp.join("d3/f3.txt")).unwrap();
     });
     wait_for("the second snapshot", Duration::from_secs(30), || {
-        snapshots(&p, "ws").len() == 2
+        p.snapshots("ws").len() == 2
     });
-    let snaps = snapshots(&p, "ws");
+    let snaps = p.snapshots("ws");
     assert_eq!(snaps[0]["trigger"], "unmount");
     assert_eq!(snaps[0]["parent"], Value::Null, "the first is full");
     assert_eq!(
@@ -125,7 +113,7 @@ fn unmount_hook_snapshots_incrementally_and_restore_gives_the_first_state_back()
 
     let first = snaps[0]["id"].as_str().unwrap().to_string();
     cli_ok(&p, &["snapshot", "restore", "ws", &first, "--yes"]);
-    assert_eq!(tree(&data(&p, "ws")), first_state);
+    assert_eq!(tree(&p.managed_data("ws")), first_state);
     cli_ok(&p, &["snapshot", "verify", "ws"]);
 }
 
@@ -137,10 +125,14 @@ fn on_mount_snapshot_is_taken_before_the_mount_returns() {
         "VolumeDriver.Create",
         json!({"Name": "pre", "Opts": {"snapshot": "on-mount"}}),
     );
-    std::fs::write(data(&p, "pre").join("before.txt"), b"state before mount").unwrap();
+    std::fs::write(
+        p.managed_data("pre").join("before.txt"),
+        b"state before mount",
+    )
+    .unwrap();
     let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "pre", "ID": "c"}));
     assert_eq!(err_of(&v), "");
-    let snaps = snapshots(&p, "pre");
+    let snaps = p.snapshots("pre");
     assert_eq!(snaps.len(), 1, "the snapshot exists when Mount answers");
     assert_eq!(snaps[0]["trigger"], "mount");
     p.call("VolumeDriver.Unmount", json!({"Name": "pre", "ID": "c"}));
@@ -185,13 +177,13 @@ fn events_wait_while_the_agent_is_down_and_are_done_once() {
     }
     let spooled = std::fs::read_dir(p.root().join("spool")).unwrap().count();
     assert_eq!(spooled, 3, "three unmount events wait in the spool");
-    assert!(snapshots(&p, "late").is_empty());
+    assert!(p.snapshots("late").is_empty());
     let agent = start_agent(&p);
     wait_for("the spool to drain", Duration::from_secs(30), || {
         std::fs::read_dir(p.root().join("spool")).unwrap().count() == 0
     });
     drop(agent);
-    let snaps = snapshots(&p, "late");
+    let snaps = p.snapshots("late");
     assert_eq!(snaps.len(), 3, "one snapshot per event: {snaps:?}");
     let events: std::collections::BTreeSet<_> = snaps
         .iter()
@@ -215,7 +207,7 @@ fn events_wait_while_the_agent_is_down_and_are_done_once() {
         !replay.exists()
     });
     assert_eq!(
-        snapshots(&p, "late").len(),
+        p.snapshots("late").len(),
         3,
         "a replayed event must not make a second snapshot"
     );
@@ -246,7 +238,7 @@ fn kill9_of_the_agent_mid_snapshot_leaves_no_partial_snapshot() {
     agent.0.kill().unwrap();
     agent.0.wait().unwrap();
     assert!(
-        snapshots(&p, "big").is_empty(),
+        p.snapshots("big").is_empty(),
         "a partial snapshot must never be listed"
     );
     assert_eq!(
@@ -256,7 +248,7 @@ fn kill9_of_the_agent_mid_snapshot_leaves_no_partial_snapshot() {
     );
     let _agent = start_agent(&p);
     wait_for("the retried snapshot", Duration::from_secs(60), || {
-        snapshots(&p, "big").len() == 1
+        p.snapshots("big").len() == 1
     });
     let leftovers: Vec<_> = std::fs::read_dir(&snapdir)
         .unwrap()
@@ -271,7 +263,7 @@ fn kill9_of_the_agent_mid_snapshot_leaves_no_partial_snapshot() {
 fn a_full_disk_fails_the_snapshot_cleanly_and_keeps_older_ones() {
     let p = Plugin::start(BIN);
     p.call("VolumeDriver.Create", json!({"Name": "full", "Opts": null}));
-    std::fs::write(data(&p, "full").join("small"), b"small").unwrap();
+    std::fs::write(p.managed_data("full").join("small"), b"small").unwrap();
     let snapdir = p.root().join("snapshots/full");
     std::fs::create_dir_all(&snapdir).unwrap();
     nix::mount::mount(
@@ -293,7 +285,7 @@ fn a_full_disk_fails_the_snapshot_cleanly_and_keeps_older_ones() {
         .trim()
         .to_string();
     let noise = noise(0x9e37_79b9_7f4a_7c15, 4 << 20);
-    std::fs::write(data(&p, "full").join("noise"), noise).unwrap();
+    std::fs::write(p.managed_data("full").join("noise"), noise).unwrap();
     let out = cli(&p, &["snapshot", "create", "full", "--full"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -301,7 +293,7 @@ fn a_full_disk_fails_the_snapshot_cleanly_and_keeps_older_ones() {
         err.contains("No space left") || err.contains("space"),
         "{err}"
     );
-    let snaps = snapshots(&p, "full");
+    let snaps = p.snapshots("full");
     assert_eq!(snaps.len(), 1);
     assert_eq!(snaps[0]["id"], first.as_str());
     let names: Vec<String> = std::fs::read_dir(&snapdir)
@@ -321,9 +313,9 @@ fn a_full_disk_fails_the_snapshot_cleanly_and_keeps_older_ones() {
 fn cli_rm_refuses_a_needed_parent_and_restore_is_refused_while_mounted() {
     let p = Plugin::start(BIN);
     p.call("VolumeDriver.Create", json!({"Name": "cl", "Opts": null}));
-    std::fs::write(data(&p, "cl").join("a"), b"1").unwrap();
+    std::fs::write(p.managed_data("cl").join("a"), b"1").unwrap();
     let a = cli_ok(&p, &["snapshot", "create", "cl"]).trim().to_string();
-    std::fs::write(data(&p, "cl").join("a"), b"2").unwrap();
+    std::fs::write(p.managed_data("cl").join("a"), b"2").unwrap();
     let b = cli_ok(&p, &["snapshot", "create", "cl"]).trim().to_string();
     let out = cli(&p, &["snapshot", "rm", "cl", &a]);
     assert_eq!(out.status.code(), Some(1));
@@ -345,21 +337,24 @@ fn cli_rm_refuses_a_needed_parent_and_restore_is_refused_while_mounted() {
         Some(1),
         "without --yes nothing is restored"
     );
-    assert_eq!(std::fs::read(data(&p, "cl").join("a")).unwrap(), b"2");
+    assert_eq!(std::fs::read(p.managed_data("cl").join("a")).unwrap(), b"2");
     cli_ok(&p, &["snapshot", "restore", "cl", &a, "--into", "cl-copy"]);
-    assert_eq!(std::fs::read(data(&p, "cl-copy").join("a")).unwrap(), b"1");
+    assert_eq!(
+        std::fs::read(p.managed_data("cl-copy").join("a")).unwrap(),
+        b"1"
+    );
     let (_, v) = p.call("VolumeDriver.Get", json!({"Name": "cl-copy"}));
     assert_eq!(err_of(&v), "", "the new volume is known to the driver");
     cli_ok(&p, &["snapshot", "rm", "cl", &b]);
     cli_ok(&p, &["snapshot", "rm", "cl", &a]);
-    assert!(snapshots(&p, "cl").is_empty());
+    assert!(p.snapshots("cl").is_empty());
 }
 
 #[test]
 fn verify_names_a_corrupted_archive_and_restore_refuses_it() {
     let p = Plugin::start(BIN);
     p.call("VolumeDriver.Create", json!({"Name": "cor", "Opts": null}));
-    std::fs::write(data(&p, "cor").join("keep"), b"current").unwrap();
+    std::fs::write(p.managed_data("cor").join("keep"), b"current").unwrap();
     let id = cli_ok(&p, &["snapshot", "create", "cor"])
         .trim()
         .to_string();
@@ -382,7 +377,7 @@ fn verify_names_a_corrupted_archive_and_restore_refuses_it() {
     let out = cli(&p, &["snapshot", "restore", "cor", &id, "--yes"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        std::fs::read(data(&p, "cor").join("keep")).unwrap(),
+        std::fs::read(p.managed_data("cor").join("keep")).unwrap(),
         b"current",
         "a refused restore changes nothing"
     );
@@ -392,7 +387,7 @@ fn verify_names_a_corrupted_archive_and_restore_refuses_it() {
 fn a_malicious_snapshot_archive_is_refused_and_nothing_escapes() {
     let p = Plugin::start(BIN);
     p.call("VolumeDriver.Create", json!({"Name": "mal", "Opts": null}));
-    std::fs::write(data(&p, "mal").join("keep"), b"current").unwrap();
+    std::fs::write(p.managed_data("mal").join("keep"), b"current").unwrap();
     let id = cli_ok(&p, &["snapshot", "create", "mal"])
         .trim()
         .to_string();
@@ -442,7 +437,7 @@ fn a_malicious_snapshot_archive_is_refused_and_nothing_escapes() {
         "the refused entry is reported: {err}"
     );
     for up in 0..6 {
-        let mut pth = data(&p, "mal");
+        let mut pth = p.managed_data("mal");
         for _ in 0..up {
             pth.pop();
         }
@@ -453,7 +448,7 @@ fn a_malicious_snapshot_archive_is_refused_and_nothing_escapes() {
         );
     }
     assert_eq!(
-        std::fs::read(data(&p, "mal").join("keep")).unwrap(),
+        std::fs::read(p.managed_data("mal").join("keep")).unwrap(),
         b"current"
     );
 }
@@ -462,7 +457,7 @@ fn a_malicious_snapshot_archive_is_refused_and_nothing_escapes() {
 fn a_chain_restores_with_plain_gnu_tar_as_the_readme_says() {
     let p = Plugin::start(BIN);
     p.call("VolumeDriver.Create", json!({"Name": "gnu", "Opts": null}));
-    let d = data(&p, "gnu");
+    let d = p.managed_data("gnu");
     write_tree(&d, 30);
     std::os::unix::fs::symlink("d1/f1.txt", d.join("link")).unwrap();
     cli_ok(&p, &["snapshot", "create", "gnu"]);
@@ -473,7 +468,7 @@ fn a_chain_restores_with_plain_gnu_tar_as_the_readme_says() {
     cli_ok(&p, &["snapshot", "create", "gnu"]);
     let want = tree(&d);
     let out = tempfile::tempdir().unwrap();
-    for s in snapshots(&p, "gnu") {
+    for s in p.snapshots("gnu") {
         for del in s["deleted"].as_array().unwrap() {
             let path = out.path().join(del.as_str().unwrap());
             let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));

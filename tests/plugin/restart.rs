@@ -13,12 +13,6 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
 
-/// Mount counts from Get, per volume.
-fn mounted(p: &Plugin, name: &str) -> Option<u64> {
-    let (_, v) = p.call("VolumeDriver.Get", json!({"Name": name}));
-    v["Volume"]["Status"]["mounted"].as_u64()
-}
-
 #[test]
 fn kill9_during_creates_and_mounts_loses_nothing_acknowledged() {
     let mut p = Plugin::start(BIN);
@@ -68,7 +62,8 @@ fn kill9_during_creates_and_mounts_loses_nothing_acknowledged() {
             "the worker made no progress before the kill"
         );
         for (name, was_mounted) in &acked {
-            let m = mounted(&p, name)
+            let m = p
+                .mount_count(name)
                 .unwrap_or_else(|| panic!("acknowledged volume {name} is gone after kill -9"));
             if *was_mounted {
                 assert_eq!(m, 1, "{name}: acknowledged mount lost");
@@ -81,7 +76,7 @@ fn kill9_during_creates_and_mounts_loses_nothing_acknowledged() {
         let live = p.live_mounts();
         for v in list["Volumes"].as_array().unwrap() {
             let name = v["Name"].as_str().unwrap();
-            let m = mounted(&p, name).unwrap();
+            let m = p.mount_count(name).unwrap();
             let is_live = live.contains(&p.mount_dir().join(name));
             assert_eq!(
                 m > 0,
@@ -116,7 +111,7 @@ fn restart_clears_references_whose_mount_is_gone_and_removes_stale_mounts() {
     harness::set_refs(&p.root(), "stale", json!({}));
     p.spawn();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !p.live_mounts().is_empty() || mounted(&p, "gone") != Some(0) {
+    while !p.live_mounts().is_empty() || p.mount_count("gone") != Some(0) {
         assert!(
             std::time::Instant::now() < deadline,
             "not reconciled: {:?} {}",
@@ -125,7 +120,7 @@ fn restart_clears_references_whose_mount_is_gone_and_removes_stale_mounts() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(mounted(&p, "stale"), Some(0));
+    assert_eq!(p.mount_count("stale"), Some(0));
     // Both mount again normally.
     for name in ["gone", "stale"] {
         let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": name, "ID": "d"}));
@@ -173,7 +168,7 @@ fn references_are_runtime_state_kept_across_kill9_and_void_after_a_new_boot() {
     // A crash keeps them (and the live mount they describe).
     p.kill9();
     p.spawn();
-    assert_eq!(mounted(&p, "rt"), Some(1));
+    assert_eq!(p.mount_count("rt"), Some(1));
     assert_eq!(p.live_mounts(), vec![p.mount_dir().join("rt")]);
     // A new boot voids them: the plugin reconciles the mount it no longer references.
     p.kill9();
@@ -189,7 +184,7 @@ fn references_are_runtime_state_kept_across_kill9_and_void_after_a_new_boot() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(mounted(&p, "rt"), Some(0));
+    assert_eq!(p.mount_count("rt"), Some(0));
     let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "rt", "ID": "c2"}));
     assert_eq!(err_of(&v), "");
     let (_, v) = p.call("VolumeDriver.Unmount", json!({"Name": "rt", "ID": "c2"}));

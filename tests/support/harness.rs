@@ -148,6 +148,27 @@ impl Plugin {
     }
 
     /// One call: (HTTP status, JSON reply).
+    /// Where a default-pool volume's data lives (from the layout, not a hard-coded path).
+    pub fn managed_data(&self, name: &str) -> PathBuf {
+        allspark::core::layout::Layout::new(self.root())
+            .managed_data(&allspark::core::names::VolumeName::fixed(name))
+    }
+
+    /// `allspark snapshot ls VOLUME --json`, parsed.
+    pub fn snapshots(&self, volume: &str) -> Vec<Value> {
+        let out = cli_ok(self, &["snapshot", "ls", volume, "--json"]);
+        match serde_json::from_str::<Value>(&out) {
+            Ok(Value::Array(a)) => a,
+            other => panic!("snapshot ls {volume} --json printed {out:?} ({other:?})"),
+        }
+    }
+
+    /// The mount count `VolumeDriver.Get` shows for `name` (`None`: no such volume).
+    pub fn mount_count(&self, name: &str) -> Option<u64> {
+        let (_, v) = self.call("VolumeDriver.Get", serde_json::json!({"Name": name}));
+        v["Volume"]["Status"]["mounted"].as_u64()
+    }
+
     pub fn call(&self, method: &str, body: Value) -> (u16, Value) {
         call_raw(&self.socket(), method, body.to_string().into_bytes())
     }
@@ -308,4 +329,12 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// `data` as one gzip member (fast level), for hand-made archives.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip finish")
 }
