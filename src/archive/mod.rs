@@ -75,8 +75,10 @@ pub mod reader;
 pub mod writer;
 
 mod decode;
+mod entries;
 mod guard;
 mod gzip;
+mod tar_out;
 mod zst;
 
 use std::io;
