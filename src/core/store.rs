@@ -375,13 +375,31 @@ impl Store {
 
     /// Read a record; `Ok(None)` when the volume does not exist.
     pub fn load(&self, name: &str) -> Result<Option<Arc<VolumeRecord>>, StoreError> {
+        Ok(self.load_durable(name)?.map(|r| self.with_runtime(r)))
+    }
+
+    /// Read the durable record alone, without this boot's mount references (cheaper: no
+    /// runtime file is read); `Ok(None)` when the volume does not exist.
+    pub fn load_durable(&self, name: &str) -> Result<Option<Arc<VolumeRecord>>, StoreError> {
         let path = self.layout.record(name);
         let meta = fs::metadata(&path);
-        self.load_with(name, &path, meta)
+        self.load_cached(name, &path, meta)
     }
 
     /// [`load`](Self::load) with the record's metadata already taken.
     fn load_with(
+        &self,
+        name: &str,
+        path: &Path,
+        meta: io::Result<fs::Metadata>,
+    ) -> Result<Option<Arc<VolumeRecord>>, StoreError> {
+        Ok(self
+            .load_cached(name, path, meta)?
+            .map(|r| self.with_runtime(r)))
+    }
+
+    /// The durable record: from the cache while the file's inode, mtime and size match.
+    fn load_cached(
         &self,
         name: &str,
         path: &Path,
@@ -406,7 +424,7 @@ impl Store {
             .filter(|c| (c.ino, c.mtime_ns, c.size) == key)
             .map(|c| c.record.clone());
         if let Some(record) = cached {
-            return Ok(Some(self.with_runtime(record)));
+            return Ok(Some(record));
         }
         let bytes = match fs::read(path) {
             Ok(b) => b,
@@ -428,7 +446,7 @@ impl Store {
                 record: record.clone(),
             },
         );
-        Ok(Some(self.with_runtime(record)))
+        Ok(Some(record))
     }
 
     /// The record with this boot's runtime part: references from another boot are void (their

@@ -449,14 +449,21 @@ impl Driver {
     /// Mount a volume for a container (reference counted per mount ID).
     pub fn mount(&self, name: &str, id: &str) -> Result<PathBuf> {
         names::validate(name).map_err(DriverError::Invalid)?;
+        // The durable record alone: the references are read below, under the lock, and
+        // before it only when an on-mount snapshot depends on them.
         let rec = self
             .store
-            .load(name)?
+            .load_durable(name)?
             .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
         // One deadline for the whole call, well under Docker's own Mount timeout (120 s): the
         // on-mount snapshot and the snapshot lock share it.
         let deadline = Instant::now() + self.settings.snapshot_wait;
-        if rec.mount_count() == 0 && rec.spec.snapshot.on_mount() {
+        if rec.spec.snapshot.on_mount()
+            && self
+                .store
+                .load(name)?
+                .is_some_and(|r| r.mount_count() == 0)
+        {
             self.wait_for_mount_snapshot(name, deadline)?;
         }
         let _snap = self.wait_for_snapshot_lock(name, deadline)?;
@@ -619,7 +626,7 @@ impl Driver {
     pub fn path(&self, name: &str) -> Result<PathBuf> {
         names::validate(name).map_err(DriverError::Invalid)?;
         self.store
-            .load(name)?
+            .load_durable(name)?
             .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
         Ok(self.mountpoint(name))
     }
