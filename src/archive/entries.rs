@@ -14,6 +14,7 @@ use nix::sys::stat::{fstat, FileStat, SFlag};
 use tar::EntryType;
 
 use super::index::IndexEntry;
+use super::read_ahead::{Ahead, ReadAhead};
 use super::tar_out::{archive_name, base_header, file_header, sparse_segments, TarOut, Xattrs};
 use super::writer::{WriteOptions, WriteReport};
 use super::{encode_rel_path, ArchiveError, EntryKind};
@@ -41,9 +42,11 @@ pub(super) struct Writer<'a, 'o, W: Write> {
     /// Position in the parent index: the walk visits paths in tree order, so
     /// looking them up is a merge, not a search.
     parent_cursor: usize,
+    /// The read-ahead whose files this writer consumes, if any.
+    read_ahead: Option<&'a ReadAhead<'o>>,
 }
 
-pub(super) fn kind_of(st: &FileStat) -> Option<EntryKind> {
+pub(crate) fn kind_of(st: &FileStat) -> Option<EntryKind> {
     let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
     Some(match fmt {
         SFlag::S_IFREG => EntryKind::File,
@@ -56,7 +59,7 @@ pub(super) fn kind_of(st: &FileStat) -> Option<EntryKind> {
     })
 }
 
-fn index_entry(rel: &[u8], kind: EntryKind, st: &FileStat) -> IndexEntry {
+pub(crate) fn index_entry(rel: &[u8], kind: EntryKind, st: &FileStat) -> IndexEntry {
     IndexEntry {
         path: rel.to_vec(),
         kind,
@@ -83,9 +86,10 @@ fn index_entry(rel: &[u8], kind: EntryKind, st: &FileStat) -> IndexEntry {
 
 impl<W: Write> Visitor for Writer<'_, '_, W> {
     type Error = ArchiveError;
+    type Ahead = Ahead;
 
     /// A directory entry; its children follow unless it could not be listed.
-    fn dir(&mut self, d: &DirView<'_>) -> Result<bool, ArchiveError> {
+    fn dir(&mut self, d: &DirView<'_, Ahead>) -> Result<bool, ArchiveError> {
         let xattrs = self.xattrs_fd(d.file, d.rel);
         let h = base_header(d.st, EntryType::Directory);
         self.out
@@ -111,9 +115,13 @@ impl<W: Write> Visitor for Writer<'_, '_, W> {
         cname: &CStr,
         rel: &[u8],
         st: &FileStat,
+        ahead: Option<Ahead>,
     ) -> Result<(), ArchiveError> {
         let dirfd = parent.as_raw_fd();
         let rel = rel.to_vec();
+        if let (Some(a), Some(r)) = (&ahead, self.read_ahead) {
+            r.release(a.charge);
+        }
         match kind_of(st) {
             // Sockets (and anything unknown) cannot be archived.
             None => self.report.sockets_skipped += 1,
@@ -126,7 +134,10 @@ impl<W: Write> Visitor for Writer<'_, '_, W> {
                     self.report.index.push_sorted(e);
                     return Ok(());
                 }
-                self.file(dirfd, cname, rel)?;
+                match ahead {
+                    Some(a) => self.file_read_ahead(rel, a)?,
+                    None => self.file(dirfd, cname, rel)?,
+                }
             }
             Some(EntryKind::Symlink) => self.symlink(dirfd, cname, rel, *st)?,
             Some(kind) => self.special(dirfd, cname, rel, *st, kind)?,
@@ -173,8 +184,14 @@ impl<W: Write> Visitor for Writer<'_, '_, W> {
 }
 
 impl<'a, 'o, W: Write> Writer<'a, 'o, W> {
-    pub(super) fn new(src: &'a Path, opts: &'a WriteOptions<'o>, out: TarOut<W>) -> Self {
+    pub(super) fn new(
+        src: &'a Path,
+        opts: &'a WriteOptions<'o>,
+        out: TarOut<W>,
+        read_ahead: Option<&'a ReadAhead<'o>>,
+    ) -> Self {
         Writer {
+            read_ahead,
             src,
             opts,
             out,
@@ -383,24 +400,9 @@ impl<'a, 'o, W: Write> Writer<'a, 'o, W> {
             self.carry_over(&rel, true);
             return Ok(());
         }
-        let mut e = index_entry(&rel, EntryKind::File, &st);
-        if self.unchanged(&e) {
-            self.report.unchanged_skipped += 1;
-            self.report.index.push_sorted(e);
+        let Some((e, name)) = self.file_start(&rel, &st)? else {
             return Ok(());
-        }
-        let name = archive_name(&rel, false);
-        if st.st_nlink > 1 {
-            let key = (st.st_dev, st.st_ino);
-            if let Some(first) = self.hardlinks.get(&key).cloned() {
-                let h = base_header(&st, EntryType::Link);
-                self.out.append(h, &name, Some(&first), &[])?;
-                self.report.hardlinks += 1;
-                self.report.index.push_sorted(e);
-                return Ok(());
-            }
-            self.hardlinks.insert(key, name.clone());
-        }
+        };
         let xattrs = self.xattrs_fd(&file, &rel);
         if let Some(hook) = &self.opts.before_file_read {
             hook(&rel);
@@ -419,20 +421,87 @@ impl<'a, 'o, W: Write> Writer<'a, 'o, W> {
         }
         let on_disk: u64 = segments.iter().map(|s| s.1).sum();
         self.out.pad(on_disk)?;
-        if let Some(err) = outcome.error {
+        let after = fstat(file.as_raw_fd()).ok();
+        let changed = outcome.short || moved(&st, after.as_ref());
+        self.file_end(rel, e, size, outcome.error, changed);
+        Ok(())
+    }
+
+    /// A small file read on a scan thread (see [`super::read_ahead`]): stored exactly
+    /// as [`file`](Self::file) would have stored it.
+    fn file_read_ahead(&mut self, rel: Vec<u8>, a: Ahead) -> Result<(), ArchiveError> {
+        let Some((e, name)) = self.file_start(&rel, &a.st)? else {
+            return Ok(());
+        };
+        self.report.xattrs_skipped += a.xattrs_skipped;
+        let size = a.st.st_size.max(0) as u64;
+        self.out
+            .append(file_header(&a.st, None), &name, None, &a.xattrs)?;
+        let have = a.data.len().min(size as usize);
+        self.out.write_all(&a.data[..have])?;
+        self.report.bytes_in += have as u64;
+        // Shrunk or unreadable: zeros up to the stat'ed size.
+        let mut left = size - have as u64;
+        while left > 0 {
+            let n = left.min(self.buf.len() as u64) as usize;
+            self.buf[..n].fill(0);
+            let buf = std::mem::take(&mut self.buf);
+            let written = self.out.write_all(&buf[..n]);
+            self.buf = buf;
+            written?;
+            left -= n as u64;
+        }
+        self.out.pad(size)?;
+        self.progress();
+        let changed = a.data.len() as u64 != size || moved(&a.st, a.after.as_ref());
+        self.file_end(rel, e, size, a.error, changed);
+        Ok(())
+    }
+
+    /// Before a file's data: unchanged since the parent (skipped), or a second name of a
+    /// file already stored (a hard-link entry); else its index entry and archive name.
+    fn file_start(
+        &mut self,
+        rel: &[u8],
+        st: &FileStat,
+    ) -> Result<Option<(IndexEntry, Vec<u8>)>, ArchiveError> {
+        let e = index_entry(rel, EntryKind::File, st);
+        if self.unchanged(&e) {
+            self.report.unchanged_skipped += 1;
+            self.report.index.push_sorted(e);
+            return Ok(None);
+        }
+        let name = archive_name(rel, false);
+        if st.st_nlink > 1 {
+            let key = (st.st_dev, st.st_ino);
+            if let Some(first) = self.hardlinks.get(&key).cloned() {
+                let h = base_header(st, EntryType::Link);
+                self.out.append(h, &name, Some(&first), &[])?;
+                self.report.hardlinks += 1;
+                self.report.index.push_sorted(e);
+                return Ok(None);
+            }
+            self.hardlinks.insert(key, name.clone());
+        }
+        Ok(Some((e, name)))
+    }
+
+    /// After a file's data: its read error, whether it changed while read, the counts.
+    fn file_end(
+        &mut self,
+        rel: Vec<u8>,
+        mut e: IndexEntry,
+        size: u64,
+        error: Option<io::Error>,
+        changed: bool,
+    ) {
+        if let Some(err) = error {
             self.problem(
                 &rel,
                 format!("read error ({err}); the unreadable part is stored as zeros"),
             );
             e.mtime_ns = i64::MIN; // force a rewrite next time
         }
-        let after = fstat(file.as_raw_fd()).ok();
-        let changed = outcome.short
-            || after.is_none_or(|a| {
-                a.st_size != st.st_size
-                    || a.st_mtime != st.st_mtime
-                    || a.st_mtime_nsec != st.st_mtime_nsec
-            });
         if changed {
             self.report.changed_during_walk += 1;
             tracing::debug!(path = %String::from_utf8_lossy(&rel), "file changed while being archived");
@@ -440,7 +509,6 @@ impl<'a, 'o, W: Write> Writer<'a, 'o, W> {
         self.report.files += 1;
         self.report.apparent_bytes += size;
         self.report.index.push_sorted(e);
-        Ok(())
     }
 
     /// Copy exactly `len` bytes of `file` from `off`: zeros replace what is
@@ -524,6 +592,13 @@ impl<'a, 'o, W: Write> Writer<'a, 'o, W> {
         }
         self.report.deleted = deleted;
     }
+}
+
+/// Did the file's size or mtime change between `st` and `after` (or can it not be told)?
+fn moved(st: &FileStat, after: Option<&FileStat>) -> bool {
+    after.is_none_or(|a| {
+        a.st_size != st.st_size || a.st_mtime != st.st_mtime || a.st_mtime_nsec != st.st_mtime_nsec
+    })
 }
 
 #[derive(Default)]

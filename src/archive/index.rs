@@ -329,8 +329,8 @@ impl Index {
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
         let tmp = tempfile::NamedTempFile::new_in(dir)
             .map_err(|e| ArchiveError::io("create a temporary index file in", dir, e))?;
-        let written = zstd::stream::Encoder::new(tmp.as_file(), INDEX_ZSTD_LEVEL)
-            .and_then(|mut z| {
+        let written =
+            zstd::stream::Encoder::new(tmp.as_file(), INDEX_ZSTD_LEVEL).and_then(|mut z| {
                 self.write_to(&mut z)?;
                 z.finish().map(drop)
             });
@@ -361,7 +361,8 @@ impl Index {
         let z = zstd::stream::Decoder::with_buffer(r)
             .map_err(|e| ArchiveError::io("read the index", source, e))?;
         Index::read_from(BufReader::with_capacity(1 << 16, z), source)
-    }}
+    }
+}
 
 /// A byte written as itself in the index (everything else is `%XX`).
 fn plain(b: u8) -> bool {

@@ -78,6 +78,7 @@ mod decode;
 mod entries;
 mod guard;
 mod gzip;
+mod read_ahead;
 mod tar_out;
 mod zst;
 

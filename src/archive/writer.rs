@@ -14,16 +14,18 @@
 //! counted in `changed_during_walk`. Entries that cannot be read are listed in
 //! `problems`. Only an error writing the output aborts.
 
+use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use nix::sys::stat::fstat;
+use nix::sys::stat::{fstat, FileStat};
 
 use super::compress::{CompressOptions, CompressStats, ParallelWriter};
 use super::entries::{kind_of, Writer};
 use super::index::Index;
+use super::read_ahead::{Ahead, ReadAhead};
 use super::tar_out::TarOut;
 use super::{ArchiveError, EntryKind};
 use crate::fs::walk;
@@ -152,9 +154,15 @@ fn write_tree_inner<W: Write>(
             io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
         ));
     }
-    let mut w = Writer::new(src, opts, TarOut::new(out));
+    // Small files are read on the scan threads, except when a test hooks the moment of the
+    // read on the writer's thread.
+    let ahead = ReadAhead::new(opts.parent);
+    let use_ahead = opts.before_file_read.is_none();
+    let read = |d: &File, n: &CStr, rel: &[u8], st: &FileStat| ahead.read(d, n, rel, st);
+    let mut w = Writer::new(src, opts, TarOut::new(out), use_ahead.then_some(&ahead));
     let walk_opts = walk::Options {
         one_file_system: opts.one_file_system,
+        ahead: use_ahead.then_some(&read as walk::AheadFn<'_, Ahead>),
         ..walk::Options::default()
     };
     walk::walk(root, st, &walk_opts, &mut w)?;
@@ -189,6 +197,34 @@ mod tests {
         assert_eq!(report.bytes_in, 6);
         let idx: Vec<&[u8]> = report.index.entries().iter().map(|e| &e.path[..]).collect();
         assert_eq!(idx, [&b""[..], b"a", b"b", b"b/x", b"b-"]);
+    }
+
+    #[test]
+    fn files_read_ahead_are_stored_as_the_writer_would_store_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for d in 0..20 {
+            let sub = root.join(format!("d{d}"));
+            std::fs::create_dir(&sub).expect("mkdir");
+            for f in 0..30 {
+                let len = (d * 31 + f * 977) % 70_000; // some above read-ahead's limit
+                std::fs::write(sub.join(format!("f{f}")), vec![(d + f) as u8; len]).expect("write");
+            }
+            std::fs::set_permissions(sub.join("f1"), std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+            std::fs::hard_link(sub.join("f2"), sub.join("link")).expect("link");
+        }
+        let mut ahead = Vec::new();
+        write_tree(root, &mut ahead, &WriteOptions::default()).expect("with read-ahead");
+        let mut plain = Vec::new();
+        let opts = WriteOptions {
+            // A read hook turns read-ahead off: every file is read on the writer's thread.
+            before_file_read: Some(Box::new(|_| {})),
+            ..Default::default()
+        };
+        write_tree(root, &mut plain, &opts).expect("without read-ahead");
+        assert!(ahead == plain, "the two archives differ");
     }
 
     #[test]

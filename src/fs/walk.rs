@@ -16,7 +16,10 @@
 //!
 //! The consumer is a [`Visitor`]: it is handed each directory (with its open
 //! descriptor, so it can open files in it relative to it) and each other entry
-//! with its `lstat`, and decides whether to descend.
+//! with its `lstat`, and decides whether to descend. Where reading pays (many
+//! small files), [`Options::ahead`] lets the scan threads also do per-entry
+//! work of the consumer's (open and read a small file), handed over with the
+//! entry; the consumer bounds what it keeps in flight.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -38,9 +41,13 @@ pub const MAX_PREFETCH: usize = 64;
 /// `Some(names)` is used instead of reading the directory.
 pub type ListingSource<'a> = &'a (dyn Fn(&[u8], &FileStat) -> Option<Vec<Vec<u8>>> + Sync);
 
+/// Work done on the scan threads for a non-directory entry, given its open
+/// directory, name, path relative to the root and `lstat`; what it returns is
+/// handed to [`Visitor::entry`] with the entry.
+pub type AheadFn<'a, A> = &'a (dyn Fn(&File, &CStr, &[u8], &FileStat) -> Option<A> + Sync);
+
 /// How to walk.
-#[derive(Default, Clone, Copy)]
-pub struct Options<'a> {
+pub struct Options<'a, A = ()> {
     /// Do not list directories on another filesystem than the root's (they are
     /// still handed to the visitor, with [`Listing::OtherFs`]).
     pub one_file_system: bool,
@@ -48,6 +55,19 @@ pub struct Options<'a> {
     pub threads: usize,
     /// Reuse known listings, see [`ListingSource`].
     pub listings: Option<ListingSource<'a>>,
+    /// Per-entry work on the scan threads, see [`AheadFn`].
+    pub ahead: Option<AheadFn<'a, A>>,
+}
+
+impl<A> Default for Options<'_, A> {
+    fn default() -> Self {
+        Options {
+            one_file_system: false,
+            threads: 0,
+            listings: None,
+            ahead: None,
+        }
+    }
 }
 
 /// How a directory's entries were obtained.
@@ -64,7 +84,7 @@ pub enum Listing {
 }
 
 /// A directory handed to [`Visitor::dir`].
-pub struct DirView<'a> {
+pub struct DirView<'a, A = ()> {
     /// The open directory: open its entries relative to it.
     pub file: &'a File,
     /// Path relative to the root (empty for the root).
@@ -74,10 +94,10 @@ pub struct DirView<'a> {
     /// Its `lstat` from the parent's listing (`None` for the root).
     pub lstat: Option<&'a FileStat>,
     pub listing: Listing,
-    children: &'a [Child],
+    children: &'a [Child<A>],
 }
 
-impl DirView<'_> {
+impl<A> DirView<'_, A> {
     /// The names of its entries, sorted bytewise (empty unless listed or reused).
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
         self.children.iter().map(|c| c.name.as_slice())
@@ -99,16 +119,19 @@ pub enum Failure {
 /// What the walk hands its consumer, in tree order.
 pub trait Visitor {
     type Error;
+    /// What [`Options::ahead`] produces (`()` without it).
+    type Ahead: Send;
     /// A directory, the root first. `Ok(true)` descends into its entries.
-    fn dir(&mut self, dir: &DirView<'_>) -> Result<bool, Self::Error>;
-    /// Any entry that is not a directory, with its `lstat`; `parent` is its
-    /// open directory, `name` its name there.
+    fn dir(&mut self, dir: &DirView<'_, Self::Ahead>) -> Result<bool, Self::Error>;
+    /// Any entry that is not a directory, with its `lstat` and what was done
+    /// for it ahead; `parent` is its open directory, `name` its name there.
     fn entry(
         &mut self,
         parent: &File,
         name: &CStr,
         rel: &[u8],
         st: &FileStat,
+        ahead: Option<Self::Ahead>,
     ) -> Result<(), Self::Error>;
     /// An entry that could not be looked at; `lstat` is known for a directory
     /// that failed to open.
@@ -152,7 +175,7 @@ pub fn open_at(dir: RawFd, name: &CStr, flags: OFlag) -> Result<File, Errno> {
 pub fn walk<V: Visitor>(
     root: File,
     st: FileStat,
-    opts: &Options<'_>,
+    opts: &Options<'_, V::Ahead>,
     v: &mut V,
 ) -> Result<(), V::Error> {
     let threads = match opts.threads {
@@ -162,9 +185,10 @@ pub fn walk<V: Visitor>(
     let cx = ScanCx {
         one_fs: opts.one_file_system.then_some(st.st_dev),
         listings: opts.listings,
+        ahead: opts.ahead,
     };
     std::thread::scope(|s| {
-        let (jobs, queue) = bounded::<ScanJob>(MAX_PREFETCH);
+        let (jobs, queue) = bounded::<ScanJob<V::Ahead>>(MAX_PREFETCH);
         for _ in 0..threads {
             let queue = queue.clone();
             let cx = &cx;
@@ -192,47 +216,52 @@ pub fn walk<V: Visitor>(
 }
 
 /// What the scan threads need.
-struct ScanCx<'a> {
+struct ScanCx<'a, A> {
     /// `Some(root device)` under `one_file_system`.
     one_fs: Option<u64>,
     listings: Option<ListingSource<'a>>,
+    ahead: Option<AheadFn<'a, A>>,
 }
 
 /// A directory opened (without following symlinks), listed and every entry
 /// lstat'ed, by a scan thread ahead of the walk or by the walk itself.
-struct Scanned {
+struct Scanned<A> {
     dir: Arc<File>,
     /// `fstat` of the opened directory, if it worked.
     st: Option<FileStat>,
-    listing: (Listing, Vec<Child>),
+    listing: (Listing, Vec<Child<A>>),
 }
 
+type ScanReply<A> = Result<Scanned<A>, Errno>;
+
 /// One entry of a [`Scanned`] directory.
-struct Child {
+struct Child<A> {
     name: Vec<u8>,
     /// Its lstat (taken when its directory was scanned).
     st: Result<FileStat, Errno>,
     /// For a subdirectory handed to a scan thread: its scan.
-    scan: Option<Receiver<Result<Scanned, Errno>>>,
+    scan: Option<Receiver<ScanReply<A>>>,
+    /// For another entry: what [`Options::ahead`] did.
+    ahead: Option<A>,
 }
 
-struct ScanJob {
+struct ScanJob<A> {
     parent: Arc<File>,
     name: CString,
     rel: Vec<u8>,
-    reply: Sender<Result<Scanned, Errno>>,
+    reply: Sender<ScanReply<A>>,
 }
 
-impl ScanCx<'_> {
+impl<A> ScanCx<'_, A> {
     /// Open `name` in `parent` as a directory, then list and lstat its entries.
     /// `Err` when it cannot be opened.
-    fn scan(&self, parent: RawFd, name: &CStr, rel: &[u8]) -> Result<Scanned, Errno> {
+    fn scan(&self, parent: RawFd, name: &CStr, rel: &[u8]) -> ScanReply<A> {
         let dir = open_at(parent, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
         let st = fstat(dir.as_raw_fd()).ok();
         let listing = match (self.one_fs, &st) {
             (Some(dev), Some(s)) if s.st_dev != dev => (Listing::OtherFs, Vec::new()),
             (_, Some(s)) => self.list(&dir, rel, s),
-            (_, None) => self.list_names(&dir, None),
+            (_, None) => self.list_names(&dir, rel, None),
         };
         Ok(Scanned {
             dir: Arc::new(dir),
@@ -241,14 +270,19 @@ impl ScanCx<'_> {
         })
     }
 
-    fn list(&self, dir: &File, rel: &[u8], st: &FileStat) -> (Listing, Vec<Child>) {
+    fn list(&self, dir: &File, rel: &[u8], st: &FileStat) -> (Listing, Vec<Child<A>>) {
         let known = self.listings.and_then(|l| l(rel, st));
-        self.list_names(dir, known)
+        self.list_names(dir, rel, known)
     }
 
     /// The entries of `dir` (read now, or `known`), sorted by name, each with
-    /// its lstat (one `fstatat`, no open).
-    fn list_names(&self, dir: &File, known: Option<Vec<Vec<u8>>>) -> (Listing, Vec<Child>) {
+    /// its lstat (one `fstatat`, no open) and the work done ahead for it.
+    fn list_names(
+        &self,
+        dir: &File,
+        rel: &[u8],
+        known: Option<Vec<Vec<u8>>>,
+    ) -> (Listing, Vec<Child<A>>) {
         let (how, mut names) = match known {
             Some(n) => (Listing::Reused, n),
             None => match read_names(dir) {
@@ -261,14 +295,24 @@ impl ScanCx<'_> {
         let children = names
             .into_iter()
             .map(|name| {
-                let st = match CString::new(name.as_slice()) {
-                    Ok(c) => fstatat(Some(fd), c.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW),
-                    Err(_) => Err(Errno::EINVAL),
+                let Ok(c) = CString::new(name.as_slice()) else {
+                    return Child {
+                        name,
+                        st: Err(Errno::EINVAL),
+                        scan: None,
+                        ahead: None,
+                    };
+                };
+                let st = fstatat(Some(fd), c.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
+                let ahead = match (&st, self.ahead) {
+                    (Ok(s), Some(f)) if !is_dir(s) => f(dir, &c, &join_rel(rel, &name), s),
+                    _ => None,
                 };
                 Child {
                     name,
                     st,
                     scan: None,
+                    ahead,
                 }
             })
             .collect();
@@ -291,27 +335,32 @@ fn read_names(dir: &File) -> Result<Vec<Vec<u8>>, Errno> {
 }
 
 /// One directory being walked.
-struct Frame {
+struct Frame<A> {
     dir: Arc<File>,
     rel: Vec<u8>,
-    children: Vec<Child>,
+    children: Vec<Child<A>>,
     /// The next child to visit.
     next: usize,
     /// The next child to consider handing to a scan thread.
     submit: usize,
 }
 
-struct Walk<'c, 'a> {
-    cx: &'c ScanCx<'a>,
+struct Walk<'c, 'a, A> {
+    cx: &'c ScanCx<'a, A>,
     /// Queue of the scan threads.
-    scan: Sender<ScanJob>,
+    scan: Sender<ScanJob<A>>,
     /// Scans handed out and not yet taken by the walk.
     outstanding: usize,
 }
 
-impl Walk<'_, '_> {
-    fn run<V: Visitor>(&mut self, root: Scanned, st: FileStat, v: &mut V) -> Result<(), V::Error> {
-        let mut stack: Vec<Frame> = Vec::new();
+impl<A: Send> Walk<'_, '_, A> {
+    fn run<V: Visitor<Ahead = A>>(
+        &mut self,
+        root: Scanned<A>,
+        st: FileStat,
+        v: &mut V,
+    ) -> Result<(), V::Error> {
+        let mut stack: Vec<Frame<A>> = Vec::new();
         if let Some(frame) = self.enter(v, root, None, st, Vec::new())? {
             stack.push(frame);
         }
@@ -327,6 +376,7 @@ impl Walk<'_, '_> {
                     name: Vec::new(),
                     st: Err(Errno::UnknownErrno),
                     scan: None,
+                    ahead: None,
                 },
             );
             top.next += 1;
@@ -340,14 +390,14 @@ impl Walk<'_, '_> {
     }
 
     /// Hand a directory to the visitor and make a frame of its children if it descends.
-    fn enter<V: Visitor>(
+    fn enter<V: Visitor<Ahead = A>>(
         &mut self,
         v: &mut V,
-        scanned: Scanned,
+        scanned: Scanned<A>,
         lstat: Option<&FileStat>,
         fallback: FileStat,
         rel: Vec<u8>,
-    ) -> Result<Option<Frame>, V::Error> {
+    ) -> Result<Option<Frame<A>>, V::Error> {
         let st = scanned.st.unwrap_or(fallback);
         let (listing, children) = scanned.listing;
         let view = DirView {
@@ -368,13 +418,13 @@ impl Walk<'_, '_> {
         }))
     }
 
-    fn visit<V: Visitor>(
+    fn visit<V: Visitor<Ahead = A>>(
         &mut self,
         v: &mut V,
         parent: &File,
-        child: Child,
+        child: Child<A>,
         rel: Vec<u8>,
-    ) -> Result<Option<Frame>, V::Error> {
+    ) -> Result<Option<Frame<A>>, V::Error> {
         let Ok(cname) = CString::new(child.name.as_slice()) else {
             v.failed(&rel, None, Failure::Name)?;
             return Ok(None);
@@ -387,7 +437,7 @@ impl Walk<'_, '_> {
             }
         };
         if !is_dir(&st) {
-            v.entry(parent, &cname, &rel, &st)?;
+            v.entry(parent, &cname, &rel, &st, child.ahead)?;
             return Ok(None);
         }
         let scanned = match child.scan {
@@ -409,7 +459,7 @@ impl Walk<'_, '_> {
 
     /// Hand the next subdirectories of `frame` to the scan threads, up to the
     /// prefetch limit.
-    fn prefetch(&mut self, frame: &mut Frame) {
+    fn prefetch(&mut self, frame: &mut Frame<A>) {
         frame.submit = frame.submit.max(frame.next);
         while self.outstanding < MAX_PREFETCH && frame.submit < frame.children.len() {
             let c = &mut frame.children[frame.submit];
@@ -461,11 +511,19 @@ mod tests {
 
     impl Visitor for Names {
         type Error = ();
+        type Ahead = ();
         fn dir(&mut self, d: &DirView<'_>) -> Result<bool, ()> {
             self.0.push(format!("{}/", String::from_utf8_lossy(d.rel)));
             Ok(true)
         }
-        fn entry(&mut self, _: &File, _: &CStr, rel: &[u8], _: &FileStat) -> Result<(), ()> {
+        fn entry(
+            &mut self,
+            _: &File,
+            _: &CStr,
+            rel: &[u8],
+            _: &FileStat,
+            _: Option<()>,
+        ) -> Result<(), ()> {
             self.0.push(String::from_utf8_lossy(rel).into_owned());
             Ok(())
         }
@@ -507,12 +565,20 @@ mod tests {
         struct Skip(Vec<(String, Listing)>);
         impl Visitor for Skip {
             type Error = ();
+            type Ahead = ();
             fn dir(&mut self, d: &DirView<'_>) -> Result<bool, ()> {
                 self.0
                     .push((String::from_utf8_lossy(d.rel).into_owned(), d.listing));
                 Ok(d.rel != b"skip")
             }
-            fn entry(&mut self, _: &File, _: &CStr, r: &[u8], _: &FileStat) -> Result<(), ()> {
+            fn entry(
+                &mut self,
+                _: &File,
+                _: &CStr,
+                r: &[u8],
+                _: &FileStat,
+                _: Option<()>,
+            ) -> Result<(), ()> {
                 self.0
                     .push((String::from_utf8_lossy(r).into_owned(), Listing::Read));
                 Ok(())

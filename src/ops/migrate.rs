@@ -309,6 +309,7 @@ impl Fingerprint<'_> {
 
 impl walk::Visitor for Fingerprint<'_> {
     type Error = anyhow::Error;
+    type Ahead = ();
 
     fn dir(&mut self, d: &walk::DirView<'_>) -> anyhow::Result<bool> {
         if let walk::Listing::Failed(e) = d.listing {
@@ -329,6 +330,7 @@ impl walk::Visitor for Fingerprint<'_> {
         name: &CStr,
         rel: &[u8],
         st: &FileStat,
+        _: Option<()>,
     ) -> anyhow::Result<()> {
         let shown = || self.root.join(OsStr::from_bytes(rel));
         let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());

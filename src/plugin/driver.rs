@@ -459,10 +459,7 @@ impl Driver {
         // on-mount snapshot and the snapshot lock share it.
         let deadline = Instant::now() + self.settings.snapshot_wait;
         if rec.spec.snapshot.on_mount()
-            && self
-                .store
-                .load(name)?
-                .is_some_and(|r| r.mount_count() == 0)
+            && self.store.load(name)?.is_some_and(|r| r.mount_count() == 0)
         {
             self.wait_for_mount_snapshot(name, deadline)?;
         }

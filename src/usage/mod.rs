@@ -222,6 +222,7 @@ impl Counter<'_> {
 
 impl Visitor for Counter<'_> {
     type Error = std::convert::Infallible;
+    type Ahead = ();
 
     fn dir(&mut self, d: &DirView<'_>) -> Result<bool, Self::Error> {
         if let Some(lstat) = d.lstat {
@@ -263,7 +264,14 @@ impl Visitor for Counter<'_> {
         Ok(true)
     }
 
-    fn entry(&mut self, _: &File, _: &CStr, _: &[u8], st: &FileStat) -> Result<(), Self::Error> {
+    fn entry(
+        &mut self,
+        _: &File,
+        _: &CStr,
+        _: &[u8],
+        st: &FileStat,
+        _: Option<()>,
+    ) -> Result<(), Self::Error> {
         self.count(st);
         Ok(())
     }
@@ -310,6 +318,7 @@ fn walk(
         one_file_system: true,
         threads: opts.threads.max(2),
         listings: old.is_some().then_some(&known as walk::ListingSource<'_>),
+        ahead: None,
     };
     let mut counter = Counter {
         root,
@@ -350,6 +359,7 @@ pub(crate) fn tree_apparent_size(dir: &Path) -> u64 {
     struct Sizes(u64);
     impl Visitor for Sizes {
         type Error = std::convert::Infallible;
+        type Ahead = ();
         fn dir(&mut self, _: &DirView<'_>) -> Result<bool, Self::Error> {
             Ok(true)
         }
@@ -359,6 +369,7 @@ pub(crate) fn tree_apparent_size(dir: &Path) -> u64 {
             _: &CStr,
             _: &[u8],
             st: &FileStat,
+            _: Option<()>,
         ) -> Result<(), Self::Error> {
             self.0 += st.st_size.max(0) as u64;
             Ok(())
