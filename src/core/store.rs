@@ -353,6 +353,34 @@ fn later(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<
 pub struct Store {
     layout: Layout,
     cache: Mutex<HashMap<String, Cached>>,
+    /// The last listing of the records directory, see [`Store::names`].
+    names_cache: Mutex<Option<(DirStamp, Arc<Vec<String>>)>>,
+}
+
+/// How long after its last change a directory's listing may be kept.
+pub const LISTING_RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What changes when a directory's entries change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DirStamp {
+    ino: u64,
+    mtime: i64,
+    ctime: i64,
+}
+
+impl DirStamp {
+    fn of(m: &fs::Metadata) -> DirStamp {
+        DirStamp {
+            ino: m.ino(),
+            mtime: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
+    }
+}
+
+fn unix_nanos(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 impl Store {
@@ -360,6 +388,7 @@ impl Store {
         Store {
             layout,
             cache: Mutex::new(HashMap::new()),
+            names_cache: Mutex::new(None),
         }
     }
 
@@ -542,8 +571,22 @@ impl Store {
     }
 
     /// Names of all volumes, sorted.
-    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+    ///
+    /// The listing is kept while the records directory's inode, mtime and ctime stay the
+    /// same (every record written, renamed or deleted changes them), and only once they are
+    /// [`LISTING_RACY_WINDOW`] older than the listing: a change in the same clock tick as
+    /// the one before it could leave the mtime as it was (git's "racy" rule).
+    pub fn names(&self) -> Result<Arc<Vec<String>>, StoreError> {
         let dir = self.layout.state_dir();
+        let before = fs::metadata(&dir).map_err(io_err("list", &dir))?;
+        let stamp = DirStamp::of(&before);
+        let cached = self.names_cache_lock().clone();
+        if let Some((s, names)) = cached {
+            if s == stamp {
+                return Ok(names);
+            }
+        }
+        let started = std::time::SystemTime::now();
         let mut names = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
             let entry = entry.map_err(io_err("list", &dir))?;
@@ -551,8 +594,17 @@ impl Store {
                 names.push(name);
             }
         }
-        names.sort();
+        names.sort_unstable();
+        let names = Arc::new(names);
+        let window = LISTING_RACY_WINDOW.as_nanos() as i64;
+        let now = unix_nanos(started);
+        let settled = stamp.mtime + window <= now && stamp.ctime + window <= now;
+        *self.names_cache_lock() = settled.then(|| (stamp, names.clone()));
         Ok(names)
+    }
+
+    fn names_cache_lock(&self) -> std::sync::MutexGuard<'_, Option<(DirStamp, Arc<Vec<String>>)>> {
+        self.names_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// All records that read cleanly, and the errors of those that did not.
@@ -622,9 +674,30 @@ mod tests {
             2,
             "cache must notice the rewrite"
         );
-        assert_eq!(store.names().unwrap(), vec!["v1".to_string()]);
+        assert_eq!(*store.names().unwrap(), vec!["v1".to_string()]);
         store.delete("v1").unwrap();
         assert!(store.load("v1").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_kept_listing_follows_every_record_created_or_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::new(d.path());
+        layout.ensure().unwrap();
+        let store = Store::new(layout);
+        store.save(&record("a")).unwrap();
+        // Past the racy window the listing is kept ...
+        std::thread::sleep(LISTING_RACY_WINDOW + std::time::Duration::from_millis(100));
+        assert_eq!(*store.names().unwrap(), ["a"]);
+        assert!(
+            store.names_cache_lock().is_some(),
+            "a settled listing is kept"
+        );
+        // ... and a record written or deleted since is seen at once.
+        store.save(&record("b")).unwrap();
+        assert_eq!(*store.names().unwrap(), ["a", "b"]);
+        store.delete("a").unwrap();
+        assert_eq!(*store.names().unwrap(), ["b"]);
     }
 
     #[test]

@@ -646,13 +646,15 @@ impl Driver {
     /// Every volume: names and mountpoints, all Docker needs, from the directory listing of
     /// the records (no record is read; Get gives the rest).
     pub fn list(&self) -> Result<Vec<crate::plugin::protocol::Volume>> {
-        Ok(self
-            .store
-            .names()?
-            .into_iter()
+        let names = self.store.names()?;
+        // `mountpoint()` for every name, with the directory's text made once.
+        let base = self.settings.mount_dir.to_string_lossy();
+        let base = base.trim_end_matches('/');
+        Ok(names
+            .iter()
             .map(|name| crate::plugin::protocol::Volume {
-                mountpoint: self.mountpoint(&name).to_string_lossy().into_owned(),
-                name,
+                mountpoint: format!("{base}/{name}"),
+                name: name.clone(),
                 created_at: None,
                 status: None,
             })
