@@ -394,6 +394,12 @@ impl Driver {
             }
             return Err(e.into());
         }
+        // Not a live mount (checked above): the mount point kept since the last Unmount.
+        if let Err(e) = fs::remove_dir(self.mountpoint(name)) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(volume = name, %e, "cannot delete the volume's empty mount point");
+            }
+        }
         // Still under the record lock: the lock files go with the record.
         crate::core::locks::release_removed(&self.layout, name, lock);
         spool::request_measure(&self.layout, name);
@@ -598,7 +604,8 @@ impl Driver {
             self.sys
                 .unmount(&target)
                 .map_err(io_ctx(format!("cannot unmount {}", target.display())))?;
-            let _ = fs::remove_dir(&target);
+            // The empty mount point stays for the next Mount (a mkdir and rmdir per pair
+            // cost as much as the mount itself); Remove deletes it.
             rec.last_unmounted_at = Some(Utc::now());
         }
         self.store.save_runtime(&rec)?;
