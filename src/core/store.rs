@@ -748,6 +748,31 @@ mod tests {
     }
 
     #[test]
+    fn references_are_rewritten_in_place_and_read_back_after_shrinking() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::new(d.path());
+        layout.ensure().unwrap();
+        let store = Store::new(layout.clone());
+        let mut r = record("v");
+        store.save(&r).unwrap();
+        for id in ["a", "b", "c"] {
+            r.mounts.insert(format!("{id}{}", "0".repeat(60)), 1);
+        }
+        store.save_runtime(&r).unwrap();
+        let refs = layout.refs("v");
+        let (ino, len) = {
+            let m = fs::metadata(&refs).unwrap();
+            (m.ino(), m.len())
+        };
+        assert_eq!(store.load("v").unwrap().unwrap().mount_count(), 3);
+        r.mounts.clear();
+        store.save_runtime(&r).unwrap();
+        let m = fs::metadata(&refs).unwrap();
+        assert_eq!((m.ino(), m.len()), (ino, len), "same file, padded, not replaced");
+        assert_eq!(store.load("v").unwrap().unwrap().mount_count(), 0);
+    }
+
+    #[test]
     fn corrupt_record_is_a_clear_error_not_an_absence() {
         let d = tempfile::tempdir().unwrap();
         let layout = Layout::new(d.path());
