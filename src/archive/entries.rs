@@ -43,7 +43,7 @@ pub(super) struct Writer<'a, 'o, W: Write> {
     /// looking them up is a merge, not a search.
     parent_cursor: usize,
     /// The read-ahead whose files this writer consumes, if any.
-    read_ahead: Option<&'a ReadAhead<'o>>,
+    read_ahead: Option<&'a ReadAhead>,
 }
 
 pub(crate) fn kind_of(st: &FileStat) -> Option<EntryKind> {
@@ -188,7 +188,7 @@ impl<'a, 'o, W: Write> Writer<'a, 'o, W> {
         src: &'a Path,
         opts: &'a WriteOptions<'o>,
         out: TarOut<W>,
-        read_ahead: Option<&'a ReadAhead<'o>>,
+        read_ahead: Option<&'a ReadAhead>,
     ) -> Self {
         Writer {
             read_ahead,

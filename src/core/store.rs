@@ -768,7 +768,11 @@ mod tests {
         r.mounts.clear();
         store.save_runtime(&r).unwrap();
         let m = fs::metadata(&refs).unwrap();
-        assert_eq!((m.ino(), m.len()), (ino, len), "same file, padded, not replaced");
+        assert_eq!(
+            (m.ino(), m.len()),
+            (ino, len),
+            "same file, padded, not replaced"
+        );
         assert_eq!(store.load("v").unwrap().unwrap().mount_count(), 0);
     }
 
