@@ -282,8 +282,6 @@ impl<'a, 'o, W: Write> Writer<'a, 'o, W> {
         false
     }
 
-    /// Hand the next subdirectories of `frame` to the scan threads, up to the
-
     fn symlink(
         &mut self,
         dirfd: RawFd,

@@ -172,8 +172,7 @@ pub fn measure_cached_with(
     Ok(walk)
 }
 
-/// One cached directory listing.
-
+/// A (seconds, nanoseconds) timestamp as the listing cache keeps it.
 fn ts(s: i64, ns: i64) -> (i64, i64) {
     (s, ns)
 }
