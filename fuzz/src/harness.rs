@@ -757,7 +757,7 @@ pub fn state_files(data: &[u8]) {
         2 => record_file(&dir, rest),
         3 => {
             let p = dir.join("index");
-            match Index::read_from(rest, &p) {
+            match Index::read_any(rest, &p) {
                 Ok(index) => {
                     let mut out = Vec::new();
                     index.write_to(&mut out).expect("write the index");

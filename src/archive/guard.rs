@@ -289,7 +289,7 @@ mod tests {
     #[test]
     fn parse_pax_handles_newlines_in_values() {
         let v: &[u8] = b"a\nb\n12 path=x\n";
-        let data = crate::archive::writer::pax_records(
+        let data = crate::archive::tar_out::pax_records(
             [
                 (b"SCHILY.xattr.user.bin".to_vec(), v),
                 (b"mtime".to_vec(), &b"1"[..]),

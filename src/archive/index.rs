@@ -11,7 +11,8 @@
 //!
 //! ## File format
 //!
-//! A text file, streamed line by line:
+//! A text file, streamed line by line (saved compressed as one zstd stream,
+//! `zstd -dc index` shows it; [`Index::load`] reads both forms):
 //!
 //! ```text
 //! allspark-index 1
@@ -34,6 +35,12 @@ use std::path::Path;
 use super::ArchiveError;
 
 const MAGIC: &str = "allspark-index 1";
+
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// zstd level of saved indexes: the fastest, still ~8x smaller than the text.
+const INDEX_ZSTD_LEVEL: i32 = 1;
 
 /// Kind of a filesystem entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -315,14 +322,19 @@ impl Index {
         Ok(Index { entries })
     }
 
-    /// Write to `path` atomically enough for our use: a temp file in the same
-    /// directory, fsynced, then renamed over `path`.
+    /// Write to `path` atomically enough for our use: zstd-compressed (a 200 000-entry index
+    /// is ~25 MB of text, ~3 MB compressed: less to write and fsync), to a temp file in the
+    /// same directory, fsynced, then renamed over `path`.
     pub fn save(&self, path: &Path) -> Result<(), ArchiveError> {
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
         let tmp = tempfile::NamedTempFile::new_in(dir)
             .map_err(|e| ArchiveError::io("create a temporary index file in", dir, e))?;
-        self.write_to(tmp.as_file())
-            .map_err(|e| ArchiveError::io("write the index", tmp.path(), e))?;
+        let written =
+            zstd::stream::Encoder::new(tmp.as_file(), INDEX_ZSTD_LEVEL).and_then(|mut z| {
+                self.write_to(&mut z)?;
+                z.finish().map(drop)
+            });
+        written.map_err(|e| ArchiveError::io("write the index", tmp.path(), e))?;
         tmp.as_file()
             .sync_all()
             .map_err(|e| ArchiveError::io("fsync the index", tmp.path(), e))?;
@@ -331,10 +343,24 @@ impl Index {
         Ok(())
     }
 
-    /// Read an index file.
+    /// Read an index file, zstd-compressed or (as older versions wrote it) plain text.
     pub fn load(path: &Path) -> Result<Index, ArchiveError> {
         let f = File::open(path).map_err(|e| ArchiveError::io("open the index", path, e))?;
-        Index::read_from(BufReader::new(f), path)
+        Index::read_any(BufReader::new(f), path)
+    }
+
+    /// [`read_from`](Self::read_from) of the text itself or of its zstd compression (what
+    /// [`save`](Self::save) writes).
+    pub fn read_any<R: BufRead>(mut r: R, source: &Path) -> Result<Index, ArchiveError> {
+        let head = r
+            .fill_buf()
+            .map_err(|e| ArchiveError::io("read the index", source, e))?;
+        if !head.starts_with(&ZSTD_MAGIC) {
+            return Index::read_from(r, source);
+        }
+        let z = zstd::stream::Decoder::with_buffer(r)
+            .map_err(|e| ArchiveError::io("read the index", source, e))?;
+        Index::read_from(BufReader::with_capacity(1 << 16, z), source)
     }
 }
 

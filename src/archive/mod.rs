@@ -75,8 +75,11 @@ pub mod reader;
 pub mod writer;
 
 mod decode;
+mod entries;
 mod guard;
 mod gzip;
+mod read_ahead;
+mod tar_out;
 mod zst;
 
 use std::io;

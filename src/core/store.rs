@@ -234,6 +234,34 @@ fn later(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<
 pub struct Store {
     layout: Layout,
     cache: Mutex<HashMap<VolumeName, Cached>>,
+    /// The last listing of the records directory, see [`Store::names`].
+    names_cache: Mutex<Option<(DirStamp, Arc<Vec<VolumeName>>)>>,
+}
+
+/// How long after its last change a directory's listing may be kept.
+pub const LISTING_RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What changes when a directory's entries change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DirStamp {
+    ino: u64,
+    mtime: i64,
+    ctime: i64,
+}
+
+impl DirStamp {
+    fn of(m: &fs::Metadata) -> DirStamp {
+        DirStamp {
+            ino: m.ino(),
+            mtime: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        }
+    }
+}
+
+fn unix_nanos(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 impl Store {
@@ -241,6 +269,7 @@ impl Store {
         Store {
             layout,
             cache: Mutex::new(HashMap::new()),
+            names_cache: Mutex::new(None),
         }
     }
 
@@ -256,13 +285,31 @@ impl Store {
 
     /// Read a record; `Ok(None)` when the volume does not exist.
     pub fn load(&self, name: &VolumeName) -> Result<Option<Arc<VolumeRecord>>, StoreError> {
+        Ok(self.load_durable(name)?.map(|r| self.with_runtime(r)))
+    }
+
+    /// Read the durable record alone, without this boot's mount references (cheaper: no
+    /// runtime file is read); `Ok(None)` when the volume does not exist.
+    pub fn load_durable(&self, name: &VolumeName) -> Result<Option<Arc<VolumeRecord>>, StoreError> {
         let path = self.layout.record(name);
         let meta = fs::metadata(&path);
-        self.load_with(name, &path, meta)
+        self.load_cached(name, &path, meta)
     }
 
     /// [`load`](Self::load) with the record's metadata already taken.
     fn load_with(
+        &self,
+        name: &VolumeName,
+        path: &Path,
+        meta: io::Result<fs::Metadata>,
+    ) -> Result<Option<Arc<VolumeRecord>>, StoreError> {
+        Ok(self
+            .load_cached(name, path, meta)?
+            .map(|r| self.with_runtime(r)))
+    }
+
+    /// The durable record: from the cache while the file's inode, mtime and size match.
+    fn load_cached(
         &self,
         name: &VolumeName,
         path: &Path,
@@ -287,7 +334,7 @@ impl Store {
             .filter(|c| (c.ino, c.mtime_ns, c.size) == key)
             .map(|c| c.record.clone());
         if let Some(record) = cached {
-            return Ok(Some(self.with_runtime(record)));
+            return Ok(Some(record));
         }
         let bytes = match fs::read(path) {
             Ok(b) => b,
@@ -309,13 +356,13 @@ impl Store {
                 record: record.clone(),
             },
         );
-        Ok(Some(self.with_runtime(record)))
+        Ok(Some(record))
     }
 
     /// The record with this boot's runtime part: references from another boot are void (their
     /// bind mounts died with it); the last-use times are kept whatever the boot.
     fn with_runtime(&self, record: Arc<VolumeRecord>) -> Arc<VolumeRecord> {
-        let Ok(bytes) = fs::read(self.layout.refs(&record.name)) else {
+        let Ok(bytes) = read_runtime(&self.layout.refs(&record.name)) else {
             // No runtime file: a record from before runtime files keeps its own references.
             return record;
         };
@@ -336,8 +383,9 @@ impl Store {
         Arc::new(r)
     }
 
-    /// Write the runtime part (references, last-use times) atomically, without fsync: it
-    /// must survive a crash of the plugin, not a reboot. Caller holds the lock.
+    /// Write the runtime part (references, last-use times) in place, without fsync: it must
+    /// survive a crash of the plugin, not a reboot (see [`write_runtime`]). Caller holds the
+    /// record lock.
     pub fn save_runtime(&self, record: &VolumeRecord) -> Result<(), StoreError> {
         let path = self.layout.refs(&record.name);
         let rt = Runtime {
@@ -347,11 +395,11 @@ impl Store {
             last_unmounted_at: record.last_unmounted_at,
         };
         let bytes = serde_json::to_vec(&rt).map_err(|e| self.corrupt(&path, e.to_string()))?;
-        match durable::replace_file(&path, &bytes, 0o600) {
+        match write_runtime(&path, &bytes) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // A state root from before runtime files: make the directory once.
                 durable::ensure_dir(&self.layout.refs_dir(), 0o700)
-                    .and_then(|()| durable::replace_file(&path, &bytes, 0o600))
+                    .and_then(|()| write_runtime(&path, &bytes))
                     .map_err(io_err("write", &path))
             }
             other => other.map_err(io_err("write", &path)),
@@ -405,8 +453,22 @@ impl Store {
     }
 
     /// Names of all volumes, sorted.
-    pub fn names(&self) -> Result<Vec<VolumeName>, StoreError> {
+    ///
+    /// The listing is kept while the records directory's inode, mtime and ctime stay the
+    /// same (every record written, renamed or deleted changes them), and only once they are
+    /// [`LISTING_RACY_WINDOW`] older than the listing: a change in the same clock tick as
+    /// the one before it could leave the mtime as it was (git's "racy" rule).
+    pub fn names(&self) -> Result<Arc<Vec<VolumeName>>, StoreError> {
         let dir = self.layout.state_dir();
+        let before = fs::metadata(&dir).map_err(io_err("list", &dir))?;
+        let stamp = DirStamp::of(&before);
+        let cached = self.names_cache_lock().clone();
+        if let Some((s, names)) = cached {
+            if s == stamp {
+                return Ok(names);
+            }
+        }
+        let started = std::time::SystemTime::now();
         let mut names = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
             let entry = entry.map_err(io_err("list", &dir))?;
@@ -414,8 +476,19 @@ impl Store {
                 names.push(name);
             }
         }
-        names.sort();
+        names.sort_unstable();
+        let names = Arc::new(names);
+        let window = LISTING_RACY_WINDOW.as_nanos() as i64;
+        let now = unix_nanos(started);
+        let settled = stamp.mtime + window <= now && stamp.ctime + window <= now;
+        *self.names_cache_lock() = settled.then(|| (stamp, names.clone()));
         Ok(names)
+    }
+
+    fn names_cache_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<(DirStamp, Arc<Vec<VolumeName>>)>> {
+        self.names_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// All records that read cleanly, and the errors of those that did not.
@@ -448,6 +521,52 @@ impl Store {
         let bad = bad.into_iter().map(|(_, e)| e).collect();
         Ok((ok, bad))
     }
+}
+
+/// Replace the content of a runtime file in place: one `pwrite` at offset 0 under an
+/// exclusive `flock` of the file, padded with spaces (JSON allows trailing whitespace) so
+/// it covers all of the old content.
+///
+/// Why not a temp file and a rename, like durable records: on ext4, renaming over an
+/// existing file starts writeback of the new one (`auto_da_alloc`), and freeing the old
+/// inode frees its blocks (a discard on `-o discard` mounts); a Mount+Unmount pair spent
+/// most of its time there. In place, nothing is allocated or freed after the first write.
+/// Readers take a shared `flock` ([`read_runtime`]), so they never see half a write; a crash
+/// of the process keeps what was written (the page cache survives it; the file is far below
+/// one page, which one `pwrite` copies whole); a reboot voids the content (boot id).
+fn write_runtime(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io::Error::from(e))?;
+    let old = f.metadata()?.len();
+    let mut buf = bytes.to_vec();
+    if (buf.len() as u64) < old {
+        buf.resize(old as usize, b' ');
+    }
+    f.write_all_at(&buf, 0)?;
+    // Shrink a file that once held many references, rarely: the padding would grow costly.
+    if old > 4096 && (bytes.len() as u64) < old / 4 {
+        f.set_len(bytes.len() as u64)?;
+    }
+    Ok(())
+}
+
+/// Read a runtime file under a shared `flock` (see [`write_runtime`]).
+fn read_runtime(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = fs::File::open(path)?;
+    let mut f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared)
+        .map_err(|(_, e)| io::Error::from(e))?;
+    let mut bytes = Vec::with_capacity(256);
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The volume name of a file in the state directory, if it is a record (`<valid name>.json`).
@@ -488,9 +607,73 @@ mod tests {
             2,
             "cache must notice the rewrite"
         );
-        assert_eq!(store.names().unwrap(), vec!["v1".to_string()]);
+        assert_eq!(*store.names().unwrap(), vec![VolumeName::fixed("v1")]);
         store.delete(&VolumeName::fixed("v1")).unwrap();
         assert!(store.load(&VolumeName::fixed("v1")).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_kept_listing_follows_every_record_created_or_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::new(d.path());
+        layout.ensure().unwrap();
+        let store = Store::new(layout);
+        store.save(&record("a")).unwrap();
+        // Past the racy window the listing is kept ...
+        std::thread::sleep(LISTING_RACY_WINDOW + std::time::Duration::from_millis(100));
+        assert_eq!(*store.names().unwrap(), ["a"]);
+        assert!(
+            store.names_cache_lock().is_some(),
+            "a settled listing is kept"
+        );
+        // ... and a record written or deleted since is seen at once.
+        store.save(&record("b")).unwrap();
+        assert_eq!(*store.names().unwrap(), ["a", "b"]);
+        store.delete(&VolumeName::fixed("a")).unwrap();
+        assert_eq!(*store.names().unwrap(), ["b"]);
+    }
+
+    #[test]
+    fn references_are_rewritten_in_place_and_read_back_after_shrinking() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::new(d.path());
+        layout.ensure().unwrap();
+        let store = Store::new(layout.clone());
+        let mut r = record("v");
+        store.save(&r).unwrap();
+        for id in ["a", "b", "c"] {
+            r.mounts.insert(format!("{id}{}", "0".repeat(60)), 1);
+        }
+        store.save_runtime(&r).unwrap();
+        let refs = layout.refs(&VolumeName::fixed("v"));
+        let (ino, len) = {
+            let m = fs::metadata(&refs).unwrap();
+            (m.ino(), m.len())
+        };
+        assert_eq!(
+            store
+                .load(&VolumeName::fixed("v"))
+                .unwrap()
+                .unwrap()
+                .mount_count(),
+            3
+        );
+        r.mounts.clear();
+        store.save_runtime(&r).unwrap();
+        let m = fs::metadata(&refs).unwrap();
+        assert_eq!(
+            (m.ino(), m.len()),
+            (ino, len),
+            "same file, padded, not replaced"
+        );
+        assert_eq!(
+            store
+                .load(&VolumeName::fixed("v"))
+                .unwrap()
+                .unwrap()
+                .mount_count(),
+            0
+        );
     }
 
     #[test]

@@ -29,17 +29,6 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// Write `bytes` to `path` atomically: temp file, fsync, rename, fsync of the directory.
 /// After a crash the file holds either the old or the new content, never a mix.
 pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    write_and_rename(path, bytes, mode, true)
-}
-
-/// Replace `path` atomically (temp file, rename) without fsync: readers see the old or the new
-/// content, and a crash of the process keeps the new one (the page cache survives it); a power
-/// loss may bring the old one back. For runtime state only.
-pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    write_and_rename(path, bytes, mode, false)
-}
-
-fn write_and_rename(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let tmp = temp_sibling(path);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -48,14 +37,9 @@ fn write_and_rename(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> io::
             .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        if durable {
-            f.sync_all()?;
-        }
+        f.sync_all()?;
         fs::rename(&tmp, path)?;
-        if durable {
-            fsync_dir(parent_of(path))?;
-        }
-        Ok(())
+        fsync_dir(parent_of(path))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

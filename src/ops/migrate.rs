@@ -5,10 +5,15 @@
 //! new place and the old data stays until `--delete-source` or `allspark volume cleanup`.
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::ffi::{CStr, OsStr};
+use std::fs::{self, File};
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{readlinkat, OFlag};
+use nix::sys::stat::{FileStat, SFlag};
 
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
@@ -18,6 +23,7 @@ use crate::core::names::VolumeName;
 use crate::core::store::{DataLocation, Store};
 use crate::fs::beneath::{Dir, Missing};
 use crate::fs::durable::{FileLock, LockKind};
+use crate::fs::walk;
 use crate::plugin::driver::Driver;
 use crate::pool::location::Locate;
 use crate::pool::topology;
@@ -264,42 +270,99 @@ pub fn compare_trees(a: &Path, b: &Path) -> anyhow::Result<usize> {
     Ok(ta.len())
 }
 
+/// Every entry below `root` (by the one walker: descriptor-relative, symlinks never followed)
+/// as `kind size/target/hash mode uid:gid`, keyed by its relative path.
 fn fingerprint(root: &Path) -> anyhow::Result<BTreeMap<PathBuf, String>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
-            let p = e?.path();
-            let md = fs::symlink_metadata(&p)?;
-            let rel = p.strip_prefix(root)?.to_path_buf();
-            let ft = md.file_type();
-            let what = if ft.is_dir() {
-                stack.push(p.clone());
-                "dir".to_string()
-            } else if ft.is_symlink() {
-                format!("link:{}", fs::read_link(&p)?.display())
-            } else if ft.is_file() {
-                let mut h = Sha256::new();
-                let mut f = fs::File::open(&p)?;
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                }
-                format!("file:{}:{}", md.size(), hex::encode(h.finalize()))
-            } else {
-                "special".to_string()
-            };
-            let mode = if ft.is_symlink() {
-                0
-            } else {
-                md.mode() & 0o7777
-            };
-            out.insert(rel, format!("{what} {:o} {}:{}", mode, md.uid(), md.gid()));
-        }
+    let (dir, st) =
+        walk::open_root(root).with_context(|| format!("cannot open {}", root.display()))?;
+    let mut v = Fingerprint {
+        root,
+        out: BTreeMap::new(),
+        buf: vec![0u8; 1 << 16],
+    };
+    walk::walk(dir, st, &walk::Options::default(), &mut v)?;
+    Ok(v.out)
+}
+
+struct Fingerprint<'a> {
+    root: &'a Path,
+    out: BTreeMap<PathBuf, String>,
+    buf: Vec<u8>,
+}
+
+impl Fingerprint<'_> {
+    fn put(&mut self, rel: &[u8], what: String, st: &FileStat, link: bool) {
+        let mode = if link { 0 } else { st.st_mode & 0o7777 };
+        let line = format!("{what} {mode:o} {}:{}", st.st_uid, st.st_gid);
+        self.out.insert(PathBuf::from(OsStr::from_bytes(rel)), line);
     }
-    Ok(out)
+
+    fn hash(&mut self, parent: &File, name: &CStr) -> std::io::Result<String> {
+        let mut f = walk::open_at(parent.as_raw_fd(), name, OFlag::O_RDONLY)?;
+        let mut h = Sha256::new();
+        loop {
+            let n = f.read(&mut self.buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&self.buf[..n]);
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+}
+
+impl walk::Visitor for Fingerprint<'_> {
+    type Error = anyhow::Error;
+    type Ahead = ();
+
+    fn dir(&mut self, d: &walk::DirView<'_>) -> anyhow::Result<bool> {
+        if let walk::Listing::Failed(e) = d.listing {
+            bail!(
+                "cannot list {}: {e}",
+                self.root.join(OsStr::from_bytes(d.rel)).display()
+            );
+        }
+        if !d.rel.is_empty() {
+            self.put(d.rel, "dir".into(), d.st, false);
+        }
+        Ok(true)
+    }
+
+    fn entry(
+        &mut self,
+        parent: &File,
+        name: &CStr,
+        rel: &[u8],
+        st: &FileStat,
+        _: Option<()>,
+    ) -> anyhow::Result<()> {
+        let shown = || self.root.join(OsStr::from_bytes(rel));
+        let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        let (what, link) = if fmt == SFlag::S_IFLNK {
+            let target = readlinkat(Some(parent.as_raw_fd()), name)
+                .with_context(|| format!("cannot read the link {}", shown().display()))?;
+            (format!("link:{}", Path::new(&target).display()), true)
+        } else if fmt == SFlag::S_IFREG {
+            let sum = self
+                .hash(parent, name)
+                .with_context(|| format!("cannot read {}", shown().display()))?;
+            (format!("file:{}:{sum}", st.st_size), false)
+        } else {
+            ("special".to_string(), false)
+        };
+        self.put(rel, what, st, link);
+        Ok(())
+    }
+
+    fn failed(
+        &mut self,
+        rel: &[u8],
+        _: Option<&FileStat>,
+        why: walk::Failure,
+    ) -> anyhow::Result<()> {
+        bail!(
+            "cannot read {}: {why:?}",
+            self.root.join(OsStr::from_bytes(rel)).display()
+        )
+    }
 }

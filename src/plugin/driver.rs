@@ -381,6 +381,12 @@ impl Driver {
             }
             return Err(e.into());
         }
+        // Not a live mount (checked above): the mount point kept since the last Unmount.
+        if let Err(e) = fs::remove_dir(self.mountpoint(name)) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(volume = %name, %e, "cannot delete the volume's empty mount point");
+            }
+        }
         // Still under the record lock: the lock files go with the record.
         crate::core::locks::release_removed(&self.layout, name, lock);
         spool::request_measure(&self.layout, name);
@@ -435,14 +441,18 @@ impl Driver {
 
     /// Mount a volume for a container (reference counted per mount ID).
     pub fn mount(&self, name: &VolumeName, id: &str) -> Result<PathBuf> {
+        // The durable record alone: the references are read below, under the lock, and
+        // before it only when an on-mount snapshot depends on them.
         let rec = self
             .store
-            .load(name)?
+            .load_durable(name)?
             .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
         // One deadline for the whole call, well under Docker's own Mount timeout (120 s): the
         // on-mount snapshot and the snapshot lock share it.
         let deadline = Instant::now() + self.settings.snapshot_wait;
-        if rec.mount_count() == 0 && rec.spec.snapshot.on_mount() {
+        if rec.spec.snapshot.on_mount()
+            && self.store.load(name)?.is_some_and(|r| r.mount_count() == 0)
+        {
             self.wait_for_mount_snapshot(name, deadline)?;
         }
         let _snap = self.wait_for_snapshot_lock(name, deadline)?;
@@ -581,7 +591,8 @@ impl Driver {
             self.sys
                 .unmount(&target)
                 .map_err(io_ctx(format!("cannot unmount {}", target.display())))?;
-            let _ = fs::remove_dir(&target);
+            // The empty mount point stays for the next Mount (a mkdir and rmdir per pair
+            // cost as much as the mount itself); Remove deletes it.
             rec.last_unmounted_at = Some(Utc::now());
         }
         self.store.save_runtime(&rec)?;
@@ -605,7 +616,7 @@ impl Driver {
     /// The mountpoint of an existing volume.
     pub fn path(&self, name: &VolumeName) -> Result<PathBuf> {
         self.store
-            .load(name)?
+            .load_durable(name)?
             .ok_or_else(|| DriverError::NotFound(name.to_string()))?;
         Ok(self.mountpoint(name))
     }
@@ -627,13 +638,15 @@ impl Driver {
     /// Every volume: names and mountpoints, all Docker needs, from the directory listing of
     /// the records (no record is read; Get gives the rest).
     pub fn list(&self) -> Result<Vec<crate::plugin::protocol::Volume>> {
-        Ok(self
-            .store
-            .names()?
-            .into_iter()
+        let names = self.store.names()?;
+        // `mountpoint()` for every name, with the directory's text made once.
+        let base = self.settings.mount_dir.to_string_lossy();
+        let base = base.trim_end_matches('/');
+        Ok(names
+            .iter()
             .map(|name| crate::plugin::protocol::Volume {
-                mountpoint: self.mountpoint(&name).to_string_lossy().into_owned(),
-                name: name.into(),
+                mountpoint: format!("{base}/{name}"),
+                name: name.to_string(),
                 created_at: None,
                 status: None,
             })

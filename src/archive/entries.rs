@@ -1,0 +1,606 @@
+//! What each entry of the walk becomes in a tar archive: directories, files (sparse, hard-linked, changing while read), symlinks, special files; and the incremental bookkeeping against the parent index.
+
+use std::ffi::{CStr, OsStr};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{readlinkat, OFlag};
+use nix::sys::stat::{fstat, FileStat, SFlag};
+use tar::EntryType;
+
+use super::index::IndexEntry;
+use super::read_ahead::{Ahead, ReadAhead};
+use super::tar_out::{archive_name, base_header, file_header, sparse_segments, TarOut, Xattrs};
+use super::writer::{WriteOptions, WriteReport};
+use super::{encode_rel_path, ArchiveError, EntryKind};
+use crate::fs::walk::{open_at, DirView, Failure, Listing, Visitor};
+
+/// How often (in bytes read) the progress callback is called at most.
+const PROGRESS_STEP: u64 = 8 << 20;
+
+/// Read buffer for file data.
+const COPY_BUF: usize = 256 * 1024;
+
+/// At most this many problems are listed (all are counted).
+const MAX_LISTED_PROBLEMS: usize = 1000;
+
+/// The walk's visitor: writes each entry it is handed.
+pub(super) struct Writer<'a, 'o, W: Write> {
+    src: &'a Path,
+    opts: &'a WriteOptions<'o>,
+    out: TarOut<W>,
+    report: WriteReport,
+    /// (dev, ino) -> archive name of the first name written in this archive.
+    hardlinks: std::collections::HashMap<(u64, u64), Vec<u8>>,
+    buf: Vec<u8>,
+    last_progress: u64,
+    /// Position in the parent index: the walk visits paths in tree order, so
+    /// looking them up is a merge, not a search.
+    parent_cursor: usize,
+    /// The read-ahead whose files this writer consumes, if any.
+    read_ahead: Option<&'a ReadAhead>,
+}
+
+pub(crate) fn kind_of(st: &FileStat) -> Option<EntryKind> {
+    let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    Some(match fmt {
+        SFlag::S_IFREG => EntryKind::File,
+        SFlag::S_IFDIR => EntryKind::Dir,
+        SFlag::S_IFLNK => EntryKind::Symlink,
+        SFlag::S_IFIFO => EntryKind::Fifo,
+        SFlag::S_IFCHR => EntryKind::CharDevice,
+        SFlag::S_IFBLK => EntryKind::BlockDevice,
+        _ => return None,
+    })
+}
+
+pub(crate) fn index_entry(rel: &[u8], kind: EntryKind, st: &FileStat) -> IndexEntry {
+    IndexEntry {
+        path: rel.to_vec(),
+        kind,
+        size: if kind == EntryKind::File {
+            st.st_size.max(0) as u64
+        } else {
+            0
+        },
+        mtime_ns: st
+            .st_mtime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(st.st_mtime_nsec),
+        ctime_ns: st
+            .st_ctime
+            .saturating_mul(1_000_000_000)
+            .saturating_add(st.st_ctime_nsec),
+        ino: st.st_ino,
+        dev: st.st_dev,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+    }
+}
+
+impl<W: Write> Visitor for Writer<'_, '_, W> {
+    type Error = ArchiveError;
+    type Ahead = Ahead;
+
+    /// A directory entry; its children follow unless it could not be listed.
+    fn dir(&mut self, d: &DirView<'_, Ahead>) -> Result<bool, ArchiveError> {
+        let xattrs = self.xattrs_fd(d.file, d.rel);
+        let h = base_header(d.st, EntryType::Directory);
+        self.out
+            .append(h, &archive_name(d.rel, true), None, &xattrs)?;
+        self.report.dirs += 1;
+        self.report
+            .index
+            .push_sorted(index_entry(d.rel, EntryKind::Dir, d.st));
+        match d.listing {
+            Listing::Read | Listing::Reused => Ok(true),
+            Listing::OtherFs => Ok(false),
+            Listing::Failed(e) => {
+                self.problem(d.rel, format!("cannot list directory: {e}"));
+                self.carry_over(d.rel, false);
+                Ok(false)
+            }
+        }
+    }
+
+    fn entry(
+        &mut self,
+        parent: &File,
+        cname: &CStr,
+        rel: &[u8],
+        st: &FileStat,
+        ahead: Option<Ahead>,
+    ) -> Result<(), ArchiveError> {
+        let dirfd = parent.as_raw_fd();
+        let rel = rel.to_vec();
+        if let (Some(a), Some(r)) = (&ahead, self.read_ahead) {
+            r.release(a.charge);
+        }
+        match kind_of(st) {
+            // Sockets (and anything unknown) cannot be archived.
+            None => self.report.sockets_skipped += 1,
+            Some(EntryKind::File) => {
+                // Unchanged since the parent: decided on the lstat alone, the
+                // file is neither opened nor read.
+                let e = index_entry(&rel, EntryKind::File, st);
+                if self.unchanged(&e) {
+                    self.report.unchanged_skipped += 1;
+                    self.report.index.push_sorted(e);
+                    return Ok(());
+                }
+                match ahead {
+                    Some(a) => self.file_read_ahead(rel, a)?,
+                    None => self.file(dirfd, cname, rel)?,
+                }
+            }
+            Some(EntryKind::Symlink) => self.symlink(dirfd, cname, rel, *st)?,
+            Some(kind) => self.special(dirfd, cname, rel, *st, kind)?,
+        }
+        Ok(())
+    }
+
+    fn failed(
+        &mut self,
+        rel: &[u8],
+        lstat: Option<&FileStat>,
+        why: Failure,
+    ) -> Result<(), ArchiveError> {
+        match why {
+            Failure::Name => self.problem(rel, "name contains a NUL byte"),
+            Failure::Stat(Errno::ENOENT) | Failure::Open(Errno::ENOENT) => {
+                self.report.vanished += 1
+            }
+            Failure::Stat(e) => {
+                self.problem(rel, format!("cannot stat: {e}"));
+                self.carry_over(rel, true);
+            }
+            Failure::Open(Errno::ENOTDIR | Errno::ELOOP) => {
+                // Replaced by something else since the stat.
+                self.report.changed_during_walk += 1;
+                self.carry_over(rel, true);
+            }
+            Failure::Open(e) => {
+                // Store what we know, keep the parent's view of the contents.
+                self.problem(rel, format!("cannot open directory: {e}"));
+                if let Some(st) = lstat {
+                    let h = base_header(st, EntryType::Directory);
+                    self.out.append(h, &archive_name(rel, true), None, &[])?;
+                    self.report.dirs += 1;
+                    self.report
+                        .index
+                        .push_sorted(index_entry(rel, EntryKind::Dir, st));
+                }
+                self.carry_over(rel, false);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'a, 'o, W: Write> Writer<'a, 'o, W> {
+    pub(super) fn new(
+        src: &'a Path,
+        opts: &'a WriteOptions<'o>,
+        out: TarOut<W>,
+        read_ahead: Option<&'a ReadAhead>,
+    ) -> Self {
+        Writer {
+            read_ahead,
+            src,
+            opts,
+            out,
+            report: WriteReport::default(),
+            hardlinks: std::collections::HashMap::new(),
+            buf: vec![0u8; COPY_BUF],
+            last_progress: 0,
+            parent_cursor: 0,
+        }
+    }
+
+    /// After the walk: the deleted paths, the last progress call, the stream's end.
+    pub(super) fn finish(mut self) -> Result<(WriteReport, W), ArchiveError> {
+        self.finish_deleted();
+        if let Some(p) = &self.opts.progress {
+            p(self.report.bytes_in);
+        }
+        Ok((self.report, self.out.finish()?))
+    }
+
+    fn full_path(&self, rel: &[u8]) -> PathBuf {
+        self.src.join(OsStr::from_bytes(rel))
+    }
+
+    fn xattrs_fd(&mut self, f: &File, rel: &[u8]) -> Xattrs {
+        let (x, skipped) = super::tar_out::xattrs_fd(f, rel);
+        self.report.xattrs_skipped += skipped;
+        x
+    }
+
+    fn xattrs_at(&mut self, dirfd: RawFd, cname: &CStr, rel: &[u8]) -> Xattrs {
+        let (x, skipped) = super::tar_out::xattrs_at(dirfd, cname, &self.full_path(rel));
+        self.report.xattrs_skipped += skipped;
+        x
+    }
+
+    fn problem(&mut self, rel: &[u8], what: impl std::fmt::Display) {
+        self.report.unreadable += 1;
+        let shown = if rel.is_empty() {
+            ".".to_string()
+        } else {
+            String::from_utf8_lossy(rel).into_owned()
+        };
+        tracing::warn!(path = %shown, "{what}");
+        if self.report.problems.len() < MAX_LISTED_PROBLEMS {
+            self.report.problems.push(format!("{shown}: {what}"));
+        }
+    }
+
+    fn progress(&mut self) {
+        if let Some(p) = &self.opts.progress {
+            if self.report.bytes_in - self.last_progress >= PROGRESS_STEP {
+                self.last_progress = self.report.bytes_in;
+                p(self.report.bytes_in);
+            }
+        }
+    }
+
+    /// Keep the parent's records for `rel` and below: we could not look at
+    /// them, so they must not be reported as deleted.
+    fn carry_over(&mut self, rel: &[u8], include_self: bool) {
+        let Some(parent) = self.opts.parent else {
+            return;
+        };
+        if include_self {
+            if let Some(e) = parent.get(rel) {
+                self.report.index.push_sorted(e.clone());
+            }
+        }
+        for e in parent.descendants(rel) {
+            self.report.index.push_sorted(e.clone());
+        }
+    }
+
+    /// True if the parent index has `e` in the same state. Called in tree order.
+    fn unchanged(&mut self, e: &IndexEntry) -> bool {
+        let Some(parent) = self.opts.parent else {
+            return false;
+        };
+        let entries = parent.entries();
+        while let Some(old) = entries.get(self.parent_cursor) {
+            match super::index::tree_order(&old.path, &e.path) {
+                std::cmp::Ordering::Less => self.parent_cursor += 1,
+                std::cmp::Ordering::Equal => return old.same_state(e),
+                std::cmp::Ordering::Greater => return false,
+            }
+        }
+        false
+    }
+
+    fn symlink(
+        &mut self,
+        dirfd: RawFd,
+        cname: &CStr,
+        rel: Vec<u8>,
+        st: FileStat,
+    ) -> Result<(), ArchiveError> {
+        let e = index_entry(&rel, EntryKind::Symlink, &st);
+        if self.unchanged(&e) {
+            self.report.unchanged_skipped += 1;
+            self.report.index.push_sorted(e);
+            return Ok(());
+        }
+        let target = match readlinkat(Some(dirfd), cname) {
+            Ok(t) => t,
+            Err(Errno::ENOENT) => {
+                self.report.vanished += 1;
+                return Ok(());
+            }
+            Err(Errno::EINVAL) => {
+                self.report.changed_during_walk += 1;
+                self.carry_over(&rel, true);
+                return Ok(());
+            }
+            Err(err) => {
+                self.problem(&rel, format!("cannot read symlink: {err}"));
+                self.carry_over(&rel, true);
+                return Ok(());
+            }
+        };
+        let xattrs = self.xattrs_at(dirfd, cname, &rel);
+        let h = base_header(&st, EntryType::Symlink);
+        self.out.append(
+            h,
+            &archive_name(&rel, false),
+            Some(target.as_bytes()),
+            &xattrs,
+        )?;
+        self.report.symlinks += 1;
+        self.report.index.push_sorted(e);
+        Ok(())
+    }
+
+    fn special(
+        &mut self,
+        dirfd: RawFd,
+        cname: &CStr,
+        rel: Vec<u8>,
+        st: FileStat,
+        kind: EntryKind,
+    ) -> Result<(), ArchiveError> {
+        let e = index_entry(&rel, kind, &st);
+        if self.unchanged(&e) {
+            self.report.unchanged_skipped += 1;
+            self.report.index.push_sorted(e);
+            return Ok(());
+        }
+        let ty = match kind {
+            EntryKind::Fifo => EntryType::Fifo,
+            EntryKind::CharDevice => EntryType::Char,
+            _ => EntryType::Block,
+        };
+        let mut h = base_header(&st, ty);
+        if kind != EntryKind::Fifo {
+            let major = nix::sys::stat::major(st.st_rdev);
+            let minor = nix::sys::stat::minor(st.st_rdev);
+            if let Some(g) = h.as_gnu_mut() {
+                // The fields hold 7 octal digits; larger numbers do not fit in tar.
+                if major > 0o7777777 || minor > 0o7777777 {
+                    self.problem(&rel, "device number too large for tar; skipped");
+                    return Ok(());
+                }
+                g.set_device_major(major as u32);
+                g.set_device_minor(minor as u32);
+            }
+        }
+        let xattrs = self.xattrs_at(dirfd, cname, &rel);
+        self.out
+            .append(h, &archive_name(&rel, false), None, &xattrs)?;
+        self.report.specials += 1;
+        self.report.index.push_sorted(e);
+        Ok(())
+    }
+
+    fn file(&mut self, dirfd: RawFd, cname: &CStr, rel: Vec<u8>) -> Result<(), ArchiveError> {
+        let file = match open_at(dirfd, cname, OFlag::O_RDONLY | OFlag::O_NONBLOCK) {
+            Ok(f) => f,
+            Err(Errno::ENOENT) => {
+                self.report.vanished += 1;
+                return Ok(());
+            }
+            Err(Errno::ELOOP) => {
+                self.report.changed_during_walk += 1;
+                self.carry_over(&rel, true);
+                return Ok(());
+            }
+            Err(e) => {
+                self.problem(&rel, format!("cannot open: {e}"));
+                self.carry_over(&rel, true);
+                return Ok(());
+            }
+        };
+        let st = match fstat(file.as_raw_fd()) {
+            Ok(st) => st,
+            Err(e) => {
+                self.problem(&rel, format!("cannot stat: {e}"));
+                self.carry_over(&rel, true);
+                return Ok(());
+            }
+        };
+        if kind_of(&st) != Some(EntryKind::File) {
+            // Swapped for something else between the listing and the open.
+            self.report.changed_during_walk += 1;
+            self.carry_over(&rel, true);
+            return Ok(());
+        }
+        let Some((e, name)) = self.file_start(&rel, &st)? else {
+            return Ok(());
+        };
+        let xattrs = self.xattrs_fd(&file, &rel);
+        if let Some(hook) = &self.opts.before_file_read {
+            hook(&rel);
+        }
+        let size = st.st_size.max(0) as u64;
+        let sparse = sparse_segments(&file, &st);
+        let h = file_header(&st, sparse.as_deref());
+        let segments = sparse.clone().unwrap_or_else(|| vec![(0, size)]);
+        self.out.append(h, &name, None, &xattrs)?;
+        if let Some(segs) = &sparse {
+            self.out.write_sparse_ext(segs, size)?;
+        }
+        let mut outcome = CopyOutcome::default();
+        for (off, len) in &segments {
+            self.copy_range(&file, *off, *len, &mut outcome)?;
+        }
+        let on_disk: u64 = segments.iter().map(|s| s.1).sum();
+        self.out.pad(on_disk)?;
+        let after = fstat(file.as_raw_fd()).ok();
+        let changed = outcome.short || moved(&st, after.as_ref());
+        self.file_end(rel, e, size, outcome.error, changed);
+        Ok(())
+    }
+
+    /// A small file read on a scan thread (see [`super::read_ahead`]): stored exactly
+    /// as [`file`](Self::file) would have stored it.
+    fn file_read_ahead(&mut self, rel: Vec<u8>, a: Ahead) -> Result<(), ArchiveError> {
+        let Some((e, name)) = self.file_start(&rel, &a.st)? else {
+            return Ok(());
+        };
+        self.report.xattrs_skipped += a.xattrs_skipped;
+        let size = a.st.st_size.max(0) as u64;
+        self.out
+            .append(file_header(&a.st, None), &name, None, &a.xattrs)?;
+        let have = a.data.len().min(size as usize);
+        self.out.write_all(&a.data[..have])?;
+        self.report.bytes_in += have as u64;
+        // Shrunk or unreadable: zeros up to the stat'ed size.
+        let mut left = size - have as u64;
+        while left > 0 {
+            let n = left.min(self.buf.len() as u64) as usize;
+            self.buf[..n].fill(0);
+            let buf = std::mem::take(&mut self.buf);
+            let written = self.out.write_all(&buf[..n]);
+            self.buf = buf;
+            written?;
+            left -= n as u64;
+        }
+        self.out.pad(size)?;
+        self.progress();
+        let changed = a.data.len() as u64 != size || moved(&a.st, a.after.as_ref());
+        self.file_end(rel, e, size, a.error, changed);
+        Ok(())
+    }
+
+    /// Before a file's data: unchanged since the parent (skipped), or a second name of a
+    /// file already stored (a hard-link entry); else its index entry and archive name.
+    fn file_start(
+        &mut self,
+        rel: &[u8],
+        st: &FileStat,
+    ) -> Result<Option<(IndexEntry, Vec<u8>)>, ArchiveError> {
+        let e = index_entry(rel, EntryKind::File, st);
+        if self.unchanged(&e) {
+            self.report.unchanged_skipped += 1;
+            self.report.index.push_sorted(e);
+            return Ok(None);
+        }
+        let name = archive_name(rel, false);
+        if st.st_nlink > 1 {
+            let key = (st.st_dev, st.st_ino);
+            if let Some(first) = self.hardlinks.get(&key).cloned() {
+                let h = base_header(st, EntryType::Link);
+                self.out.append(h, &name, Some(&first), &[])?;
+                self.report.hardlinks += 1;
+                self.report.index.push_sorted(e);
+                return Ok(None);
+            }
+            self.hardlinks.insert(key, name.clone());
+        }
+        Ok(Some((e, name)))
+    }
+
+    /// After a file's data: its read error, whether it changed while read, the counts.
+    fn file_end(
+        &mut self,
+        rel: Vec<u8>,
+        mut e: IndexEntry,
+        size: u64,
+        error: Option<io::Error>,
+        changed: bool,
+    ) {
+        if let Some(err) = error {
+            self.problem(
+                &rel,
+                format!("read error ({err}); the unreadable part is stored as zeros"),
+            );
+            e.mtime_ns = i64::MIN; // force a rewrite next time
+        }
+        if changed {
+            self.report.changed_during_walk += 1;
+            tracing::debug!(path = %String::from_utf8_lossy(&rel), "file changed while being archived");
+        }
+        self.report.files += 1;
+        self.report.apparent_bytes += size;
+        self.report.index.push_sorted(e);
+    }
+
+    /// Copy exactly `len` bytes of `file` from `off`: zeros replace what is
+    /// missing (shrunk file, read error); extra data (grown file) is ignored.
+    fn copy_range(
+        &mut self,
+        file: &File,
+        mut off: u64,
+        len: u64,
+        outcome: &mut CopyOutcome,
+    ) -> Result<(), ArchiveError> {
+        let mut left = len;
+        let mut buf = std::mem::take(&mut self.buf);
+        let res = (|| {
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                let n = if outcome.short || outcome.error.is_some() {
+                    0
+                } else {
+                    loop {
+                        match file.read_at(&mut buf[..want], off) {
+                            Ok(n) => break n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => {
+                                outcome.error = Some(e);
+                                break 0;
+                            }
+                        }
+                    }
+                };
+                if n == 0 {
+                    if outcome.error.is_none() {
+                        outcome.short = true;
+                    }
+                    buf[..want].fill(0);
+                    self.out.write_all(&buf[..want])?;
+                    left -= want as u64;
+                    off += want as u64;
+                    continue;
+                }
+                self.out.write_all(&buf[..n])?;
+                left -= n as u64;
+                off += n as u64;
+                self.report.bytes_in += n as u64;
+                self.progress();
+            }
+            Ok(())
+        })();
+        self.buf = buf;
+        res
+    }
+
+    /// Compute `deleted` from the parent index and the new one.
+    fn finish_deleted(&mut self) {
+        let Some(parent) = self.opts.parent else {
+            return;
+        };
+        let new = self.report.index.entries();
+        let mut deleted = Vec::new();
+        let mut last_deleted: Option<&[u8]> = None;
+        let mut j = 0usize;
+        for old in parent.entries() {
+            if let Some(d) = last_deleted {
+                if super::index::is_within(&old.path, d) {
+                    continue;
+                }
+            }
+            while j < new.len()
+                && super::index::tree_order(&new[j].path, &old.path) == std::cmp::Ordering::Less
+            {
+                j += 1;
+            }
+            let gone = match new.get(j) {
+                Some(n) if n.path == old.path => n.kind != old.kind,
+                _ => true,
+            };
+            if gone && !old.path.is_empty() {
+                deleted.push(encode_rel_path(&old.path));
+                last_deleted = Some(&old.path);
+            }
+        }
+        self.report.deleted = deleted;
+    }
+}
+
+/// Did the file's size or mtime change between `st` and `after` (or can it not be told)?
+fn moved(st: &FileStat, after: Option<&FileStat>) -> bool {
+    after.is_none_or(|a| {
+        a.st_size != st.st_size || a.st_mtime != st.st_mtime || a.st_mtime_nsec != st.st_mtime_nsec
+    })
+}
+
+#[derive(Default)]
+struct CopyOutcome {
+    short: bool,
+    error: Option<io::Error>,
+}
