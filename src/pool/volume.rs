@@ -126,7 +126,7 @@ fn open_top(p: &Pool, vols: &Dir, volume: &str, missing: Missing) -> Result<Open
 }
 
 /// An empty volume root: a subvolume on btrfs, a directory otherwise.
-fn make_empty(p: &Pool, parent: &Dir, name: &OsStr) -> io::Result<()> {
+pub(crate) fn make_empty(p: &Pool, parent: &Dir, name: &OsStr) -> io::Result<()> {
     if p.cow() {
         btrfs::create_subvolume(parent, name)
     } else {
@@ -362,6 +362,9 @@ pub fn remove(
         store.delete(name)?;
         return Ok(());
     }
+    if subdir.is_none() && p.cow() {
+        refuse_unarchived(layout, &p, &root, name)?;
+    }
     let vols = p.volumes_dir(&root).map_err(io_ctx(format!(
         "pool {pool}: cannot open its volumes directory"
     )))?;
@@ -428,6 +431,41 @@ pub fn remove(
         if let Err(e) = cow::destroy_all(&root, volume) {
             tracing::warn!(volume = %name, error = %e, "cannot delete the volume's read-only snapshots");
         }
+    }
+    Ok(())
+}
+
+/// A volume whose newest read-only snapshot has no archive yet is not removed: its snapshots
+/// go with it, and that one exists nowhere else (the agent archives it within moments of the
+/// stop; `allspark snapshot archive` does it now).
+fn refuse_unarchived(layout: &Layout, p: &Pool, root: &Dir, name: &str) -> Result<(), DriverError> {
+    let pending = crate::pool::archive::pending(layout, p, root, name)
+        .map_err(|e| DriverError::Invalid(format!("volume {name}: cannot tell whether its read-only snapshots are archived: {e}; nothing was removed")))?;
+    match pending.last() {
+        None => Ok(()),
+        Some(newest) => Err(DriverError::Busy(format!(
+            "volume {name}: its read-only snapshot {} ({} not archived) has no archive yet and would be lost with the volume; wait for the agent to archive it or run `allspark snapshot archive {name}`, then remove the volume again — nothing was removed",
+            newest.id,
+            pending.len()
+        ))),
+    }
+}
+
+/// Delete the data of a whole volume that has left `pool` (a migration's old place) and its
+/// read-only snapshots there. The caller checked that no record uses it.
+pub fn destroy_in_pool(
+    layout: &Layout,
+    view: &HostView,
+    pool: &str,
+    volume: &str,
+) -> io::Result<()> {
+    let p = find(layout, pool).map_err(io::Error::other)?;
+    let root = p.open_root(layout, view)?;
+    let vols = p.volumes_dir(&root)?;
+    destroy(&vols, OsStr::new(volume))?;
+    vols.file()?.sync_all()?;
+    if p.cow() {
+        cow::destroy_all(&root, volume)?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod backup;
 mod metrics;
 mod operations;
 mod pool;
+mod pool_admin;
 mod remote;
 mod shared_tree;
 mod snapshots;
