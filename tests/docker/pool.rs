@@ -73,7 +73,7 @@ fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
     // container sees at the limit").
     let df_total_kb: u64 = text
         .lines()
-        .last()
+        .find(|l| l.split_whitespace().last() == Some("/d"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or_else(|| panic!("no df line: {text}"));
     assert!(df_total_kb > 2 << 20, "df shows {df_total_kb} KB: {text}");
