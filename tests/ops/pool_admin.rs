@@ -124,6 +124,19 @@ fn pool_create_is_durable_and_an_interrupted_creation_is_completed() {
     assert!(e.contains("already exists"), "{e}");
     assert_eq!(std::fs::read(&theirs).unwrap(), b"not ours");
     assert!(cli_err(&p, &["pool", "create", "y", "zfs:/tank"]).contains("unknown kind"));
+    // A creation that fails is undone: no entry is left behind.
+    let plain = p.dir.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let e = cli_err(
+        &p,
+        &["pool", "create", "z", &format!("btrfs:{}", plain.display())],
+    );
+    assert!(e.contains("not a btrfs filesystem"), "{e}");
+    let listed: Value = serde_json::from_str(&cli_ok(&p, &["pool", "ls", "--json"])).unwrap();
+    assert!(
+        !listed.as_array().unwrap().iter().any(|x| x["name"] == "z"),
+        "{listed}"
+    );
 
     // Volumes in a created pool are subvolumes; the pool survives a restart of a plugin that
     // does not configure it, and its image unmounted behind the plugin's back.
