@@ -138,7 +138,7 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
 
     // One stop: Mount, change 1 %, Unmount; the time until the snapshot is listed, and the
     // time the snapshot itself recorded.
-    let stop = |name: &str, dir: &Path, snaps: &Path, round: usize| -> (f64, f64) {
+    let stop = |name: &str, dir: &Path, snaps: &Path, round: usize| -> (f64, f64, f64) {
         let before = ids(snaps).len();
         call(
             &socket,
@@ -166,26 +166,27 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
         } else {
             snaps.join(&id).join("manifest.json")
         };
-        let own = std::fs::read(&meta)
+        let meta = std::fs::read(&meta)
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["duration_ms"].as_f64())
-            .unwrap_or(f64::NAN)
-            / 1000.0;
-        (latency, own)
+            .unwrap_or_default();
+        let ms = |k: &str| meta[k].as_f64().unwrap_or(f64::NAN) / 1000.0;
+        (latency, ms("duration_ms"), ms("flush_ms"))
     };
     eprintln!("pool: {stops} stops of each volume (after one warm-up stop each)");
     let (mut cow_lat, mut cow_own, mut arc_lat, mut arc_own) = (vec![], vec![], vec![], vec![]);
+    let mut cow_flush = vec![];
     for round in 0..=stops {
         for (name, dir, snaps) in &data {
             wait_archived(&root, Duration::from_secs(1800));
-            let (lat, own) = stop(name, dir, snaps, round);
+            let (lat, own, flush) = stop(name, dir, snaps, round);
             if round == 0 {
                 continue; // the first archive is a full one; the first snapshot warms up
             }
             if *name == "cow" {
                 cow_lat.push(lat);
                 cow_own.push(own);
+                cow_flush.push(flush);
             } else {
                 arc_lat.push(lat);
                 arc_own.push(own);
@@ -218,6 +219,12 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
         "time under the snapshot lock: read-only snapshot + rename",
         Unit::Secs,
         cow_own,
+    );
+    sec.add(
+        "pool.flush.cow",
+        "before the lock: syncfs of what the container wrote (btrfs pool)",
+        Unit::Secs,
+        cow_flush,
     );
     sec.add(
         "pool.own.archive",

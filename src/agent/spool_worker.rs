@@ -106,6 +106,12 @@ fn handle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
     let volume_known = crate::core::store::Store::new(ctx.layout.clone())
         .load(&event.volume)?
         .is_some();
+    // How long the event waited in the spool (the plugin wrote it at its mtime).
+    let queued_ms = std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map_or(0, |d| d.as_millis() as u64);
     let started = Instant::now();
     match snapshot_ops::take(ctx, &event.volume, trigger, name, false, None) {
         Ok(CreateOutcome::Created(m)) => tracing::info!(
@@ -125,6 +131,8 @@ fn handle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
             trigger = ?trigger,
             pool = %c.pool,
             snapshot_ms = c.duration_ms,
+            flush_ms = c.flush_ms,
+            queued_ms,
             ms = started.elapsed().as_millis() as u64,
             "read-only snapshot taken (its archive follows in the background)"
         ),

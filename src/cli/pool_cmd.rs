@@ -1,4 +1,4 @@
-//! `allspark pool ls|usage`: the pools the plugin serves, whether each is ready, its space, and its volumes' limits.
+//! `allspark pool ls|create|usage`: the pools the plugin serves, whether each is ready, its space, and its volumes' limits; new pools from the command line.
 
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -16,6 +16,10 @@ pub enum PoolCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Make a pool now and keep it across plugin starts: SPEC is btrfs-image:PATH:SIZE (a new
+    /// sparse image, formatted and mounted), btrfs:PATH (an existing btrfs mount) or dir:PATH.
+    /// Running it again after an interruption completes the creation.
+    Create { name: String, spec: String },
     /// Space of each pool, and per volume its size limit, whether it is enforced and what
     /// the quota groups count.
     Usage {
@@ -50,7 +54,19 @@ fn pools(layout: &Layout, view: &HostView) -> Vec<Value> {
         "volumes": count(DEFAULT_POOL),
         "space": space(&layout.volumes_dir()),
     })];
-    for p in Registry::load(layout).all() {
+    let reg = Registry::load(layout);
+    for e in reg.pools.iter().filter(|e| e.creating) {
+        out.push(json!({
+            "name": e.name,
+            "spec": e.spec,
+            "created": true,
+            "ready": false,
+            "problem": format!("its creation was interrupted; finish it with `allspark pool create {} {}` (or restart the plugin)", e.name, e.spec),
+            "volumes": 0,
+        }));
+    }
+    for p in reg.all() {
+        let created = reg.pools.iter().any(|e| e.name == p.name && e.created);
         let root = p.root_path(layout, view);
         let (ready, problem) = match p.open_root(layout, view) {
             Ok(_) => (true, None),
@@ -62,6 +78,7 @@ fn pools(layout: &Layout, view: &HostView) -> Vec<Value> {
             "spec": p.spec.to_string(),
             "root": root,
             "cow": p.cow(),
+            "created": created,
             "ready": ready,
             "problem": problem,
             "volumes": count(&p.name),
@@ -158,6 +175,25 @@ pub fn run(cli: &Cli, cmd: &PoolCmd) -> anyhow::Result<()> {
                     println!("    {why}");
                 }
             }
+        }
+        PoolCmd::Create { name, spec } => {
+            let c = crate::pool::create::create(&layout, &view, name, spec)?;
+            println!(
+                "pool {} {}: {} at {}{}",
+                c.pool.name,
+                if c.resumed {
+                    "created (an interrupted creation was completed)"
+                } else {
+                    "created"
+                },
+                c.pool.spec,
+                c.pool.root_path(&layout, &view).display(),
+                if c.pool.cow() {
+                    format!("; volumes created with -o pool={name} are btrfs subvolumes")
+                } else {
+                    String::new()
+                }
+            );
         }
         PoolCmd::Usage { json } => {
             let all = pools(&layout, &view);

@@ -1,4 +1,4 @@
-//! `allspark snapshot create|ls|verify|restore|rm|prune`.
+//! `allspark snapshot create|archive|ls|verify|restore|rm|prune`.
 
 use anyhow::bail;
 use clap::Subcommand;
@@ -23,6 +23,9 @@ pub enum SnapshotCmd {
         #[arg(long)]
         no_archive: bool,
     },
+    /// On a btrfs pool: write the archives of the volume's read-only snapshots that have none
+    /// yet, now (the agent does it in the background; a volume is not removed before).
+    Archive { volume: VolumeName },
     /// List snapshots (of one volume, or of all), oldest first.
     Ls {
         volume: Option<VolumeName>,
@@ -69,20 +72,7 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
             }
             match out {
                 CreateOutcome::Created(m) | CreateOutcome::AlreadyDone(m) => {
-                    eprintln!(
-                        "snapshot {} of {}: {} entries, {} bytes read, {} bytes stored ({}), {} ms",
-                        m.id,
-                        volume,
-                        m.files,
-                        m.bytes_in,
-                        m.bytes_stored,
-                        if m.parent.is_some() {
-                            "incremental"
-                        } else {
-                            "full"
-                        },
-                        m.duration_ms
-                    );
+                    eprintln!("{}", written("snapshot", volume, &m));
                     println!("{}", m.id);
                 }
                 CreateOutcome::Cow(c) => {
@@ -92,21 +82,15 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
                     );
                     println!("{}", c.id);
                     if !no_archive {
-                        for m in crate::pool::archive::catch_up(ctx, volume, true)? {
-                            eprintln!(
-                                "archive {} of {}: {} entries, {} bytes read, {} bytes stored ({}), {} ms",
-                                m.id,
-                                volume,
-                                m.files,
-                                m.bytes_in,
-                                m.bytes_stored,
-                                if m.parent.is_some() { "incremental" } else { "full" },
-                                m.duration_ms
-                            );
-                        }
+                        archive_pending(ctx, volume)?;
                     }
                 }
                 CreateOutcome::Skipped(why) => bail!("no snapshot taken: {why}"),
+            }
+        }
+        SnapshotCmd::Archive { volume } => {
+            if archive_pending(ctx, volume)? == 0 {
+                eprintln!("{volume}: every read-only snapshot has its archive");
             }
         }
         SnapshotCmd::Ls { volume, json } => {
@@ -312,4 +296,30 @@ pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Write the archives of `volume`'s read-only snapshots that have none; how many were written.
+fn archive_pending(ctx: &Ctx, volume: &VolumeName) -> anyhow::Result<usize> {
+    let done = crate::pool::archive::catch_up(ctx, volume, true)?;
+    for m in &done {
+        eprintln!("{}", written("archive", volume, m));
+    }
+    Ok(done.len())
+}
+
+/// `snapshot ID of VOL: N entries, … bytes stored (incremental), … ms`.
+fn written(what: &str, volume: &str, m: &Manifest) -> String {
+    format!(
+        "{what} {} of {volume}: {} entries, {} bytes read, {} bytes stored ({}), {} ms",
+        m.id,
+        m.files,
+        m.bytes_in,
+        m.bytes_stored,
+        if m.parent.is_some() {
+            "incremental"
+        } else {
+            "full"
+        },
+        m.duration_ms
+    )
 }

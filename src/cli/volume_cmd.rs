@@ -18,12 +18,16 @@ pub enum VolumeCmd {
     },
     /// Show one volume's record and status.
     Inspect { name: VolumeName },
-    /// Move a volume's data to another host directory (refused while mounted; the old data is kept).
+    /// Move a volume's data to another host directory or pool (refused while mounted; the old data is kept).
     Migrate {
         name: VolumeName,
         /// The new host directory (empty or missing; under an allowed bind root).
+        #[arg(long, required_unless_present = "pool", conflicts_with = "pool")]
+        to: Option<String>,
+        /// Another pool (`default` is <root>/volumes): the data moves there, as a subvolume on a
+        /// btrfs pool, and its read-only snapshots in the old pool are archived first.
         #[arg(long)]
-        to: String,
+        pool: Option<String>,
         /// Delete the old data once the volume uses the new place.
         #[arg(long)]
         delete_source: bool,
@@ -103,12 +107,20 @@ pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
         VolumeCmd::Migrate {
             name,
             to,
+            pool,
             delete_source,
         } => {
-            let driver = cli.driver(None, crate::core::layout::DEFAULT_SNAPSHOT_WAIT)?;
-            let view = crate::core::layout::HostView::new(cli.host_prefix.as_deref());
-            let r =
-                crate::ops::migrate::migrate(&driver, &layout, &view, name, to, *delete_source)?;
+            let r = match (to, pool) {
+                (_, Some(pool)) => {
+                    crate::ops::tier::migrate_to_pool(&cli.ctx(), name, pool, *delete_source)?
+                }
+                (to, None) => {
+                    let driver = cli.driver(None, crate::core::layout::DEFAULT_SNAPSHOT_WAIT)?;
+                    let view = crate::core::layout::HostView::new(cli.host_prefix.as_deref());
+                    let to = to.as_deref().unwrap_or_default();
+                    crate::ops::migrate::migrate(&driver, &layout, &view, name, to, *delete_source)?
+                }
+            };
             println!(
                 "migrated {name}: {} entries copied and verified from {} to {}; {}",
                 r.files,

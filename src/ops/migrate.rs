@@ -29,7 +29,7 @@ use crate::pool::location::Locate;
 use crate::pool::topology;
 
 /// Test hook: `ALLSPARK_CRASH_AT=<step>` aborts the process at that step (copied, verified, switched, deleted).
-fn crash_point(step: &str) {
+pub(crate) fn crash_point(step: &str) {
     if std::env::var("ALLSPARK_CRASH_AT").ok().as_deref() == Some(step) {
         eprintln!("ALLSPARK_CRASH_AT={step}: aborting on purpose");
         std::process::abort();
@@ -40,6 +40,7 @@ fn crash_point(step: &str) {
 #[derive(Debug, serde::Serialize)]
 pub struct MigrateReport {
     pub from: PathBuf,
+    /// The new place (for `--pool`, the volume's directory in the pool).
     pub to: PathBuf,
     pub files: usize,
     pub deleted_source: bool,
@@ -54,58 +55,15 @@ pub fn migrate(
     to: &str,
     delete_source: bool,
 ) -> anyhow::Result<MigrateReport> {
-    let store = Store::new(layout.clone());
     let host_to = driver.check_device(to)?;
     let _snap = FileLock::acquire(&layout.snapshot_lock(name), LockKind::Exclusive)?;
-    let rec = {
-        let _lock = store.lock(name)?;
-        let rec = store
-            .load(name)?
-            .with_context(|| format!("no such volume: {name}"))?;
-        if rec.mount_count() > 0 {
-            bail!(
-                "volume {name} is mounted by {} container(s); stop them before migrating it",
-                rec.mount_count()
-            );
-        }
-        rec
-    };
-    if let Some(prev) = &rec.previous_data {
-        bail!(
-            "volume {name} still has the data of an earlier migration at {}; delete it first with `allspark volume cleanup {name}`",
-            prev.local_path(layout, view).display()
-        );
-    }
-    if rec.spec.parent.is_some() {
-        bail!(
-            "volume {name} lives inside its parent volume {}; migrate the parent instead",
-            rec.spec.parent.as_deref().unwrap_or("")
-        );
-    }
-    let children = store.children(name)?;
-    if !children.is_empty() {
-        // Their records name places inside this volume's data: moving the data alone would
-        // leave them behind, and a cleanup would then delete their data.
-        bail!(
-            "volume {name} is the parent of {}; a parent cannot be migrated while it has children (remove or recreate them elsewhere first) — nothing was changed",
-            children.join(", ")
-        );
-    }
-    let from = rec.data.local_path(layout, view);
+    let Movable { source, from, .. } = movable(layout, view, name)?;
+    let store = Store::new(layout.clone());
     let target = view.local(&host_to);
     if target == from {
         bail!("volume {name} already lives at {to}");
     }
-    let source = rec
-        .data
-        .open(layout, view, Missing::Refuse)
-        .with_context(|| format!("volume {name}: cannot open its data"))?
-        .dir;
     check_not_nested(&source, &target, to)?;
-    let fam = topology::family(layout, view, &source, &from);
-    if let Some(refusal) = fam.refusal(name, &format!("migrate volume {name}")) {
-        bail!(refusal);
-    }
     if fs::read_dir(&target)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false)
@@ -155,6 +113,71 @@ pub fn migrate(
         files,
         deleted_source: delete_source,
     })
+}
+
+/// A volume that may be moved now, and its data opened once.
+pub(crate) struct Movable {
+    pub rec: crate::core::store::VolumeRecord,
+    pub source: Dir,
+    pub from: PathBuf,
+}
+
+/// The checks every move of a volume's data makes (the caller holds the volume's snapshot
+/// lock, so no snapshot reads the data meanwhile): the volume exists and is not mounted, has
+/// no earlier migration's data left, is not a `parent=` child nor a parent, and nothing of
+/// its family (volumes on, inside or around its data) is in use.
+pub(crate) fn movable(
+    layout: &Layout,
+    view: &HostView,
+    name: &VolumeName,
+) -> anyhow::Result<Movable> {
+    crate::core::names::validate(name).map_err(anyhow::Error::msg)?;
+    let store = Store::new(layout.clone());
+    let rec = {
+        let _lock = store.lock(name)?;
+        let rec = store
+            .load(name)?
+            .with_context(|| format!("no such volume: {name}"))?;
+        if rec.mount_count() > 0 {
+            bail!(
+                "volume {name} is mounted by {} container(s); stop them before migrating it",
+                rec.mount_count()
+            );
+        }
+        (*rec).clone()
+    };
+    if let Some(prev) = &rec.previous_data {
+        bail!(
+            "volume {name} still has the data of an earlier migration at {}; delete it first with `allspark volume cleanup {name}`",
+            prev.local_path(layout, view).display()
+        );
+    }
+    if rec.spec.parent.is_some() {
+        bail!(
+            "volume {name} lives inside its parent volume {}; migrate the parent instead",
+            rec.spec.parent.as_deref().unwrap_or("")
+        );
+    }
+    let children = store.children(name)?;
+    if !children.is_empty() {
+        // Their records name places inside this volume's data: moving the data alone would
+        // leave them behind, and a cleanup would then delete their data.
+        bail!(
+            "volume {name} is the parent of {}; a parent cannot be migrated while it has children (remove or recreate them elsewhere first) — nothing was changed",
+            children.join(", ")
+        );
+    }
+    let from = rec.data.local_path(layout, view);
+    let source = rec
+        .data
+        .open(layout, view, Missing::Refuse)
+        .with_context(|| format!("volume {name}: cannot open its data"))?
+        .dir;
+    let fam = topology::family(layout, view, &source, &from);
+    if let Some(refusal) = fam.refusal(name, &format!("migrate volume {name}")) {
+        bail!(refusal);
+    }
+    Ok(Movable { rec, source, from })
 }
 
 /// The file that marks a half copy as allspark's own, and so disposable.
@@ -237,7 +260,17 @@ pub fn cleanup(
             );
         }
     }
-    if dir.exists() {
+    if let DataLocation::Pool {
+        pool,
+        volume,
+        subdir: None,
+    } = &prev
+    {
+        // A subvolume goes at once; the volume's read-only snapshots in that pool were
+        // archived before it moved.
+        crate::pool::cow::destroy_in_pool(layout, view, pool, volume)
+            .with_context(|| format!("cannot delete the old data at {}", dir.display()))?;
+    } else if dir.exists() {
         fs::remove_dir_all(&dir)
             .with_context(|| format!("cannot delete the old data at {}", dir.display()))?;
     }

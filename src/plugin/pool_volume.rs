@@ -228,6 +228,9 @@ pub fn remove(
         store.delete(name)?;
         return Ok(());
     }
+    if subdir.is_none() && p.cow() {
+        refuse_unarchived(layout, &p, &root, name)?;
+    }
     let vols = p.volumes_dir(&root).map_err(io_ctx(format!(
         "pool {pool}: cannot open its volumes directory"
     )))?;
@@ -296,6 +299,27 @@ pub fn remove(
         }
     }
     Ok(())
+}
+
+/// A volume whose newest read-only snapshot has no archive yet is not removed: its snapshots
+/// go with it, and that one exists nowhere else (the agent archives it within moments of the
+/// stop; `allspark snapshot archive` does it now).
+fn refuse_unarchived(
+    layout: &Layout,
+    p: &Pool,
+    root: &Dir,
+    name: &VolumeName,
+) -> Result<(), DriverError> {
+    let pending = crate::pool::archive::pending(layout, p, root, name)
+        .map_err(|e| DriverError::Invalid(format!("volume {name}: cannot tell whether its read-only snapshots are archived: {e}; nothing was removed")))?;
+    match pending.last() {
+        None => Ok(()),
+        Some(newest) => Err(DriverError::Busy(format!(
+            "volume {name}: its read-only snapshot {} ({} not archived) has no archive yet and would be lost with the volume; wait for the agent to archive it or run `allspark snapshot archive {name}`, then remove the volume again — nothing was removed",
+            newest.id,
+            pending.len()
+        ))),
+    }
 }
 
 /// At plugin start, for every pool (mounting images found unmounted): put back the data of

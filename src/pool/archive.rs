@@ -47,13 +47,8 @@ pub fn catch_up(
     let root = pool
         .open_root(layout, &ctx.view)
         .map_err(|e| SnapshotError::io(format!("volume {volume}: cannot open its pool"), e))?;
-    let newest = catalog::list(layout, volume)?.last().map(|m| m.id.clone());
-    let pending: Vec<cow::CowSnapshot> = cow::list_in(&pool, &root, volume)
-        .into_iter()
-        .filter(|c| newest.as_ref().is_none_or(|n| c.id > *n))
-        .collect();
     let mut out = Vec::new();
-    for c in pending {
+    for c in pending(layout, &pool, &root, volume)? {
         // Pruned meanwhile (retention runs under the snapshot lock, not this one): skip it.
         let Some(ro) = cow::open_snapshot(&pool, &root, volume, &c.id)? else {
             continue;
@@ -101,6 +96,21 @@ pub fn catch_up(
         }
     }
     Ok(out)
+}
+
+/// The read-only snapshots of `volume` newer than its newest archive, oldest first: those
+/// whose archive is still to be written.
+pub fn pending(
+    layout: &crate::core::layout::Layout,
+    pool: &crate::pool::Pool,
+    root: &crate::fs::beneath::Dir,
+    volume: &VolumeName,
+) -> Result<Vec<cow::CowSnapshot>, SnapshotError> {
+    let newest = catalog::list(layout, volume)?.last().map(|m| m.id.clone());
+    Ok(cow::list_in(pool, root, volume)
+        .into_iter()
+        .filter(|c| newest.as_ref().is_none_or(|n| c.id > *n))
+        .collect())
 }
 
 /// Delete archives an interrupted archiver left. Call only while holding the archive lock.

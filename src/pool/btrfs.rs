@@ -35,6 +35,7 @@ const IOC_SNAP_DESTROY_V2: u64 = iow(63, 4096);
 
 const SUBVOL_RDONLY: u64 = 1 << 1;
 const QUOTA_CTL_ENABLE: u64 = 1;
+const QUOTA_CTL_ENABLE_SIMPLE_QUOTA: u64 = 4;
 const QGROUP_LIMIT_MAX_RFER: u64 = 1 << 0;
 const QUOTA_TREE_OBJECTID: u64 = 8;
 const QGROUP_INFO_KEY: u32 = 242;
@@ -190,13 +191,30 @@ pub fn subvolume_id(fd: impl AsFd) -> io::Result<u64> {
     Ok(a.treeid)
 }
 
-/// Enable quota groups on the filesystem of `fd` (a no-op when they are on).
+/// Enable quota groups on the filesystem of `fd` (a no-op when they are on, in either mode):
+/// simple quotas where the kernel has them (6.7 and later), full qgroups otherwise.
+///
+/// Why simple quotas: full qgroups account every changed extent against every snapshot that
+/// shares it when a transaction commits, so each commit (and so each snapshot on stop) gets
+/// slower as read-only snapshots accumulate (measured here: the syncfs before a snapshot went
+/// from 48 to 189 ms over 12 snapshots, flat at about 35 ms with simple quotas). Simple quotas
+/// charge an extent to the subvolume that wrote it, at constant cost; a limit still stops
+/// writes with `EDQUOT`. The difference users see: a clone's usage counts only what it wrote
+/// itself, not the blocks it shares with its template.
 pub fn enable_quota(fd: impl AsFd) -> io::Result<()> {
-    let mut a = QuotaCtlArgs {
-        cmd: QUOTA_CTL_ENABLE,
-        status: 0,
-    };
-    ioctl(fd.as_fd(), IOC_QUOTA_CTL, &mut a)
+    let fd = fd.as_fd();
+    match quota_ctl(fd, QUOTA_CTL_ENABLE_SIMPLE_QUOTA) {
+        // Kernels before 6.7 know no such command.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+            quota_ctl(fd, QUOTA_CTL_ENABLE)
+        }
+        other => other,
+    }
+}
+
+fn quota_ctl(fd: BorrowedFd<'_>, cmd: u64) -> io::Result<()> {
+    let mut a = QuotaCtlArgs { cmd, status: 0 };
+    ioctl(fd, IOC_QUOTA_CTL, &mut a)
 }
 
 /// Limit the referenced bytes of the subvolume open as `fd` (its own qgroup `0/<id>`); writes

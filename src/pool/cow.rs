@@ -34,6 +34,11 @@ pub struct CowSnapshot {
     pub event: Option<String>,
     /// Time to take it (snapshot and rename), in milliseconds.
     pub duration_ms: u64,
+    /// Time to write the volume's dirty data out first (`syncfs`, before the snapshot lock),
+    /// in milliseconds: the part of a snapshot on stop that grows with what the container
+    /// wrote last.
+    #[serde(default)]
+    pub flush_ms: u64,
 }
 
 /// The btrfs pool of a whole pool volume (not a child), if it is on one.
@@ -80,6 +85,7 @@ pub fn list_in(pool: &Pool, root: &Dir, volume: &VolumeName) -> Vec<CowSnapshot>
                     trigger: Trigger::Manual,
                     event: None,
                     duration_ms: 0,
+                    flush_ms: 0,
                 })
         })
         .collect();
@@ -158,11 +164,13 @@ pub fn take(
     let name = &rec.name;
     // Write the volume's dirty data out before the lock: the snapshot commits a transaction
     // that would otherwise flush it while Mounts of the volume wait.
+    let flushing = Instant::now();
     if let Ok(o) = location::open(layout, view, &pool.name, name, None, Missing::Refuse) {
         if let Err(e) = rustix::fs::syncfs(&o.dir) {
             tracing::warn!(volume = %name, %e, "syncfs before the snapshot failed; the snapshot flushes instead");
         }
     }
+    let flush_ms = flushing.elapsed().as_millis() as u64;
     let lock_path = layout.snapshot_lock(name);
     let _lock = FileLock::acquire(&lock_path, LockKind::Exclusive)
         .map_err(io(format!("cannot take {}", lock_path.display())))?;
@@ -214,6 +222,7 @@ pub fn take(
         created_at: snapshot_id::parse(&id).unwrap_or_else(|_| Utc::now()),
         event,
         duration_ms: 0,
+        flush_ms,
     };
     let publish = || -> std::io::Result<CowSnapshot> {
         let mut meta = meta.clone();
@@ -494,4 +503,23 @@ pub fn all_ids(
         ids.dedup();
     }
     ids
+}
+
+/// Delete the data of a whole volume that has left `pool` (a migration's old place) and its
+/// read-only snapshots there. The caller checked that no record uses it.
+pub fn destroy_in_pool(
+    layout: &Layout,
+    view: &HostView,
+    pool: &str,
+    volume: &VolumeName,
+) -> std::io::Result<()> {
+    let p = find(layout, pool).map_err(std::io::Error::other)?;
+    let root = p.open_root(layout, view)?;
+    let vols = p.volumes_dir(&root)?;
+    tree::destroy(&vols, OsStr::new(volume.as_str()))?;
+    vols.file()?.sync_all()?;
+    if p.cow() {
+        destroy_all(&root, volume)?;
+    }
+    Ok(())
 }

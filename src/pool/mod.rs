@@ -11,6 +11,7 @@ pub mod archive;
 pub mod btrfs;
 pub mod capacity;
 pub mod cow;
+pub mod create;
 pub mod image;
 pub mod location;
 pub mod restore;
@@ -167,6 +168,14 @@ pub struct Entry {
     /// The id in the pool's marker (empty until the pool was prepared once).
     #[serde(default)]
     pub id: String,
+    /// Made by `allspark pool create` (kept across plugin starts) rather than configured on
+    /// the plugin (`--pool` / `ALLSPARK_POOLS`, recorded again at each start).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub created: bool,
+    /// `allspark pool create` has not finished: the pool takes no volumes until the next
+    /// `pool create` of the same spec or plugin start completes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creating: bool,
 }
 
 /// The pools the plugin serves (`<root>/state/pools.json`, written at plugin start).
@@ -184,14 +193,14 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    fn save(&self, layout: &Layout) -> io::Result<()> {
+    pub(crate) fn save(&self, layout: &Layout) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         durable::atomic_write(&layout.pools_registry(), &bytes, 0o600)
     }
 
-    /// A configured pool by name (not the default pool).
+    /// A configured pool by name (not the default pool, nor one still being created).
     pub fn get(&self, name: &str) -> Option<Pool> {
-        let e = self.pools.iter().find(|e| e.name == name)?;
+        let e = self.pools.iter().find(|e| e.name == name && !e.creating)?;
         Some(Pool {
             name: e.name.clone(),
             spec: PoolSpec::parse(&e.spec).ok()?,
@@ -205,6 +214,13 @@ impl Registry {
             .iter()
             .filter_map(|e| self.get(&e.name))
             .collect()
+    }
+
+    /// Take the lock every writer of `pools.json` holds (plugin start, `pool create`).
+    pub(crate) fn lock(layout: &Layout) -> io::Result<FileLock> {
+        durable::ensure_dir(&layout.locks_dir(), 0o700)?;
+        // A volume name cannot start with a dot: no volume's lock has this name.
+        FileLock::acquire(&layout.locks_dir().join(".pools.lock"), LockKind::Exclusive)
     }
 
     /// `default (dir:<root>/volumes), fast (btrfs:/srv/ssd)`: for refusals.
@@ -348,7 +364,7 @@ impl Pool {
     /// Prepare the pool at plugin start: create (and format) an image, mount it, write the
     /// marker on a fresh filesystem, create the directories, enable quotas on btrfs. Returns
     /// the marker id.
-    fn prepare(&self, layout: &Layout, view: &HostView) -> io::Result<String> {
+    pub(crate) fn prepare(&self, layout: &Layout, view: &HostView) -> io::Result<String> {
         let path = self.root_path(layout, view);
         // A new image is a new filesystem: it gets a new marker whatever was recorded.
         let mut fresh = false;
@@ -460,6 +476,12 @@ fn new_id() -> String {
 /// A configured pool by name, or a refusal naming the configured ones.
 pub fn find(layout: &Layout, name: &str) -> Result<Pool, String> {
     let reg = Registry::load(layout);
+    if let Some(e) = reg.pools.iter().find(|e| e.name == name && e.creating) {
+        return Err(format!(
+            "pool={name}: the creation of this pool was interrupted; finish it with `allspark pool create {name} {}` (or restart the plugin)",
+            e.spec
+        ));
+    }
     reg.get(name).ok_or_else(|| {
         format!(
             "pool={name}: no such pool; configured pools: {} (pools are configured on the plugin with --pool NAME=SPEC or ALLSPARK_POOLS)",
@@ -468,41 +490,68 @@ pub fn find(layout: &Layout, name: &str) -> Result<Pool, String> {
     })
 }
 
-/// Prepare the configured pools and record them for every process (plugin start). A pool
-/// that cannot be prepared is logged and kept (with its known id): its volumes fail with the
-/// reason until it is fixed, the other pools serve.
+/// Prepare the configured pools and the pools `allspark pool create` made, and record them
+/// for every process (plugin start). A pool that cannot be prepared is logged and kept (with
+/// its known id): its volumes fail with the reason until it is fixed, the other pools serve.
+/// A created pool whose creation was interrupted is completed here.
 pub fn setup(layout: &Layout, view: &HostView, defs: &[PoolDef]) -> io::Result<Registry> {
+    let _lock = Registry::lock(layout)?;
     let old = Registry::load(layout);
     if defs.is_empty() && old.pools.is_empty() {
         // No pools, ever: nothing to record (the state root stays as before pools).
         return Ok(old);
     }
+    let mut wanted: Vec<Entry> = defs
+        .iter()
+        .map(|d| Entry {
+            name: d.name.clone(),
+            spec: d.spec.to_string(),
+            id: String::new(),
+            created: false,
+            creating: false,
+        })
+        .collect();
+    for e in old.pools.iter().filter(|e| e.created) {
+        match wanted.iter().find(|w| w.name == e.name) {
+            Some(w) if w.spec != e.spec => {
+                tracing::warn!(pool = %e.name, created = %e.spec, configured = %w.spec, "a pool made with `allspark pool create` is also configured on the plugin with another spec: the configured one is used")
+            }
+            Some(_) => {}
+            None => wanted.push(e.clone()),
+        }
+    }
     let mut reg = Registry::default();
-    for d in defs {
-        let spec = d.spec.to_string();
+    for mut w in wanted {
         let known = old
             .pools
             .iter()
-            .find(|e| e.name == d.name && e.spec == spec)
+            .find(|e| e.name == w.name && e.spec == w.spec)
             .map(|e| e.id.clone())
             .unwrap_or_default();
+        let Ok(spec) = PoolSpec::parse(&w.spec) else {
+            tracing::error!(pool = %w.name, spec = %w.spec, "unreadable pool spec in pools.json: kept as it is");
+            reg.pools.push(w);
+            continue;
+        };
         let pool = Pool {
-            name: d.name.clone(),
-            spec: d.spec.clone(),
+            name: w.name.clone(),
+            spec,
             id: known.clone(),
         };
-        let id = match pool.prepare(layout, view) {
-            Ok(id) => id,
+        w.id = match pool.prepare(layout, view) {
+            Ok(id) => {
+                if w.creating {
+                    tracing::warn!(pool = %w.name, "an interrupted `allspark pool create` is completed");
+                }
+                w.creating = false;
+                id
+            }
             Err(e) => {
-                tracing::error!(pool = %d.name, error = %e, "pool not ready; its volumes fail until this is fixed");
+                tracing::error!(pool = %w.name, error = %e, "pool not ready; its volumes fail until this is fixed");
                 known
             }
         };
-        reg.pools.push(Entry {
-            name: d.name.clone(),
-            spec,
-            id,
-        });
+        reg.pools.push(w);
     }
     for e in &old.pools {
         if !reg.pools.iter().any(|n| n.name == e.name) {

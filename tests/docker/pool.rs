@@ -1,4 +1,4 @@
-//! A btrfs-image pool through the real dockerd (legacy test plugin): a container writing past `size=` gets EDQUOT while another volume of the pool is unaffected, snapshot on stop is a read-only subvolume, a clone from it serves a container, `docker volume inspect` says the size is enforced.
+//! A btrfs-image pool through the real dockerd (legacy test plugin): a container writing past `size=` gets EDQUOT (and its `df` shows the pool, not the limit) while another volume of the pool is unaffected, snapshot on stop is a read-only subvolume, a clone from it serves a container, `docker volume inspect` says the size is enforced.
 
 use crate::support::common;
 use crate::support::legacy;
@@ -49,7 +49,7 @@ fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
         &image,
         "sh",
         "-c",
-        "dd if=/dev/zero of=/d/f bs=1M count=200 conv=fsync; echo rc=$?; du -m /d/f",
+        "dd if=/dev/zero of=/d/f bs=1M count=200 conv=fsync; echo rc=$?; du -m /d/f; df -k /d | tail -1",
     ]);
     let text = format!(
         "{}{}",
@@ -69,6 +69,14 @@ fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
         })
         .unwrap_or_else(|| panic!("no du line: {text}"));
     assert!((48..=64).contains(&used), "stopped at {used} MB: {text}");
+    // What the container's df shows is the pool (3 GB), not the 64 MB limit (README: "What a
+    // container sees at the limit").
+    let df_total_kb: u64 = text
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some("/d"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no df line: {text}"));
+    assert!(df_total_kb > 2 << 20, "df shows {df_total_kb} KB: {text}");
     let out = run(
         &image,
         &format!("{other}:/d"),

@@ -8,6 +8,7 @@ mod backup;
 mod metrics;
 mod operations;
 mod pool;
+mod pool_admin;
 mod remote;
 mod remote_chains;
 mod shared_tree;

@@ -11,38 +11,38 @@ use std::time::{Duration, Instant};
 use harness::{cli, cli_ok, err_of, noise, wait_for, Agent, Plugin};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_allspark");
+pub(super) const BIN: &str = env!("CARGO_BIN_EXE_allspark");
 
-fn pool_plugin() -> Plugin {
+pub(super) fn pool_plugin() -> Plugin {
     Plugin::start_with_pool(BIN, "p", "3G", &[])
 }
 
-fn pool_root(p: &Plugin) -> PathBuf {
+pub(super) fn pool_root(p: &Plugin) -> PathBuf {
     p.root().join("pools").join("p")
 }
 
 /// Where a pool volume's data (a subvolume) lives.
-fn data(p: &Plugin, name: &str) -> PathBuf {
+pub(super) fn data(p: &Plugin, name: &str) -> PathBuf {
     pool_root(p).join("volumes").join(name)
 }
 
-fn create(p: &Plugin, name: &str, opts: Value) {
+pub(super) fn create(p: &Plugin, name: &str, opts: Value) {
     let (_, v) = p.call("VolumeDriver.Create", json!({"Name": name, "Opts": opts}));
     assert_eq!(err_of(&v), "", "create {name}: {v}");
 }
 
-fn mount(p: &Plugin, name: &str, id: &str) -> PathBuf {
+pub(super) fn mount(p: &Plugin, name: &str, id: &str) -> PathBuf {
     let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": name, "ID": id}));
     assert_eq!(err_of(&v), "", "mount {name}: {v}");
     PathBuf::from(v["Mountpoint"].as_str().unwrap())
 }
 
-fn unmount(p: &Plugin, name: &str, id: &str) {
+pub(super) fn unmount(p: &Plugin, name: &str, id: &str) {
     let (_, v) = p.call("VolumeDriver.Unmount", json!({"Name": name, "ID": id}));
     assert_eq!(err_of(&v), "", "unmount {name}: {v}");
 }
 
-fn kinds(p: &Plugin, volume: &str) -> Vec<String> {
+pub(super) fn kinds(p: &Plugin, volume: &str) -> Vec<String> {
     p.snapshots(volume)
         .iter()
         .map(|s| s["kind"].as_str().unwrap().to_string())
@@ -50,33 +50,38 @@ fn kinds(p: &Plugin, volume: &str) -> Vec<String> {
 }
 
 /// Is `dir` the root of a btrfs subvolume (inode 256 on btrfs)?
-fn is_subvolume(dir: &Path) -> bool {
+pub(super) fn is_subvolume(dir: &Path) -> bool {
     let st = nix::sys::statfs::statfs(dir).unwrap();
     st.filesystem_type().0 as i64 == 0x9123_683E && std::fs::metadata(dir).unwrap().ino() == 256
 }
 
 /// Unmount the pool behind the plugin's back (retried while a call in flight holds it busy).
 fn unmount_pool(p: &Plugin) {
+    unmount_path(&pool_root(p));
+}
+
+/// Unmount an image pool's mount point, retried while a call in flight holds it busy.
+pub(super) fn unmount_path(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match nix::mount::umount2(&pool_root(p), nix::mount::MntFlags::empty()) {
+        match nix::mount::umount2(path, nix::mount::MntFlags::empty()) {
             Ok(()) => return,
             Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20))
             }
-            Err(e) => panic!("umount {}: {e}", pool_root(p).display()),
+            Err(e) => panic!("umount {}: {e}", path.display()),
         }
     }
 }
 
 /// Wait until the plugin's start-up recovery (which opens the pools) is done.
-fn recovered(p: &Plugin) {
+pub(super) fn recovered(p: &Plugin) {
     wait_for("the plugin's recovery", Duration::from_secs(20), || {
         p.log().matches("recovery done").count() >= p.log().matches("plugin listening").count()
     });
 }
 
-fn pool_is_mounted(p: &Plugin) -> bool {
+pub(super) fn pool_is_mounted(p: &Plugin) -> bool {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     allspark::plugin::mounts::parse_mountinfo(&text).contains(&pool_root(p))
 }
@@ -248,6 +253,10 @@ fn clone_from_snapshot_and_volume_share_blocks_and_restore_swaps_a_subvolume_in(
     let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": "base"}));
     assert!(err_of(&v).contains("mounted"), "{v}");
     unmount(&p, "base", "c9");
+    // The newest read-only snapshot has no archive (--no-archive): kept until it has one.
+    let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": "base"}));
+    assert!(err_of(&v).contains("no archive yet"), "{v}");
+    cli_ok(&p, &["snapshot", "archive", "base"]);
     let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": "base"}));
     assert_eq!(err_of(&v), "", "{v}");
     assert!(!data(&p, "base").exists());

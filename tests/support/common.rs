@@ -10,7 +10,8 @@
 //! - [`ensure_busybox_image`]: the offline test image (static busybox);
 //!   [`ensure_sleeper_image`] (busybox that waits, for compose services) and
 //!   [`ensure_db_images`] (scripts/db-images.sh: postgres:15 and redis:7 stand-ins);
-//!   [`compose_labels`]: a service's labels as `compose/docker-compose.yml` ships them.
+//!   [`compose_labels`]: a service's labels as `compose/docker-compose.yml` ships them;
+//!   [`compose_volume_opts`]: its volumes' driver_opts as `docker-compose config` renders them.
 //! - [`unique_name`]: names that never collide between tests or runs.
 //! - [`Cleanup`]: shell commands run on drop, also when a test panics.
 //! - [`allspark_bin`]: a plain function, because this module is compiled into
@@ -28,6 +29,7 @@
 //! Not every test binary uses every helper, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -414,6 +416,55 @@ pub fn compose_labels(service: &str) -> Vec<(String, String)> {
         path.display()
     );
     out
+}
+
+/// The volumes of the shipped `compose/docker-compose.yml` as `docker-compose config` renders
+/// them with `env` set (variables substituted, nothing else changed): name and driver_opts,
+/// in file order.
+pub fn compose_volume_opts(env: &[(&str, &str)]) -> Vec<(String, BTreeMap<String, String>)> {
+    let path = repo_root().join("compose/docker-compose.yml");
+    let mut cmd = Command::new("docker-compose");
+    cmd.arg("-f")
+        .arg(&path)
+        .arg("config")
+        .env("POSTGRES_PASSWORD", "unused")
+        .env_remove("ALLSPARK_WORKSPACE_POOL")
+        .env_remove("ALLSPARK_FAST_POOL")
+        .envs(env.iter().copied());
+    let out = cmd
+        .output()
+        .expect("docker-compose (v1) is needed to render the shipped compose file");
+    assert!(
+        out.status.success(),
+        "docker-compose config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut vols: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    let (mut in_volumes, mut in_opts) = (false, false);
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let t = line.trim();
+        if indent == 0 {
+            in_volumes = t == "volumes:";
+        } else if in_volumes && indent == 2 {
+            vols.push((t.trim_end_matches(':').to_string(), BTreeMap::new()));
+            in_opts = false;
+        } else if in_volumes && indent == 4 {
+            in_opts = t == "driver_opts:";
+        } else if in_volumes && in_opts && indent == 6 {
+            let (k, v) = t
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("unexpected line: {line}"));
+            let v = v.trim_matches(|c| c == '\'' || c == '"');
+            vols.last_mut()
+                .unwrap()
+                .1
+                .insert(k.to_string(), v.to_string());
+        }
+    }
+    assert!(!vols.is_empty(), "no volumes rendered: {text}");
+    vols
 }
 
 fn find_static_busybox() -> PathBuf {
