@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{readlinkat, OFlag};
-use nix::sys::stat::{fstat, FileStat, SFlag};
+use nix::sys::stat::{fstat, FileStat};
 use tar::EntryType;
 
+use super::index::kind_of;
 use super::index::IndexEntry;
 use super::read_ahead::{Ahead, ReadAhead};
 use super::tar_out::{archive_name, base_header, file_header, sparse_segments, TarOut, Xattrs};
-use super::writer::{WriteOptions, WriteReport};
+use super::write_options::{WriteOptions, WriteReport};
 use super::{encode_rel_path, ArchiveError, EntryKind};
 use crate::fs::walk::{open_at, DirView, Failure, Listing, Visitor};
 
@@ -44,19 +45,6 @@ pub(super) struct Writer<'a, 'o, W: Write> {
     parent_cursor: usize,
     /// The read-ahead whose files this writer consumes, if any.
     read_ahead: Option<&'a ReadAhead>,
-}
-
-pub(crate) fn kind_of(st: &FileStat) -> Option<EntryKind> {
-    let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-    Some(match fmt {
-        SFlag::S_IFREG => EntryKind::File,
-        SFlag::S_IFDIR => EntryKind::Dir,
-        SFlag::S_IFLNK => EntryKind::Symlink,
-        SFlag::S_IFIFO => EntryKind::Fifo,
-        SFlag::S_IFCHR => EntryKind::CharDevice,
-        SFlag::S_IFBLK => EntryKind::BlockDevice,
-        _ => return None,
-    })
 }
 
 pub(crate) fn index_entry(rel: &[u8], kind: EntryKind, st: &FileStat) -> IndexEntry {

@@ -500,6 +500,21 @@ fn parse_line(line: &[u8]) -> Result<IndexEntry, String> {
     })
 }
 
+pub(crate) fn kind_of(st: &nix::sys::stat::FileStat) -> Option<EntryKind> {
+    let fmt = nix::sys::stat::SFlag::from_bits_truncate(
+        st.st_mode & nix::sys::stat::SFlag::S_IFMT.bits(),
+    );
+    Some(match fmt {
+        nix::sys::stat::SFlag::S_IFREG => EntryKind::File,
+        nix::sys::stat::SFlag::S_IFDIR => EntryKind::Dir,
+        nix::sys::stat::SFlag::S_IFLNK => EntryKind::Symlink,
+        nix::sys::stat::SFlag::S_IFIFO => EntryKind::Fifo,
+        nix::sys::stat::SFlag::S_IFCHR => EntryKind::CharDevice,
+        nix::sys::stat::SFlag::S_IFBLK => EntryKind::BlockDevice,
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

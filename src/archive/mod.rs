@@ -80,6 +80,7 @@ mod guard;
 mod gzip;
 mod read_ahead;
 mod tar_out;
+mod write_options;
 mod zst;
 
 use std::io;

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::fcntl::OFlag;
 use nix::sys::stat::{fstat, FileStat};
 
-use super::entries::kind_of;
+use super::index::kind_of;
 use super::index::Index;
 use super::tar_out::{xattrs_fd, Xattrs};
 use super::EntryKind;
