@@ -1,17 +1,15 @@
 //! `allspark backup run|ls|verify|restore|prune`: flags and output of the backup commands.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 use anyhow::bail;
 use chrono::Local;
 use clap::{Args, Subcommand};
-use indicatif::ProgressBar;
 
-use super::output::human;
-use super::progress::bytes_bar;
+use super::output::{human, print_items, print_removals, verdict};
+use super::progress::item_bars;
 use crate::backup::restore::{self, RestoreRequest};
-use crate::backup::run::{self, ItemProgress, RunOptions};
+use crate::backup::run::{self, RunOptions};
 use crate::backup::{catalog, retention, verify, BackupType, Keep, LabelFilter, Settings};
 use crate::context::Ctx;
 use crate::core::layout::DEFAULT_BACKUP_ROOT;
@@ -142,32 +140,6 @@ fn parse_type(s: &str) -> Result<BackupType, String> {
     s.parse()
 }
 
-/// One progress bar at a time, per item, on a terminal.
-pub(super) fn item_bars() -> ItemProgress {
-    let current: Mutex<Option<(String, Option<ProgressBar>)>> = Mutex::new(None);
-    Arc::new(move |item: &str, n: Option<u64>| {
-        let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
-        match n {
-            Some(n) => {
-                if cur.as_ref().map(|(i, _)| i.as_str()) != Some(item) {
-                    if let Some((_, Some(b))) = cur.take() {
-                        b.finish_and_clear();
-                    }
-                    *cur = Some((item.to_string(), bytes_bar(None, item)));
-                }
-                if let Some((_, Some(b))) = cur.as_ref() {
-                    b.set_position(n);
-                }
-            }
-            None => {
-                if let Some((_, Some(b))) = cur.take() {
-                    b.finish_and_clear();
-                }
-            }
-        }
-    })
-}
-
 /// `backup run --remote`: push and prune the remote; the errors, printed and returned.
 fn remote_after_backup(ctx: &Ctx, remote: &str, settings: &Settings) -> Vec<String> {
     let (report, errors) =
@@ -198,89 +170,10 @@ pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
                 containers,
                 *include_temporary,
             );
-            let report = run::run(
-                ctx,
-                &settings,
-                *kind,
-                &RunOptions {
-                    progress: Some(item_bars()),
-                    cancel: None,
-                    prune: !no_prune,
-                },
-            );
-            for e in &report.errors {
-                eprintln!("error: {e}");
-            }
-            println!("{}", report.summary());
-            let offsite = remote
-                .as_deref()
-                .map(|r| remote_after_backup(ctx, r, &settings))
-                .unwrap_or_default();
-            if !report.ok() {
-                bail!(
-                    "the {kind} backup had {} error(s) (listed above and in its manifest.json); fix them and run it again",
-                    report.errors.len()
-                );
-            }
-            if !offsite.is_empty() {
-                bail!(
-                    "the {kind} backup is complete locally, but the off-site copy failed: {}",
-                    offsite.join("; ")
-                );
-            }
+            backup_run(ctx, &settings, *kind, *no_prune, remote.as_deref())
         }
-        BackupCmd::Ls { json, root } => {
-            let settings = Settings::new(&root.backup_root);
-            let list = catalog::list(&settings)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                println!(
-                    "{:<8} {:<16} {:<21} {:<11} {:>10} {:<9} DIR",
-                    "TYPE", "NAME", "TIMESTAMP", "OUTCOME", "SIZE", "COMPLETE"
-                );
-                for e in &list {
-                    println!(
-                        "{:<8} {:<16} {:<21} {:<11} {:>10} {:<9} {}",
-                        e.kind.as_str(),
-                        e.name,
-                        e.timestamp,
-                        e.outcome,
-                        human(e.size),
-                        if e.complete { "yes" } else { "no" },
-                        e.dir.display()
-                    );
-                }
-            }
-        }
-        BackupCmd::Verify { dir, json } => {
-            let r = verify::verify_dir(dir, Some(item_bars()))?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                for w in &r.warnings {
-                    eprintln!("warning: {w}");
-                }
-                for f in &r.files {
-                    println!(
-                        "{:<6} {}: {}",
-                        if f.ok { "ok" } else { "FAILED" },
-                        f.name,
-                        f.detail
-                    );
-                }
-            }
-            if !r.ok() {
-                bail!("verification failed: {}", r.failures().join("; "));
-            }
-            if !*json {
-                println!(
-                    "ok: {} file(s) of {} verified",
-                    r.files.len(),
-                    dir.display()
-                );
-            }
-        }
+        BackupCmd::Ls { json, root } => ls(&root.backup_root, *json),
+        BackupCmd::Verify { dir, json } => verify_backup(dir, *json),
         BackupCmd::Restore {
             dir,
             volumes,
@@ -299,40 +192,7 @@ pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
                 volumes: volumes.clone(),
                 databases: databases.clone(),
             };
-            let plan = restore::plan(ctx, &settings, &req)?;
-            if !*yes {
-                eprint!("{}", plan.describe());
-                bail!("nothing was changed; run again with --yes to do it");
-            }
-            if !plan.problems.is_empty() {
-                eprint!("{}", plan.describe());
-                bail!(
-                    "nothing was changed: {}; fix that, or choose what to restore with --volume/--database",
-                    plan.problems.join("; ")
-                );
-            }
-            let report = restore::execute(ctx, &plan, Some(item_bars()))?;
-            for i in &report.items {
-                println!(
-                    "{:<6} {} {}: {}",
-                    if i.ok { "ok" } else { "FAILED" },
-                    i.kind,
-                    i.name,
-                    i.detail
-                );
-            }
-            if !report.ok() {
-                bail!(
-                    "the restore from {} failed for {} item(s) (listed above); fix them and restore those again with --volume/--database",
-                    dir.display(),
-                    report.items.iter().filter(|i| !i.ok).count()
-                );
-            }
-            println!(
-                "restored {} item(s) from {}",
-                report.items.len(),
-                dir.display()
-            );
+            restore_backup(ctx, &settings, &req, *yes)
         }
         BackupCmd::Prune {
             dry_run,
@@ -347,29 +207,156 @@ pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
                 },
                 false,
             );
-            let r = retention::prune(&settings, Local::now().naive_local(), *dry_run)?;
-            for d in r.decisions.iter().filter(|d| d.delete) {
-                println!(
-                    "{} {}/{}: {}",
-                    if *dry_run { "would remove" } else { "removed" },
-                    d.kind,
-                    d.name,
-                    d.reason
-                );
-            }
-            for e in &r.errors {
-                eprintln!("error: {e}");
-            }
-            println!(
-                "{} backup(s) {}, {} kept",
-                r.removed.len(),
-                if *dry_run { "to remove" } else { "removed" },
-                r.kept
-            );
-            if !r.errors.is_empty() {
-                bail!("{} old backup(s) could not be removed", r.errors.len());
-            }
+            prune(&settings, *dry_run)
         }
+    }
+}
+
+/// `backup run`: dumps, volumes, manifest and retention, then the push to `remote`.
+fn backup_run(
+    ctx: &Ctx,
+    settings: &Settings,
+    kind: BackupType,
+    no_prune: bool,
+    remote: Option<&str>,
+) -> anyhow::Result<()> {
+    let report = run::run(
+        ctx,
+        settings,
+        kind,
+        &RunOptions {
+            progress: Some(item_bars()),
+            cancel: None,
+            prune: !no_prune,
+        },
+    );
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    println!("{}", report.summary());
+    let offsite = remote
+        .map(|r| remote_after_backup(ctx, r, settings))
+        .unwrap_or_default();
+    if !report.ok() {
+        bail!(
+            "the {kind} backup had {} error(s) (listed above and in its manifest.json); fix them and run it again",
+            report.errors.len()
+        );
+    }
+    if !offsite.is_empty() {
+        bail!(
+            "the {kind} backup is complete locally, but the off-site copy failed: {}",
+            offsite.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// `backup ls`: every backup under the root, as a table or JSON.
+fn ls(backup_root: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let settings = Settings::new(backup_root);
+    let list = catalog::list(&settings)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        println!(
+            "{:<8} {:<16} {:<21} {:<11} {:>10} {:<9} DIR",
+            "TYPE", "NAME", "TIMESTAMP", "OUTCOME", "SIZE", "COMPLETE"
+        );
+        for e in &list {
+            println!(
+                "{:<8} {:<16} {:<21} {:<11} {:>10} {:<9} {}",
+                e.kind.as_str(),
+                e.name,
+                e.timestamp,
+                e.outcome,
+                human(e.size),
+                if e.complete { "yes" } else { "no" },
+                e.dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `backup verify`: every file of one backup directory.
+fn verify_backup(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let r = verify::verify_dir(dir, Some(item_bars()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        for f in &r.files {
+            println!("{:<6} {}: {}", verdict(f.ok), f.name, f.detail);
+        }
+    }
+    if !r.ok() {
+        bail!("verification failed: {}", r.failures().join("; "));
+    }
+    if !json {
+        println!(
+            "ok: {} file(s) of {} verified",
+            r.files.len(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `backup restore`: the plan alone without `yes`; with it, the plan carried out.
+fn restore_backup(
+    ctx: &Ctx,
+    settings: &Settings,
+    req: &RestoreRequest,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let dir = &req.dir;
+    let plan = restore::plan(ctx, settings, req)?;
+    if !yes {
+        eprint!("{}", plan.describe());
+        bail!("nothing was changed; run again with --yes to do it");
+    }
+    if !plan.problems.is_empty() {
+        eprint!("{}", plan.describe());
+        bail!(
+            "nothing was changed: {}; fix that, or choose what to restore with --volume/--database",
+            plan.problems.join("; ")
+        );
+    }
+    let report = restore::execute(ctx, &plan, Some(item_bars()))?;
+    print_items(&report.items);
+    if !report.ok() {
+        bail!(
+            "the restore from {} failed for {} item(s) (listed above); fix them and restore those again with --volume/--database",
+            dir.display(),
+            report.items.iter().filter(|i| !i.ok).count()
+        );
+    }
+    println!(
+        "restored {} item(s) from {}",
+        report.items.len(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// `backup prune`: retention over the backup root (`dry_run`: decide only).
+fn prune(settings: &Settings, dry_run: bool) -> anyhow::Result<()> {
+    let r = retention::prune(settings, Local::now().naive_local(), dry_run)?;
+    print_removals(&r.decisions, dry_run);
+    for e in &r.errors {
+        eprintln!("error: {e}");
+    }
+    println!(
+        "{} backup(s) {}, {} kept",
+        r.removed.len(),
+        if dry_run { "to remove" } else { "removed" },
+        r.kept
+    );
+    if !r.errors.is_empty() {
+        bail!("{} old backup(s) could not be removed", r.errors.len());
     }
     Ok(())
 }

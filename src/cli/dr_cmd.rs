@@ -6,10 +6,11 @@ use anyhow::bail;
 use chrono::{DateTime, Local, NaiveDate, NaiveDateTime};
 use clap::Subcommand;
 
-use super::backup_cmd::{item_bars, settings, ContainerArgs, RetentionArgs, RootArg};
-use super::output::human;
+use super::backup_cmd::{settings, ContainerArgs, RetentionArgs, RootArg};
+use super::output::{human, print_items};
+use super::progress::item_bars;
 use super::Cli;
-use crate::ops::dr::{self, DrRequest};
+use crate::ops::dr::{self, DrReport, DrRequest};
 use crate::remote::config;
 
 #[derive(Subcommand, Debug)]
@@ -88,63 +89,7 @@ pub fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
             if *json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                for why in &r.refused {
-                    println!("refused {why}");
-                }
-                println!(
-                    "using {} from remote {} ({} fetched in {:.1} s into {})",
-                    r.backup,
-                    r.remote,
-                    human(r.download_bytes),
-                    r.fetch_seconds,
-                    r.dir.display()
-                );
-                for v in &r.created {
-                    println!("created volume {v}");
-                }
-                for v in &r.existing {
-                    println!("kept existing volume {v}");
-                }
-                for i in &r.items {
-                    println!(
-                        "{:<6} {} {}: {}",
-                        if i.ok { "ok" } else { "FAILED" },
-                        i.kind,
-                        i.name,
-                        i.detail
-                    );
-                }
-                for sn in &r.snapshots {
-                    println!("ok     snapshot {sn}: newer than the backup, restored over it");
-                }
-                for p in &r.problems {
-                    eprintln!("error: {p}");
-                }
-                for (v, d) in &r.covered_by_dump {
-                    println!(
-                        "volume {v} was recreated empty: the backup keeps its data as dump {d} (the database method); start its database, then replay the dump"
-                    );
-                }
-                if !r.dumps_pending.is_empty() {
-                    println!(
-                        "database dumps not restored yet: {}; start the database containers (labelled allspark.restore.exec) and run:",
-                        r.dumps_pending.join(", ")
-                    );
-                    for d in &r.dumps_pending {
-                        println!(
-                            "  allspark backup restore {} --database {d} --yes",
-                            r.dir.display()
-                        );
-                    }
-                }
-                println!(
-                    "recovered in {:.1} s (fetch {:.1} s, records and data {:.1} s): {} volume record(s) created, {} item(s) restored",
-                    r.total_seconds,
-                    r.fetch_seconds,
-                    r.restore_seconds,
-                    r.created.len(),
-                    r.items.iter().filter(|i| i.ok).count()
-                );
+                print_recovery(&r);
             }
             if !r.ok() {
                 bail!(
@@ -157,4 +102,57 @@ pub fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What `dr restore` did, for a person: the backup used, the volumes, the items, what is left to do.
+fn print_recovery(r: &DrReport) {
+    for why in &r.refused {
+        println!("refused {why}");
+    }
+    println!(
+        "using {} from remote {} ({} fetched in {:.1} s into {})",
+        r.backup,
+        r.remote,
+        human(r.download_bytes),
+        r.fetch_seconds,
+        r.dir.display()
+    );
+    for v in &r.created {
+        println!("created volume {v}");
+    }
+    for v in &r.existing {
+        println!("kept existing volume {v}");
+    }
+    print_items(&r.items);
+    for sn in &r.snapshots {
+        println!("ok     snapshot {sn}: newer than the backup, restored over it");
+    }
+    for p in &r.problems {
+        eprintln!("error: {p}");
+    }
+    for (v, d) in &r.covered_by_dump {
+        println!(
+            "volume {v} was recreated empty: the backup keeps its data as dump {d} (the database method); start its database, then replay the dump"
+        );
+    }
+    if !r.dumps_pending.is_empty() {
+        println!(
+            "database dumps not restored yet: {}; start the database containers (labelled allspark.restore.exec) and run:",
+            r.dumps_pending.join(", ")
+        );
+        for d in &r.dumps_pending {
+            println!(
+                "  allspark backup restore {} --database {d} --yes",
+                r.dir.display()
+            );
+        }
+    }
+    println!(
+        "recovered in {:.1} s (fetch {:.1} s, records and data {:.1} s): {} volume record(s) created, {} item(s) restored",
+        r.total_seconds,
+        r.fetch_seconds,
+        r.restore_seconds,
+        r.created.len(),
+        r.items.iter().filter(|i| i.ok).count()
+    );
 }

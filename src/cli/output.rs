@@ -1,4 +1,8 @@
-//! How the CLI shows values: one size formatter for every command.
+//! How the CLI shows values and shared report lines: one size formatter, one line format per item kind.
+
+use crate::backup::restore::ItemResult;
+use crate::backup::retention::Decision;
+use crate::snapshot::Manifest;
 
 /// Binary units with one decimal, in the syntax `size=` accepts: `512B`, `1.5K`, `20.0G`.
 pub fn human(bytes: u64) -> String {
@@ -13,6 +17,58 @@ pub fn human(bytes: u64) -> String {
         u += 1;
     }
     format!("{v:.1}{}", UNITS[u])
+}
+
+/// `ok` or `FAILED`, padded to one column.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "FAILED"
+    }
+}
+
+/// One line per restored volume or dump (`backup restore`, `dr restore`).
+pub fn print_items(items: &[ItemResult]) {
+    for i in items {
+        println!("{:<6} {} {}: {}", verdict(i.ok), i.kind, i.name, i.detail);
+    }
+}
+
+/// One line per backup a retention run removed (or, with `dry_run`, would remove).
+pub fn print_removals(decisions: &[Decision], dry_run: bool) {
+    for d in decisions.iter().filter(|d| d.delete) {
+        println!(
+            "{} {}/{}: {}",
+            if dry_run { "would remove" } else { "removed" },
+            d.kind,
+            d.name,
+            d.reason
+        );
+    }
+}
+
+/// `full` or `incremental`: how a snapshot archive stands in its chain.
+pub fn archive_kind(m: &Manifest) -> &'static str {
+    if m.is_full() {
+        "full"
+    } else {
+        "incremental"
+    }
+}
+
+/// What one snapshot archive holds (`snapshot create`): `what` is `snapshot` or `archive`.
+pub fn print_archive(what: &str, m: &Manifest) {
+    eprintln!(
+        "{what} {} of {}: {} entries, {} bytes read, {} bytes stored ({}), {} ms",
+        m.id,
+        m.volume,
+        m.files,
+        m.bytes_in,
+        m.bytes_stored,
+        archive_kind(m),
+        m.duration_ms
+    );
 }
 
 #[cfg(test)]

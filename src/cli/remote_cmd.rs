@@ -6,8 +6,10 @@ use anyhow::bail;
 use chrono::Local;
 use clap::{ArgGroup, Args, Subcommand};
 
-use super::backup_cmd::{item_bars, settings, ContainerArgs, RetentionArgs, RootArg};
-use super::output::human;
+use super::backup_cmd::{settings, ContainerArgs, RetentionArgs, RootArg};
+use super::output::{human, print_removals};
+use super::progress::item_bars;
+use crate::backup::Settings;
 use crate::core::layout::Layout;
 use crate::remote::config::{self, Encryption, RemoteConfig};
 use crate::remote::{catalog, chains, client, prune, push, snapshots, verify, Remote};
@@ -113,72 +115,12 @@ pub fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
         RemoteCmd::Add(a) => add(layout, a),
         RemoteCmd::Ls {
             name: None, json, ..
-        } => {
-            let list = config::list(layout)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-                return Ok(());
-            }
-            println!(
-                "{:<14} {:<34} {:<24} {:<28} CREDENTIALS",
-                "NAME", "ENDPOINT", "BUCKET/PREFIX", "ENCRYPTION"
-            );
-            for r in &list {
-                println!(
-                    "{:<14} {:<34} {:<24} {:<28} {}",
-                    r.name,
-                    r.endpoint,
-                    if r.prefix.is_empty() {
-                        r.bucket.clone()
-                    } else {
-                        format!("{}/{}", r.bucket, r.prefix)
-                    },
-                    r.encryption.describe(),
-                    r.credentials_source()
-                );
-            }
-            Ok(())
-        }
+        } => ls_remotes(layout, *json),
         RemoteCmd::Ls {
             name: Some(name),
             json,
             snapshots: snaps,
-        } => {
-            let cfg = config::load(layout, name)?;
-            let remote = Remote::open(&cfg)?;
-            let rt = client::runtime()?;
-            let list = rt.block_on(catalog::list(&remote))?;
-            let chains = rt.block_on(snapshots::list(&remote, None))?;
-            if *json && *snaps {
-                println!("{}", serde_json::to_string_pretty(&chains)?);
-                return Ok(());
-            }
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-                return Ok(());
-            }
-            println!(
-                "{:<8} {:<16} {:<11} {:>10} {:>8} COMPLETE",
-                "TYPE", "NAME", "OUTCOME", "SIZE", "OBJECTS"
-            );
-            for b in &list {
-                println!(
-                    "{:<8} {:<16} {:<11} {:>10} {:>8} {}",
-                    b.kind.as_str(),
-                    b.name,
-                    b.outcome,
-                    human(b.size),
-                    b.objects,
-                    if b.complete {
-                        "yes"
-                    } else {
-                        "no (interrupted upload)"
-                    }
-                );
-            }
-            print_snapshots(&chains);
-            Ok(())
-        }
+        } => ls_remote(layout, name, *json, *snaps),
         RemoteCmd::Rm { name } => {
             config::remove(layout, name)?;
             println!("remote {name} removed (its bucket was not touched)");
@@ -192,46 +134,7 @@ pub fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
             containers,
         } => {
             let settings = settings(&root.backup_root, Some(retention), containers, false);
-            let cfg = config::load(layout, name)?;
-            let r = push::push(layout, &cfg, &settings, Some(item_bars()))?;
-            for p in &r.pushed {
-                println!("pushed {p}");
-            }
-            for e in &r.errors {
-                eprintln!("error: {e}");
-            }
-            println!("{}", r.summary());
-            if !r.ok() {
-                bail!(
-                    "the push to remote {name} failed (the local backups are intact); fix the cause above and run `allspark remote push {name}` again: it resumes"
-                );
-            }
-            if !no_prune {
-                let p = prune::prune(layout, &cfg, &settings, Local::now().naive_local(), false)?;
-                for id in &p.removed {
-                    println!("removed old remote backup {id}");
-                }
-                if !p.errors.is_empty() {
-                    bail!("remote retention failed: {}", p.errors.join("; "));
-                }
-            }
-            let volumes = chains::offsite_volumes(layout)?;
-            if !volumes.is_empty() {
-                let c = chains::push(layout, &cfg, &volumes, Some(item_bars()))?;
-                for v in &c.volumes {
-                    for id in &v.pushed {
-                        println!("pushed snapshot {}@{id}", v.volume);
-                    }
-                }
-                println!("{}", c.summary());
-                if !c.ok() {
-                    bail!(
-                        "the snapshot push to remote {name} failed (the local snapshots are intact): {}; run `allspark remote push {name}` again: it resumes",
-                        c.errors.join("; ")
-                    );
-                }
-            }
-            Ok(())
+            push(layout, name, *no_prune, &settings)
         }
         RemoteCmd::Prune {
             name,
@@ -245,39 +148,7 @@ pub fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
                 containers,
                 false,
             );
-            let cfg = config::load(layout, name)?;
-            let r = prune::prune(
-                layout,
-                &cfg,
-                &settings,
-                Local::now().naive_local(),
-                *dry_run,
-            )?;
-            for d in r.decisions.iter().filter(|d| d.delete) {
-                println!(
-                    "{} {}/{}: {}",
-                    if *dry_run { "would remove" } else { "removed" },
-                    d.kind,
-                    d.name,
-                    d.reason
-                );
-            }
-            for e in &r.errors {
-                eprintln!("error: {e}");
-            }
-            println!(
-                "{} remote backup(s) {}, {} kept",
-                r.removed.len(),
-                if *dry_run { "to remove" } else { "removed" },
-                r.kept
-            );
-            if !r.errors.is_empty() {
-                bail!(
-                    "{} old remote backup(s) could not be removed",
-                    r.errors.len()
-                );
-            }
-            Ok(())
+            prune(layout, name, *dry_run, &settings)
         }
         RemoteCmd::Verify {
             name,
@@ -286,53 +157,205 @@ pub fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
             identity,
             json,
             root,
-        } => {
-            let cfg = config::load(layout, name)?;
-            let r = verify::verify(
-                &cfg,
-                backup.as_deref(),
-                *full,
-                identity.as_deref(),
-                &root.backup_root,
-                Some(item_bars()),
-            )?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+        } => verify(
+            layout,
+            name,
+            backup.as_deref(),
+            *full,
+            identity.as_deref(),
+            *json,
+            &root.backup_root,
+        ),
+    }
+}
+
+/// `remote ls`: the remotes configured on this host.
+fn ls_remotes(layout: &Layout, json: bool) -> anyhow::Result<()> {
+    let list = config::list(layout)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:<34} {:<24} {:<28} CREDENTIALS",
+        "NAME", "ENDPOINT", "BUCKET/PREFIX", "ENCRYPTION"
+    );
+    for r in &list {
+        println!(
+            "{:<14} {:<34} {:<24} {:<28} {}",
+            r.name,
+            r.endpoint,
+            if r.prefix.is_empty() {
+                r.bucket.clone()
             } else {
-                for i in &r.incomplete {
-                    eprintln!("warning: {i} is incomplete (an interrupted upload): never used; `allspark remote push {name}` resumes it");
-                }
-                for b in &r.backups {
-                    if b.ok {
-                        println!(
-                            "ok     {}: {} object(s){}",
-                            b.backup,
-                            b.objects,
-                            if *full {
-                                " downloaded, decrypted and test-extracted"
-                            } else {
-                                " present with the recorded size and ETag"
-                            }
-                        );
-                    } else {
-                        for p in &b.problems {
-                            println!("FAILED {}: {p}", b.backup);
-                        }
-                    }
-                }
+                format!("{}/{}", r.bucket, r.prefix)
+            },
+            r.encryption.describe(),
+            r.credentials_source()
+        );
+    }
+    Ok(())
+}
+
+/// `remote ls NAME`: the backups on a remote, then its snapshot chains (`--json --snapshots`: those alone).
+fn ls_remote(layout: &Layout, name: &str, json: bool, snaps: bool) -> anyhow::Result<()> {
+    let cfg = config::load(layout, name)?;
+    let remote = Remote::open(&cfg)?;
+    let rt = client::runtime()?;
+    let list = rt.block_on(catalog::list(&remote))?;
+    let chains = rt.block_on(snapshots::list(&remote, None))?;
+    if json && snaps {
+        println!("{}", serde_json::to_string_pretty(&chains)?);
+        return Ok(());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<16} {:<11} {:>10} {:>8} COMPLETE",
+        "TYPE", "NAME", "OUTCOME", "SIZE", "OBJECTS"
+    );
+    for b in &list {
+        println!(
+            "{:<8} {:<16} {:<11} {:>10} {:>8} {}",
+            b.kind.as_str(),
+            b.name,
+            b.outcome,
+            human(b.size),
+            b.objects,
+            if b.complete {
+                "yes"
+            } else {
+                "no (interrupted upload)"
             }
-            if !r.ok() {
-                bail!("remote verification failed: {}", r.failures().join("; "));
-            }
-            if !*json {
-                println!(
-                    "ok: {} remote backup(s) of {name} verified",
-                    r.backups.len()
-                );
-            }
-            Ok(())
+        );
+    }
+    print_snapshots(&chains);
+    Ok(())
+}
+
+/// `remote push`: the local backups the remote lacks, its retention (unless `no_prune`), then the offsite snapshot chains.
+fn push(layout: &Layout, name: &str, no_prune: bool, settings: &Settings) -> anyhow::Result<()> {
+    let cfg = config::load(layout, name)?;
+    let r = push::push(layout, &cfg, settings, Some(item_bars()))?;
+    for p in &r.pushed {
+        println!("pushed {p}");
+    }
+    for e in &r.errors {
+        eprintln!("error: {e}");
+    }
+    println!("{}", r.summary());
+    if !r.ok() {
+        bail!(
+            "the push to remote {name} failed (the local backups are intact); fix the cause above and run `allspark remote push {name}` again: it resumes"
+        );
+    }
+    if !no_prune {
+        let p = prune::prune(layout, &cfg, settings, Local::now().naive_local(), false)?;
+        for id in &p.removed {
+            println!("removed old remote backup {id}");
+        }
+        if !p.errors.is_empty() {
+            bail!("remote retention failed: {}", p.errors.join("; "));
         }
     }
+    let volumes = chains::offsite_volumes(layout)?;
+    if !volumes.is_empty() {
+        let c = chains::push(layout, &cfg, &volumes, Some(item_bars()))?;
+        for v in &c.volumes {
+            for id in &v.pushed {
+                println!("pushed snapshot {}@{id}", v.volume);
+            }
+        }
+        println!("{}", c.summary());
+        if !c.ok() {
+            bail!(
+                "the snapshot push to remote {name} failed (the local snapshots are intact): {}; run `allspark remote push {name}` again: it resumes",
+                c.errors.join("; ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `remote prune`: the local calendar rules applied on the remote.
+fn prune(layout: &Layout, name: &str, dry_run: bool, settings: &Settings) -> anyhow::Result<()> {
+    let cfg = config::load(layout, name)?;
+    let r = prune::prune(layout, &cfg, settings, Local::now().naive_local(), dry_run)?;
+    print_removals(&r.decisions, dry_run);
+    for e in &r.errors {
+        eprintln!("error: {e}");
+    }
+    println!(
+        "{} remote backup(s) {}, {} kept",
+        r.removed.len(),
+        if dry_run { "to remove" } else { "removed" },
+        r.kept
+    );
+    if !r.errors.is_empty() {
+        bail!(
+            "{} old remote backup(s) could not be removed",
+            r.errors.len()
+        );
+    }
+    Ok(())
+}
+
+/// `remote verify`: every remote backup's objects (or one backup's), downloaded and test-extracted with `full`.
+fn verify(
+    layout: &Layout,
+    name: &str,
+    backup: Option<&str>,
+    full: bool,
+    identity: Option<&std::path::Path>,
+    json: bool,
+    scratch_root: &std::path::Path,
+) -> anyhow::Result<()> {
+    let cfg = config::load(layout, name)?;
+    let r = verify::verify(
+        &cfg,
+        backup,
+        full,
+        identity,
+        scratch_root,
+        Some(item_bars()),
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        for i in &r.incomplete {
+            eprintln!("warning: {i} is incomplete (an interrupted upload): never used; `allspark remote push {name}` resumes it");
+        }
+        for b in &r.backups {
+            if b.ok {
+                println!(
+                    "ok     {}: {} object(s){}",
+                    b.backup,
+                    b.objects,
+                    if full {
+                        " downloaded, decrypted and test-extracted"
+                    } else {
+                        " present with the recorded size and ETag"
+                    }
+                );
+            } else {
+                for p in &b.problems {
+                    println!("FAILED {}: {p}", b.backup);
+                }
+            }
+        }
+    }
+    if !r.ok() {
+        bail!("remote verification failed: {}", r.failures().join("; "));
+    }
+    if !json {
+        println!(
+            "ok: {} remote backup(s) of {name} verified",
+            r.backups.len()
+        );
+    }
+    Ok(())
 }
 
 /// The snapshot chains on a remote, one line per snapshot.

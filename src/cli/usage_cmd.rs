@@ -79,10 +79,28 @@ pub fn run(cli: &Cli, args: &UsageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The human-readable report.
+/// The human-readable report: the volumes, then the filesystems holding them, then what `!` means.
 pub fn table(r: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    volume_rows(&mut out, r);
+    if !r.filesystems.is_empty() {
+        let _ = writeln!(out);
+        filesystem_rows(&mut out, r);
+    }
+    if r.volumes.iter().any(|v| v.alert) || r.filesystems.iter().any(|f| f.alert) {
+        let _ = writeln!(
+            out,
+            "\n! at or above {}% of the volume's size or of the filesystem",
+            r.threshold_percent
+        );
+    }
+    out
+}
+
+/// One line per volume (and its measuring error, if any) under a header.
+fn volume_rows(out: &mut String, r: &Report) {
+    use std::fmt::Write;
     let _ = writeln!(
         out,
         "  {:<28} {:>8} {:>8} {:>6} {:>9} {:<9} {:<7} {:>5} {:>8}  {:<20} {:>7}",
@@ -131,33 +149,27 @@ pub fn table(r: &Report) -> String {
             let _ = writeln!(out, "    error: {e}");
         }
     }
-    if !r.filesystems.is_empty() {
-        let _ = writeln!(out);
+}
+
+/// One line per filesystem holding volumes, under a header.
+fn filesystem_rows(out: &mut String, r: &Report) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "  {:<40} {:>8} {:>8} {:>8} {:>6}  VOLUMES",
+        "FILESYSTEM", "SIZE", "USED", "AVAIL", "USE%"
+    );
+    for f in &r.filesystems {
         let _ = writeln!(
             out,
-            "  {:<40} {:>8} {:>8} {:>8} {:>6}  VOLUMES",
-            "FILESYSTEM", "SIZE", "USED", "AVAIL", "USE%"
-        );
-        for f in &r.filesystems {
-            let _ = writeln!(
-                out,
-                "{} {:<40} {:>8} {:>8} {:>8} {:>6}  {}",
-                if f.alert { "!" } else { " " },
-                f.mount.display(),
-                human(f.total_bytes),
-                human(f.used_bytes),
-                human(f.available_bytes),
-                format!("{:.1}%", f.percent),
-                f.volumes.join(",")
-            );
-        }
-    }
-    if r.volumes.iter().any(|v| v.alert) || r.filesystems.iter().any(|f| f.alert) {
-        let _ = writeln!(
-            out,
-            "\n! at or above {}% of the volume's size or of the filesystem",
-            r.threshold_percent
+            "{} {:<40} {:>8} {:>8} {:>8} {:>6}  {}",
+            if f.alert { "!" } else { " " },
+            f.mount.display(),
+            human(f.total_bytes),
+            human(f.used_bytes),
+            human(f.available_bytes),
+            format!("{:.1}%", f.percent),
+            f.volumes.join(",")
         );
     }
-    out
 }

@@ -61,95 +61,30 @@ pub enum VolumeCmd {
 
 pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
     let layout = Layout::new(&cli.root);
-    let store = Store::new(layout.clone());
     match cmd {
-        VolumeCmd::Ls { json } => {
-            let (records, bad) = store.all()?;
-            for e in &bad {
-                eprintln!("allspark: {e}");
-            }
-            if *json {
-                let rows: Vec<_> = records
-                    .iter()
-                    .map(|r| serde_json::json!({"name": r.name, "created_at": r.created_at, "status": status::status(&layout, r)}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!(
-                    "{:<32} {:<10} {:<8} {:>7}  DATA",
-                    "NAME", "CLASS", "BACKUP", "MOUNTED"
-                );
-                for r in &records {
-                    println!(
-                        "{:<32} {:<10} {:<8} {:>7}  {}",
-                        r.name,
-                        r.spec.class.as_str().to_string(),
-                        r.spec.backup.as_str().to_string(),
-                        r.mount_count(),
-                        r.data.local_path(&layout, &Default::default()).display()
-                    );
-                }
-            }
-            if !bad.is_empty() {
-                anyhow::bail!(
-                    "{} volume record(s) could not be read (see above)",
-                    bad.len()
-                );
-            }
-        }
+        VolumeCmd::Ls { json } => ls(&layout, *json),
         VolumeCmd::Inspect { name } => {
-            let r = store
+            let r = Store::new(layout.clone())
                 .load(name)?
                 .ok_or_else(|| anyhow::anyhow!("no such volume: {name}"))?;
             let out = serde_json::json!({"record": *r, "status": status::status(&layout, &r)});
             println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
         }
         VolumeCmd::Migrate {
             name,
             to,
             pool,
             delete_source,
-        } => {
-            let r = match (to, pool) {
-                (_, Some(pool)) => {
-                    crate::ops::tier::migrate_to_pool(&cli.ctx(), name, pool, *delete_source)?
-                }
-                (to, None) => {
-                    let driver = cli.driver(None, crate::core::layout::DEFAULT_SNAPSHOT_WAIT)?;
-                    let view = crate::core::layout::HostView::new(cli.host_prefix.as_deref());
-                    let to = to.as_deref().unwrap_or_default();
-                    crate::ops::migrate::migrate(&driver, &layout, &view, name, to, *delete_source)?
-                }
-            };
-            println!(
-                "migrated {name}: {} entries copied and verified from {} to {}; {}",
-                r.files,
-                r.from.display(),
-                r.to.display(),
-                if r.deleted_source {
-                    "old data deleted".to_string()
-                } else {
-                    format!("old data kept (delete it with `allspark volume cleanup {name}`)")
-                }
-            );
-        }
-        VolumeCmd::Push { name, remote, json } => {
-            let cfg = crate::remote::config::load(&layout, remote)?;
-            let progress = (!json).then(super::backup_cmd::item_bars);
-            let r = crate::ops::offsite::push(&cli.ctx(), &cfg, name, progress)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "pushed volume {name} to remote {remote}: snapshot {} ({} snapshot(s) uploaded, {} already there, {} bytes) in {:.1} s; on the other host: `allspark volume pull {name} {remote}`",
-                    r.snapshot,
-                    r.pushed.len(),
-                    r.already,
-                    r.bytes,
-                    r.seconds
-                );
-            }
-        }
+        } => migrate(
+            cli,
+            &layout,
+            name,
+            to.as_deref(),
+            pool.as_deref(),
+            *delete_source,
+        ),
+        VolumeCmd::Push { name, remote, json } => push(cli, &layout, name, remote, *json),
         VolumeCmd::Pull {
             name,
             remote,
@@ -165,24 +100,7 @@ pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
                 identity: identity.clone(),
                 docker_driver: driver.clone(),
             };
-            let d = cli.driver(None, crate::core::layout::DEFAULT_SNAPSHOT_WAIT)?;
-            let r = crate::ops::offsite::pull(&cli.ctx(), &d, &req)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "pulled volume {name} from remote {remote}: snapshot {} ({} snapshot(s) fetched, {} entries restored), volume {} in {:.1} s",
-                    r.snapshot,
-                    r.fetched.len(),
-                    r.restore.entries,
-                    match r.created.as_str() {
-                        "docker" => "created through Docker",
-                        "driver" => "created in allspark's records (dockerd did not answer)",
-                        _ => "overwritten",
-                    },
-                    r.seconds
-                );
-            }
+            pull(cli, &req, remote, *json)
         }
         VolumeCmd::Cleanup { name } => {
             let view = crate::core::layout::HostView::new(cli.host_prefix.as_deref());
@@ -190,7 +108,131 @@ pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
                 Some(dir) => println!("deleted the old data of {name} at {}", dir.display()),
                 None => println!("{name} has no old data to clean up"),
             }
+            Ok(())
         }
+    }
+}
+
+/// `volume ls`: every record (the unreadable ones named on stderr, and the exit status 1).
+fn ls(layout: &Layout, json: bool) -> anyhow::Result<()> {
+    let (records, bad) = Store::new(layout.clone()).all()?;
+    for e in &bad {
+        eprintln!("allspark: {e}");
+    }
+    if json {
+        let rows: Vec<_> = records
+            .iter()
+            .map(|r| serde_json::json!({"name": r.name, "created_at": r.created_at, "status": status::status(layout, r)}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<32} {:<10} {:<8} {:>7}  DATA",
+            "NAME", "CLASS", "BACKUP", "MOUNTED"
+        );
+        for r in &records {
+            println!(
+                "{:<32} {:<10} {:<8} {:>7}  {}",
+                r.name,
+                r.spec.class.as_str().to_string(),
+                r.spec.backup.as_str().to_string(),
+                r.mount_count(),
+                r.data.local_path(layout, &Default::default()).display()
+            );
+        }
+    }
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "{} volume record(s) could not be read (see above)",
+            bad.len()
+        );
+    }
+    Ok(())
+}
+
+/// `volume migrate`: the data copied and verified to `to`, the old data kept unless `delete_source`.
+fn migrate(
+    cli: &Cli,
+    layout: &Layout,
+    name: &VolumeName,
+    to: Option<&str>,
+    pool: Option<&str>,
+    delete_source: bool,
+) -> anyhow::Result<()> {
+    let r = match pool {
+        Some(pool) => crate::ops::tier::migrate_to_pool(&cli.ctx(), name, pool, delete_source)?,
+        None => {
+            let driver = cli.driver(None, crate::core::layout::DEFAULT_SNAPSHOT_WAIT)?;
+            let view = crate::core::layout::HostView::new(cli.host_prefix.as_deref());
+            let to = to.unwrap_or_default();
+            crate::ops::migrate::migrate(&driver, layout, &view, name, to, delete_source)?
+        }
+    };
+    println!(
+        "migrated {name}: {} entries copied and verified from {} to {}; {}",
+        r.files,
+        r.from.display(),
+        r.to.display(),
+        if r.deleted_source {
+            "old data deleted".to_string()
+        } else {
+            format!("old data kept (delete it with `allspark volume cleanup {name}`)")
+        }
+    );
+    Ok(())
+}
+
+/// `volume push`: a snapshot now, then its chain and options uploaded to `remote`.
+fn push(
+    cli: &Cli,
+    layout: &Layout,
+    name: &VolumeName,
+    remote: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let cfg = crate::remote::config::load(layout, remote)?;
+    let progress = (!json).then(super::progress::item_bars);
+    let r = crate::ops::offsite::push(&cli.ctx(), &cfg, name, progress)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "pushed volume {name} to remote {remote}: snapshot {} ({} snapshot(s) uploaded, {} already there, {} bytes) in {:.1} s; on the other host: `allspark volume pull {name} {remote}`",
+            r.snapshot,
+            r.pushed.len(),
+            r.already,
+            r.bytes,
+            r.seconds
+        );
+    }
+    Ok(())
+}
+
+/// `volume pull`: the volume recreated from `remote` (through Docker when dockerd answers).
+fn pull(
+    cli: &Cli,
+    req: &crate::ops::offsite::PullRequest,
+    remote: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let name = &req.volume;
+    let d = cli.driver(None, crate::core::layout::DEFAULT_SNAPSHOT_WAIT)?;
+    let r = crate::ops::offsite::pull(&cli.ctx(), &d, req)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "pulled volume {name} from remote {remote}: snapshot {} ({} snapshot(s) fetched, {} entries restored), volume {} in {:.1} s",
+            r.snapshot,
+            r.fetched.len(),
+            r.restore.entries,
+            match r.created.as_str() {
+                "docker" => "created through Docker",
+                "driver" => "created in allspark's records (dockerd did not answer)",
+                _ => "overwritten",
+            },
+            r.seconds
+        );
     }
     Ok(())
 }
