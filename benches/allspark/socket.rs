@@ -386,7 +386,7 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
         crate::nproc(),
         cfg.phase
     ));
-    sec.notes.push("Mount+Unmount: each client mounts and unmounts its own volume (a real bind mount through open_tree/mount_setattr/move_mount, and two runtime reference writes: temp file and rename, no fsync). Targets from the issue: the bare mount(MS_BIND)+umount2 pair runs at about 24 000/s on one core here, p99 90 µs.".into());
+    sec.notes.push("Mount+Unmount: each client mounts and unmounts its own volume (a real bind mount through open_tree/mount_setattr/move_mount, and two runtime reference writes: in place, one pwrite under a flock, no fsync). Targets from the issue: the bare mount(MS_BIND)+umount2 pair runs at about 24 000/s on one core here, p99 90 µs.".into());
 
     let med = |k: &str| sec.get(k).map(|f| f.median()).unwrap_or(f64::NAN);
     let targets = vec![
