@@ -84,8 +84,15 @@ pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
         } => {
             let driver = cli.driver(None, crate::core::layout::DEFAULT_SNAPSHOT_WAIT)?;
             let view = crate::core::layout::HostView::new(cli.host_prefix.as_deref());
-            let r =
-                crate::ops::migrate::migrate(&driver, &layout, &view, name, to, *delete_source)?;
+            let r = crate::ops::migrate::migrate(
+                &driver,
+                &cli.docker,
+                &layout,
+                &view,
+                name,
+                to,
+                *delete_source,
+            )?;
             println!(
                 "migrated {name}: {} entries copied and verified from {} to {}; {}",
                 r.files,
