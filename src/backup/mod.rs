@@ -36,6 +36,7 @@
 
 pub mod catalog;
 pub mod dump;
+pub mod feed;
 pub mod manifest;
 pub mod quiesce;
 pub mod restore;

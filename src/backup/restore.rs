@@ -35,12 +35,15 @@ use bollard::Docker;
 use flate2::read::MultiGzDecoder;
 use serde::Serialize;
 
+pub use super::feed::{chosen_hook, parse_database_args, select_hook};
+use super::feed::{fed_once, take_hook};
 use super::manifest::{self, BackupManifest, FileEntry, FileKind, Producer};
 use super::quiesce::StopGuard;
 use super::run::{dump_name, running_containers, ItemProgress};
 use super::{verify, Settings, LABEL_RESTORE, LABEL_RESTORE_WAIT};
 use crate::archive::{self, ExtractOptions};
 use crate::context::Ctx;
+use crate::core::crashpoint::crash_point;
 use crate::core::names::VolumeName;
 use crate::core::store::Store;
 use crate::docker::ContainerInfo;
@@ -48,7 +51,9 @@ use crate::fs::beneath::Missing;
 use crate::fs::durable::{FileLock, LockKind};
 use crate::pool::location::Locate;
 use crate::pool::topology;
-use crate::snapshot::restore::{remove_staged, staging_dir, swap_in, SwapTarget};
+use crate::snapshot::restore::{
+    remove_staged, remove_stale_staging, staging_dir, swap_in, SwapTarget,
+};
 use crate::snapshot::Counting;
 
 /// How long a restore waits for a database container to run and pass its `allspark.restore.wait` check.
@@ -64,6 +69,9 @@ pub struct RestoreRequest {
     pub volumes: Vec<String>,
     /// Only these dumps (and no volume unless `volumes` names some).
     pub databases: Vec<String>,
+    /// Operator overrides (`--database NAME=CONTAINER`): dump name -> the container (name or
+    /// id) to feed it to, whoever produced it.
+    pub targets: std::collections::BTreeMap<String, String>,
 }
 
 /// A volume to restore.
@@ -91,6 +99,8 @@ pub struct PlannedDump {
     pub wait: Option<String>,
     /// The container that wrote it (`None`: a manifest from before producers were recorded).
     pub producer: Option<Producer>,
+    /// The container was chosen by the operator (`--database NAME=CONTAINER`), not matched.
+    pub overridden: bool,
 }
 
 /// Everything a restore would do.
@@ -151,8 +161,16 @@ impl RestorePlan {
             match (&d.container, &d.command) {
                 (Some(c), Some(cmd)) => {
                     s += &format!(
-                    "  feed {} into `{cmd}` in container {c} (overwrites that database's data)\n",
-                    d.file
+                    "  feed {} into `{cmd}` in container {c} (overwrites that database's data){}\n",
+                    d.file,
+                    match (&d.producer, d.overridden) {
+                        (Some(p), true) => format!(
+                            "; chosen with --database, the dump was written by container {}",
+                            p.container
+                        ),
+                        (None, true) => "; chosen with --database".to_string(),
+                        _ => String::new(),
+                    }
                 )
                 }
                 _ => s += &format!("  (no restore container for {})\n", d.file),
@@ -270,6 +288,7 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
             command: None,
             wait: None,
             producer: f.producer.clone(),
+            overridden: false,
         })
         .collect();
 
@@ -288,17 +307,32 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
             }
         }
         let running = running_containers(&docker, settings.container_label.as_ref()).await?;
-        anyhow::Ok((users, running))
+        let everyone = if req.targets.is_empty() {
+            Vec::new()
+        } else {
+            crate::docker::containers(&docker, None).await?
+        };
+        anyhow::Ok((users, running, everyone))
     })
     .and_then(|r| r);
     match docker_result {
-        Ok((users, running)) => {
+        Ok((users, running, everyone)) => {
             for u in users {
                 if !to_stop.iter().any(|c| c.id == u.id) {
                     to_stop.push(u);
                 }
             }
             for d in &mut dumps {
+                if let Some(target) = req.targets.get(&d.name) {
+                    match chosen_hook(&d.name, target, &everyone) {
+                        Ok(c) => {
+                            d.overridden = true;
+                            take_hook(d, c);
+                        }
+                        Err(e) => problems.push(e),
+                    }
+                    continue;
+                }
                 let hooks: Vec<&ContainerInfo> = running
                     .iter()
                     .filter(|c| {
@@ -316,16 +350,7 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
                     }
                 };
                 match hooks.as_slice() {
-                    [c] => {
-                        d.container = Some(c.name.clone());
-                        d.container_id = Some(c.id.clone());
-                        d.command = c.labels.get(LABEL_RESTORE).cloned();
-                        d.wait = c
-                            .labels
-                            .get(LABEL_RESTORE_WAIT)
-                            .filter(|w| !w.trim().is_empty())
-                            .cloned();
-                    }
+                    [c] => take_hook(d, c),
                     [] => problems.push(format!(
                         "no running container is labelled {LABEL_RESTORE}=<command> with dump name {} (its allspark.backup.name label, or its name); start the database container with that label and restore again",
                         d.name
@@ -359,37 +384,6 @@ pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Res
         dumps,
         problems,
     })
-}
-
-/// Of the running containers taking dump `name` (by dump name), those its recorded producer allows.
-///
-/// Without a recorded producer (a manifest from before allspark recorded
-/// them) every candidate is kept: the dump name alone decides, as it did.
-/// With one, only a container of the same identity ([`Producer::matches`]);
-/// when candidates exist but none matches, the refusal names each mismatch.
-pub fn select_hook<'a>(
-    name: &str,
-    producer: Option<&Producer>,
-    candidates: &[&'a ContainerInfo],
-) -> Result<Vec<&'a ContainerInfo>, String> {
-    let Some(p) = producer else {
-        return Ok(candidates.to_vec());
-    };
-    let mut mismatches = Vec::new();
-    let mut ok = Vec::new();
-    for c in candidates {
-        match p.matches(&Producer::of(c)) {
-            Ok(()) => ok.push(*c),
-            Err(e) => mismatches.push(e),
-        }
-    }
-    if ok.is_empty() && !mismatches.is_empty() {
-        return Err(format!(
-            "dump {name} is refused: {}; it is fed only to the container that wrote it (same compose project and service, else same name)",
-            mismatches.join("; ")
-        ));
-    }
-    Ok(ok)
 }
 
 /// The result of one item.
@@ -507,6 +501,7 @@ pub fn execute(
             };
             report.push("volume", &v.name, r);
         }
+        crash_point("restore.volumes-done");
         if let Some(mut g) = guard {
             for e in g.restart_all() {
                 report.push("container", "", Err(e));
@@ -521,7 +516,9 @@ pub fn execute(
                 if let Some(p) = &progress {
                     p(&item, Some(0));
                 }
-                let r = rt.block_on(restore_dump(docker, &plan.dir, d, id, cmd));
+                let r = fed_once(&ctx.layout, d, || {
+                    rt.block_on(restore_dump(docker, &plan.dir, d, id, cmd))
+                });
                 if let Some(p) = &progress {
                     p(&item, None);
                 }
@@ -806,7 +803,8 @@ fn restore_volume(
             let mut others = fam.clone();
             others.members.retain(|m| !v.nested.contains(&m.name));
             let locks = topology::lock_members(&ctx.layout, &others, &v.name, UNMOUNT_WAIT)?;
-            let fam = topology::family(&ctx.layout, &ctx.view, &data, &shown);
+            let mut fam = topology::family(&ctx.layout, &ctx.view, &data, &shown);
+            crate::ops::volref::name_users(&mut fam, &ctx.docker_url, &v.name);
             if let Some(refusal) = fam.refusal(&v.name, &format!("restore volume {}", v.name)) {
                 return Err(refusal);
             }
@@ -822,6 +820,8 @@ fn restore_volume(
         _ => SwapTarget::by_path(target),
     }
     .map_err(|e| e.to_string())?;
+    // A restore killed midway left its staging directory (marked by its name) beside the data.
+    remove_stale_staging(&swap);
     let (stage, stage_dir) = staging_dir(&swap).map_err(|e| e.to_string())?;
     let item = format!("restore {}", v.name);
     let tick = |n: u64| {
@@ -836,9 +836,11 @@ fn restore_volume(
     )
     .map_err(|e| format!("{}: {e}; nothing was changed", path.display()))
     .and_then(|r| {
+        crash_point("restore.staged");
         verify::check_sum(dir, entry, &r.sha256)
             .map_err(|e| format!("{e}; nothing was changed"))?;
         swap_in(&swap, &stage).map_err(|e| e.to_string())?;
+        crash_point("restore.swapped");
         Ok(r)
     });
     if let Some(p) = progress {

@@ -116,7 +116,9 @@ pub enum BackupCmd {
         #[arg(long = "volume")]
         volumes: Vec<String>,
         /// Restore only this dump (repeatable); no volume unless --volume is given too.
-        #[arg(long = "database")]
+        /// NAME=CONTAINER feeds dump NAME to that running container (name or id, labelled
+        /// allspark.restore.exec), instead of the container that wrote it.
+        #[arg(long = "database", value_name = "NAME[=CONTAINER]")]
         databases: Vec<String>,
         /// Confirm: stop the containers, replace the volumes' content, feed the dumps.
         #[arg(long)]
@@ -187,10 +189,18 @@ pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
                 containers,
                 false,
             );
+            let (databases, targets) = restore::parse_database_args(databases)?;
+            // A restore killed midway left containers stopped: start them before planning.
+            if *yes {
+                if let Err(e) = crate::backup::quiesce::restart_leftovers(ctx) {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot start the containers an interrupted backup or restore stopped");
+                }
+            }
             let req = RestoreRequest {
                 dir: dir.clone(),
                 volumes: volumes.clone(),
-                databases: databases.clone(),
+                databases,
+                targets,
             };
             restore_backup(ctx, &settings, &req, *yes)
         }

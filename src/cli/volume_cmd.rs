@@ -165,7 +165,15 @@ fn migrate(
             let driver = cli.driver(None, crate::core::layout::DEFAULT_SNAPSHOT_WAIT)?;
             let view = crate::core::layout::HostView::new(cli.host_prefix.as_deref());
             let to = to.unwrap_or_default();
-            crate::ops::migrate::migrate(&driver, layout, &view, name, to, delete_source)?
+            crate::ops::migrate::migrate(
+                &driver,
+                &cli.docker,
+                layout,
+                &view,
+                name,
+                to,
+                delete_source,
+            )?
         }
     };
     println!(

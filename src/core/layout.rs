@@ -53,6 +53,10 @@ impl Layout {
     pub fn remotes_dir(&self) -> PathBuf {
         self.root.join("state").join("remotes")
     }
+    /// Journals of Creates with `template=` under way (`<name>.json`, see [`crate::ops::template`]).
+    pub fn filling_dir(&self) -> PathBuf {
+        self.root.join("state").join("filling")
+    }
     pub fn volumes_dir(&self) -> PathBuf {
         self.root.join("volumes")
     }

@@ -1,6 +1,7 @@
-//! What every allspark process shares: the state-root layout, names and ids, options, durable records, the spool, status and call statistics.
+//! What every allspark process shares: the state-root layout, crash points (a test hook), names and ids, options, durable records, the spool, status and call statistics.
 
 pub mod callstats;
+pub mod crashpoint;
 pub mod layout;
 pub mod locks;
 pub mod logging;

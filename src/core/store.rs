@@ -107,6 +107,10 @@ pub struct VolumeRecord {
     /// A previous location kept after a migration until cleaned up.
     #[serde(default)]
     pub previous_data: Option<DataLocation>,
+    /// A migration under way: the host directory its verified copy is being moved to. While
+    /// set, a copy found there is allspark's (the next `volume migrate` finishes or discards it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrating_to: Option<PathBuf>,
     /// The data directory existed (with content) before this volume was created: allspark
     /// did not create that data, so Remove keeps it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -132,6 +136,7 @@ impl VolumeRecord {
             last_mounted_at: None,
             last_unmounted_at: None,
             previous_data: None,
+            migrating_to: None,
             adopted: false,
         }
     }

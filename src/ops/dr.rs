@@ -320,6 +320,7 @@ fn run_restore(
         dir: dir.to_path_buf(),
         volumes,
         databases,
+        ..Default::default()
     };
     // Problems the plan foresees (no restore container, Docker down) come back as failed items.
     let plan = restore::plan(ctx, &req.settings, &rreq)?;

@@ -1,8 +1,13 @@
 //! Moving a volume's data to another host directory: copy, verify, switch the record atomically, keep the old data until cleanup.
 //!
-//! Crash safety: until the record is switched the volume uses the old place (a half copy sits in
-//! `<target>.allspark-migrating` and is discarded by the next attempt); after the switch it uses the
-//! new place and the old data stays until `--delete-source` or `allspark volume cleanup`.
+//! Crash safety (every step is a crash point, see [`crate::core::crashpoint::MIGRATE`]): the
+//! copy is made in `<target>.allspark-migrating/data`, a directory marked as allspark's by a
+//! marker file, and discarded by the next attempt. Once verified, the record notes the
+//! migration under way (`migrating_to`) before the copy is renamed to the target, so a copy
+//! found there after a crash is known to be allspark's: the next `volume migrate` to the same
+//! place checks it against the data again and finishes (or discards and redoes) it. Until the
+//! record is switched the volume uses the old place; after the switch it uses the new place,
+//! and the old data stays until `--delete-source` or `allspark volume cleanup`.
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, OsStr};
@@ -18,6 +23,7 @@ use nix::sys::stat::{FileStat, SFlag};
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
+use crate::core::crashpoint::crash_point;
 use crate::core::layout::{HostView, Layout};
 use crate::core::names::VolumeName;
 use crate::core::store::{DataLocation, Store};
@@ -27,14 +33,6 @@ use crate::fs::walk;
 use crate::plugin::driver::Driver;
 use crate::pool::location::Locate;
 use crate::pool::topology;
-
-/// Test hook: `ALLSPARK_CRASH_AT=<step>` aborts the process at that step (copied, verified, switched, deleted).
-pub(crate) fn crash_point(step: &str) {
-    if std::env::var("ALLSPARK_CRASH_AT").ok().as_deref() == Some(step) {
-        eprintln!("ALLSPARK_CRASH_AT={step}: aborting on purpose");
-        std::process::abort();
-    }
-}
 
 /// What a migration did.
 #[derive(Debug, serde::Serialize)]
@@ -46,93 +44,20 @@ pub struct MigrateReport {
     pub deleted_source: bool,
 }
 
-/// Migrate volume `name` to the host directory `to` (checked like a `device=`).
+/// Migrate volume `name` to the host directory `to` (checked like a `device=`); Docker at
+/// `docker_url` is asked which containers use a volume that shares the data, to name them.
 pub fn migrate(
     driver: &Driver,
+    docker_url: &str,
     layout: &Layout,
     view: &HostView,
     name: &VolumeName,
     to: &str,
     delete_source: bool,
 ) -> anyhow::Result<MigrateReport> {
+    let store = Store::new(layout.clone());
     let host_to = driver.check_device(to)?;
     let _snap = FileLock::acquire(&layout.snapshot_lock(name), LockKind::Exclusive)?;
-    let Movable { source, from, .. } = movable(layout, view, name)?;
-    let store = Store::new(layout.clone());
-    let target = view.local(&host_to);
-    if target == from {
-        bail!("volume {name} already lives at {to}");
-    }
-    check_not_nested(&source, &target, to)?;
-    if fs::read_dir(&target)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
-    {
-        bail!("{to} is not empty; choose an empty or new directory");
-    }
-    let staging = PathBuf::from(format!("{}.allspark-migrating", target.display()));
-    discard_marked_staging(&staging)?;
-    crate::fs::durable::ensure_dir(&staging, 0o700)?;
-    fs::write(staging.join(STAGING_MARKER), name.as_bytes())
-        .with_context(|| format!("cannot mark {}", staging.display()))?;
-    crate::fs::copy::copy_tree(&source.proc_path(), &staging)
-        .with_context(|| format!("cannot copy {} to {}", from.display(), staging.display()))?;
-    // The copy is complete: it stops being a disposable half copy (a crash from here on
-    // leaves a directory the next attempt refuses to delete, naming it).
-    fs::remove_file(staging.join(STAGING_MARKER))?;
-    crate::fs::durable::fsync_dir(staging.parent().unwrap_or(Path::new("/")))?;
-    crash_point("copied");
-    let files = compare_trees(&source.proc_path(), &staging)?;
-    crash_point("verified");
-    if target.exists() {
-        fs::remove_dir(&target)
-            .with_context(|| format!("cannot replace the empty directory {}", target.display()))?;
-    }
-    fs::rename(&staging, &target)
-        .with_context(|| format!("cannot move the copy to {}", target.display()))?;
-    crate::fs::durable::fsync_dir(target.parent().unwrap_or(Path::new("/")))?;
-    {
-        let _lock = store.lock(name)?;
-        let mut r = (*store
-            .load(name)?
-            .with_context(|| format!("volume {name} disappeared"))?)
-        .clone();
-        r.previous_data = Some(r.data.clone());
-        r.data = DataLocation::Host {
-            path: host_to.clone(),
-        };
-        store.save(&r)?;
-    }
-    crash_point("switched");
-    if delete_source {
-        cleanup(layout, view, name)?;
-    }
-    Ok(MigrateReport {
-        from,
-        to: target,
-        files,
-        deleted_source: delete_source,
-    })
-}
-
-/// A volume that may be moved now, and its data opened once.
-pub(crate) struct Movable {
-    pub rec: crate::core::store::VolumeRecord,
-    pub source: Dir,
-    pub from: PathBuf,
-}
-
-/// The checks every move of a volume's data makes (the caller holds the volume's snapshot
-/// lock, so no snapshot reads the data meanwhile): the volume exists and is not mounted, has
-/// no earlier migration's data left, is not a `parent=` child nor a parent, and nothing of
-/// its family (volumes on, inside or around its data) is in use.
-pub(crate) fn movable(
-    layout: &Layout,
-    view: &HostView,
-    name: &VolumeName,
-) -> anyhow::Result<Movable> {
-    crate::core::names::validate(name).map_err(anyhow::Error::msg)?;
-    let store = Store::new(layout.clone());
     let rec = {
         let _lock = store.lock(name)?;
         let rec = store
@@ -144,12 +69,19 @@ pub(crate) fn movable(
                 rec.mount_count()
             );
         }
-        (*rec).clone()
+        rec
     };
     if let Some(prev) = &rec.previous_data {
         bail!(
             "volume {name} still has the data of an earlier migration at {}; delete it first with `allspark volume cleanup {name}`",
             prev.local_path(layout, view).display()
+        );
+    }
+    if let Some(pending) = rec.migrating_to.as_ref().filter(|p| **p != host_to) {
+        bail!(
+            "volume {name} has an interrupted migration to {}; finish it first with `allspark volume migrate {name} --to {}` — nothing was changed",
+            pending.display(),
+            pending.display()
         );
     }
     if rec.spec.parent.is_some() {
@@ -168,16 +100,146 @@ pub(crate) fn movable(
         );
     }
     let from = rec.data.local_path(layout, view);
+    let target = view.local(&host_to);
+    if target == from {
+        bail!("volume {name} already lives at {to}");
+    }
     let source = rec
         .data
         .open(layout, view, Missing::Refuse)
         .with_context(|| format!("volume {name}: cannot open its data"))?
         .dir;
-    let fam = topology::family(layout, view, &source, &from);
+    check_not_nested(&source, &target, to)?;
+    let mut fam = topology::family(layout, view, &source, &from);
+    crate::ops::volref::name_users(&mut fam, docker_url, name);
     if let Some(refusal) = fam.refusal(name, &format!("migrate volume {name}")) {
         bail!(refusal);
     }
-    Ok(Movable { rec, source, from })
+    let staging = PathBuf::from(format!("{}.allspark-migrating", target.display()));
+    let moved = Moved {
+        store: &store,
+        name,
+        source: &source.proc_path(),
+        staging: &staging,
+        target: &target,
+        host_to: &host_to,
+    };
+    let files = if rec.migrating_to.is_some() && is_non_empty(&target) {
+        moved.finish_interrupted()?
+    } else {
+        if is_non_empty(&target) {
+            bail!("{to} is not empty; choose an empty or new directory");
+        }
+        moved.copy_and_move()?
+    };
+    {
+        let _lock = store.lock(name)?;
+        let mut r = (*store
+            .load(name)?
+            .with_context(|| format!("volume {name} disappeared"))?)
+        .clone();
+        r.previous_data = Some(r.data.clone());
+        r.data = DataLocation::Host {
+            path: host_to.clone(),
+        };
+        r.migrating_to = None;
+        store.save(&r)?;
+    }
+    crash_point("migrate.switched");
+    if delete_source {
+        cleanup(layout, view, name)?;
+    }
+    Ok(MigrateReport {
+        from,
+        to: target,
+        files,
+        deleted_source: delete_source,
+    })
+}
+
+fn is_non_empty(dir: &Path) -> bool {
+    fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// The places one migration works with.
+struct Moved<'a> {
+    store: &'a Store,
+    name: &'a VolumeName,
+    source: &'a Path,
+    staging: &'a Path,
+    target: &'a Path,
+    host_to: &'a Path,
+}
+
+impl Moved<'_> {
+    /// Copy into the marked staging directory, verify, note the migration in the record, and
+    /// rename the copy to the target; the count of entries.
+    fn copy_and_move(&self) -> anyhow::Result<usize> {
+        let (staging, target) = (self.staging, self.target);
+        discard_marked_staging(staging)?;
+        crate::fs::durable::ensure_dir(staging, 0o700)?;
+        fs::write(staging.join(STAGING_MARKER), self.name.as_bytes())
+            .with_context(|| format!("cannot mark {}", staging.display()))?;
+        crate::fs::durable::fsync_dir(staging.parent().unwrap_or(Path::new("/")))?;
+        let copy = staging.join("data");
+        crate::fs::copy::copy_tree(self.source, &copy).with_context(|| {
+            format!(
+                "cannot copy {} to {}",
+                self.source.display(),
+                copy.display()
+            )
+        })?;
+        crash_point("migrate.copied");
+        let files = compare_trees(self.source, &copy)?;
+        crash_point("migrate.verified");
+        self.journal()?;
+        crash_point("migrate.journaled");
+        if target.exists() {
+            fs::remove_dir(target).with_context(|| {
+                format!("cannot replace the empty directory {}", target.display())
+            })?;
+        }
+        fs::rename(&copy, target)
+            .with_context(|| format!("cannot move the copy to {}", target.display()))?;
+        crate::fs::durable::fsync_dir(target.parent().unwrap_or(Path::new("/")))?;
+        crash_point("migrate.renamed");
+        discard_marked_staging(staging)?;
+        Ok(files)
+    }
+
+    /// The record says a verified copy was renamed to the target before a crash: keep it if it
+    /// still equals the data (the volume may have been written since), else discard and redo.
+    fn finish_interrupted(&self) -> anyhow::Result<usize> {
+        discard_marked_staging(self.staging)?;
+        match compare_trees(self.source, self.target) {
+            Ok(files) => Ok(files),
+            Err(e) => {
+                tracing::warn!(volume = %self.name, target = %self.target.display(), error = %format!("{e:#}"), "the copy an interrupted migration left differs from the data: copied again");
+                fs::remove_dir_all(self.target).with_context(|| {
+                    format!(
+                        "cannot discard the outdated copy at {}",
+                        self.target.display()
+                    )
+                })?;
+                self.copy_and_move()
+            }
+        }
+    }
+
+    /// Note the migration under way in the volume's record (the switch clears it).
+    fn journal(&self) -> anyhow::Result<()> {
+        let _lock = self.store.lock(self.name)?;
+        let mut r = (*self
+            .store
+            .load(self.name)?
+            .with_context(|| format!("volume {} disappeared", self.name))?)
+        .clone();
+        r.migrating_to = Some(self.host_to.to_path_buf());
+        self.store.save(&r)?;
+        Ok(())
+    }
 }
 
 /// The file that marks a half copy as allspark's own, and so disposable.
@@ -281,7 +343,7 @@ pub fn cleanup(
     {
         let _ = fs::remove_dir(layout.volumes_dir().join(volume));
     }
-    crash_point("deleted");
+    crash_point("cleanup.deleted");
     r.previous_data = None;
     store.save(&r)?;
     Ok(Some(dir))
@@ -398,4 +460,68 @@ impl walk::Visitor for Fingerprint<'_> {
             self.root.join(OsStr::from_bytes(rel)).display()
         )
     }
+}
+
+/// A volume that may be moved now, and its data opened once.
+pub(crate) struct Movable {
+    pub rec: crate::core::store::VolumeRecord,
+    pub source: Dir,
+    pub from: PathBuf,
+}
+
+/// The checks every move of a volume's data makes (the caller holds the volume's snapshot
+/// lock, so no snapshot reads the data meanwhile): the volume exists and is not mounted, has
+/// no earlier migration's data left, is not a `parent=` child nor a parent, and nothing of
+/// its family (volumes on, inside or around its data) is in use.
+pub(crate) fn movable(
+    layout: &Layout,
+    view: &HostView,
+    name: &VolumeName,
+) -> anyhow::Result<Movable> {
+    let store = Store::new(layout.clone());
+    let rec = {
+        let _lock = store.lock(name)?;
+        let rec = store
+            .load(name)?
+            .with_context(|| format!("no such volume: {name}"))?;
+        if rec.mount_count() > 0 {
+            bail!(
+                "volume {name} is mounted by {} container(s); stop them before migrating it",
+                rec.mount_count()
+            );
+        }
+        (*rec).clone()
+    };
+    if let Some(prev) = &rec.previous_data {
+        bail!(
+            "volume {name} still has the data of an earlier migration at {}; delete it first with `allspark volume cleanup {name}`",
+            prev.local_path(layout, view).display()
+        );
+    }
+    if rec.spec.parent.is_some() {
+        bail!(
+            "volume {name} lives inside its parent volume {}; migrate the parent instead",
+            rec.spec.parent.as_deref().unwrap_or("")
+        );
+    }
+    let children = store.children(name)?;
+    if !children.is_empty() {
+        // Their records name places inside this volume's data: moving the data alone would
+        // leave them behind, and a cleanup would then delete their data.
+        bail!(
+            "volume {name} is the parent of {}; a parent cannot be migrated while it has children (remove or recreate them elsewhere first) — nothing was changed",
+            children.join(", ")
+        );
+    }
+    let from = rec.data.local_path(layout, view);
+    let source = rec
+        .data
+        .open(layout, view, Missing::Refuse)
+        .with_context(|| format!("volume {name}: cannot open its data"))?
+        .dir;
+    let fam = topology::family(layout, view, &source, &from);
+    if let Some(refusal) = fam.refusal(name, &format!("migrate volume {name}")) {
+        bail!(refusal);
+    }
+    Ok(Movable { rec, source, from })
 }

@@ -113,7 +113,8 @@ pub fn restore_over(
     let fam = topology::family(&ctx.layout, &ctx.view, &data, &vref.dir);
     let _family_locks = topology::lock_members(&ctx.layout, &fam, name, FAMILY_LOCK_WAIT)
         .map_err(anyhow::Error::msg)?;
-    let fam = topology::family(&ctx.layout, &ctx.view, &data, &vref.dir);
+    let mut fam = topology::family(&ctx.layout, &ctx.view, &data, &vref.dir);
+    volref::name_users(&mut fam, &ctx.docker_url, name);
     if let Some(refusal) = fam.refusal(name, &format!("restore volume {name}")) {
         bail!(refusal);
     }

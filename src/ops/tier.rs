@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use crate::context::Ctx;
+use crate::core::crashpoint::crash_point;
 use crate::core::layout::{HostView, Layout};
 use crate::core::names::VolumeName;
 use crate::core::store::{DataLocation, Store, VolumeRecord};
 use crate::fs::beneath::{Dir, Missing};
 use crate::fs::durable::{self, FileLock, LockKind};
-use crate::ops::migrate::{cleanup, compare_trees, crash_point, movable, MigrateReport, Movable};
+use crate::ops::migrate::{cleanup, compare_trees, movable, MigrateReport, Movable};
 use crate::pool::location::{make_empty, rename_noreplace, CREATING};
 use crate::pool::tree::destroy;
 use crate::pool::{archive, btrfs, cow, find, Pool, DEFAULT_POOL};
@@ -137,10 +138,10 @@ fn into_pool(
                 )
             })?;
     }
-    crash_point("copied");
+    crash_point("tier.copied");
     let staged = vols.open_beneath(Path::new(&tmp), Missing::Refuse)?.dir;
     let files = compare_trees(&source.proc_path(), &staged.proc_path())?;
-    crash_point("verified");
+    crash_point("tier.verified");
     if let (Some(size), true) = (rec.spec.size, p.cow()) {
         btrfs::enable_quota(&root)
             .and_then(|()| btrfs::set_limit(&staged, Some(size)))
@@ -158,7 +159,7 @@ fn into_pool(
         subdir: None,
     };
     switch(layout, &rec.name, data, Some(&p.name))?;
-    crash_point("switched");
+    crash_point("tier.switched");
     match rename_noreplace(&vols, &tmp, name.as_ref()) {
         Ok(()) => {}
         // Rolled forward meanwhile by an open of the switched record.
@@ -196,9 +197,9 @@ fn into_default(
     }
     crate::fs::copy::copy_tree(&source.proc_path(), &staging)
         .with_context(|| format!("cannot copy volume {name} to {}", staging.display()))?;
-    crash_point("copied");
+    crash_point("tier.copied");
     let files = compare_trees(&source.proc_path(), &staging)?;
-    crash_point("verified");
+    crash_point("tier.verified");
     fs::rename(&staging, &data)?;
     durable::fsync_dir(parent)?;
     let loc = DataLocation::Managed {
@@ -206,7 +207,7 @@ fn into_default(
         subdir: None,
     };
     switch(layout, name, loc, None)?;
-    crash_point("switched");
+    crash_point("tier.switched");
     Ok((data, files))
 }
 

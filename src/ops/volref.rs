@@ -89,3 +89,20 @@ pub fn running_users(docker_url: &str, name: &VolumeName) -> anyhow::Result<Vec<
         )
     })?
 }
+
+/// Fill in which running containers use the family's mounted members, so a refusal names
+/// them; without Docker the refusal keeps its `docker ps` hint.
+pub fn name_users(fam: &mut crate::pool::topology::Family, docker_url: &str, except: &str) {
+    let mounted: Vec<VolumeName> = fam.in_use(except).map(|m| m.name.clone()).collect();
+    for name in mounted {
+        match running_users(docker_url, &name) {
+            Ok(users) => {
+                fam.users.insert(name.to_string(), users);
+            }
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "cannot ask Docker which containers use {name}");
+                return;
+            }
+        }
+    }
+}

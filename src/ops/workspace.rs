@@ -6,11 +6,13 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use crate::context::Ctx;
+use crate::core::crashpoint::crash_point;
 use crate::core::names::VolumeName;
 use crate::core::options::Class;
 use crate::core::store::{Store, VolumeRecord};
 use crate::ops::snapshot as snapshot_ops;
 use crate::plugin::driver::Driver;
+use crate::pool::location::Locate;
 use crate::snapshot::{CreateOutcome, Trigger};
 
 /// Parse an age like `30d`, `12h`, `2w`, `90m`.
@@ -119,10 +121,30 @@ pub fn prune(
     dry_run: bool,
 ) -> anyhow::Result<Vec<(VolumeName, String)>> {
     let store = Store::new(ctx.layout.clone());
+    // A prune killed between moving a volume's data to the trash and deleting its record:
+    // the data goes back first, so this run judges (and snapshots) the real content.
+    driver.put_back_interrupted_removals();
     let (records, _) = store.all()?;
     let planned = plan(&records, age, Utc::now());
     let mut done = Vec::new();
+    // Candidates old enough but in use are kept, saying which volume and container use them.
+    let max_age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    for r in records.iter().filter(|r| {
+        is_candidate_kind(r)
+            && in_use(&records, r)
+            && Utc::now() - last_used_in_family(&records, r) > max_age
+    }) {
+        done.push((r.name.clone(), format!("kept: {}", busy_reason(ctx, r))));
+    }
     for name in planned {
+        if let Some(why) = records
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| shared_in_use(ctx, r))
+        {
+            done.push((name, format!("kept: {why}")));
+            continue;
+        }
         if dry_run {
             done.push((name, "would be snapshotted and removed".to_string()));
             continue;
@@ -143,6 +165,7 @@ pub fn prune(
                 continue;
             }
         };
+        crash_point("prune.snapshotted");
         let (now_records, _) = store.all()?;
         let still_unused = now_records
             .iter()
@@ -157,10 +180,44 @@ pub fn prune(
                 format!("cannot keep the options of {name}; it was not removed")
             })?;
         }
+        crash_point("prune.options-kept");
         crate::ops::docker_volumes::remove(ctx, driver, &name)?;
+        crash_point("prune.removed");
         done.push((name.clone(), format!("removed (snapshot {id} kept; restore with `allspark snapshot restore {name} {id} --into {name}`)")));
     }
     Ok(done)
+}
+
+/// Why a candidate in use (itself, or through a mounted ancestor) is kept, naming the volume
+/// and its containers.
+fn busy_reason(ctx: &Ctx, r: &VolumeRecord) -> String {
+    if r.mount_count() > 0 {
+        let users = crate::ops::volref::running_users(&ctx.docker_url, &r.name)
+            .ok()
+            .filter(|u| !u.is_empty());
+        return match users {
+            Some(u) => format!("volume {} is mounted by container {}", r.name, u.join(", ")),
+            None => format!(
+                "volume {} is mounted by {} container(s)",
+                r.name,
+                r.mount_count()
+            ),
+        };
+    }
+    shared_in_use(ctx, r).unwrap_or_else(|| "a volume around it is in use".to_string())
+}
+
+/// The refusal when another volume sharing this one's tree (a parent around it, a volume on
+/// the same `device=`, one inside it) is mounted.
+fn shared_in_use(ctx: &Ctx, r: &VolumeRecord) -> Option<String> {
+    let opened = r
+        .data
+        .open(&ctx.layout, &ctx.view, crate::fs::beneath::Missing::Refuse)
+        .ok()?;
+    let shown = r.data.local_path(&ctx.layout, &ctx.view);
+    let mut fam = crate::pool::topology::family(&ctx.layout, &ctx.view, &opened.dir, &shown);
+    crate::ops::volref::name_users(&mut fam, &ctx.docker_url, &r.name);
+    fam.refusal(&r.name, &format!("prune volume {}", r.name))
 }
 
 #[cfg(test)]

@@ -70,6 +70,8 @@ impl Driver {
     pub fn create(&self, name: &VolumeName, opts: Option<&BTreeMap<String, String>>) -> Result<()> {
         let spec = options::parse(opts).map_err(|e| DriverError::Invalid(e.to_string()))?;
         let _lock = self.store.lock(name)?;
+        crate::ops::template::recover(&self.layout, &self.settings.view, name)
+            .map_err(DriverError::Invalid)?;
         if let Some(existing) = self.store.load(name)? {
             if existing.spec == spec {
                 return Ok(());
@@ -112,7 +114,7 @@ impl Driver {
         if adopted {
             tracing::warn!(volume = %name, path = %opened.dir.shown().display(), "the child's directory already holds data: adopted, and kept when the volume is removed");
         }
-        let result = self.fill_and_record(name, opts, spec, data.clone(), &opened.dir, adopted);
+        let result = self.fill_and_record(name, opts, spec, data.clone(), &opened, adopted);
         if result.is_ok() {
             spool::request_measure(&self.layout, name);
         } else if let Some(top) = &opened.created {
@@ -221,30 +223,44 @@ impl Driver {
         }
     }
 
+    /// Fill the new directory from its template (under the template journal, see
+    /// [`crate::ops::template`]), set its owner and mode, and save the record.
     fn fill_and_record(
         &self,
         name: &VolumeName,
         opts: Option<&BTreeMap<String, String>>,
         spec: VolumeSpec,
         data: DataLocation,
-        dir: &Dir,
+        opened: &Opened,
         adopted: bool,
     ) -> Result<()> {
-        if let Some(template) = &spec.template {
-            crate::ops::template::fill(&self.layout, &self.settings.view, template, dir).map_err(
-                |e| DriverError::Invalid(format!("template={}: {e}", template_text(opts))),
-            )?;
-        }
-        self.sys
-            .set_owner_mode(dir.as_fd(), spec.uid, spec.gid, spec.mode)
-            .map_err(io_ctx(format!(
-                "cannot set owner/mode of {}",
-                dir.shown().display()
-            )))?;
-        let mut record = VolumeRecord::new(name, opts.cloned().unwrap_or_default(), spec, data);
-        record.adopted = adopted;
-        self.store.save(&record)?;
-        Ok(())
+        let dir = &opened.dir;
+        let template = spec.template.clone();
+        let save = || -> Result<()> {
+            self.sys
+                .set_owner_mode(dir.as_fd(), spec.uid, spec.gid, spec.mode)
+                .map_err(io_ctx(format!(
+                    "cannot set owner/mode of {}",
+                    dir.shown().display()
+                )))?;
+            let mut record =
+                VolumeRecord::new(name, opts.cloned().unwrap_or_default(), spec, data.clone());
+            record.adopted = adopted;
+            self.store.save(&record)?;
+            Ok(())
+        };
+        let Some(template) = template else {
+            return save();
+        };
+        crate::ops::template::fill_journaled(
+            &self.layout,
+            &self.settings.view,
+            name,
+            &template,
+            (&data, opened.created.as_deref(), dir),
+            |e| DriverError::Invalid(format!("template={}: {e}", template_text(opts))),
+            save,
+        )
     }
 
     /// Decide where a new volume's data lives, refusing paths outside the rules.
@@ -372,6 +388,7 @@ impl Driver {
             }
             None
         };
+        crate::core::crashpoint::crash_point("remove.trashed");
         if let Err(e) = self.store.delete(name) {
             // The record stays, so the data stays too.
             if let Some(trash) = discarded {
@@ -717,6 +734,15 @@ impl Driver {
             }
         }
         self.put_back_interrupted_removals();
+        for name in crate::ops::template::interrupted(&self.layout) {
+            let Ok(_lock) = self.store.lock(&name) else {
+                continue;
+            };
+            if let Err(e) = crate::ops::template::recover(&self.layout, &self.settings.view, &name)
+            {
+                tracing::error!(volume = %name, error = %e, "cannot undo an interrupted Create with template=");
+            }
+        }
         self.empty_trash();
         crate::plugin::pool_volume::reconcile(&self.layout, &self.settings.view, &self.store);
         Ok(())
@@ -732,7 +758,7 @@ impl Driver {
 
     /// A Remove killed after moving the data to the trash but before deleting the record left a
     /// volume without its data; the removal was never acknowledged, so the data goes back.
-    fn put_back_interrupted_removals(&self) {
+    pub fn put_back_interrupted_removals(&self) {
         let Ok(entries) = fs::read_dir(self.layout.trash_dir()) else {
             return;
         };

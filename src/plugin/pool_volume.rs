@@ -14,6 +14,7 @@ use std::path::Path;
 
 use chrono::Utc;
 
+use crate::core::crashpoint::crash_point;
 use crate::core::layout::{HostView, Layout};
 use crate::core::names::VolumeName;
 use crate::core::options::{Template, VolumeSpec};
@@ -23,7 +24,7 @@ use crate::plugin::error::DriverError;
 use crate::plugin::mounts::Sys;
 use crate::pool::location::{make_empty, open, open_top, rename_noreplace, CREATING};
 use crate::pool::tree::{destroy, names_in};
-use crate::pool::{btrfs, cow, find, image::crash_point, Pool, Registry};
+use crate::pool::{btrfs, cow, find, Pool, Registry};
 
 /// What a Create in a pool needs from the driver.
 pub struct CreateCtx<'a> {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::core::crashpoint::crash_point;
 use crate::core::layout::{HostView, Layout};
 use crate::core::names::VolumeName;
 use crate::core::options::Keep;
@@ -14,7 +15,7 @@ use crate::core::snapshot_id::{self, SnapshotId};
 use crate::core::store::{DataLocation, Store, VolumeRecord};
 use crate::fs::beneath::{BeneathError, Dir, Missing};
 use crate::fs::durable::{self, FileLock, LockKind};
-use crate::pool::{btrfs, find, image::crash_point, location, tree, Pool};
+use crate::pool::{btrfs, find, location, tree, Pool};
 use crate::snapshot::manifest::{Manifest, Trigger};
 use crate::snapshot::{catalog, retention, SnapshotError};
 

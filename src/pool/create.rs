@@ -9,8 +9,9 @@
 
 use std::io;
 
+use crate::core::crashpoint::crash_point;
 use crate::core::layout::{HostView, Layout};
-use crate::pool::image::{crash_point, partial_name};
+use crate::pool::image::partial_name;
 use crate::pool::{parse_def, Entry, Pool, PoolSpec, Registry};
 
 /// What `pool create` did.

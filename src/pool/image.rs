@@ -4,6 +4,7 @@
 //! does not do itself. Attaching uses `LOOP_CTL_GET_FREE` and `LOOP_CONFIGURE` with
 //! `LO_FLAGS_AUTOCLEAR`, so the loop device goes away when the pool is unmounted.
 
+use crate::core::crashpoint::crash_point;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -213,14 +214,6 @@ fn ensure_node(dev: &Path, n: u64) -> io::Result<()> {
         )
         .map_err(io::Error::from),
         Err(e) => Err(e),
-    }
-}
-
-/// Test hook: `ALLSPARK_CRASH_AT=<step>` aborts the process at that step.
-pub fn crash_point(step: &str) {
-    if std::env::var("ALLSPARK_CRASH_AT").ok().as_deref() == Some(step) {
-        eprintln!("ALLSPARK_CRASH_AT={step}: aborting on purpose");
-        std::process::abort();
     }
 }
 

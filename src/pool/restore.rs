@@ -9,12 +9,13 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use crate::context::Ctx;
+use crate::core::crashpoint::crash_point;
 use crate::core::layout::Layout;
 use crate::core::names::VolumeName;
 use crate::fs::beneath::{Dir, Missing};
 use crate::fs::durable::{FileLock, LockKind};
 use crate::ops::volref::VolumeRef;
-use crate::pool::{btrfs, cow, image::crash_point, tree};
+use crate::pool::{btrfs, cow, tree};
 use crate::snapshot::restore::{self as archive_restore, RestoreReport};
 use crate::snapshot::{Manifest, SnapshotError};
 

@@ -50,6 +50,9 @@ pub struct Family {
     pub members: Vec<Member>,
     /// Mount points (this process's view) inside the directory that no member explains.
     pub mounts_below: Vec<PathBuf>,
+    /// Running containers using a member, by member name, when Docker was asked (see
+    /// [`crate::ops::volref::name_users`]): refusals name them.
+    pub users: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Family {
@@ -75,11 +78,14 @@ impl Family {
     /// what was refused, e.g. "restore volume ws".
     pub fn refusal(&self, except: &str, what: &str) -> Option<String> {
         if let Some(m) = self.in_use(except).next() {
+            let who = match self.users.get(m.name.as_str()).filter(|u| !u.is_empty()) {
+                Some(names) => format!("container {}", names.join(", ")),
+                None => format!("{} container(s)", m.mounts),
+            };
             return Some(format!(
-                "cannot {what}: volume {} {} and is mounted by {} container(s) (`docker ps --filter volume={}`); stop them first — nothing was changed",
+                "cannot {what}: volume {} {} and is mounted by {who} (`docker ps --filter volume={}`); stop them first — nothing was changed",
                 m.name,
                 m.relation.as_str(),
-                m.mounts,
                 m.name
             ));
         }

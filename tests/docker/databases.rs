@@ -50,7 +50,7 @@ pub(super) fn redis(c: &str, args: &[&str]) -> String {
 }
 
 /// `docker run -d` with the compose service's labels (and `extra` ones), `env`, volume mount and command.
-fn run_service(
+pub(super) fn run_service(
     name: &str,
     image: &str,
     labels: &[(String, String)],
@@ -73,6 +73,27 @@ fn run_service(
     args.extend(cmd.iter().map(|s| s.to_string()));
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     docker_ok(&a);
+}
+
+/// Wait (at most 120 s) until PostgreSQL in container `db` accepts connections.
+pub(super) fn wait_for_postgres(db: &str) {
+    wait_until(
+        "PostgreSQL accepts connections",
+        Duration::from_secs(120),
+        || {
+            docker(&[
+                "exec",
+                db,
+                "pg_isready",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .status
+            .success()
+        },
+    );
 }
 
 /// The database's content that must come back: row count and a checksum of every row.
@@ -185,23 +206,7 @@ fn postgres_and_redis_back_up_and_restore_cleanly_and_a_broken_dump_fails_loudly
         &format!("{redisvol}:/data"),
         &["redis-server", "--appendonly", "yes"],
     );
-    wait_until(
-        "PostgreSQL accepts connections",
-        Duration::from_secs(120),
-        || {
-            docker(&[
-                "exec",
-                &db,
-                "pg_isready",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .status
-            .success()
-        },
-    );
+    wait_for_postgres(&db);
     wait_until("Redis answers", Duration::from_secs(60), || {
         docker(&["exec", &rd, "redis-cli", "ping"]).status.success()
     });

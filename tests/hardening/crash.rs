@@ -12,12 +12,11 @@ use crate::support::harness;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::Plugin;
+use harness::{try_call, Plugin};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -114,32 +113,6 @@ impl Drop for Agent {
 }
 
 /// One blocking HTTP/1.1 call on a fresh connection; `Err` if the plugin died before answering.
-fn try_call(sock: &Path, method: &str, body: &Value) -> Result<(u16, Value), String> {
-    let mut s = UnixStream::connect(sock).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let b = body.to_string();
-    write!(
-        s,
-        "POST /{method} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
-        b.len()
-    )
-    .map_err(|e| format!("send: {e}"))?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)
-        .map_err(|e| format!("receive: {e}"))?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("truncated reply {text:?}"))?;
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {head:?}"))?;
-    let v = serde_json::from_str(body).map_err(|e| format!("reply body {body:?}: {e}"))?;
-    Ok((status, v))
-}
-
 fn err_of(v: &Value) -> &str {
     v.get("Err").and_then(Value::as_str).unwrap_or("")
 }

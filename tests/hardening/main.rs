@@ -11,3 +11,4 @@ mod input;
 mod limits;
 mod privileges;
 mod regressions;
+mod shared_crash;

@@ -4,25 +4,11 @@ use crate::support::harness;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use harness::{err_of, Plugin};
+use harness::{cli_env, err_of, Plugin};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_allspark");
-
-fn cli_env(p: &Plugin, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
-        .arg("--root")
-        .arg(p.root())
-        .arg("--bind-root")
-        .arg(p.bind_root())
-        .args(args)
-        .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
 
 fn cli_ok(p: &Plugin, args: &[&str]) -> String {
     let out = cli_env(p, args, &[]);
@@ -258,7 +244,10 @@ fn migration_interrupted_at_every_step_leaves_the_data_reachable() {
     unmount(&p, "mig", "c");
     drop(mp);
 
-    for (round, step) in ["copied", "verified", "switched"].iter().enumerate() {
+    for (round, step) in ["migrate.copied", "migrate.verified", "migrate.switched"]
+        .iter()
+        .enumerate()
+    {
         let to = p.bind_root().join(format!("place{round}"));
         let out = cli_env(
             &p,
@@ -303,7 +292,7 @@ fn migration_interrupted_at_every_step_leaves_the_data_reachable() {
     let out = cli_env(
         &p,
         &["volume", "cleanup", "mig"],
-        &[("ALLSPARK_CRASH_AT", "deleted")],
+        &[("ALLSPARK_CRASH_AT", "cleanup.deleted")],
     );
     assert!(!out.status.success());
     cli_ok(&p, &["volume", "cleanup", "mig"]);
@@ -348,7 +337,11 @@ fn workspace_prune_snapshots_first_and_never_touches_a_mounted_volume() {
         "{dry}"
     );
     assert!(
-        !dry.contains("project-busy")
+        dry.contains("project-busy: kept: volume project-busy is mounted by 1 container(s)"),
+        "{dry}"
+    );
+    assert!(
+        !dry.contains("project-busy: would")
             && !dry.contains("postgres-data")
             && !dry.contains("target-workspaces:"),
         "{dry}"

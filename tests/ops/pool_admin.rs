@@ -192,7 +192,11 @@ fn volume_migrate_moves_a_volume_between_pools_and_keeps_its_snapshots() {
     let old = p.root().join("volumes/db/data");
 
     // Killed after the copy: the record still names the old place; the next run starts over.
-    cli_crashing(&p, "copied", &["volume", "migrate", "db", "--pool", "p"]);
+    cli_crashing(
+        &p,
+        "tier.copied",
+        &["volume", "migrate", "db", "--pool", "p"],
+    );
     assert_eq!(record(&p, "db")["data"]["kind"], "managed");
     assert!(pool_root(&p).join("volumes/.creating-db").exists());
     let out = cli_ok(&p, &["volume", "migrate", "db", "--pool", "p"]);
@@ -258,7 +262,11 @@ fn volume_migrate_moves_a_volume_between_pools_and_keeps_its_snapshots() {
     );
 
     // Killed after the switch, before the rename: the next open rolls it forward.
-    cli_crashing(&p, "switched", &["volume", "migrate", "db", "--pool", "p"]);
+    cli_crashing(
+        &p,
+        "tier.switched",
+        &["volume", "migrate", "db", "--pool", "p"],
+    );
     assert_eq!(record(&p, "db")["data"]["pool"], "p");
     let m = mount(&p, "db", "c2");
     assert_eq!(

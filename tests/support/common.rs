@@ -807,6 +807,10 @@ pub fn dockerd_restart_allowed(what: &str) -> bool {
 /// init without either, which is stopped and started again with the same
 /// command line, environment and log file. Waits until it answers.
 pub fn restart_dockerd() {
+    // The test runs under `flock /tmp/allspark-docker.lock`, whose descriptor every child
+    // inherits: a dockerd started from here would hold the lock for the whole machine until
+    // it stops. Nothing this process inherited goes to its children.
+    close_inherited_on_exec();
     let quiet = |program: &str, args: &[&str]| {
         Command::new(program)
             .args(args)
@@ -894,6 +898,25 @@ pub fn restart_dockerd() {
     wait_until("dockerd answers again", Duration::from_secs(120), || {
         docker(&["info"]).status.success()
     });
+}
+
+/// Mark every descriptor above stderr close-on-exec (the ones Rust opens already are; the ones
+/// inherited, like `flock`'s lock, are not).
+fn close_inherited_on_exec() {
+    let Ok(entries) = fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
 }
 
 /// dockerd remembers every legacy (socket) volume driver it ever used, until

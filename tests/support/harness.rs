@@ -1,8 +1,9 @@
 //! Test harness: runs the real `allspark plugin` on a real Unix socket in a scratch root, and talks to it with hyperlocal.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use allspark::core::names::VolumeName;
@@ -173,6 +174,47 @@ impl Plugin {
         call_raw(&self.socket(), method, body.to_string().into_bytes())
     }
 
+    /// Create a volume; the `Err` text of the reply ("" when created).
+    pub fn create(&self, name: &str, opts: Value) -> String {
+        err_of(
+            &self
+                .call(
+                    "VolumeDriver.Create",
+                    serde_json::json!({"Name": name, "Opts": opts}),
+                )
+                .1,
+        )
+    }
+
+    /// Mount a volume for container `id` (must succeed); its mount point.
+    pub fn mount(&self, name: &str, id: &str) -> PathBuf {
+        let (_, v) = self.call(
+            "VolumeDriver.Mount",
+            serde_json::json!({"Name": name, "ID": id}),
+        );
+        assert_eq!(err_of(&v), "", "mount {name}");
+        PathBuf::from(v["Mountpoint"].as_str().unwrap())
+    }
+
+    /// Unmount a volume for container `id` (must succeed).
+    pub fn unmount(&self, name: &str, id: &str) {
+        let (_, v) = self.call(
+            "VolumeDriver.Unmount",
+            serde_json::json!({"Name": name, "ID": id}),
+        );
+        assert_eq!(err_of(&v), "", "unmount {name}");
+    }
+
+    /// kill -9 and start again with this environment (its reconciliation runs at start).
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.kill9();
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.spawn();
+    }
+
     /// Live mount points under this plugin's mount directory.
     pub fn live_mounts(&self) -> Vec<PathBuf> {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -305,6 +347,50 @@ pub fn cli(p: &Plugin, args: &[&str]) -> std::process::Output {
         .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
         .output()
         .unwrap()
+}
+
+/// The CLI against the plugin's root with its bind root allowed and extra environment
+/// (Docker pointed nowhere).
+pub fn cli_env(p: &Plugin, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_allspark"))
+        .arg("--root")
+        .arg(p.root())
+        .arg("--bind-root")
+        .arg(p.bind_root())
+        .args(args)
+        .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// One call over a plain socket that may fail (the plugin killed or aborting mid-call):
+/// `Err` says how it failed.
+pub fn try_call(sock: &Path, method: &str, body: &Value) -> Result<(u16, Value), String> {
+    let mut s =
+        std::os::unix::net::UnixStream::connect(sock).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let b = body.to_string();
+    write!(
+        s,
+        "POST /{method} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+        b.len()
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)
+        .map_err(|e| format!("receive: {e}"))?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("truncated reply {text:?}"))?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {head:?}"))?;
+    let v = serde_json::from_str(body).map_err(|e| format!("reply body {body:?}: {e}"))?;
+    Ok((status, v))
 }
 
 /// `cli` that must succeed; its stdout.
