@@ -28,6 +28,9 @@ pub enum DrCmd {
         /// Also feed the database dumps into the running containers labelled allspark.restore.exec.
         #[arg(long)]
         databases: bool,
+        /// The allspark plugin's volume driver name in this dockerd, through which the volumes are created (`allspark:latest` for the managed plugin).
+        #[arg(long, env = "ALLSPARK_DRIVER", default_value = "allspark")]
+        driver: String,
         #[arg(long)]
         json: bool,
         /// Where the fetched backup is kept (it becomes a normal local backup).
@@ -68,6 +71,7 @@ pub fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
             at,
             identity,
             databases,
+            driver: docker_driver,
             json,
             root,
             retention,
@@ -82,6 +86,7 @@ pub fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
                 identity: identity.clone(),
                 settings: settings(&root.backup_root, Some(retention), containers, false),
                 databases: *databases,
+                docker_driver: docker_driver.clone(),
                 progress: if *json { None } else { Some(item_bars()) },
             };
             let r = dr::restore(&ctx, &driver, &req)?;
@@ -100,7 +105,11 @@ pub fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
                     r.dir.display()
                 );
                 for v in &r.created {
-                    println!("created volume {v}");
+                    if r.created_without_docker.contains(v) {
+                        println!("created volume {v} (in allspark's records: dockerd did not answer; Docker learns of it from the driver)");
+                    } else {
+                        println!("created volume {v}");
+                    }
                 }
                 for v in &r.existing {
                     println!("kept existing volume {v}");
