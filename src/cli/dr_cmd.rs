@@ -123,8 +123,14 @@ pub fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
                         i.detail
                     );
                 }
+                for why in &r.refused_snapshots {
+                    println!("refused snapshot {why}");
+                }
                 for sn in &r.snapshots {
                     println!("ok     snapshot {sn}: newer than the backup, restored over it");
+                }
+                for f in &r.fallbacks {
+                    println!("{f}");
                 }
                 for p in &r.problems {
                     eprintln!("error: {p}");

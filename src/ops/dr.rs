@@ -16,7 +16,9 @@
 //!    ([`crate::backup::restore`]): checksums, staging, atomic swap. A volume
 //!    whose newest complete snapshot chain on the remote (`offsite=snapshots`)
 //!    was taken after the backup then gets that chain restored over it
-//!    ([`crate::ops::offsite::restore_newer_chains`]).
+//!    ([`crate::ops::offsite::restore_newer_chains`]); a chain that cannot be
+//!    used is refused and named, and the next older one newer than the backup
+//!    is tried, else the volume keeps the backup's data, said so.
 //! 4. Database dumps are fed by the same restore path, into the running
 //!    containers labelled `allspark.restore.exec` — with `--databases`, or
 //!    later with `allspark backup restore DIR --database NAME --yes` once the
@@ -85,6 +87,10 @@ pub struct DrReport {
     pub items: Vec<ItemResult>,
     /// Newer snapshot chains restored over the backup's data: `volume@id`.
     pub snapshots: Vec<String>,
+    /// Remote snapshots newer than the backup refused (damaged, …), `volume@id: why`, and
+    /// what each volume concerned fell back to (an older chain, or the backup's data).
+    pub refused_snapshots: Vec<String>,
+    pub fallbacks: Vec<String>,
     /// Dumps in the backup not restored now (see the hint printed).
     pub dumps_pending: Vec<String>,
     /// Volumes recreated empty because a dump stands for them: `(volume, dump)`.
@@ -243,7 +249,7 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
         let names = volumes.iter().map(ToString::to_string).collect();
         run_restore(ctx, req, &dir, names, Vec::new(), &mut report)?;
         // Then the newest snapshot chain where it is newer than the backup (offsite=snapshots).
-        let (done, problems) = crate::ops::offsite::restore_newer_chains(
+        let chains = crate::ops::offsite::restore_newer_chains(
             ctx,
             &remote,
             opener.clone(),
@@ -251,8 +257,10 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
             m.timestamp,
             req.progress.as_ref(),
         );
-        report.snapshots = done;
-        report.problems.extend(problems);
+        report.snapshots = chains.done;
+        report.refused_snapshots = chains.refused;
+        report.fallbacks = chains.fallbacks;
+        report.problems.extend(chains.problems);
     }
     let dumps: Vec<String> = m
         .files
