@@ -29,6 +29,9 @@ pub enum DrCmd {
         /// Also feed the database dumps into the running containers labelled allspark.restore.exec.
         #[arg(long)]
         databases: bool,
+        /// The allspark plugin's volume driver name in this dockerd, through which the volumes are created (`allspark:latest` for the managed plugin).
+        #[arg(long, env = "ALLSPARK_DRIVER", default_value = "allspark")]
+        driver: String,
         #[arg(long)]
         json: bool,
         /// Where the fetched backup is kept (it becomes a normal local backup).
@@ -69,6 +72,7 @@ pub fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
             at,
             identity,
             databases,
+            driver: docker_driver,
             json,
             root,
             retention,
@@ -83,6 +87,7 @@ pub fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
                 identity: identity.clone(),
                 settings: settings(&root.backup_root, Some(retention), containers, false),
                 databases: *databases,
+                docker_driver: docker_driver.clone(),
                 progress: if *json { None } else { Some(item_bars()) },
             };
             let r = dr::restore(&ctx, &driver, &req)?;
@@ -118,14 +123,24 @@ fn print_recovery(r: &DrReport) {
         r.dir.display()
     );
     for v in &r.created {
-        println!("created volume {v}");
+        if r.created_without_docker.contains(v) {
+            println!("created volume {v} (in allspark's records: dockerd did not answer; Docker learns of it from the driver)");
+        } else {
+            println!("created volume {v}");
+        }
     }
     for v in &r.existing {
         println!("kept existing volume {v}");
     }
     print_items(&r.items);
+    for why in &r.refused_snapshots {
+        println!("refused snapshot {why}");
+    }
     for sn in &r.snapshots {
         println!("ok     snapshot {sn}: newer than the backup, restored over it");
+    }
+    for f in &r.fallbacks {
+        println!("{f}");
     }
     for p in &r.problems {
         eprintln!("error: {p}");

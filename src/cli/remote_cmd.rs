@@ -345,14 +345,27 @@ fn verify(
                 }
             }
         }
+        for s in &r.snapshots {
+            if s.ok {
+                println!(
+                    "ok     snapshot {}: {} object(s) present with the recorded size and ETag",
+                    s.snapshot, s.objects
+                );
+            } else {
+                for p in &s.problems {
+                    println!("FAILED snapshot {}: {p}", s.snapshot);
+                }
+            }
+        }
     }
     if !r.ok() {
         bail!("remote verification failed: {}", r.failures().join("; "));
     }
     if !json {
         println!(
-            "ok: {} remote backup(s) of {name} verified",
-            r.backups.len()
+            "ok: {} remote backup(s) and {} snapshot(s) of {name} verified",
+            r.backups.len(),
+            r.snapshots.len()
         );
     }
     Ok(())

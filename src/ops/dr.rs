@@ -8,13 +8,17 @@
 //!    back to the previous one. The fetched directory becomes
 //!    `<backup-root>/<type>/<name>`, a normal local backup.
 //! 2. Every volume record of the manifest is created again with its options,
-//!    parents before `parent=` children, through the driver (as `docker volume
-//!    create` would); `template=` is dropped, the data comes from the backup.
+//!    parents before `parent=` children, through Docker (`docker volume create
+//!    -d <driver>`, so Docker keeps the options and docker-compose accepts the
+//!    volume as its own), or through the driver's records when dockerd does not
+//!    answer; `template=` is dropped, the data comes from the backup.
 //! 3. The volumes' data is restored by the backup restore
 //!    ([`crate::backup::restore`]): checksums, staging, atomic swap. A volume
 //!    whose newest complete snapshot chain on the remote (`offsite=snapshots`)
 //!    was taken after the backup then gets that chain restored over it
-//!    ([`crate::ops::offsite::restore_newer_chains`]).
+//!    ([`crate::ops::offsite::restore_newer_chains`]); a chain that cannot be
+//!    used is refused and named, and the next older one newer than the backup
+//!    is tried, else the volume keeps the backup's data, said so.
 //! 4. Database dumps are fed by the same restore path, into the running
 //!    containers labelled `allspark.restore.exec` — with `--databases`, or
 //!    later with `allspark backup restore DIR --database NAME --yes` once the
@@ -38,6 +42,7 @@ use crate::backup::Settings;
 use crate::context::Ctx;
 use crate::core::names::VolumeName;
 use crate::core::store::Store;
+use crate::ops::docker_volumes::{self, Created};
 use crate::plugin::driver::Driver;
 use crate::remote::catalog::{self, RemoteBackup};
 use crate::remote::client::{runtime, Remote};
@@ -57,6 +62,9 @@ pub struct DrRequest {
     pub settings: Settings,
     /// Also feed the dumps into the running `allspark.restore.exec` containers.
     pub databases: bool,
+    /// The allspark plugin's volume driver name in this dockerd (`allspark`, or
+    /// `allspark:latest` for the managed plugin): volumes are created through it.
+    pub docker_driver: String,
     pub progress: Option<ItemProgress>,
 }
 
@@ -69,13 +77,20 @@ pub struct DrReport {
     pub dir: PathBuf,
     /// Backups refused before it, each with the reason.
     pub refused: Vec<String>,
-    /// Volume records created, and those that were already there.
+    /// Volume records created (through Docker, or through the driver's records when
+    /// dockerd did not answer: those are also in `created_without_docker`), and those
+    /// that were already there.
     pub created: Vec<String>,
+    pub created_without_docker: Vec<String>,
     pub existing: Vec<String>,
     /// Volumes and dumps restored (the backup restore's items).
     pub items: Vec<ItemResult>,
     /// Newer snapshot chains restored over the backup's data: `volume@id`.
     pub snapshots: Vec<String>,
+    /// Remote snapshots newer than the backup refused (damaged, …), `volume@id: why`, and
+    /// what each volume concerned fell back to (an older chain, or the backup's data).
+    pub refused_snapshots: Vec<String>,
+    pub fallbacks: Vec<String>,
     /// Dumps in the backup not restored now (see the hint printed).
     pub dumps_pending: Vec<String>,
     /// Volumes recreated empty because a dump stands for them: `(volume, dump)`.
@@ -221,7 +236,7 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
     report.dir = dir.clone();
 
     let t1 = Instant::now();
-    create_records(driver, &m, &mut report);
+    create_records(ctx, driver, &req.docker_driver, &m, &mut report);
     let store = Store::new(ctx.layout.clone());
     let volumes: Vec<VolumeName> = m
         .files
@@ -234,7 +249,7 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
         let names = volumes.iter().map(ToString::to_string).collect();
         run_restore(ctx, req, &dir, names, Vec::new(), &mut report)?;
         // Then the newest snapshot chain where it is newer than the backup (offsite=snapshots).
-        let (done, problems) = crate::ops::offsite::restore_newer_chains(
+        let chains = crate::ops::offsite::restore_newer_chains(
             ctx,
             &remote,
             opener.clone(),
@@ -242,8 +257,10 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
             m.timestamp,
             req.progress.as_ref(),
         );
-        report.snapshots = done;
-        report.problems.extend(problems);
+        report.snapshots = chains.done;
+        report.refused_snapshots = chains.refused;
+        report.fallbacks = chains.fallbacks;
+        report.problems.extend(chains.problems);
     }
     let dumps: Vec<String> = m
         .files
@@ -286,7 +303,17 @@ fn final_dir(type_dir: &Path, name: &str) -> PathBuf {
     }
 }
 
-fn create_records(driver: &Driver, m: &BackupManifest, report: &mut DrReport) {
+/// Creates the manifest's records, parents first: through Docker when it answers (Docker then
+/// holds the options, as after `docker volume create`), else through the driver's records. A
+/// volume Docker created whose record is not under this root was made by a driver that serves
+/// another state root: a problem, named.
+fn create_records(
+    ctx: &Ctx,
+    driver: &Driver,
+    docker_driver: &str,
+    m: &BackupManifest,
+    report: &mut DrReport,
+) {
     for r in records_in_order(m) {
         let opts: BTreeMap<String, String> = r
             .options
@@ -294,14 +321,36 @@ fn create_records(driver: &Driver, m: &BackupManifest, report: &mut DrReport) {
             .filter(|(k, _)| k.as_str() != "template")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let existed = matches!(driver.store().load(&r.name), Ok(Some(_)));
-        match driver.create(&r.name, Some(&opts)) {
-            Ok(()) if existed => report.existing.push(r.name.to_string()),
-            Ok(()) => report.created.push(r.name.to_string()),
-            Err(e) => report.problems.push(format!(
-                "volume {} cannot be created again ({e}); create it by hand and restore it with `allspark backup restore {} --volume {} --yes`",
+        let by_hand = format!(
+            "create it by hand and restore it with `allspark backup restore {} --volume {} --yes`",
+            report.dir.display(),
+            r.name
+        );
+        if matches!(driver.store().load(&r.name), Ok(Some(_))) {
+            match driver.create(&r.name, Some(&opts)) {
+                Ok(()) => report.existing.push(r.name.to_string()),
+                Err(e) => report.problems.push(format!(
+                    "volume {} cannot be created again ({e}); {by_hand}",
+                    r.name
+                )),
+            }
+            continue;
+        }
+        match docker_volumes::create(ctx, driver, docker_driver, &r.name, &opts) {
+            Ok(how) if matches!(driver.store().load(&r.name), Ok(Some(_))) => {
+                report.created.push(r.name.to_string());
+                if how == Created::Driver {
+                    report.created_without_docker.push(r.name.to_string());
+                }
+            }
+            Ok(_) => report.problems.push(format!(
+                "Docker created volume {} with driver {docker_driver}, but its record is not under {}: that driver serves another state root (give dr restore the --root of the driver, or --driver with the name of the allspark plugin of this root, and remove the volume with `docker volume rm {}`)",
                 r.name,
-                report.dir.display(),
+                ctx.layout.root.display(),
+                r.name
+            )),
+            Err(e) => report.problems.push(format!(
+                "volume {} cannot be created again ({e:#}); {by_hand}",
                 r.name
             )),
         }

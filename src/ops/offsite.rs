@@ -186,9 +186,24 @@ pub fn pull(ctx: &Ctx, driver: &Driver, req: &PullRequest) -> anyhow::Result<Pul
     })
 }
 
-/// The DR step after a backup restore: each volume whose newest complete remote chain was taken
-/// after the backup gets that chain restored over the backup's data. Returns `vol@id` of each
-/// chain restored, and one sentence per problem (the backup's data then stays).
+/// What [`restore_newer_chains`] did.
+#[derive(Clone, Debug, Default)]
+pub struct NewerChains {
+    /// `volume@id` of each chain restored over the backup's data.
+    pub done: Vec<String>,
+    /// Remote snapshots newer than the backup that were refused, `volume@id: why`.
+    pub refused: Vec<String>,
+    /// One sentence per volume that had a refusal: what its data is now.
+    pub fallbacks: Vec<String>,
+    /// Problems (the listing failed): the volumes hold the backup's data.
+    pub problems: Vec<String>,
+}
+
+/// The DR step after a backup restore: each volume whose newest complete remote chain was
+/// taken after the backup gets that chain restored over the backup's data. A chain that cannot
+/// be used (an unreadable index, a missing link, a damaged or undecryptable object, a failed
+/// restore) is refused and named, and the next older chain still newer than the backup is
+/// tried; when none is left the volume keeps the backup's data, and says so.
 pub fn restore_newer_chains(
     ctx: &Ctx,
     remote: &Remote,
@@ -196,49 +211,72 @@ pub fn restore_newer_chains(
     volumes: &[VolumeName],
     since: DateTime<Utc>,
     progress: Option<&ItemProgress>,
-) -> (Vec<String>, Vec<String>) {
-    let (mut done, mut problems) = (Vec::new(), Vec::new());
+) -> NewerChains {
+    let mut out = NewerChains::default();
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return (done, vec![format!("{e:#}")]),
+        Err(e) => {
+            out.problems.push(format!("{e:#}"));
+            return out;
+        }
     };
     let all: Vec<RemoteSnapshot> = match rt.block_on(snapshots::list(remote, None)) {
         Ok(l) => l,
         Err(e) => {
-            return (
-                done,
-                vec![format!(
+            out.problems.push(format!(
                 "cannot list the remote's snapshots ({e:#}); the volumes hold the backup's data"
-            )],
-            )
+            ));
+            return out;
         }
     };
     for v in volumes {
         let there: Vec<RemoteSnapshot> = all.iter().filter(|s| &s.volume == v).cloned().collect();
-        let Some(newest) = snapshots::newest_restorable(&there) else {
-            continue;
-        };
-        let taken = newest.index.as_ref().map(|i| i.created_at);
-        if taken.is_none_or(|t| t <= since) {
-            continue;
+        // Complete ones newer than the backup, newest first (an unreadable index is refused
+        // below; an incomplete upload is never used and never a refusal).
+        let newer = there
+            .iter()
+            .rev()
+            .filter(|s| s.complete && s.index.as_ref().is_none_or(|i| i.created_at > since));
+        let mut refused = false;
+        let mut restored = None;
+        for s in newer {
+            let r = match &s.error {
+                Some(e) => Err(anyhow::anyhow!("{e}")),
+                None => rt
+                    .block_on(snapshots::fetch_chain(
+                        remote,
+                        opener.clone(),
+                        &ctx.layout,
+                        &there,
+                        &s.id,
+                        progress,
+                    ))
+                    .and_then(|_| ops::restore_over(ctx, v, &s.id, None)),
+            };
+            match r {
+                Ok(_) => {
+                    restored = Some(s.id.clone());
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(volume = %v, snapshot = %s.id, error = %format!("{e:#}"), "remote snapshot refused; falling back to an older chain or the backup");
+                    out.refused.push(format!("{v}@{}: {e:#}", s.id));
+                    refused = true;
+                }
+            }
         }
-        let r = rt
-            .block_on(snapshots::fetch_chain(
-                remote,
-                opener.clone(),
-                &ctx.layout,
-                &there,
-                &newest.id,
-                progress,
-            ))
-            .and_then(|_| ops::restore_over(ctx, v, &newest.id, None));
-        match r {
-            Ok(_) => done.push(format!("{v}@{}", newest.id)),
-            Err(e) => problems.push(format!(
-                "volume {v}: the newer remote snapshot {} was not restored ({e:#}); the volume holds the backup's data",
-                newest.id
+        match (&restored, refused) {
+            (Some(id), true) => out.fallbacks.push(format!(
+                "volume {v} fell back to the older snapshot {v}@{id} (newer ones were refused)"
             )),
+            (None, true) => out.fallbacks.push(format!(
+                "volume {v} holds the backup's data: every newer snapshot chain on the remote was refused"
+            )),
+            _ => {}
+        }
+        if let Some(id) = restored {
+            out.done.push(format!("{v}@{id}"));
         }
     }
-    (done, problems)
+    out
 }

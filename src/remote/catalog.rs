@@ -171,48 +171,58 @@ pub async fn read_index(remote: &Remote, kind: BackupType, name: &str) -> anyhow
 /// Compare the listing of a backup with its index: every object present, same size and ETag.
 /// Returns one sentence per problem, naming the object.
 pub fn check_listing(remote: &Remote, b: &RemoteBackup) -> Vec<String> {
-    let mut problems = Vec::new();
     let Some(index) = &b.index else {
-        problems.push(format!(
+        return vec![format!(
             "{}: {}",
             b.id(),
             b.error
                 .clone()
                 .unwrap_or_else(|| "incomplete (no manifest): an upload was interrupted; `allspark remote push` resumes it".into())
-        ));
-        return problems;
+        )];
     };
-    for o in &index.objects {
-        let key = remote.object_key(b.kind, &b.name, &o.object);
-        match b.listing.get(&o.object) {
-            None => problems.push(format!(
-                "{} is missing; the backup {} is damaged, use another one",
-                remote.url(&key),
-                b.id()
-            )),
+    check_objects(
+        remote,
+        |o| remote.object_key(b.kind, &b.name, o),
+        &b.listing,
+        &index.objects,
+        &index.manifest,
+        &format!("the backup {}", b.id()),
+    )
+}
+
+/// Compare a listing with the objects an index records and its manifest object: every one
+/// present, with the size and ETag recorded at upload. `key` makes an object's key, `what`
+/// names the set ("the backup daily/…"). One sentence per problem, naming the object.
+pub fn check_objects(
+    remote: &Remote,
+    key: impl Fn(&str) -> object_store::path::Path,
+    listing: &BTreeMap<String, ObjectMeta>,
+    objects: &[IndexObject],
+    manifest: &str,
+    what: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for o in objects {
+        let url = remote.url(&key(&o.object));
+        match listing.get(&o.object) {
+            None => problems.push(format!("{url} is missing; {what} is damaged, use another one")),
             Some(m) if m.size != o.size => problems.push(format!(
-                "{}: {} bytes, the index says {}; the object is damaged (truncated or replaced), use another backup",
-                remote.url(&key),
-                m.size,
-                o.size
+                "{url}: {} bytes, the index says {}; the object is damaged (truncated or replaced), {what} cannot be used",
+                m.size, o.size
             )),
             Some(m) => {
                 if let (Some(have), Some(want)) = (m.e_tag.as_deref().map(bare_etag), &o.etag) {
                     if &have != want {
                         problems.push(format!(
-                            "{}: ETag {have} differs from the one recorded at upload ({want}); the object was changed or damaged, use another backup",
-                            remote.url(&key)
+                            "{url}: ETag {have} differs from the one recorded at upload ({want}); the object was changed or damaged, {what} cannot be used"
                         ));
                     }
                 }
             }
         }
     }
-    if !b.listing.contains_key(&index.manifest) {
-        problems.push(format!(
-            "{} is missing",
-            remote.url(&remote.object_key(b.kind, &b.name, &index.manifest))
-        ));
+    if !listing.contains_key(manifest) {
+        problems.push(format!("{} is missing", remote.url(&key(manifest))));
     }
     problems
 }

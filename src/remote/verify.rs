@@ -1,4 +1,4 @@
-//! Verification at a distance: every complete remote backup's objects present with the size and ETag recorded at upload (one listing, nothing downloaded); with `--full`, downloaded, checked against the index and the manifest, decrypted and test-extracted in a scratch directory.
+//! Verification at a distance: every complete remote backup's and snapshot's objects present with the size and ETag recorded at upload (one listing, nothing downloaded); with `--full`, each backup downloaded, checked against the index and the manifest, decrypted and test-extracted in a scratch directory.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use super::client::{runtime, Remote};
 use super::config::RemoteConfig;
 use super::crypt::Opener;
 use super::fetch::fetch;
+use super::snapshots;
 use crate::backup::run::ItemProgress;
 
 /// The result of one remote backup.
@@ -23,29 +24,47 @@ pub struct BackupCheck {
     pub problems: Vec<String>,
 }
 
+/// The result of one remote snapshot (objects against its index, from the listing).
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapshotCheck {
+    /// `volume@id`.
+    pub snapshot: String,
+    pub ok: bool,
+    pub objects: usize,
+    pub problems: Vec<String>,
+}
+
 /// What [`verify`] found.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RemoteVerifyReport {
     pub remote: String,
     pub full: bool,
     pub backups: Vec<BackupCheck>,
-    /// Incomplete remote backups (interrupted pushes): not failures.
+    /// Every remote snapshot (not with `--backup`).
+    pub snapshots: Vec<SnapshotCheck>,
+    /// Incomplete remote backups and snapshots (interrupted pushes): not failures.
     pub incomplete: Vec<String>,
 }
 
 impl RemoteVerifyReport {
     pub fn ok(&self) -> bool {
-        self.backups.iter().all(|b| b.ok)
+        self.backups.iter().all(|b| b.ok) && self.snapshots.iter().all(|s| s.ok)
     }
     pub fn failures(&self) -> Vec<String> {
         self.backups
             .iter()
             .flat_map(|b| b.problems.iter().cloned())
+            .chain(
+                self.snapshots
+                    .iter()
+                    .flat_map(|s| s.problems.iter().cloned()),
+            )
             .collect()
     }
 }
 
-/// Verify the remote's complete backups (only `only`, `type/name`, when given).
+/// Verify the remote's complete backups (only `only`, `type/name`, when given) and, without
+/// `only`, its snapshots.
 ///
 /// `full` downloads each into a scratch directory below `scratch_parent`
 /// (deleted after each backup) and test-extracts it with [`crate::backup::verify`].
@@ -108,7 +127,49 @@ pub fn verify(
             problems,
         });
     }
+    if only.is_none() {
+        check_snapshots(&rt, &remote, &mut report)?;
+    }
     Ok(report)
+}
+
+/// Every remote snapshot's objects against its index, from one listing.
+fn check_snapshots(
+    rt: &tokio::runtime::Runtime,
+    remote: &Remote,
+    report: &mut RemoteVerifyReport,
+) -> anyhow::Result<()> {
+    for s in rt.block_on(snapshots::list(remote, None))? {
+        let name = format!("{}@{}", s.volume, s.id);
+        if !s.complete {
+            report.incomplete.push(format!("snapshot {name}"));
+            continue;
+        }
+        let problems = match &s.index {
+            None => vec![format!(
+                "snapshot {name}: {}",
+                s.error.as_deref().unwrap_or("no readable index")
+            )],
+            Some(index) => {
+                let base = remote.snapshot_key(&s.volume, &s.id);
+                catalog::check_objects(
+                    remote,
+                    |o| base.clone().join(o),
+                    &s.listing,
+                    &index.objects,
+                    &index.manifest,
+                    &format!("the snapshot {name} (and every later one of its chain)"),
+                )
+            }
+        };
+        report.snapshots.push(SnapshotCheck {
+            snapshot: name,
+            ok: problems.is_empty(),
+            objects: s.index.as_ref().map_or(0, |i| i.objects.len()),
+            problems,
+        });
+    }
+    Ok(())
 }
 
 /// Download, check, decrypt and test-extract one backup; the problems found.

@@ -190,6 +190,8 @@ fn dr_restore_brings_postgres_rows_and_files_back_on_a_wiped_host() {
             key.to_str().unwrap(),
             "--backup-root",
             &broot_s,
+            "--driver",
+            &driver,
         ],
     );
     eprintln!("{out}");

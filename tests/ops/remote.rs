@@ -238,7 +238,10 @@ fn encrypted_push_holds_no_plaintext_the_age_cli_reads_it_and_dr_rebuilds_a_wipe
     assert_eq!(sha(&scratch.path().join("x/big.bin")), big_sha);
 
     let v = h.ok(&["remote", "verify", "offsite"]);
-    assert!(v.contains("1 remote backup(s) of offsite verified"), "{v}");
+    assert!(
+        v.contains("1 remote backup(s) and ") && v.contains(" of offsite verified"),
+        "{v}"
+    );
     let v = h.ok(&[
         "remote",
         "verify",

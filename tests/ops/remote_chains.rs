@@ -223,3 +223,105 @@ fn volume_push_and_pull_move_a_volume_with_its_options_and_chain_between_two_hos
         text(&o)
     );
 }
+
+/// Flip one byte in the middle of the remote object of `volume@id` whose name contains `part`
+/// (same size, as bit rot or a bad tool would); returns its key.
+fn damage_snapshot_object(moto: &Moto, volume: &str, id: &str, part: &str) -> String {
+    let key = moto
+        .keys(&format!("hosts/alpha/snapshots/{volume}/{id}/"))
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| k.contains(part))
+        .unwrap_or_else(|| panic!("no object {part} of {volume}@{id} on the remote"));
+    let scratch = tempfile::tempdir().unwrap();
+    let obj = scratch.path().join("obj");
+    moto.s3(&["get", BUCKET, &key, s(&obj)]);
+    let mut bytes = fs::read(&obj).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&obj, &bytes).unwrap();
+    moto.s3(&["put", BUCKET, &key, s(&obj)]);
+    key
+}
+
+#[test]
+fn a_damaged_remote_snapshot_is_named_by_verify_and_dr_falls_back_to_an_older_chain_then_the_backup(
+) {
+    if !require_s3() {
+        return;
+    }
+    let moto = Moto::start(None);
+    moto.s3(&["mkbucket", BUCKET]);
+    let mut h = Host::new();
+    h.create("ledger", json!({"class": "critical"}));
+    let f = h.data("ledger").join("state.txt");
+    fs::write(&f, "v1\n").unwrap();
+    fs::write(h.data("ledger").join("bulk"), harness::noise(9, 1 << 20)).unwrap();
+    h.add_remote(&moto.endpoint());
+    h.backup_and_push();
+    // Two pushes after the backup: a full snapshot (v2), then an incremental one on it (v3).
+    let mut ids = Vec::new();
+    for v in ["v2", "v3"] {
+        fs::write(&f, format!("{v}\n")).unwrap();
+        h.ok(&["volume", "push", "ledger", "offsite"]);
+        ids.push(local_snapshots(&h, "ledger").last().unwrap().clone());
+    }
+    let (s1, s2) = (ids[0].clone(), ids[1].clone());
+    let list: Value = serde_json::from_str(&h.ok(&["snapshot", "ls", "ledger", "--json"])).unwrap();
+    assert_eq!(list[1]["parent"], s1.as_str(), "{list}");
+    let newest = damage_snapshot_object(&moto, "ledger", &s2, "snapshot.tar");
+
+    // Verify names the damaged object from the listing alone; the rest is fine.
+    let o = h.run(&["remote", "verify", "offsite"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("FAILED snapshot ledger@{s2}")) && t.contains(&newest),
+        "verify names the object: {t}"
+    );
+    assert!(t.contains(&format!("ok     snapshot ledger@{s1}")), "{t}");
+    assert!(
+        t.lines().any(|l| l.starts_with("ok     daily/")),
+        "the backup is fine: {t}"
+    );
+
+    // DR refuses the damaged chain and restores the older one over the backup, saying so.
+    h.wipe();
+    h.add_remote(&moto.endpoint());
+    let out = h.dr(&[]);
+    assert!(
+        out.contains(&format!("refused snapshot ledger@{s2}")) && out.contains("damaged"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "ok     snapshot ledger@{s1}: newer than the backup"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "volume ledger fell back to the older snapshot ledger@{s1}"
+        )),
+        "{out}"
+    );
+    assert_eq!(fs::read_to_string(&f).unwrap(), "v2\n");
+
+    // With the full snapshot damaged too, no newer chain is whole: the backup's data stays.
+    damage_snapshot_object(&moto, "ledger", &s1, "snapshot.tar");
+    h.wipe();
+    h.add_remote(&moto.endpoint());
+    let out = h.dr(&[]);
+    for id in [&s2, &s1] {
+        assert!(
+            out.contains(&format!("refused snapshot ledger@{id}")),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains("volume ledger holds the backup's data: every newer snapshot chain on the remote was refused"),
+        "{out}"
+    );
+    assert!(!out.contains("ok     snapshot"), "{out}");
+    assert_eq!(fs::read_to_string(&f).unwrap(), "v1\n");
+}

@@ -77,6 +77,8 @@ pub struct HostInstall {
     before: Before,
     /// Shell commands run once the driver and the agent are gone (see [`HostInstall::after_uninstall`]).
     after: Vec<String>,
+    /// install.sh's arguments (`--binary <test binary>` and the caller's).
+    args: Vec<String>,
     _lock: allspark::fs::durable::FileLock,
 }
 
@@ -147,6 +149,7 @@ impl HostInstall {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             before,
             after: Vec::new(),
+            args: full.iter().map(|a| a.to_string()).collect(),
             _lock: lock,
         };
         assert!(
@@ -165,6 +168,31 @@ impl HostInstall {
     /// stops, asynchronously). Run in the order registered.
     pub fn after_uninstall(&mut self, command: impl Into<String>) {
         self.after.push(command.into());
+    }
+
+    /// The host is lost and set up anew, under the machine lock: `scripts/uninstall.sh
+    /// --force`, then `wipe` (what the lost disk takes away), then `scripts/install.sh` with
+    /// the same binary and arguments as the first install; panics unless both scripts succeed.
+    pub fn reinstall(&mut self, wipe: impl FnOnce()) {
+        let out = run("uninstall.sh", &["--force"]);
+        assert!(
+            out.status.success(),
+            "scripts/uninstall.sh --force failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        wipe();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let out = run("install.sh", &args);
+        assert!(
+            out.status.success(),
+            "scripts/install.sh {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        self.stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     }
 
     /// Runs the installed CLI (`/usr/local/bin/allspark ARGS…`).
