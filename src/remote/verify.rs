@@ -128,7 +128,7 @@ pub fn verify(
         });
     }
     if only.is_none() {
-        check_snapshots(&rt, &remote, &mut report)?;
+        check_snapshots(rt, &remote, &mut report)?;
     }
     Ok(report)
 }
