@@ -68,7 +68,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::core::layout::Layout;
-use crate::usage::Report;
+use crate::usage::{FilesystemUsage, Report, VolumeUsage};
 
 /// Content type of a scrape answer.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -253,75 +253,129 @@ fn unix_seconds(t: DateTime<Utc>) -> f64 {
 }
 
 /// The exposition text: usage series from `report` (if any), the rest read from the files under `layout`.
+/// The families are registered (and so printed) in a fixed order: volumes, filesystems, the
+/// measurement time, the plugin, backups, maintenance.
 pub fn render(layout: &Layout, report: Option<&Report>) -> String {
     let mut reg = Registry::default();
-    let vol_bytes = gauge(
-        &mut reg,
-        "allspark_volume_bytes",
-        "Space the volume's data occupies on disk, in bytes (du -s -x).",
-    );
-    let vol_apparent = gauge(
-        &mut reg,
-        "allspark_volume_apparent_bytes",
-        "Sum of the sizes of the volume's files, in bytes.",
-    );
-    let vol_cap = gauge(
-        &mut reg,
-        "allspark_volume_capacity_bytes",
-        "The volume's size option, in bytes.",
-    );
-    let vol_cap_enforced = gauge(
-        &mut reg,
-        "allspark_volume_capacity_enforced",
-        "1 if the size option is a limit writes cannot pass (btrfs qgroup), 0 if it is only reported against.",
-    );
-    let vol_files = gauge(
-        &mut reg,
-        "allspark_volume_files",
-        "Files (distinct non-directory inodes) in the volume.",
-    );
-    let vol_mounted = gauge(
-        &mut reg,
-        "allspark_volume_mounted",
-        "Live mount references of the volume.",
-    );
-    let snaps = gauge(
-        &mut reg,
-        "allspark_snapshots",
-        "Complete snapshots of the volume.",
-    );
-    let snap_bytes = gauge(
-        &mut reg,
-        "allspark_snapshot_bytes",
-        "Bytes stored in the volume's snapshots.",
-    );
-    let last_snap = gauge(
-        &mut reg,
-        "allspark_last_snapshot_timestamp_seconds",
-        "Unix time of the volume's newest snapshot.",
-    );
-    let fs_ratio = gauge(
-        &mut reg,
-        "allspark_filesystem_used_ratio",
-        "Used fraction of a filesystem holding volumes: used / (used + available), as df.",
-    );
-    let fs_size = gauge(
-        &mut reg,
-        "allspark_filesystem_size_bytes",
-        "Size of a filesystem holding volumes, in bytes.",
-    );
-    let fs_avail = gauge(
-        &mut reg,
-        "allspark_filesystem_available_bytes",
-        "Bytes available to unprivileged users on a filesystem holding volumes.",
-    );
+    volume_series(&mut reg, report.map_or(&[], |r| r.volumes.as_slice()));
+    filesystem_series(&mut reg, report.map_or(&[], |r| r.filesystems.as_slice()));
     let measured = gauge(
         &mut reg,
         "allspark_usage_measured_timestamp_seconds",
         "Unix time of the usage measurement the volume and filesystem series come from.",
     );
+    if let Some(r) = report {
+        set(&measured, &[], unix_seconds(r.measured_at));
+    }
+    plugin_series(&mut reg, layout);
+    backup_series(&mut reg, layout);
+    maintenance_series(&mut reg, layout);
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("writing to a String cannot fail");
+    out
+}
+
+/// Per volume: size, files, capacity, mounts and snapshots.
+fn volume_series(reg: &mut Registry, volumes: &[VolumeUsage]) {
+    let vol_bytes = gauge(
+        reg,
+        "allspark_volume_bytes",
+        "Space the volume's data occupies on disk, in bytes (du -s -x).",
+    );
+    let vol_apparent = gauge(
+        reg,
+        "allspark_volume_apparent_bytes",
+        "Sum of the sizes of the volume's files, in bytes.",
+    );
+    let vol_cap = gauge(
+        reg,
+        "allspark_volume_capacity_bytes",
+        "The volume's size option, in bytes.",
+    );
+    let vol_cap_enforced = gauge(
+        reg,
+        "allspark_volume_capacity_enforced",
+        "1 if the size option is a limit writes cannot pass (btrfs qgroup), 0 if it is only reported against.",
+    );
+    let vol_files = gauge(
+        reg,
+        "allspark_volume_files",
+        "Files (distinct non-directory inodes) in the volume.",
+    );
+    let vol_mounted = gauge(
+        reg,
+        "allspark_volume_mounted",
+        "Live mount references of the volume.",
+    );
+    let snaps = gauge(
+        reg,
+        "allspark_snapshots",
+        "Complete snapshots of the volume.",
+    );
+    let snap_bytes = gauge(
+        reg,
+        "allspark_snapshot_bytes",
+        "Bytes stored in the volume's snapshots.",
+    );
+    let last_snap = gauge(
+        reg,
+        "allspark_last_snapshot_timestamp_seconds",
+        "Unix time of the volume's newest snapshot.",
+    );
+    for v in volumes {
+        let l = [("volume", v.name.as_str())];
+        if v.error.is_none() {
+            set(&vol_bytes, &l, v.bytes as f64);
+            set(&vol_apparent, &l, v.apparent_bytes as f64);
+            set(&vol_files, &l, v.files as f64);
+        }
+        if let Some(c) = v.capacity {
+            set(&vol_cap, &l, c as f64);
+            set(
+                &vol_cap_enforced,
+                &l,
+                f64::from(u8::from(v.capacity_enforced)),
+            );
+        }
+        set(&vol_mounted, &l, v.mounted as f64);
+        set(&snaps, &l, v.snapshots as f64);
+        set(&snap_bytes, &l, v.snapshot_bytes as f64);
+        if let Some(t) = v.last_snapshot_at {
+            set(&last_snap, &l, unix_seconds(t));
+        }
+    }
+}
+
+/// Per filesystem holding volumes: used ratio, size, available bytes.
+fn filesystem_series(reg: &mut Registry, filesystems: &[FilesystemUsage]) {
+    let fs_ratio = gauge(
+        reg,
+        "allspark_filesystem_used_ratio",
+        "Used fraction of a filesystem holding volumes: used / (used + available), as df.",
+    );
+    let fs_size = gauge(
+        reg,
+        "allspark_filesystem_size_bytes",
+        "Size of a filesystem holding volumes, in bytes.",
+    );
+    let fs_avail = gauge(
+        reg,
+        "allspark_filesystem_available_bytes",
+        "Bytes available to unprivileged users on a filesystem holding volumes.",
+    );
+    for f in filesystems {
+        let m = f.mount.to_string_lossy();
+        let l = [("mount", m.as_ref())];
+        set(&fs_ratio, &l, f.used_ratio());
+        set(&fs_size, &l, f.total_bytes as f64);
+        set(&fs_avail, &l, f.available_bytes as f64);
+    }
+}
+
+/// The plugin: its spool depth and its call counts and times (from its stats file).
+fn plugin_series(reg: &mut Registry, layout: &Layout) {
     let spool = gauge(
-        &mut reg,
+        reg,
         "allspark_spool_depth",
         "Plugin events waiting in the spool for the agent.",
     );
@@ -332,74 +386,15 @@ pub fn render(layout: &Layout, report: Option<&Report>) -> String {
         calls.clone(),
     );
     let call_sum = gauge(
-        &mut reg,
+        reg,
         "allspark_plugin_call_seconds_sum",
         "Total time the plugin spent answering calls since it started, in seconds.",
     );
     let call_max = gauge(
-        &mut reg,
+        reg,
         "allspark_plugin_call_seconds_max",
         "Longest call the plugin answered since it started, in seconds.",
     );
-    let backup_ts = gauge(
-        &mut reg,
-        "allspark_last_backup_timestamp_seconds",
-        "Unix time the last backup run of a type finished.",
-    );
-    let backup_ok = gauge(
-        &mut reg,
-        "allspark_last_backup_success",
-        "1 if the last backup run of a type succeeded, 0 if it failed.",
-    );
-    let maint_runs = CounterFamily::default();
-    reg.register(
-        "allspark_maintenance_runs",
-        "Maintenance commands (allspark.maintenance.exec) the agent ran, by container and outcome.",
-        maint_runs.clone(),
-    );
-    let maint_ts = gauge(
-        &mut reg,
-        "allspark_last_maintenance_timestamp_seconds",
-        "Unix time the last maintenance command of a container finished.",
-    );
-    let maint_ok = gauge(
-        &mut reg,
-        "allspark_last_maintenance_success",
-        "1 if the last maintenance command of a container succeeded, 0 if it failed.",
-    );
-
-    if let Some(r) = report {
-        set(&measured, &[], unix_seconds(r.measured_at));
-        for v in &r.volumes {
-            let l = [("volume", v.name.as_str())];
-            if v.error.is_none() {
-                set(&vol_bytes, &l, v.bytes as f64);
-                set(&vol_apparent, &l, v.apparent_bytes as f64);
-                set(&vol_files, &l, v.files as f64);
-            }
-            if let Some(c) = v.capacity {
-                set(&vol_cap, &l, c as f64);
-                set(
-                    &vol_cap_enforced,
-                    &l,
-                    f64::from(u8::from(v.capacity_enforced)),
-                );
-            }
-            set(&vol_mounted, &l, v.mounted as f64);
-            set(&snaps, &l, v.snapshots as f64);
-            set(&snap_bytes, &l, v.snapshot_bytes as f64);
-            if let Some(t) = v.last_snapshot_at {
-                set(&last_snap, &l, unix_seconds(t));
-            }
-        }
-        for f in &r.filesystems {
-            let m = f.mount.to_string_lossy();
-            let l = [("mount", m.as_ref())];
-            set(&fs_ratio, &l, f.used_ratio());
-            set(&fs_size, &l, f.total_bytes as f64);
-            set(&fs_avail, &l, f.available_bytes as f64);
-        }
-    }
     set(&spool, &[], spool_depth(layout) as f64);
     if let Some(stats) = crate::core::callstats::load(&plugin_stats_path(layout)) {
         for (call, t) in &stats {
@@ -413,11 +408,45 @@ pub fn render(layout: &Layout, report: Option<&Report>) -> String {
             set(&call_max, &l, t.micros_max as f64 / 1e6);
         }
     }
+}
+
+/// Per backup type: when its last run finished and whether it succeeded.
+fn backup_series(reg: &mut Registry, layout: &Layout) {
+    let backup_ts = gauge(
+        reg,
+        "allspark_last_backup_timestamp_seconds",
+        "Unix time the last backup run of a type finished.",
+    );
+    let backup_ok = gauge(
+        reg,
+        "allspark_last_backup_success",
+        "1 if the last backup run of a type succeeded, 0 if it failed.",
+    );
     for (kind, b) in last_backups(layout) {
         let l = [("type", kind.as_str())];
         set(&backup_ts, &l, unix_seconds(b.finished_at));
         set(&backup_ok, &l, if b.ok { 1.0 } else { 0.0 });
     }
+}
+
+/// Per container with a maintenance command: runs by outcome, and the last one.
+fn maintenance_series(reg: &mut Registry, layout: &Layout) {
+    let maint_runs = CounterFamily::default();
+    reg.register(
+        "allspark_maintenance_runs",
+        "Maintenance commands (allspark.maintenance.exec) the agent ran, by container and outcome.",
+        maint_runs.clone(),
+    );
+    let maint_ts = gauge(
+        reg,
+        "allspark_last_maintenance_timestamp_seconds",
+        "Unix time the last maintenance command of a container finished.",
+    );
+    let maint_ok = gauge(
+        reg,
+        "allspark_last_maintenance_success",
+        "1 if the last maintenance command of a container succeeded, 0 if it failed.",
+    );
     for (container, m) in crate::agent::maintenance::load_stats(layout) {
         for (outcome, n) in [("ok", m.ok), ("error", m.failed)] {
             maint_runs
@@ -430,9 +459,6 @@ pub fn render(layout: &Layout, report: Option<&Report>) -> String {
             set(&maint_ok, &l, if m.last_ok { 1.0 } else { 0.0 });
         }
     }
-    let mut out = String::new();
-    encode(&mut out, &reg).expect("writing to a String cannot fail");
-    out
 }
 
 /// A running metrics server.
