@@ -166,42 +166,122 @@ pub async fn upload_file(
     expect_sha256: Option<&str>,
     progress: Option<(ItemProgress, String)>,
 ) -> anyhow::Result<Uploaded> {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
-    let sealer = sealer.clone();
-    let path: PathBuf = local.to_path_buf();
-    let producer =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, String, u64, String)> {
-            let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            let mut reader = Hashing {
-                inner: BufReader::with_capacity(CHUNK, f),
-                hash: Sha256::new(),
-                size: 0,
-            };
-            let sink = ChunkSink {
-                tx,
-                buf: Vec::with_capacity(CHUNK),
-                hash: Sha256::new(),
-                size: 0,
-            };
-            let mut sink = sealer
-                .seal(&mut reader, sink)
-                .with_context(|| format!("cannot read and encrypt {}", path.display()))?;
-            sink.send()?;
-            Ok((
-                sink.size,
-                hex::encode(sink.hash.finalize()),
-                reader.size,
-                hex::encode(reader.hash.finalize()),
-            ))
-        });
-
+    let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
+    let producer = seal_in_background(local.to_path_buf(), sealer.clone(), tx);
     let what = format!("uploading {}", remote.url(key));
     let tick = |n: u64| {
         if let Some((p, item)) = &progress {
             p(item, Some(n));
         }
     };
-    // The first part decides: a single PUT, or a multipart upload.
+    // The queue is dropped when this returns: a producer still sending sees it closed and stops.
+    let Sent {
+        first,
+        multipart,
+        failure,
+    } = send_parts(remote, key, &what, rx, &tick).await;
+    let produced = producer
+        .await
+        .map_err(|e| anyhow::anyhow!("the encrypting thread failed: {e}"))?;
+    if let Some(e) = failure {
+        abort(multipart).await;
+        return Err(e);
+    }
+    let sealed = match produced {
+        Ok(x) => x,
+        Err(e) => {
+            abort(multipart).await;
+            return Err(e);
+        }
+    };
+    if let Some(want) = expect_sha256 {
+        if want != sealed.plain_sha256 {
+            abort(multipart).await;
+            anyhow::bail!(
+                "{}: sha256 {} does not match its manifest ({want}); the local backup is damaged and was not uploaded, run a new backup",
+                local.display(),
+                sealed.plain_sha256
+            );
+        }
+    }
+    let put = match multipart {
+        Some(wm) => wm.finish().await,
+        None => {
+            let payload = PutPayload::from_iter(first);
+            remote.store.put(key, payload).await
+        }
+    }
+    .map_err(|e| remote.explain(&what, e))?;
+    if let Some((p, item)) = &progress {
+        p(item, None);
+    }
+    Ok(Uploaded {
+        size: sealed.size,
+        sha256: sealed.sha256,
+        e_tag: put.e_tag.as_deref().map(bare_etag),
+        plain_sha256: sealed.plain_sha256,
+        plain_size: sealed.plain_size,
+    })
+}
+
+/// What the encrypting thread read and produced.
+struct Sealed {
+    size: u64,
+    sha256: String,
+    plain_size: u64,
+    plain_sha256: String,
+}
+
+/// Read, hash and encrypt `path` on a blocking thread, sending the object in chunks to `tx`.
+fn seal_in_background(
+    path: PathBuf,
+    sealer: Sealer,
+    tx: mpsc::Sender<Bytes>,
+) -> tokio::task::JoinHandle<anyhow::Result<Sealed>> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Sealed> {
+        let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut reader = Hashing {
+            inner: BufReader::with_capacity(CHUNK, f),
+            hash: Sha256::new(),
+            size: 0,
+        };
+        let sink = ChunkSink {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+            hash: Sha256::new(),
+            size: 0,
+        };
+        let mut sink = sealer
+            .seal(&mut reader, sink)
+            .with_context(|| format!("cannot read and encrypt {}", path.display()))?;
+        sink.send()?;
+        Ok(Sealed {
+            size: sink.size,
+            sha256: hex::encode(sink.hash.finalize()),
+            plain_size: reader.size,
+            plain_sha256: hex::encode(reader.hash.finalize()),
+        })
+    })
+}
+
+/// Where [`send_parts`] stopped: the chunks of a first part not yet sent (a single PUT), or the
+/// multipart upload under way, and the error that stopped it.
+struct Sent {
+    first: Vec<Bytes>,
+    multipart: Option<WriteMultipart>,
+    failure: Option<anyhow::Error>,
+}
+
+/// Take chunks from `rx` until it closes or a request fails. The first part decides: an object
+/// smaller than a part is kept for a single PUT, a larger one becomes a multipart upload with
+/// at most [`PARTS_IN_FLIGHT`] parts under way.
+async fn send_parts(
+    remote: &Remote,
+    key: &Key,
+    what: &str,
+    mut rx: mpsc::Receiver<Bytes>,
+    tick: &(dyn Fn(u64) + Sync),
+) -> Sent {
     let mut first: Vec<Bytes> = Vec::new();
     let mut first_len = 0usize;
     let mut sent = 0u64;
@@ -212,7 +292,7 @@ pub async fn upload_file(
         tick(sent);
         if let Some(wm) = multipart.as_mut() {
             if let Err(e) = wm.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                failure = Some(remote.explain(&what, e));
+                failure = Some(remote.explain(what, e));
                 break;
             }
             wm.put(chunk);
@@ -230,61 +310,24 @@ pub async fn upload_file(
                     multipart = Some(wm);
                 }
                 Err(e) => {
-                    failure = Some(remote.explain(&what, e));
+                    failure = Some(remote.explain(what, e));
                     break;
                 }
             }
         }
     }
-    // Stop the producer if the upload failed (it sees a closed queue), then collect its result.
-    drop(rx);
-    let produced = producer
-        .await
-        .map_err(|e| anyhow::anyhow!("the encrypting thread failed: {e}"))?;
-    if let Some(e) = failure {
-        if let Some(wm) = multipart {
-            let _ = wm.abort().await;
-        }
-        return Err(e);
+    Sent {
+        first,
+        multipart,
+        failure,
     }
-    let (size, sha256, plain_size, plain_sha256) = match produced {
-        Ok(x) => x,
-        Err(e) => {
-            if let Some(wm) = multipart {
-                let _ = wm.abort().await;
-            }
-            return Err(e);
-        }
-    };
-    if let Some(want) = expect_sha256 {
-        if want != plain_sha256 {
-            if let Some(wm) = multipart {
-                let _ = wm.abort().await;
-            }
-            anyhow::bail!(
-                "{}: sha256 {plain_sha256} does not match its manifest ({want}); the local backup is damaged and was not uploaded, run a new backup",
-                local.display()
-            );
-        }
+}
+
+/// Abort a multipart upload, if one was started (its parts are deleted; nothing becomes visible).
+async fn abort(multipart: Option<WriteMultipart>) {
+    if let Some(wm) = multipart {
+        let _ = wm.abort().await;
     }
-    let put = match multipart {
-        Some(wm) => wm.finish().await,
-        None => {
-            let payload = PutPayload::from_iter(first);
-            remote.store.put(key, payload).await
-        }
-    }
-    .map_err(|e| remote.explain(&what, e))?;
-    if let Some((p, item)) = &progress {
-        p(item, None);
-    }
-    Ok(Uploaded {
-        size,
-        sha256,
-        e_tag: put.e_tag.as_deref().map(bare_etag),
-        plain_sha256,
-        plain_size,
-    })
 }
 
 /// Upload a small buffer in one PUT; returns its ETag.
@@ -340,26 +383,7 @@ pub async fn download_file(
         .open(dest)
         .with_context(|| format!("cannot create {}", dest.display()))?;
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
-    let dest_shown = dest.display().to_string();
-    let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, String)> {
-        let reader = ChannelReader {
-            rx,
-            cur: Bytes::new(),
-        };
-        let mut w = HashingWriter {
-            inner: io::BufWriter::with_capacity(CHUNK, out),
-            hash: Sha256::new(),
-            size: 0,
-        };
-        opener.open(reader, &mut w)?;
-        w.flush()
-            .with_context(|| format!("cannot write {dest_shown}"))?;
-        w.inner
-            .get_ref()
-            .sync_all()
-            .with_context(|| format!("cannot write {dest_shown}"))?;
-        Ok((w.size, hex::encode(w.hash.finalize())))
-    });
+    let consumer = open_in_background(rx, opener, out, dest.display().to_string());
     let mut hash = Sha256::new();
     let mut size = 0u64;
     let mut failure = None;
@@ -398,5 +422,34 @@ pub async fn download_file(
         sha256: hex::encode(hash.finalize()),
         plain_size,
         plain_sha256,
+    })
+}
+
+/// Decrypt the chunks from `rx` with `opener` on a blocking thread into `out` (flushed and
+/// synced); the plaintext's size and sha256.
+fn open_in_background(
+    rx: mpsc::Receiver<Bytes>,
+    opener: Arc<Opener>,
+    out: File,
+    dest_shown: String,
+) -> tokio::task::JoinHandle<anyhow::Result<(u64, String)>> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, String)> {
+        let reader = ChannelReader {
+            rx,
+            cur: Bytes::new(),
+        };
+        let mut w = HashingWriter {
+            inner: io::BufWriter::with_capacity(CHUNK, out),
+            hash: Sha256::new(),
+            size: 0,
+        };
+        opener.open(reader, &mut w)?;
+        w.flush()
+            .with_context(|| format!("cannot write {dest_shown}"))?;
+        w.inner
+            .get_ref()
+            .sync_all()
+            .with_context(|| format!("cannot write {dest_shown}"))?;
+        Ok((w.size, hex::encode(w.hash.finalize())))
     })
 }
