@@ -21,16 +21,17 @@
 //! Levels and chunk sizes were chosen by measurement (docs/benchmarks.md,
 //! "Choosing the zstd level and chunk size").
 
+mod chunk;
+
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use flate2::Compress;
 use sha2::{Digest, Sha256};
 
-use super::{gzip, zst};
 use crate::core::options::Compression;
+use chunk::{worker, Done, Encoder, Job};
 
 /// Default gzip chunk size: 1 MiB of input per member.
 pub const DEFAULT_GZIP_CHUNK: usize = 1 << 20;
@@ -46,16 +47,6 @@ pub const DEFAULT_GZIP_LEVEL: i32 = 7;
 
 /// Default zstd level.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
-
-/// Size of each sample used by the incompressibility probe.
-const PROBE_SAMPLE: usize = 16 * 1024;
-
-/// Number of samples, spread from the start to the end of a chunk.
-const PROBE_SAMPLES: usize = 4;
-
-/// A sample whose level-1 output is larger than this fraction (in 1/1000) of
-/// its input counts as incompressible.
-const PROBE_RATIO_PER_MILLE: usize = 950;
 
 /// Tuning knobs of [`ParallelWriter`].
 #[derive(Debug, Clone)]
@@ -113,19 +104,6 @@ pub struct CompressStats {
     pub stored_chunks: u64,
 }
 
-struct Job {
-    data: Vec<u8>,
-    reply: Sender<Done>,
-}
-
-struct Done {
-    /// The complete member or frame, or the reason it could not be built.
-    chunk: io::Result<Vec<u8>>,
-    /// The input buffer, handed back for reuse.
-    input: Vec<u8>,
-    stored: bool,
-}
-
 /// A `Write` that compresses on several threads. Call [`finish`](Self::finish)
 /// at the end: dropping the writer without it discards buffered data.
 pub struct ParallelWriter<W: Write> {
@@ -145,52 +123,6 @@ pub struct ParallelWriter<W: Write> {
     stored_chunks: u64,
     /// Set after the first error: the stream is broken, every later call fails.
     failed: Option<(io::ErrorKind, String)>,
-}
-
-/// The per-thread compressor state of one codec.
-enum Encoder {
-    Gzip {
-        full: Box<Compress>,
-        stored: Box<Compress>,
-        level: u32,
-    },
-    Zstd(zstd::bulk::Compressor<'static>),
-}
-
-impl Encoder {
-    fn new(codec: Compression, level: i32) -> io::Result<Encoder> {
-        Ok(match codec {
-            Compression::Gzip => {
-                let level = level.clamp(0, 9) as u32;
-                Encoder::Gzip {
-                    full: Box::new(gzip::compressor(level)),
-                    stored: Box::new(gzip::compressor(0)),
-                    level,
-                }
-            }
-            Compression::Zstd => Encoder::Zstd(zst::compressor(level.clamp(0, 19))?),
-        })
-    }
-
-    fn encode(&mut self, data: &[u8], incompressible: bool) -> io::Result<Vec<u8>> {
-        match self {
-            Encoder::Gzip {
-                full,
-                stored,
-                level,
-            } => {
-                let c = if incompressible { stored } else { full };
-                gzip::encode_member(c, data, *level)
-            }
-            Encoder::Zstd(_) if incompressible => Ok(zst::raw_frame(data)),
-            Encoder::Zstd(c) => zst::encode_frame(c, data),
-        }
-    }
-
-    /// Gzip level 0 stores everything anyway: no need to probe.
-    fn probes(&self) -> bool {
-        !matches!(self, Encoder::Gzip { level: 0, .. })
-    }
 }
 
 impl<W: Write> ParallelWriter<W> {
@@ -410,48 +342,6 @@ impl<W: Write> Write for ParallelWriter<W> {
 impl<W: Write> Drop for ParallelWriter<W> {
     fn drop(&mut self) {
         self.stop_workers();
-    }
-}
-
-fn worker(jobs: Receiver<Job>, mut encoder: Encoder) {
-    let mut probe = gzip::compressor(1);
-    let mut scratch = Vec::with_capacity(PROBE_SAMPLES * PROBE_SAMPLE * 9 / 8 + 64);
-    for job in jobs.iter() {
-        let incompressible =
-            encoder.probes() && is_incompressible(&mut probe, &mut scratch, &job.data);
-        let chunk = encoder.encode(&job.data, incompressible);
-        // The receiver may be gone if the writer was dropped; nothing to do then.
-        let _ = job.reply.send(Done {
-            chunk,
-            input: job.data,
-            stored: incompressible,
-        });
-    }
-}
-
-/// True if level-1 deflate cannot shrink any of the samples of `data` below 95 %.
-/// (Two samples were not enough: a tar chunk often holds the end of a media file and
-/// then source files; storing it cost 1-2 % of the archive size on mixed trees.)
-fn is_incompressible(probe: &mut Compress, scratch: &mut Vec<u8>, data: &[u8]) -> bool {
-    if data.len() < 1024 {
-        return false;
-    }
-    if data.len() <= PROBE_SAMPLES * PROBE_SAMPLE {
-        return sample_incompressible(probe, scratch, data);
-    }
-    let last = data.len() - PROBE_SAMPLE;
-    (0..PROBE_SAMPLES).all(|k| {
-        let at = k * last / (PROBE_SAMPLES - 1);
-        sample_incompressible(probe, scratch, &data[at..at + PROBE_SAMPLE])
-    })
-}
-
-fn sample_incompressible(probe: &mut Compress, scratch: &mut Vec<u8>, sample: &[u8]) -> bool {
-    scratch.clear();
-    match gzip::deflate_into(probe, sample, scratch) {
-        Ok(()) => scratch.len() * 1000 > sample.len() * PROBE_RATIO_PER_MILLE,
-        // The probe only decides the strategy; compress normally if it fails.
-        Err(_) => false,
     }
 }
 
