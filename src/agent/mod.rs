@@ -38,6 +38,54 @@ pub struct AgentConfig {
     pub remote: Option<String>,
 }
 
+/// Run `work` on a blocking thread, then sleep `every`, until `stop` turns true (checked before each round).
+fn every_until_stopped(
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    every: Duration,
+    mut work: impl FnMut() + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        while !*stop.borrow_and_update() {
+            work();
+            std::thread::sleep(every);
+        }
+    })
+}
+
+/// The polling loops, each on a blocking thread until `stop`: the spool worker, the archiver of
+/// read-only snapshots, and (with a remote) the off-site watcher.
+fn spawn_pollers(
+    cfg: &AgentConfig,
+    metrics_state: &std::sync::Arc<crate::agent::metrics::MetricsState>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let spool_ctx = cfg.ctx.clone();
+    let mut worker = spool_worker::SpoolWorker::with_metrics(metrics_state.clone());
+    tracing::info!(root = %spool_ctx.layout.root.display(), "agent consuming the spool");
+    let spool_task = every_until_stopped(stop.clone(), cfg.spool_poll, move || {
+        worker.run_once(&spool_ctx);
+    });
+    // Archives of read-only snapshots, in the background: never under a snapshot lock.
+    let archive_ctx = cfg.ctx.clone();
+    let archive_poll = cfg.spool_poll.max(Duration::from_millis(200));
+    let archive_task = every_until_stopped(stop.clone(), archive_poll, move || {
+        crate::pool::archive::run_once(&archive_ctx);
+    });
+    // Completed snapshots of offsite=snapshots volumes go off-site; the first poll catches up.
+    let offsite_task = cfg.remote.clone().map(|remote| {
+        let ctx = cfg.ctx.clone();
+        let poll = cfg.spool_poll.max(Duration::from_secs(1));
+        let mut watcher = crate::remote::chains::Watcher::new(&remote);
+        every_until_stopped(stop.clone(), poll, move || {
+            watcher.run_once(&ctx.layout);
+        })
+    });
+    [Some(spool_task), Some(archive_task), offsite_task]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Run the agent until SIGTERM/SIGINT.
 pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let layout = cfg.ctx.layout.clone();
@@ -66,47 +114,24 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     rt.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let metrics_state = crate::agent::metrics::MetricsState::new(layout.clone());
-        let spool_cfg = cfg.clone();
-        let mut spool_stop = stop_rx.clone();
-        let spool_metrics = metrics_state.clone();
-        let spool_task = tokio::task::spawn_blocking(move || {
-            let mut worker = spool_worker::SpoolWorker::with_metrics(spool_metrics);
-            tracing::info!(root = %spool_cfg.ctx.layout.root.display(), "agent consuming the spool");
-            while !*spool_stop.borrow_and_update() {
-                worker.run_once(&spool_cfg.ctx);
-                std::thread::sleep(spool_cfg.spool_poll);
-            }
-        });
-        // Archives of read-only snapshots, in the background: never under a snapshot lock.
-        let archive_ctx = cfg.ctx.clone();
-        let archive_poll = cfg.spool_poll.max(Duration::from_millis(200));
-        let mut archive_stop = stop_rx.clone();
-        let archive_task = tokio::task::spawn_blocking(move || {
-            while !*archive_stop.borrow_and_update() {
-                crate::pool::archive::run_once(&archive_ctx);
-                std::thread::sleep(archive_poll);
-            }
-        });
-        // Completed snapshots of offsite=snapshots volumes go off-site; the first poll catches up.
-        let offsite_task = cfg.remote.clone().map(|remote| {
-            let ctx = cfg.ctx.clone();
-            let poll = cfg.spool_poll.max(Duration::from_secs(1));
-            let mut stop = stop_rx.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut watcher = crate::remote::chains::Watcher::new(&remote);
-                while !*stop.borrow_and_update() {
-                    watcher.run_once(&ctx.layout);
-                    std::thread::sleep(poll);
-                }
-            })
-        });
+        let pollers = spawn_pollers(&cfg, &metrics_state, &stop_rx);
         if let Some(addr) = cfg.metrics {
             crate::agent::metrics::serve(addr, metrics_state.clone())
                 .await
                 .with_context(|| format!("cannot serve metrics on {addr}"))?;
         }
-        let alert_cfg = crate::agent::alerts::AlertConfig { threshold: cfg.alert_threshold, ..Default::default() };
-        tokio::spawn(usage_task::run(layout.clone(), cfg.ctx.view.clone(), alert_cfg, cfg.usage_every, metrics_state, stop_rx.clone()));
+        let alert_cfg = crate::agent::alerts::AlertConfig {
+            threshold: cfg.alert_threshold,
+            ..Default::default()
+        };
+        tokio::spawn(usage_task::run(
+            layout.clone(),
+            cfg.ctx.view.clone(),
+            alert_cfg,
+            cfg.usage_every,
+            metrics_state,
+            stop_rx.clone(),
+        ));
         if cfg.docker_events {
             tokio::spawn(events::watch(layout.clone(), cfg.ctx.docker_url.clone()));
         }
@@ -118,9 +143,7 @@ pub fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
         tracing::info!("signal received: finishing the current work");
         let _ = stop_tx.send(true);
-        let _ = spool_task.await;
-        let _ = archive_task.await;
-        if let Some(t) = offsite_task {
+        for t in pollers {
             let _ = t.await;
         }
         sched_stop.store(true, std::sync::atomic::Ordering::SeqCst);
