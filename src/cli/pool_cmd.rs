@@ -152,90 +152,101 @@ pub fn run(cli: &Cli, cmd: &PoolCmd) -> anyhow::Result<()> {
     let layout = Layout::new(&cli.root);
     let view = HostView::new(cli.host_prefix.as_deref());
     match cmd {
-        PoolCmd::Ls { json } => {
-            let all = pools(&layout, &view);
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
-                return Ok(());
-            }
-            println!(
-                "{:<16} {:<12} {:<8} {:>7}  SPEC",
-                "NAME", "KIND", "READY", "VOLUMES"
-            );
-            for p in &all {
-                println!(
-                    "{:<16} {:<12} {:<8} {:>7}  {}",
-                    opt(&p["name"]),
-                    opt(&p["kind"]),
-                    if p["ready"] == true { "yes" } else { "NO" },
-                    opt(&p["volumes"]),
-                    opt(&p["spec"])
-                );
-                if let Some(why) = p["problem"].as_str() {
-                    println!("    {why}");
-                }
-            }
+        PoolCmd::Ls { json } => ls(&layout, &view, *json),
+        PoolCmd::Create { name, spec } => create(&layout, &view, name, spec),
+        PoolCmd::Usage { json } => usage(&layout, &view, *json),
+    }
+}
+
+/// `pool ls`: each pool, ready or why not.
+fn ls(layout: &Layout, view: &HostView, json: bool) -> anyhow::Result<()> {
+    let all = pools(layout, view);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<12} {:<8} {:>7}  SPEC",
+        "NAME", "KIND", "READY", "VOLUMES"
+    );
+    for p in &all {
+        println!(
+            "{:<16} {:<12} {:<8} {:>7}  {}",
+            opt(&p["name"]),
+            opt(&p["kind"]),
+            if p["ready"] == true { "yes" } else { "NO" },
+            opt(&p["volumes"]),
+            opt(&p["spec"])
+        );
+        if let Some(why) = p["problem"].as_str() {
+            println!("    {why}");
         }
-        PoolCmd::Create { name, spec } => {
-            let c = crate::pool::create::create(&layout, &view, name, spec)?;
-            println!(
-                "pool {} {}: {} at {}{}",
-                c.pool.name,
-                if c.resumed {
-                    "created (an interrupted creation was completed)"
-                } else {
-                    "created"
-                },
-                c.pool.spec,
-                c.pool.root_path(&layout, &view).display(),
-                if c.pool.cow() {
-                    format!("; volumes created with -o pool={name} are btrfs subvolumes")
-                } else {
-                    String::new()
-                }
-            );
+    }
+    Ok(())
+}
+
+/// `pool create`: a new pool (or the completion of an interrupted creation).
+fn create(layout: &Layout, view: &HostView, name: &str, spec: &str) -> anyhow::Result<()> {
+    let c = crate::pool::create::create(layout, view, name, spec)?;
+    println!(
+        "pool {} {}: {} at {}{}",
+        c.pool.name,
+        if c.resumed {
+            "created (an interrupted creation was completed)"
+        } else {
+            "created"
+        },
+        c.pool.spec,
+        c.pool.root_path(layout, view).display(),
+        if c.pool.cow() {
+            format!("; volumes created with -o pool={name} are btrfs subvolumes")
+        } else {
+            String::new()
         }
-        PoolCmd::Usage { json } => {
-            let all = pools(&layout, &view);
-            let vols = volumes(&layout, &view);
-            if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({"pools": all, "volumes": vols}))?
-                );
-                return Ok(());
-            }
-            println!(
-                "{:<16} {:>14} {:>14} {:>14}",
-                "POOL", "SIZE", "USED", "AVAILABLE"
-            );
-            for p in &all {
-                let s = &p["space"];
-                println!(
-                    "{:<16} {:>14} {:>14} {:>14}",
-                    opt(&p["name"]),
-                    opt(&s["total_bytes"]),
-                    opt(&s["used_bytes"]),
-                    opt(&s["available_bytes"])
-                );
-            }
-            println!();
-            println!(
-                "{:<24} {:<16} {:>14} {:>9} {:>14} {:>14}",
-                "VOLUME", "POOL", "SIZE", "ENFORCED", "REFERENCED", "EXCLUSIVE"
-            );
-            for v in &vols {
-                println!(
-                    "{:<24} {:<16} {:>14} {:>9} {:>14} {:>14}",
-                    opt(&v["volume"]),
-                    opt(&v["pool"]),
-                    opt(&v["size"]),
-                    if v["enforced"] == true { "yes" } else { "no" },
-                    opt(&v["referenced_bytes"]),
-                    opt(&v["exclusive_bytes"])
-                );
-            }
-        }
+    );
+    Ok(())
+}
+
+/// `pool usage`: each pool's space, then each pool volume's limit and quota-group figures.
+fn usage(layout: &Layout, view: &HostView, json: bool) -> anyhow::Result<()> {
+    let all = pools(layout, view);
+    let vols = volumes(layout, view);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"pools": all, "volumes": vols}))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:>14} {:>14} {:>14}",
+        "POOL", "SIZE", "USED", "AVAILABLE"
+    );
+    for p in &all {
+        let s = &p["space"];
+        println!(
+            "{:<16} {:>14} {:>14} {:>14}",
+            opt(&p["name"]),
+            opt(&s["total_bytes"]),
+            opt(&s["used_bytes"]),
+            opt(&s["available_bytes"])
+        );
+    }
+    println!();
+    println!(
+        "{:<24} {:<16} {:>14} {:>9} {:>14} {:>14}",
+        "VOLUME", "POOL", "SIZE", "ENFORCED", "REFERENCED", "EXCLUSIVE"
+    );
+    for v in &vols {
+        println!(
+            "{:<24} {:<16} {:>14} {:>9} {:>14} {:>14}",
+            opt(&v["volume"]),
+            opt(&v["pool"]),
+            opt(&v["size"]),
+            if v["enforced"] == true { "yes" } else { "no" },
+            opt(&v["referenced_bytes"]),
+            opt(&v["exclusive_bytes"])
+        );
     }
     Ok(())
 }
