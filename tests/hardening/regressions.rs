@@ -329,15 +329,17 @@ fn prune_and_cleanup_refuse_names_that_are_not_volume_names() {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         fs::write(dir.join("manifest.json"), m.replace(&id, &name)).unwrap();
     }
+    // Refused as the argument is parsed (a VolumeName), before anything runs: clap's usage
+    // error, exit status 2.
     let out = cli(&p, &["snapshot", "prune", "../decoy"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("names must match"), "{err}");
     assert_eq!(fs::read_dir(&decoy).unwrap().count(), 12, "decoys deleted");
 
     let out = cli(&p, &["volume", "cleanup", "../../lockprobe"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("names must match"), "{err}");
     assert!(!p.dir.path().join("lockprobe.lock").exists());
 }
