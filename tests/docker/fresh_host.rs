@@ -86,45 +86,9 @@ fn inspect(name: &str) -> serde_json::Value {
     v[0].clone()
 }
 
-#[test]
-fn a_fresh_host_recovers_the_compose_platform_from_the_remote_and_compose_up_runs_on_it() {
-    let Some(_docker) = require_docker() else {
-        return;
-    };
-    if !require_s3() {
-        return;
-    }
-    let started = Instant::now();
-    ensure_root_shared();
-    forget_dead_legacy_drivers();
-    let p = Project::shipped("allspark-test-dr");
-    let pg_device = PgDevice::check();
-    refuse_a_users_roots();
-    let moto = Moto::start(None);
-    moto.s3(&["mkbucket", BUCKET]);
-    let keys = Keys::new();
-    let key = keys.key().display().to_string();
-    let add_remote = keys.add_args(&moto.endpoint());
-    let add_remote: Vec<&str> = add_remote.iter().map(String::as_str).collect();
-
-    // The agent is not needed: the CLI takes the backup and runs the recovery.
-    let mut install = HostInstall::install(&["--no-agent"]);
-    p.forget_after_uninstall(&mut install);
-    pg_device.restore_after(&mut install);
-    // Every backup directory in the backup root is this test's (refuse_a_users_roots).
-    install.after_uninstall(format!(
-        "rm -rf {BACKUP_ROOT}/daily {BACKUP_ROOT}/weekly {BACKUP_ROOT}/monthly {BACKUP_ROOT}/hourly {STATE_ROOT}/state/remotes"
-    ));
-    let mut cleanup = Cleanup::new();
-    cleanup.add(p.down_command());
-    let projects: Vec<String> = PROJECTS.iter().map(|(v, _)| p.volume(v)).collect();
-    // Run first (Cleanup runs in reverse): the children before their parent goes.
-    cleanup.add(format!("docker volume rm -f {}", projects.join(" ")));
-
-    // The old host: the platform up, data in every volume, two workspace projects.
-    p.compose_ok(&["up", "-d"]);
-    check_drivers(&p, "after the first up");
-    let rows = fill(&p);
+/// The workspace projects: `parent=` volumes of target-workspaces, each with a source file
+/// (holding the marker), 3 000 lines of data, owned by uid 1000.
+fn create_workspace_projects(p: &Project) {
     let workspaces = p.volume("target-workspaces");
     for (v, word) in PROJECTS {
         docker_ok(&[
@@ -158,11 +122,14 @@ fn a_fresh_host_recovers_the_compose_platform_from_the_remote_and_compose_up_run
         .trim(),
         format!("beta {MARKER}")
     );
+}
 
-    cli_ok(&install, &add_remote);
+/// `backup run daily --remote offsite` of the project: one backup, the database kept as its
+/// dump, and no object of the bucket holding the marker in clear.
+fn back_up_and_push(p: &Project, install: &HostInstall, moto: &Moto) {
     let label = format!("com.docker.compose.project={}", p.name);
     let out = cli_ok(
-        &install,
+        install,
         &[
             "backup",
             "run",
@@ -187,9 +154,13 @@ fn a_fresh_host_recovers_the_compose_platform_from_the_remote_and_compose_up_run
         grep.trim_end().ends_with("hits=") && !grep.contains("objects=0"),
         "objects of the bucket hold the marker in clear: {grep}"
     );
+}
 
-    // The host is lost: its containers, volumes, allspark, state root and backups.
-    let lost_at = Instant::now();
+/// The host is lost: its containers and volumes (Docker forgets them), allspark, the state
+/// root (with the `device=` directory of postgres-data) and the backups; then allspark is
+/// installed again on the empty host.
+fn lose_the_host(p: &Project, install: &mut HostInstall, all: &[String]) {
+    let projects = PROJECTS.map(|(v, _)| p.volume(v));
     let mut rm = vec!["volume", "rm"];
     rm.extend(projects.iter().map(String::as_str));
     docker_ok(&rm);
@@ -202,24 +173,20 @@ fn a_fresh_host_recovers_the_compose_platform_from_the_remote_and_compose_up_run
             }
         }
     });
-    for v in VOLUMES.iter().map(|v| p.volume(v)).chain(projects.clone()) {
+    let left = docker_ok(&["volume", "ls", "-q"]);
+    for v in all {
         assert!(
-            !docker_ok(&["volume", "ls", "-q"]).lines().any(|l| l == v),
+            !left.lines().any(|l| l == v),
             "{v} survived the loss of the host"
         );
     }
-    let reinstalled = lost_at.elapsed();
+}
 
-    // The new host: the remote's settings again, then the recovery.
-    cli_ok(&install, &add_remote);
-    let t0 = Instant::now();
-    let out = cli_ok(
-        &install,
-        &["dr", "restore", "--from", "offsite", "--identity", &key],
-    );
-    let dr_wall = t0.elapsed();
-    eprintln!("dr restore:\n{out}");
-    for v in VOLUMES.iter().map(|v| p.volume(v)).chain(projects.clone()) {
+/// What `dr restore` printed and did: every volume created through Docker with the shipped
+/// options (so docker-compose takes them as its own), postgres-data left to its dump. Returns
+/// the dump's restore command it printed, without the leading `allspark`.
+fn check_recreated(p: &Project, all: &[String], out: &str) -> Vec<String> {
+    for v in all {
         assert!(
             out.lines().any(|l| l == format!("created volume {v}")),
             "dr restore creates {v} through Docker: {out}"
@@ -232,7 +199,6 @@ fn a_fresh_host_recovers_the_compose_platform_from_the_remote_and_compose_up_run
         )),
         "{out}"
     );
-    // Docker holds the shipped driver_opts, so docker-compose takes the volumes as its own.
     let pg = inspect(&p.volume("postgres-data"));
     assert_eq!(pg["Driver"], HOST_DRIVER, "{pg}");
     assert_eq!(
@@ -241,9 +207,12 @@ fn a_fresh_host_recovers_the_compose_platform_from_the_remote_and_compose_up_run
     );
     assert_eq!(pg["Options"]["o"], "bind,noatime,nodiratime", "{pg}");
     let alpha = inspect(&p.volume("ws-alpha"));
-    assert_eq!(alpha["Options"]["parent"], workspaces.as_str(), "{alpha}");
-    let replay: Vec<String> = out
-        .lines()
+    assert_eq!(
+        alpha["Options"]["parent"],
+        p.volume("target-workspaces").as_str(),
+        "{alpha}"
+    );
+    out.lines()
         .map(str::trim)
         .find(|l| {
             l.starts_with("allspark backup restore ")
@@ -253,27 +222,12 @@ fn a_fresh_host_recovers_the_compose_platform_from_the_remote_and_compose_up_run
         .split_whitespace()
         .skip(1)
         .map(str::to_string)
-        .collect();
+        .collect()
+}
 
-    p.compose_ok(&["up", "-d"]);
-    check_drivers(&p, "on the recovered host");
-    p.wait_for_databases();
-    let mut args: Vec<&str> = replay.iter().map(String::as_str).collect();
-    args.extend(["--container-label", &label]);
-    let restored = cli_ok(&install, &args);
-    assert!(
-        restored.contains(&format!("ok     database {}", p.container("db"))),
-        "{restored}"
-    );
-    assert_eq!(
-        fingerprint(&p.container("db")),
-        rows,
-        "every PostgreSQL row, from the dump"
-    );
-    let to_query = t0.elapsed();
-    check_backed_up_data(&p, &rows, "on the recovered host");
-    // log-data is class temporary: no backup holds it, it comes back empty.
-    assert_eq!(p.exec("builder", "ls -A /app/log").trim(), "");
+/// The workspace projects are back, inside target-workspaces as target sees it (owner kept)
+/// and each mounted on its own; log-data (class temporary, in no backup) is back empty.
+fn check_workspace_projects_and_logs(p: &Project) {
     for (v, word) in PROJECTS {
         let vol = p.volume(v);
         assert_eq!(
@@ -301,6 +255,94 @@ fn a_fresh_host_recovers_the_compose_platform_from_the_remote_and_compose_up_run
             "{vol} mounted on its own"
         );
     }
+    assert_eq!(p.exec("builder", "ls -A /app/log").trim(), "");
+}
+
+#[test]
+fn a_fresh_host_recovers_the_compose_platform_from_the_remote_and_compose_up_runs_on_it() {
+    let Some(_docker) = require_docker() else {
+        return;
+    };
+    if !require_s3() {
+        return;
+    }
+    let started = Instant::now();
+    ensure_root_shared();
+    forget_dead_legacy_drivers();
+    let p = Project::shipped("allspark-test-dr");
+    let pg_device = PgDevice::check();
+    refuse_a_users_roots();
+    let moto = Moto::start(None);
+    moto.s3(&["mkbucket", BUCKET]);
+    let keys = Keys::new();
+    let key = keys.key().display().to_string();
+    let add_remote = keys.add_args(&moto.endpoint());
+    let add_remote: Vec<&str> = add_remote.iter().map(String::as_str).collect();
+    let all: Vec<String> = VOLUMES
+        .iter()
+        .chain(PROJECTS.iter().map(|(v, _)| v))
+        .map(|v| p.volume(v))
+        .collect();
+
+    // The agent is not needed: the CLI takes the backup and runs the recovery.
+    let mut install = HostInstall::install(&["--no-agent"]);
+    p.forget_after_uninstall(&mut install);
+    pg_device.restore_after(&mut install);
+    // Every backup directory in the backup root is this test's (refuse_a_users_roots).
+    install.after_uninstall(format!(
+        "rm -rf {BACKUP_ROOT}/daily {BACKUP_ROOT}/weekly {BACKUP_ROOT}/monthly {BACKUP_ROOT}/hourly {STATE_ROOT}/state/remotes"
+    ));
+    let mut cleanup = Cleanup::new();
+    cleanup.add(p.down_command());
+    // Run first (Cleanup runs in reverse): the children before their parent goes.
+    cleanup.add(format!(
+        "docker volume rm -f {}",
+        PROJECTS.map(|(v, _)| p.volume(v)).join(" ")
+    ));
+
+    // The old host: the platform up, data in every volume, backed up off-site.
+    p.compose_ok(&["up", "-d"]);
+    check_drivers(&p, "after the first up");
+    let rows = fill(&p);
+    create_workspace_projects(&p);
+    cli_ok(&install, &add_remote);
+    back_up_and_push(&p, &install, &moto);
+
+    let lost_at = Instant::now();
+    lose_the_host(&p, &mut install, &all);
+    let reinstalled = lost_at.elapsed();
+
+    // The new host: the remote's settings again, the recovery, the shipped file up on it,
+    // the dump replayed into the new db container.
+    cli_ok(&install, &add_remote);
+    let t0 = Instant::now();
+    let out = cli_ok(
+        &install,
+        &["dr", "restore", "--from", "offsite", "--identity", &key],
+    );
+    let dr_wall = t0.elapsed();
+    eprintln!("dr restore:\n{out}");
+    let replay = check_recreated(&p, &all, &out);
+    p.compose_ok(&["up", "-d"]);
+    check_drivers(&p, "on the recovered host");
+    p.wait_for_databases();
+    let label = format!("com.docker.compose.project={}", p.name);
+    let mut args: Vec<&str> = replay.iter().map(String::as_str).collect();
+    args.extend(["--container-label", &label]);
+    let restored = cli_ok(&install, &args);
+    assert!(
+        restored.contains(&format!("ok     database {}", p.container("db"))),
+        "{restored}"
+    );
+    assert_eq!(
+        fingerprint(&p.container("db")),
+        rows,
+        "every PostgreSQL row, from the dump"
+    );
+    let to_query = t0.elapsed();
+    check_backed_up_data(&p, &rows, "on the recovered host");
+    check_workspace_projects_and_logs(&p);
+
     let fetched = out
         .lines()
         .find(|l| l.starts_with("using "))
