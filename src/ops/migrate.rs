@@ -58,25 +58,7 @@ pub fn migrate(
     let store = Store::new(layout.clone());
     let host_to = driver.check_device(to)?;
     let _snap = FileLock::acquire(&layout.snapshot_lock(name), LockKind::Exclusive)?;
-    let rec = {
-        let _lock = store.lock(name)?;
-        let rec = store
-            .load(name)?
-            .with_context(|| format!("no such volume: {name}"))?;
-        if rec.mount_count() > 0 {
-            bail!(
-                "volume {name} is mounted by {} container(s); stop them before migrating it",
-                rec.mount_count()
-            );
-        }
-        rec
-    };
-    if let Some(prev) = &rec.previous_data {
-        bail!(
-            "volume {name} still has the data of an earlier migration at {}; delete it first with `allspark volume cleanup {name}`",
-            prev.local_path(layout, view).display()
-        );
-    }
+    let Movable { rec, source, from } = movable(layout, view, name, Some(docker_url))?;
     if let Some(pending) = rec.migrating_to.as_ref().filter(|p| **p != host_to) {
         bail!(
             "volume {name} has an interrupted migration to {}; finish it first with `allspark volume migrate {name} --to {}` — nothing was changed",
@@ -84,37 +66,11 @@ pub fn migrate(
             pending.display()
         );
     }
-    if rec.spec.parent.is_some() {
-        bail!(
-            "volume {name} lives inside its parent volume {}; migrate the parent instead",
-            rec.spec.parent.as_deref().unwrap_or("")
-        );
-    }
-    let children = store.children(name)?;
-    if !children.is_empty() {
-        // Their records name places inside this volume's data: moving the data alone would
-        // leave them behind, and a cleanup would then delete their data.
-        bail!(
-            "volume {name} is the parent of {}; a parent cannot be migrated while it has children (remove or recreate them elsewhere first) — nothing was changed",
-            children.join(", ")
-        );
-    }
-    let from = rec.data.local_path(layout, view);
     let target = view.local(&host_to);
     if target == from {
         bail!("volume {name} already lives at {to}");
     }
-    let source = rec
-        .data
-        .open(layout, view, Missing::Refuse)
-        .with_context(|| format!("volume {name}: cannot open its data"))?
-        .dir;
     check_not_nested(&source, &target, to)?;
-    let mut fam = topology::family(layout, view, &source, &from);
-    crate::ops::volref::name_users(&mut fam, docker_url, name);
-    if let Some(refusal) = fam.refusal(name, &format!("migrate volume {name}")) {
-        bail!(refusal);
-    }
     let staging = PathBuf::from(format!("{}.allspark-migrating", target.display()));
     let moved = Moved {
         store: &store,
@@ -472,11 +428,13 @@ pub(crate) struct Movable {
 /// The checks every move of a volume's data makes (the caller holds the volume's snapshot
 /// lock, so no snapshot reads the data meanwhile): the volume exists and is not mounted, has
 /// no earlier migration's data left, is not a `parent=` child nor a parent, and nothing of
-/// its family (volumes on, inside or around its data) is in use.
+/// its family (volumes on, inside or around its data) is in use; with `docker_url`, a
+/// refusal names the containers of the volume in use.
 pub(crate) fn movable(
     layout: &Layout,
     view: &HostView,
     name: &VolumeName,
+    docker_url: Option<&str>,
 ) -> anyhow::Result<Movable> {
     let store = Store::new(layout.clone());
     let rec = {
@@ -519,7 +477,10 @@ pub(crate) fn movable(
         .open(layout, view, Missing::Refuse)
         .with_context(|| format!("volume {name}: cannot open its data"))?
         .dir;
-    let fam = topology::family(layout, view, &source, &from);
+    let mut fam = topology::family(layout, view, &source, &from);
+    if let Some(url) = docker_url {
+        crate::ops::volref::name_users(&mut fam, url, name);
+    }
     if let Some(refusal) = fam.refusal(name, &format!("migrate volume {name}")) {
         bail!(refusal);
     }

@@ -42,7 +42,7 @@ pub fn migrate_to_pool(
     // Before the snapshot lock: writing archives applies `keep=`, which takes it.
     archive_pending(ctx, name)?;
     let _snap = FileLock::acquire(&layout.snapshot_lock(name), LockKind::Exclusive)?;
-    let Movable { rec, source, from } = movable(layout, view, name)?;
+    let Movable { rec, source, from } = movable(layout, view, name, Some(&ctx.docker_url))?;
     let current = match &rec.data {
         DataLocation::Host { .. } => bail!(
             "volume {name} is a device= directory, not a pool volume; move it with `allspark volume migrate {name} --to PATH`"
