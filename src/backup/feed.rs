@@ -3,13 +3,31 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
+use serde::Serialize;
 
 use super::manifest::Producer;
-use super::restore::PlannedDump;
 use super::{LABEL_RESTORE, LABEL_RESTORE_WAIT};
 use crate::core::crashpoint::crash_point;
 use crate::core::layout::Layout;
 use crate::docker::ContainerInfo;
+
+/// A dump to restore.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedDump {
+    pub name: String,
+    pub file: String,
+    /// The container whose restore command reads it.
+    pub container: Option<String>,
+    #[serde(skip)]
+    pub container_id: Option<String>,
+    pub command: Option<String>,
+    /// The readiness check run before it (`allspark.restore.wait`).
+    pub wait: Option<String>,
+    /// The container that wrote it (`None`: a manifest from before producers were recorded).
+    pub producer: Option<Producer>,
+    /// The container was chosen by the operator (`--database NAME=CONTAINER`), not matched.
+    pub overridden: bool,
+}
 
 /// Split `--database` arguments (`NAME` or `NAME=CONTAINER`) into the dump names and the
 /// overrides; a dump named twice is refused.

@@ -37,7 +37,7 @@ use serde::Serialize;
 
 pub use super::feed::{chosen_hook, parse_database_args, select_hook};
 use super::feed::{fed_once, take_hook};
-use super::manifest::{self, BackupManifest, FileEntry, FileKind, Producer};
+use super::manifest::{self, BackupManifest, FileEntry, FileKind};
 use super::quiesce::StopGuard;
 use super::run::{dump_name, running_containers, ItemProgress};
 use super::{verify, Settings, LABEL_RESTORE, LABEL_RESTORE_WAIT};
@@ -85,23 +85,7 @@ pub struct PlannedVolume {
     pub nested: Vec<VolumeName>,
 }
 
-/// A dump to restore.
-#[derive(Clone, Debug, Serialize)]
-pub struct PlannedDump {
-    pub name: String,
-    pub file: String,
-    /// The container whose restore command reads it.
-    pub container: Option<String>,
-    #[serde(skip)]
-    pub container_id: Option<String>,
-    pub command: Option<String>,
-    /// The readiness check run before it (`allspark.restore.wait`).
-    pub wait: Option<String>,
-    /// The container that wrote it (`None`: a manifest from before producers were recorded).
-    pub producer: Option<Producer>,
-    /// The container was chosen by the operator (`--database NAME=CONTAINER`), not matched.
-    pub overridden: bool,
-}
+pub use super::feed::PlannedDump;
 
 /// Everything a restore would do.
 #[derive(Clone, Debug, Serialize)]
@@ -861,6 +845,7 @@ fn restore_volume(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::manifest::Producer;
     use std::io::Write;
 
     fn container(name: &str, labels: &[(&str, &str)]) -> ContainerInfo {
