@@ -271,24 +271,13 @@ impl Maintainer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
     fn container(name: &str, labels: &[(&str, &str)]) -> ContainerInfo {
-        ContainerInfo {
-            id: format!("id-{name}"),
-            name: name.into(),
-            running: true,
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<HashMap<_, _>>(),
-            image: String::new(),
-            volumes: vec![],
-        }
+        ContainerInfo::fixture(name, labels)
     }
 
     #[test]
