@@ -8,7 +8,6 @@
 //! next time the data is opened, or at plugin start).
 
 use std::ffi::{OsStr, OsString};
-use std::io;
 use std::os::fd::AsFd;
 use std::path::Path;
 
@@ -20,7 +19,7 @@ use crate::core::names::VolumeName;
 use crate::core::options::{Template, VolumeSpec};
 use crate::core::store::{DataLocation, Store, VolumeRecord};
 use crate::fs::beneath::{BeneathError, Dir, Missing};
-use crate::plugin::error::DriverError;
+use crate::plugin::error::{io_ctx, DriverError};
 use crate::plugin::mounts::Sys;
 use crate::pool::location::{make_empty, open, open_top, rename_noreplace, CREATING};
 use crate::pool::tree::{destroy, names_in};
@@ -47,31 +46,11 @@ pub fn create(
     let root = pool
         .open_root(cx.layout, cx.view)
         .map_err(|e| DriverError::Invalid(format!("volume {name}: {e}")))?;
-    let io_ctx = |what: String| {
-        move |source: io::Error| DriverError::Io {
-            context: what,
-            source,
-        }
-    };
     let vols = pool.volumes_dir(&root).map_err(io_ctx(format!(
         "pool {pool_name}: cannot open its volumes directory"
     )))?;
-    if rustix::fs::statat(&vols, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok() {
-        return Err(DriverError::Conflict(format!(
-            "{} already exists but no volume {name} does; move it away (nothing was deleted) and try again",
-            vols.shown().join(name).display()
-        )));
-    }
     let tmp = OsString::from(format!("{CREATING}{name}"));
-    if destroy(&vols, &tmp).map_err(io_ctx(format!(
-        "cannot delete the leftover {}",
-        vols.shown().join(&tmp).display()
-    )))? {
-        tracing::warn!(
-            volume = %name,
-            "removed the leftover of an interrupted Create"
-        );
-    }
+    clear_the_way(&vols, name, &tmp)?;
     let cloned = first_content(cx, &pool, &root, &vols, &tmp, spec.template.as_ref())
         .map_err(|e| DriverError::Invalid(format!("volume {name}: {e}")))?;
     crash_point("pool-clone-made");
@@ -81,28 +60,7 @@ pub fn create(
             .open_beneath(Path::new(&tmp), Missing::Refuse)
             .map_err(|e| DriverError::Invalid(e.to_string()))?
             .dir;
-        if let (false, Some(t)) = (cloned, &spec.template) {
-            crate::ops::template::fill(cx.layout, cx.view, t, &dir).map_err(|e| {
-                DriverError::Invalid(format!(
-                    "template={}: {e}",
-                    options.get("template").cloned().unwrap_or_default()
-                ))
-            })?;
-        }
-        cx.sys
-            .set_owner_mode(dir.as_fd(), spec.uid, spec.gid, spec.mode)
-            .map_err(io_ctx(format!(
-                "cannot set owner/mode of {}",
-                dir.shown().display()
-            )))?;
-        if let (Some(size), true) = (spec.size, pool.cow()) {
-            btrfs::enable_quota(root.as_fd())
-                .and_then(|()| btrfs::set_limit(dir.as_fd(), Some(size)))
-                .map_err(io_ctx(format!(
-                    "cannot limit {} to size={size} (btrfs quota groups)",
-                    dir.shown().display()
-                )))?;
-        }
+        prepare(cx, &pool, &root, &dir, &spec, &options, cloned)?;
         let data = DataLocation::Pool {
             pool: pool_name.clone(),
             volume: name.clone(),
@@ -116,27 +74,7 @@ pub fn create(
         ))?;
         recorded = true;
         crash_point("pool-create-recorded");
-        match rename_noreplace(&vols, &tmp, OsStr::new(name)) {
-            Ok(()) => {}
-            // Rolled forward meanwhile by a reader of the new record.
-            Err(e)
-                if e.raw_os_error() == Some(libc::ENOENT)
-                    && rustix::fs::statat(
-                        &vols,
-                        name.as_str(),
-                        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .is_ok() => {}
-            Err(e) => {
-                return Err(io_ctx(format!(
-                    "cannot put {} in place",
-                    vols.shown().join(name).display()
-                ))(e))
-            }
-        }
-        vols.file()
-            .and_then(|f| f.sync_all())
-            .map_err(io_ctx("cannot sync the pool's volumes directory".into()))
+        put_in_place(&vols, &tmp, name)
     })();
     if result.is_err() {
         if recorded {
@@ -147,6 +85,89 @@ pub fn create(
         }
     }
     result
+}
+
+/// Refuse a name already taken in the pool's volumes directory (by data without a record),
+/// and delete the leftover `tmp` of an interrupted Create.
+fn clear_the_way(vols: &Dir, name: &VolumeName, tmp: &OsStr) -> Result<(), DriverError> {
+    if rustix::fs::statat(vols, name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+        return Err(DriverError::Conflict(format!(
+            "{} already exists but no volume {name} does; move it away (nothing was deleted) and try again",
+            vols.shown().join(name).display()
+        )));
+    }
+    if destroy(vols, tmp).map_err(io_ctx(format!(
+        "cannot delete the leftover {}",
+        vols.shown().join(tmp).display()
+    )))? {
+        tracing::warn!(
+            volume = %name,
+            "removed the leftover of an interrupted Create"
+        );
+    }
+    Ok(())
+}
+
+/// Fill the new volume root `dir` from its template (unless it was `cloned` from it), set its
+/// owner and mode, and limit it to `size=` (btrfs quota groups).
+fn prepare(
+    cx: &CreateCtx,
+    pool: &Pool,
+    root: &Dir,
+    dir: &Dir,
+    spec: &VolumeSpec,
+    options: &std::collections::BTreeMap<String, String>,
+    cloned: bool,
+) -> Result<(), DriverError> {
+    if let (false, Some(t)) = (cloned, &spec.template) {
+        crate::ops::template::fill(cx.layout, cx.view, t, dir).map_err(|e| {
+            DriverError::Invalid(format!(
+                "template={}: {e}",
+                options.get("template").cloned().unwrap_or_default()
+            ))
+        })?;
+    }
+    cx.sys
+        .set_owner_mode(dir.as_fd(), spec.uid, spec.gid, spec.mode)
+        .map_err(io_ctx(format!(
+            "cannot set owner/mode of {}",
+            dir.shown().display()
+        )))?;
+    if let (Some(size), true) = (spec.size, pool.cow()) {
+        btrfs::enable_quota(root.as_fd())
+            .and_then(|()| btrfs::set_limit(dir.as_fd(), Some(size)))
+            .map_err(io_ctx(format!(
+                "cannot limit {} to size={size} (btrfs quota groups)",
+                dir.shown().display()
+            )))?;
+    }
+    Ok(())
+}
+
+/// Rename the recorded volume's `tmp` to its name (unless a reader of the new record already
+/// rolled it forward) and make the rename durable.
+fn put_in_place(vols: &Dir, tmp: &OsStr, name: &VolumeName) -> Result<(), DriverError> {
+    match rename_noreplace(vols, tmp, OsStr::new(name)) {
+        Ok(()) => {}
+        // Rolled forward meanwhile by a reader of the new record.
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOENT)
+                && rustix::fs::statat(
+                    vols,
+                    name.as_str(),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .is_ok() => {}
+        Err(e) => {
+            return Err(io_ctx(format!(
+                "cannot put {} in place",
+                vols.shown().join(name).display()
+            ))(e))
+        }
+    }
+    vols.file()
+        .and_then(|f| f.sync_all())
+        .map_err(io_ctx("cannot sync the pool's volumes directory"))
 }
 
 /// Make `vols/tmp`: a writable snapshot when the template is a volume or a read-only snapshot
@@ -218,12 +239,6 @@ pub fn remove(
     let root = p
         .open_root(layout, view)
         .map_err(|e| DriverError::Invalid(format!("volume {name}: {e}")))?;
-    let io_ctx = |what: String| {
-        move |source: io::Error| DriverError::Io {
-            context: what,
-            source,
-        }
-    };
     if rec.adopted {
         tracing::warn!(volume = %name, "the volume adopted an existing directory at Create: its data is kept");
         store.delete(name)?;
@@ -238,49 +253,13 @@ pub fn remove(
     let trash = p
         .trash_dir(&root)
         .map_err(io_ctx(format!("pool {pool}: cannot open its trash")))?;
-    // The directory holding the data, and the data's name in it.
-    let (holder, leaf) = match subdir {
-        None => (
-            vols.try_clone()
-                .map_err(io_ctx("cannot open the pool".into()))?,
-            OsString::from(volume),
-        ),
-        Some(s) => {
-            let rel = Path::new(volume).join(s);
-            let leaf = rel.file_name().map(OsStr::to_os_string).unwrap_or_default();
-            let parent = rel.parent().unwrap_or(Path::new(volume));
-            match vols.open_beneath(parent, Missing::Refuse) {
-                Ok(o) => (o.dir, leaf),
-                Err(BeneathError::Missing { .. }) => {
-                    store.delete(name)?;
-                    return Ok(());
-                }
-                Err(e) => return Err(DriverError::Invalid(format!("volume {name}: {e}"))),
-            }
-        }
+    let Some((holder, leaf)) = data_holder(&vols, name, volume, subdir.as_deref())? else {
+        store.delete(name)?;
+        return Ok(());
     };
     let stamp = Utc::now().timestamp_nanos_opt().unwrap_or_default();
     let entry = OsString::from(format!("{name}.{stamp}"));
-    let moved = match rustix::fs::renameat(&holder, &leaf, &trash, &entry) {
-        Ok(()) => true,
-        Err(rustix::io::Errno::NOENT) => false,
-        Err(e) => {
-            return Err(io_ctx(format!(
-                "cannot move {} to the pool's trash",
-                holder.shown().join(&leaf).display()
-            ))(e.into()))
-        }
-    };
-    if moved {
-        let synced = trash
-            .file()
-            .and_then(|f| f.sync_all())
-            .and_then(|()| holder.file().and_then(|f| f.sync_all()));
-        if let Err(e) = synced {
-            let _ = rustix::fs::renameat(&trash, &entry, &holder, &leaf);
-            return Err(io_ctx("cannot sync the pool's trash".into())(e));
-        }
-    }
+    let moved = move_to_trash(&holder, &leaf, &trash, &entry)?;
     if let Err(e) = store.delete(name) {
         if moved {
             if let Err(err) = rustix::fs::renameat(&trash, &entry, &holder, &leaf) {
@@ -300,6 +279,57 @@ pub fn remove(
         }
     }
     Ok(())
+}
+
+/// The directory holding a pool volume's data, and the data's name in it; `None` when the
+/// parent directory of a child's subdirectory is gone (nothing left to remove).
+fn data_holder(
+    vols: &Dir,
+    name: &VolumeName,
+    volume: &VolumeName,
+    subdir: Option<&str>,
+) -> Result<Option<(Dir, OsString)>, DriverError> {
+    let Some(s) = subdir else {
+        let holder = vols.try_clone().map_err(io_ctx("cannot open the pool"))?;
+        return Ok(Some((holder, OsString::from(volume))));
+    };
+    let rel = Path::new(volume).join(s);
+    let leaf = rel.file_name().map(OsStr::to_os_string).unwrap_or_default();
+    let parent = rel.parent().unwrap_or(Path::new(volume));
+    match vols.open_beneath(parent, Missing::Refuse) {
+        Ok(o) => Ok(Some((o.dir, leaf))),
+        Err(BeneathError::Missing { .. }) => Ok(None),
+        Err(e) => Err(DriverError::Invalid(format!("volume {name}: {e}"))),
+    }
+}
+
+/// Move `holder/leaf` to `trash/entry` durably (put back if the move cannot be synced).
+/// Returns whether there was anything to move.
+fn move_to_trash(
+    holder: &Dir,
+    leaf: &OsStr,
+    trash: &Dir,
+    entry: &OsStr,
+) -> Result<bool, DriverError> {
+    match rustix::fs::renameat(holder, leaf, trash, entry) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::NOENT) => return Ok(false),
+        Err(e) => {
+            return Err(io_ctx(format!(
+                "cannot move {} to the pool's trash",
+                holder.shown().join(leaf).display()
+            ))(e.into()))
+        }
+    }
+    let synced = trash
+        .file()
+        .and_then(|f| f.sync_all())
+        .and_then(|()| holder.file().and_then(|f| f.sync_all()));
+    if let Err(e) = synced {
+        let _ = rustix::fs::renameat(trash, entry, holder, leaf);
+        return Err(io_ctx("cannot sync the pool's trash")(e));
+    }
+    Ok(true)
 }
 
 /// A volume whose newest read-only snapshot has no archive yet is not removed: its snapshots
