@@ -188,42 +188,7 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
             cfg.name
         );
     }
-    let mut chosen: Option<(&RemoteBackup, PathBuf, BackupManifest)> = None;
-    for b in cands {
-        let type_dir = req.settings.type_dir(b.kind);
-        crate::fs::durable::ensure_dir(&type_dir, 0o700).with_context(|| {
-            format!("cannot create {}; check --backup-root", type_dir.display())
-        })?;
-        let staging = type_dir.join(format!(".dr-{}", b.name));
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)
-                .with_context(|| format!("cannot remove the leftover {}", staging.display()))?;
-        }
-        tracing::info!(remote = %cfg.name, backup = %b.id(), "fetching");
-        match rt.block_on(fetch(
-            &remote,
-            b,
-            opener.clone(),
-            &staging,
-            req.progress.as_ref(),
-        )) {
-            Ok(f) => {
-                report.download_bytes += f.bytes;
-                let dir = final_dir(&type_dir, &b.name);
-                std::fs::rename(&staging, &dir).with_context(|| {
-                    format!("cannot move {} to {}", staging.display(), dir.display())
-                })?;
-                chosen = Some((b, dir, f.manifest));
-                break;
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&staging);
-                let why = format!("{}: {e:#}", b.id());
-                tracing::error!(reason = %why, "remote backup refused; falling back to the previous one");
-                report.refused.push(why);
-            }
-        }
-    }
+    let chosen = fetch_first_usable(rt, &remote, &opener, req, cands, &mut report)?;
     report.fetch_seconds = secs(t0);
     let Some((b, dir, m)) = chosen else {
         bail!(
@@ -237,6 +202,71 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
 
     let t1 = Instant::now();
     create_records(ctx, driver, &req.docker_driver, &m, &mut report);
+    restore_volumes(ctx, req, &remote, &opener, &dir, &m, &mut report)?;
+    restore_dumps(ctx, req, &dir, &m, &mut report)?;
+    report.restore_seconds = secs(t1);
+    report.total_seconds = secs(t0);
+    Ok(report)
+}
+
+/// Fetch the candidates newest first until one passes every check: it becomes
+/// `<type>/<name>` (see [`final_dir`]); each refused one is in `report.refused`. `None` when
+/// none is usable.
+fn fetch_first_usable<'a>(
+    rt: &tokio::runtime::Runtime,
+    remote: &Remote,
+    opener: &Arc<Opener>,
+    req: &DrRequest,
+    cands: Vec<&'a RemoteBackup>,
+    report: &mut DrReport,
+) -> anyhow::Result<Option<(&'a RemoteBackup, PathBuf, BackupManifest)>> {
+    for b in cands {
+        let type_dir = req.settings.type_dir(b.kind);
+        crate::fs::durable::ensure_dir(&type_dir, 0o700).with_context(|| {
+            format!("cannot create {}; check --backup-root", type_dir.display())
+        })?;
+        let staging = type_dir.join(format!(".dr-{}", b.name));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)
+                .with_context(|| format!("cannot remove the leftover {}", staging.display()))?;
+        }
+        tracing::info!(remote = %req.remote.name, backup = %b.id(), "fetching");
+        match rt.block_on(fetch(
+            remote,
+            b,
+            opener.clone(),
+            &staging,
+            req.progress.as_ref(),
+        )) {
+            Ok(f) => {
+                report.download_bytes += f.bytes;
+                let dir = final_dir(&type_dir, &b.name);
+                std::fs::rename(&staging, &dir).with_context(|| {
+                    format!("cannot move {} to {}", staging.display(), dir.display())
+                })?;
+                return Ok(Some((b, dir, f.manifest)));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                let why = format!("{}: {e:#}", b.id());
+                tracing::error!(reason = %why, "remote backup refused; falling back to the previous one");
+                report.refused.push(why);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Restore the data of the manifest's volumes that have a record now.
+fn restore_volumes(
+    ctx: &Ctx,
+    req: &DrRequest,
+    remote: &Remote,
+    opener: &Arc<Opener>,
+    dir: &Path,
+    m: &BackupManifest,
+    report: &mut DrReport,
+) -> anyhow::Result<()> {
     let store = Store::new(ctx.layout.clone());
     let volumes: Vec<VolumeName> = m
         .files
@@ -245,23 +275,35 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
         .filter_map(|f| VolumeName::parse(&f.source).ok())
         .filter(|v| matches!(store.load(v), Ok(Some(_))))
         .collect();
-    if !volumes.is_empty() {
-        let names = volumes.iter().map(ToString::to_string).collect();
-        run_restore(ctx, req, &dir, names, Vec::new(), &mut report)?;
-        // Then the newest snapshot chain where it is newer than the backup (offsite=snapshots).
-        let chains = crate::ops::offsite::restore_newer_chains(
-            ctx,
-            &remote,
-            opener.clone(),
-            &volumes,
-            m.timestamp,
-            req.progress.as_ref(),
-        );
-        report.snapshots = chains.done;
-        report.refused_snapshots = chains.refused;
-        report.fallbacks = chains.fallbacks;
-        report.problems.extend(chains.problems);
+    if volumes.is_empty() {
+        return Ok(());
     }
+    let names = volumes.iter().map(ToString::to_string).collect();
+    run_restore(ctx, req, dir, names, Vec::new(), report)?;
+    // Then the newest snapshot chain where it is newer than the backup (offsite=snapshots).
+    let chains = crate::ops::offsite::restore_newer_chains(
+        ctx,
+        remote,
+        opener.clone(),
+        &volumes,
+        m.timestamp,
+        req.progress.as_ref(),
+    );
+    report.snapshots = chains.done;
+    report.refused_snapshots = chains.refused;
+    report.fallbacks = chains.fallbacks;
+    report.problems.extend(chains.problems);
+    Ok(())
+}
+
+/// Feed the database dumps now with `--databases`, else list them as pending.
+fn restore_dumps(
+    ctx: &Ctx,
+    req: &DrRequest,
+    dir: &Path,
+    m: &BackupManifest,
+    report: &mut DrReport,
+) -> anyhow::Result<()> {
     let dumps: Vec<String> = m
         .files
         .iter()
@@ -274,13 +316,11 @@ pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<Dr
         .map(|(v, d)| (v.clone(), d.clone()))
         .collect();
     if req.databases && !dumps.is_empty() {
-        run_restore(ctx, req, &dir, Vec::new(), dumps, &mut report)?;
+        run_restore(ctx, req, dir, Vec::new(), dumps, report)?;
     } else {
         report.dumps_pending = dumps;
     }
-    report.restore_seconds = secs(t1);
-    report.total_seconds = secs(t0);
-    Ok(report)
+    Ok(())
 }
 
 /// `<type>/<name>`, or `<type>/<name>-dr` when a local directory of that name exists already.
