@@ -9,6 +9,7 @@ use crate::core::layout::Layout;
 use crate::core::names::VolumeName;
 use crate::core::options::{Compression, Keep};
 use crate::core::store::{Store, VolumeRecord};
+use crate::fs::beneath::Dir;
 use crate::fs::durable::{FileLock, LockKind};
 use crate::ops::volref::{self, VolumeRef};
 use crate::pool::topology;
@@ -19,7 +20,8 @@ use crate::plugin::driver::DriverSettings;
 use crate::pool::location::Locate;
 use crate::snapshot::create::DEFAULT_FULL_EVERY;
 use crate::snapshot::{
-    catalog, create, restore, retention, CreateOutcome, CreateRequest, RestoreReport, Trigger,
+    catalog, create, restore, retention, CreateOutcome, CreateRequest, Manifest, RestoreReport,
+    Trigger,
 };
 
 /// Snapshot a volume now, then apply its retention.
@@ -195,21 +197,7 @@ pub fn restore_into_new(
     if store.load(new)?.is_some() {
         bail!("volume {new} already exists; choose a new name for --into");
     }
-    // The source's options (a removed volume's, as `workspace prune` kept them), without its
-    // place and first content; a volume recreated under its own name keeps its parent, so a
-    // pruned project workspace comes back inside its parent.
-    let source_opts = match store.load(name)? {
-        Some(r) => r.options.clone(),
-        None => load_removed_options(&ctx.layout, name).unwrap_or_default(),
-    };
-    let opts: BTreeMap<String, String> = source_opts
-        .into_iter()
-        .filter(|(k, _)| match k.as_str() {
-            "device" | "type" | "template" => false,
-            "parent" => new == name,
-            _ => true,
-        })
-        .collect();
+    let opts = options_of_new(ctx, &store, name, new)?;
     let driver = crate::plugin::host_driver(
         ctx.layout.clone(),
         DriverSettings {
@@ -233,10 +221,53 @@ pub fn restore_into_new(
         }
     }
     driver.create(new, Some(&opts))?;
+    // Whatever fails from here on, no half-made volume `new` stays behind.
+    let ro = cow.as_ref().map(|(_, ro)| ro);
+    let filled = fill_new(ctx, &store, new, id, &chain, ro, progress);
+    if filled.is_err() {
+        let _ = driver.remove(new);
+    }
+    filled
+}
+
+/// The options of the new volume: the source's (a removed volume's, as `workspace prune` kept
+/// them), without its place and first content; a volume recreated under its own name keeps its
+/// parent, so a pruned project workspace comes back inside its parent.
+fn options_of_new(
+    ctx: &Ctx,
+    store: &Store,
+    name: &VolumeName,
+    new: &VolumeName,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let source_opts = match store.load(name)? {
+        Some(r) => r.options.clone(),
+        None => load_removed_options(&ctx.layout, name).unwrap_or_default(),
+    };
+    Ok(source_opts
+        .into_iter()
+        .filter(|(k, _)| match k.as_str() {
+            "device" | "type" | "template" => false,
+            "parent" => new == name,
+            _ => true,
+        })
+        .collect())
+}
+
+/// Fill the just-created volume `new` with snapshot `id`: a copy of its read-only snapshot `ro`
+/// when no archive chain exists, else the chain (swapped in whole on a btrfs pool).
+fn fill_new(
+    ctx: &Ctx,
+    store: &Store,
+    new: &VolumeName,
+    id: &str,
+    chain: &[Manifest],
+    ro: Option<&Dir>,
+    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+) -> anyhow::Result<RestoreReport> {
     let rec = store.load(new)?.context("the new volume disappeared")?;
-    let report = match &cow {
+    let report = match ro {
         // Only the read-only snapshot exists: copy it (another pool, or the default one).
-        Some((_, ro)) if chain.is_empty() => {
+        Some(ro) if chain.is_empty() => {
             let dest =
                 rec.data
                     .open(&ctx.layout, &ctx.view, crate::fs::beneath::Missing::Refuse)?;
@@ -250,17 +281,14 @@ pub fn restore_into_new(
                 ctx,
                 &volref::resolve(&ctx.layout, &ctx.view, &ctx.docker_url, new)?,
                 id,
-                &chain,
+                chain,
                 progress,
             )? {
                 Ok(r)
             } else {
-                restore::restore_chain_into(&ctx.layout, &chain, &target, progress)
+                restore::restore_chain_into(&ctx.layout, chain, &target, progress)
             }
         }
     };
-    if report.is_err() {
-        let _ = driver.remove(new);
-    }
     Ok(report?)
 }

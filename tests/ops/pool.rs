@@ -274,6 +274,51 @@ fn clone_from_snapshot_and_volume_share_blocks_and_restore_swaps_a_subvolume_in(
     );
 }
 
+/// A `snapshot restore --into NEW` that fails after NEW was created leaves no volume NEW
+/// behind, whichever step failed: here the restore into the btrfs pool itself (only the
+/// snapshot's archive is left, and it is damaged), which used to leave NEW recorded.
+#[test]
+fn a_failed_restore_into_a_new_pool_volume_removes_the_new_volume() {
+    let p = pool_plugin();
+    create(&p, "src", json!({"pool": "p"}));
+    std::fs::write(data(&p, "src").join("note"), b"v1").unwrap();
+    let id = cli_ok(&p, &["snapshot", "create", "src", "--no-archive"])
+        .trim()
+        .to_string();
+    cli_ok(&p, &["snapshot", "archive", "src"]);
+    let snaps = p.snapshots("src");
+    let archive = snaps[0]["archive"].as_str().expect("archived").to_string();
+    // The read-only snapshot goes: the restore has to extract the archive.
+    let ro = pool_root(&p).join("snapshots/src").join(&id);
+    let out = Command::new("btrfs")
+        .arg("subvolume")
+        .arg("delete")
+        .arg(&ro)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let archive = p.root().join("snapshots/src").join(&id).join(archive);
+    std::fs::write(&archive, noise(5, 64 << 10)).unwrap();
+
+    let out = cli(&p, &["snapshot", "restore", "src", &id, "--into", "copy"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a damaged archive restores nothing");
+    assert!(stderr.contains("damaged"), "{stderr}");
+    let (_, v) = p.call("VolumeDriver.Get", json!({"Name": "copy"}));
+    assert!(
+        err_of(&v).contains("no such volume"),
+        "the half-made volume is removed: {v}"
+    );
+    assert!(!data(&p, "copy").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(pool_root(&p).join("volumes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "src")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 /// Write `len` bytes to `path` in 1 MiB chunks: the bytes written and the error that stopped it.
 fn fill(path: &Path, len: usize) -> (usize, Option<std::io::Error>) {
     let mut f = std::fs::File::create(path).unwrap();
