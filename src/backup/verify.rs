@@ -239,49 +239,13 @@ pub fn verify_dir(dir: &Path, progress: Option<ItemProgress>) -> anyhow::Result<
             "the manifest has no checksums (made by the old backup script): files are only test-read"
                 .into(),
         );
-        let mut names: Vec<String> = std::fs::read_dir(dir)?
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| {
-                !n.starts_with('.')
-                    && (n.ends_with(".tar.gz") || n.ends_with(".tar.zst") || n.ends_with(".sql.gz"))
-            })
-            .collect();
-        names.sort();
-        names.into_iter().map(|n| (n, None)).collect()
+        legacy_files(dir)?.into_iter().map(|n| (n, None)).collect()
     } else {
         m.files.iter().map(|f| (f.name.clone(), Some(f))).collect()
     };
     for (name, entry) in entries {
         let item = format!("verify {name}");
-        let result = (|| {
-            if let Some(f) = entry {
-                check_size(dir, f)?;
-            }
-            if !safe_name(&name) {
-                return Err(format!("{name:?} is not a plain file name"));
-            }
-            let is_volume = match entry {
-                Some(f) => f.kind == FileKind::Volume,
-                None => !name.ends_with(".sql.gz"),
-            };
-            let (detail, sum) = if is_volume {
-                let p = progress.clone();
-                let it = item.clone();
-                let tick = move |n: u64| {
-                    if let Some(p) = &p {
-                        p(&it, Some(n))
-                    }
-                };
-                test_extract(dir, &name, Some(&tick))?
-            } else {
-                test_gunzip(&dir.join(&name))?
-            };
-            if let Some(f) = entry {
-                check_sum(dir, f, &sum)?;
-            }
-            Ok(detail)
-        })();
+        let result = verify_file(dir, &name, entry, &item, progress.as_ref());
         if let Some(p) = &progress {
             p(&item, None);
         }
@@ -305,4 +269,54 @@ pub fn verify_dir(dir: &Path, progress: Option<ItemProgress>) -> anyhow::Result<
         report.files.push(check);
     }
     Ok(report)
+}
+
+/// The backup files of a directory made by the old script (no checksums in its manifest), by name.
+fn legacy_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| {
+            !n.starts_with('.')
+                && (n.ends_with(".tar.gz") || n.ends_with(".tar.zst") || n.ends_with(".sql.gz"))
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Check one file: its size, a test read (extraction or gunzip) and its sha256 (when the manifest has them).
+fn verify_file(
+    dir: &Path,
+    name: &str,
+    entry: Option<&FileEntry>,
+    item: &str,
+    progress: Option<&ItemProgress>,
+) -> Result<String, String> {
+    if let Some(f) = entry {
+        check_size(dir, f)?;
+    }
+    if !safe_name(name) {
+        return Err(format!("{name:?} is not a plain file name"));
+    }
+    let is_volume = match entry {
+        Some(f) => f.kind == FileKind::Volume,
+        None => !name.ends_with(".sql.gz"),
+    };
+    let (detail, sum) = if is_volume {
+        let p = progress.cloned();
+        let it = item.to_string();
+        let tick = move |n: u64| {
+            if let Some(p) = &p {
+                p(&it, Some(n))
+            }
+        };
+        test_extract(dir, name, Some(&tick))?
+    } else {
+        test_gunzip(&dir.join(name))?
+    };
+    if let Some(f) = entry {
+        check_sum(dir, f, &sum)?;
+    }
+    Ok(detail)
 }

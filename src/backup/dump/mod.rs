@@ -23,8 +23,10 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-/// At most this much of a command's stderr is kept for the error message.
-const STDERR_TAIL: usize = 2048;
+mod stderr;
+
+pub use self::stderr::is_error_line;
+use self::stderr::{Stderr, STDERR_TAIL};
 
 /// What a dump produced.
 #[derive(Clone, Debug, Default)]
@@ -54,27 +56,6 @@ impl<W: Write> Write for HashingWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-/// At most this many error lines of a command's stderr are kept.
-const MAX_ERROR_LINES: usize = 20;
-
-/// Does a stderr line report an error (PostgreSQL's severities, as `psql` prints them)?
-pub fn is_error_line(line: &str) -> bool {
-    ["ERROR:", "FATAL:", "PANIC:"]
-        .iter()
-        .any(|m| line.contains(m))
-}
-
-/// Keeps the last bytes of stderr and its error lines, and logs it line by line.
-#[derive(Default)]
-struct Stderr {
-    tail: Vec<u8>,
-    partial: Vec<u8>,
-    errors: Vec<String>,
-    error_count: usize,
-    /// The last line was (part of) a kept error.
-    in_error: bool,
 }
 
 /// Create and start `sh -c <command>` in container `who`, attached: the exec's id, its output
@@ -115,63 +96,6 @@ async fn start_attached(
         ));
     };
     Ok((exec, output, input))
-}
-
-/// A line PostgreSQL prints under an error (`LINE 2: …`, `DETAIL:`, `HINT:`, `CONTEXT:`).
-fn is_error_detail(line: &str) -> bool {
-    let t = line.trim_start();
-    ["LINE ", "DETAIL:", "HINT:", "CONTEXT:"]
-        .iter()
-        .any(|p| t.starts_with(p))
-        || line.contains(": DETAIL:")
-        || line.contains(": HINT:")
-        || line.contains(": CONTEXT:")
-}
-
-impl Stderr {
-    fn push(&mut self, who: &str, bytes: &[u8]) {
-        self.tail.extend_from_slice(bytes);
-        if self.tail.len() > STDERR_TAIL {
-            let cut = self.tail.len() - STDERR_TAIL;
-            self.tail.drain(..cut);
-        }
-        self.partial.extend_from_slice(bytes);
-        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=i).collect();
-            self.line(who, &line);
-        }
-    }
-    fn line(&mut self, who: &str, line: &[u8]) {
-        let line = String::from_utf8_lossy(line).trim_end().to_string();
-        tracing::info!(container = who, stderr = %line, "command output");
-        if is_error_line(&line) {
-            self.error_count += 1;
-            self.in_error = self.errors.len() < MAX_ERROR_LINES;
-            if self.in_error {
-                self.errors.push(line);
-            }
-        } else if self.in_error && is_error_detail(&line) {
-            // psql's LINE/DETAIL/HINT/CONTEXT lines belong to the error above.
-            if let Some(last) = self.errors.last_mut() {
-                last.push_str(" | ");
-                last.push_str(line.trim());
-            }
-        } else if !line.trim_start().starts_with('^') {
-            self.in_error = false;
-        }
-    }
-    fn finish(&mut self, who: &str) -> String {
-        if !self.partial.is_empty() {
-            let rest = std::mem::take(&mut self.partial);
-            self.line(who, &rest);
-        }
-        let t = String::from_utf8_lossy(&self.tail).trim().to_string();
-        if t.is_empty() {
-            String::new()
-        } else {
-            format!("; its stderr ends with: {t}")
-        }
-    }
 }
 
 async fn create(
@@ -238,12 +162,51 @@ pub async fn dump_to_file(
     }
 }
 
+/// The gzipped, hashed file a dump is written into.
+type DumpWriter = GzEncoder<HashingWriter<BufWriter<File>>>;
+
 async fn dump_inner(
     docker: &Docker,
     who: &str,
     command: &str,
     tmp: &Path,
 ) -> Result<DumpResult, String> {
+    let mut gz = create_dump_file(tmp)?;
+    let (exec, output, _) = start_attached(
+        docker,
+        who,
+        command,
+        false,
+        1 << 20,
+        "the dump command",
+        "output",
+    )
+    .await?;
+    let (bytes_in, tail) = write_dump_output(who, output, &mut gz, tmp).await?;
+    let code = exit_code(docker, &exec).await?;
+    match code {
+        Some(0) => {}
+        Some(c) => {
+            return Err(format!(
+                "the dump command `{command}` in container {who} exited with status {c}{tail}; fix the command or the database, the backup has no dump of it"
+            ))
+        }
+        None => {
+            return Err(format!(
+                "the dump command `{command}` in container {who} did not report an exit status{tail}; the dump cannot be trusted"
+            ))
+        }
+    }
+    if bytes_in == 0 {
+        return Err(format!(
+            "the dump command `{command}` in container {who} wrote nothing on stdout{tail}; an empty dump is refused"
+        ));
+    }
+    finish_dump_file(gz, tmp, bytes_in)
+}
+
+/// Create `tmp` (mode 0600) behind a gzip encoder and a hasher.
+fn create_dump_file(tmp: &Path) -> Result<DumpWriter, String> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -261,17 +224,17 @@ async fn dump_inner(
         hasher: Sha256::new(),
         count: 0,
     };
-    let mut gz = GzEncoder::new(hashing, Compression::new(6));
-    let (exec, mut output, _) = start_attached(
-        docker,
-        who,
-        command,
-        false,
-        1 << 20,
-        "the dump command",
-        "output",
-    )
-    .await?;
+    Ok(GzEncoder::new(hashing, Compression::new(6)))
+}
+
+/// Write the command's stdout into the dump file, its stderr to the log: the bytes it wrote and
+/// its stderr tail (`; its stderr ends with: …`, or empty).
+async fn write_dump_output(
+    who: &str,
+    mut output: impl futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
+    gz: &mut DumpWriter,
+    tmp: &Path,
+) -> Result<(u64, String), String> {
     let mut stderr = Stderr::default();
     let mut bytes_in = 0u64;
     let mut write_error = None;
@@ -303,25 +266,11 @@ async fn dump_inner(
             tmp.display()
         ));
     }
-    let code = exit_code(docker, &exec).await?;
-    match code {
-        Some(0) => {}
-        Some(c) => {
-            return Err(format!(
-                "the dump command `{command}` in container {who} exited with status {c}{tail}; fix the command or the database, the backup has no dump of it"
-            ))
-        }
-        None => {
-            return Err(format!(
-                "the dump command `{command}` in container {who} did not report an exit status{tail}; the dump cannot be trusted"
-            ))
-        }
-    }
-    if bytes_in == 0 {
-        return Err(format!(
-            "the dump command `{command}` in container {who} wrote nothing on stdout{tail}; an empty dump is refused"
-        ));
-    }
+    Ok((bytes_in, tail))
+}
+
+/// Finish the gzip stream and fsync the file: its size and sha256.
+fn finish_dump_file(gz: DumpWriter, tmp: &Path, bytes_in: u64) -> Result<DumpResult, String> {
     let hashing = gz
         .finish()
         .map_err(|e| format!("cannot finish {}: {e}", tmp.display()))?;
@@ -389,62 +338,9 @@ pub async fn feed_stdin<R: Read>(
     // writer and the reader therefore give up a little after the process is gone.
     let fed = std::cell::Cell::new(0u64);
     let err = std::cell::RefCell::new(Stderr::default());
-    let write = async {
-        let mut buf = vec![0u8; 256 << 10];
-        let mut total = 0u64;
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let _ = stdin.shutdown().await;
-                    return Some(format!(
-                        "cannot read the dump after {total} bytes: {e}; the backup file is damaged"
-                    ));
-                }
-            };
-            if let Err(e) = stdin.write_all(&buf[..n]).await {
-                return Some(format!(
-                    "it stopped reading its input after {total} bytes ({e})"
-                ));
-            }
-            total += n as u64;
-            fed.set(total);
-        }
-        match stdin.shutdown().await {
-            Ok(()) => None,
-            Err(e) => Some(format!("cannot close its input: {e}")),
-        }
-    };
-    let read = async {
-        while let Some(item) = output.next().await {
-            match item {
-                Ok(LogOutput::StdErr { message }) => err.borrow_mut().push(who, &message),
-                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                    tracing::debug!(container = who, stdout = %String::from_utf8_lossy(&message).trim_end(), "restore command output")
-                }
-                Ok(LogOutput::StdIn { .. }) => {}
-                Err(e) => {
-                    tracing::warn!(container = who, %e, "reading the output of the restore command failed");
-                    break;
-                }
-            }
-        }
-    };
-    let gone = |grace: Duration| {
-        let exec = exec.clone();
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                match docker.inspect_exec(&exec).await {
-                    Ok(i) if i.running == Some(true) => {}
-                    _ => break,
-                }
-            }
-            tokio::time::sleep(grace).await;
-        }
-    };
+    let write = write_input(&mut input, &mut stdin, &fed);
+    let read = read_output(who, &mut output, &err);
+    let gone = |grace: Duration| exec_gone(docker, &exec, grace);
     let writer = async {
         tokio::select! {
             r = write => r,
@@ -472,6 +368,73 @@ pub async fn feed_stdin<R: Read>(
         tail,
         input_error,
     })
+}
+
+/// Copy `input` into the command's stdin, then close it: `Some(why)` when that failed.
+async fn write_input<R: Read>(
+    input: &mut R,
+    stdin: &mut (impl tokio::io::AsyncWrite + Unpin),
+    fed: &std::cell::Cell<u64>,
+) -> Option<String> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = stdin.shutdown().await;
+                return Some(format!(
+                    "cannot read the dump after {total} bytes: {e}; the backup file is damaged"
+                ));
+            }
+        };
+        if let Err(e) = stdin.write_all(&buf[..n]).await {
+            return Some(format!(
+                "it stopped reading its input after {total} bytes ({e})"
+            ));
+        }
+        total += n as u64;
+        fed.set(total);
+    }
+    match stdin.shutdown().await {
+        Ok(()) => None,
+        Err(e) => Some(format!("cannot close its input: {e}")),
+    }
+}
+
+/// Read the command's output until it ends: stderr kept in `err`, stdout to the debug log.
+async fn read_output(
+    who: &str,
+    output: &mut (impl futures_util::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin),
+    err: &std::cell::RefCell<Stderr>,
+) {
+    while let Some(item) = output.next().await {
+        match item {
+            Ok(LogOutput::StdErr { message }) => err.borrow_mut().push(who, &message),
+            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                tracing::debug!(container = who, stdout = %String::from_utf8_lossy(&message).trim_end(), "restore command output")
+            }
+            Ok(LogOutput::StdIn { .. }) => {}
+            Err(e) => {
+                tracing::warn!(container = who, %e, "reading the output of the restore command failed");
+                break;
+            }
+        }
+    }
+}
+
+/// Returns `grace` after the exec stopped running (or can no longer be inspected).
+async fn exec_gone(docker: &Docker, exec: &str, grace: Duration) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match docker.inspect_exec(exec).await {
+            Ok(i) if i.running == Some(true) => {}
+            _ => break,
+        }
+    }
+    tokio::time::sleep(grace).await;
 }
 
 /// What a command exec'd without input did (readiness checks, maintenance).
@@ -539,33 +502,4 @@ pub fn file_sum(path: &Path) -> io::Result<(u64, String)> {
     let mut h = Sha256::new();
     let n = io::copy(&mut f, &mut h)?;
     Ok((n, hex::encode(h.finalize())))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_lines_are_kept_with_their_details() {
-        let mut e = Stderr::default();
-        e.push(
-            "c",
-            b"NOTICE:  role \"x\" does not exist, skipping\npsql:<stdin>:5: ERROR:  type \"nosuchtype\" does not exist\nLINE 2:   a nosuchtype,\n",
-        );
-        e.push(
-            "c",
-            b"            ^\nsome other line\npsql:<stdin>:9: ERROR:  second",
-        );
-        let tail = e.finish("c");
-        assert_eq!(e.error_count, 2);
-        assert_eq!(
-            e.errors,
-            vec![
-                "psql:<stdin>:5: ERROR:  type \"nosuchtype\" does not exist | LINE 2:   a nosuchtype,",
-                "psql:<stdin>:9: ERROR:  second",
-            ]
-        );
-        assert!(tail.contains("second"), "{tail}");
-        assert!(!is_error_line("NOTICE:  skipping") && is_error_line("FATAL:  no"));
-    }
 }
