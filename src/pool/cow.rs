@@ -258,7 +258,7 @@ fn next_id_of(
         .into_iter()
         .chain(last_archive)
         .max();
-    Ok(next_id(last.as_deref()))
+    Ok(snapshot_id::next_id(last.as_deref()))
 }
 
 /// Publish a snapshot made as `tmp`: its `<id>.json` written durably, then the subvolume
@@ -290,17 +290,6 @@ fn publish(
             ))
         }
     }
-}
-
-/// A new id, strictly after the last one even if the clock went back.
-fn next_id(last: Option<&str>) -> String {
-    let mut at = Utc::now();
-    if let Some(prev) = last.and_then(|l| snapshot_id::parse(l).ok()) {
-        if at <= prev {
-            at = prev + chrono::Duration::microseconds(1);
-        }
-    }
-    snapshot_id::new_id(at)
 }
 
 /// Delete what an interrupted snapshot left (`.tmp-<id>` subvolumes, `<id>.json` without its
