@@ -12,8 +12,19 @@
 //! `--out DIR`, `--generate DIR [--files N --bytes B]` (only write the workspace there). Priority of
 //! the bench and every contender: `ALLSPARK_BENCH_NICE` (e.g. -10). Scratch space: `ALLSPARK_BENCH_DIR` (default `/var/tmp`).
 
+// The test helpers the bench uses (a few of common's, which re-exports those of the other three).
 #[path = "../../tests/support/common.rs"]
+#[allow(unused_imports)]
 mod common;
+#[path = "../../tests/support/dockerd.rs"]
+#[allow(dead_code)]
+mod dockerd;
+#[path = "../../tests/support/images.rs"]
+#[allow(dead_code)]
+mod images;
+#[path = "../../tests/support/test_plugin.rs"]
+#[allow(dead_code)]
+mod test_plugin;
 
 mod client;
 mod docker;

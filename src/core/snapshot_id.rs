@@ -7,6 +7,17 @@ pub fn new_id(at: DateTime<Utc>) -> String {
     at.format("%Y%m%dT%H%M%S%.6fZ").to_string()
 }
 
+/// A new id, strictly after the last one even if the clock went back.
+pub fn next_id(last: Option<&str>) -> String {
+    let mut at = Utc::now();
+    if let Some(prev) = last.and_then(|l| parse(l).ok()) {
+        if at <= prev {
+            at = prev + chrono::Duration::microseconds(1);
+        }
+    }
+    new_id(at)
+}
+
 /// Check an id taken from a user or a file.
 pub fn validate(id: &str) -> Result<(), String> {
     parse(id).map(|_| ())

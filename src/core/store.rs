@@ -15,6 +15,9 @@ use crate::core::names::VolumeName;
 use crate::core::options::VolumeSpec;
 use crate::fs::durable::{self, FileLock, LockKind};
 
+mod runtime;
+pub use runtime::{boot_id, Runtime};
+
 /// Version of the record format written by this build.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -198,42 +201,6 @@ struct Cached {
     record: Arc<VolumeRecord>,
 }
 
-/// The runtime part of a volume: its mount references, which describe bind mounts and so die
-/// with the host. Written atomically without fsync (a crash of the plugin keeps it: the page
-/// cache survives; a reboot voids it: the boot id changes).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Runtime {
-    pub boot_id: String,
-    #[serde(default)]
-    pub mounts: BTreeMap<String, u32>,
-    #[serde(default)]
-    pub last_mounted_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub last_unmounted_at: Option<DateTime<Utc>>,
-}
-
-/// This boot's id (`/proc/sys/kernel/random/boot_id`; `ALLSPARK_BOOT_ID` overrides it, for
-/// tests that simulate a reboot).
-pub fn boot_id() -> String {
-    if let Some(id) = std::env::var_os("ALLSPARK_BOOT_ID").filter(|v| !v.is_empty()) {
-        return id.to_string_lossy().into_owned();
-    }
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    })
-    .clone()
-}
-
-fn later(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, y) => x.or(y),
-    }
-}
-
 /// Access to the records. The files are the truth; the in-memory cache is checked
 /// against each file's inode, size and mtime on every read, so it is never stale.
 pub struct Store {
@@ -364,53 +331,6 @@ impl Store {
         Ok(Some(record))
     }
 
-    /// The record with this boot's runtime part: references from another boot are void (their
-    /// bind mounts died with it); the last-use times are kept whatever the boot.
-    fn with_runtime(&self, record: Arc<VolumeRecord>) -> Arc<VolumeRecord> {
-        let Ok(bytes) = read_runtime(&self.layout.refs(&record.name)) else {
-            // No runtime file: a record from before runtime files keeps its own references.
-            return record;
-        };
-        let Ok(rt) = serde_json::from_slice::<Runtime>(&bytes) else {
-            tracing::warn!(volume = %record.name, "unreadable mount references: treated as none");
-            let mut r = (*record).clone();
-            r.mounts.clear();
-            return Arc::new(r);
-        };
-        let mut r = (*record).clone();
-        r.mounts = if rt.boot_id == boot_id() {
-            rt.mounts
-        } else {
-            BTreeMap::new()
-        };
-        r.last_mounted_at = later(r.last_mounted_at, rt.last_mounted_at);
-        r.last_unmounted_at = later(r.last_unmounted_at, rt.last_unmounted_at);
-        Arc::new(r)
-    }
-
-    /// Write the runtime part (references, last-use times) in place, without fsync: it must
-    /// survive a crash of the plugin, not a reboot (see [`write_runtime`]). Caller holds the
-    /// record lock.
-    pub fn save_runtime(&self, record: &VolumeRecord) -> Result<(), StoreError> {
-        let path = self.layout.refs(&record.name);
-        let rt = Runtime {
-            boot_id: boot_id(),
-            mounts: record.mounts.clone(),
-            last_mounted_at: record.last_mounted_at,
-            last_unmounted_at: record.last_unmounted_at,
-        };
-        let bytes = serde_json::to_vec(&rt).map_err(|e| self.corrupt(&path, e.to_string()))?;
-        match write_runtime(&path, &bytes) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // A state root from before runtime files: make the directory once.
-                durable::ensure_dir(&self.layout.refs_dir(), 0o700)
-                    .and_then(|()| write_runtime(&path, &bytes))
-                    .map_err(io_err("write", &path))
-            }
-            other => other.map_err(io_err("write", &path)),
-        }
-    }
-
     fn corrupt(&self, path: &Path, reason: String) -> StoreError {
         StoreError::Corrupt {
             path: path.to_path_buf(),
@@ -528,52 +448,6 @@ impl Store {
     }
 }
 
-/// Replace the content of a runtime file in place: one `pwrite` at offset 0 under an
-/// exclusive `flock` of the file, padded with spaces (JSON allows trailing whitespace) so
-/// it covers all of the old content.
-///
-/// Why not a temp file and a rename, like durable records: on ext4, renaming over an
-/// existing file starts writeback of the new one (`auto_da_alloc`), and freeing the old
-/// inode frees its blocks (a discard on `-o discard` mounts); a Mount+Unmount pair spent
-/// most of its time there. In place, nothing is allocated or freed after the first write.
-/// Readers take a shared `flock` ([`read_runtime`]), so they never see half a write; a crash
-/// of the process keeps what was written (the page cache survives it; the file is far below
-/// one page, which one `pwrite` copies whole); a reboot voids the content (boot id).
-fn write_runtime(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
-    let f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| io::Error::from(e))?;
-    let old = f.metadata()?.len();
-    let mut buf = bytes.to_vec();
-    if (buf.len() as u64) < old {
-        buf.resize(old as usize, b' ');
-    }
-    f.write_all_at(&buf, 0)?;
-    // Shrink a file that once held many references, rarely: the padding would grow costly.
-    if old > 4096 && (bytes.len() as u64) < old / 4 {
-        f.set_len(bytes.len() as u64)?;
-    }
-    Ok(())
-}
-
-/// Read a runtime file under a shared `flock` (see [`write_runtime`]).
-fn read_runtime(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let f = fs::File::open(path)?;
-    let mut f = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared)
-        .map_err(|(_, e)| io::Error::from(e))?;
-    let mut bytes = Vec::with_capacity(256);
-    f.read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
 /// The volume name of a file in the state directory, if it is a record (`<valid name>.json`).
 fn record_name(file: &std::ffi::OsStr) -> Option<VolumeName> {
     let file = file.to_str()?;
@@ -585,118 +459,4 @@ fn record_name(file: &std::ffi::OsStr) -> Option<VolumeName> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(name: &str) -> VolumeRecord {
-        VolumeRecord::managed(&name.parse().unwrap(), &[]).unwrap()
-    }
-
-    #[test]
-    fn save_load_delete() {
-        let d = tempfile::tempdir().unwrap();
-        let layout = Layout::new(d.path());
-        layout.ensure().unwrap();
-        let store = Store::new(layout);
-        let mut r = record("v1");
-        store.save(&r).unwrap();
-        assert_eq!(*store.load(&VolumeName::fixed("v1")).unwrap().unwrap(), r);
-        r.mounts.insert("abc".into(), 2);
-        store.save(&r).unwrap();
-        assert_eq!(
-            store
-                .load(&VolumeName::fixed("v1"))
-                .unwrap()
-                .unwrap()
-                .mount_count(),
-            2,
-            "cache must notice the rewrite"
-        );
-        assert_eq!(*store.names().unwrap(), vec![VolumeName::fixed("v1")]);
-        store.delete(&VolumeName::fixed("v1")).unwrap();
-        assert!(store.load(&VolumeName::fixed("v1")).unwrap().is_none());
-    }
-
-    #[test]
-    fn the_kept_listing_follows_every_record_created_or_deleted() {
-        let d = tempfile::tempdir().unwrap();
-        let layout = Layout::new(d.path());
-        layout.ensure().unwrap();
-        let store = Store::new(layout);
-        store.save(&record("a")).unwrap();
-        // Past the racy window the listing is kept ...
-        std::thread::sleep(LISTING_RACY_WINDOW + std::time::Duration::from_millis(100));
-        assert_eq!(*store.names().unwrap(), ["a"]);
-        assert!(
-            store.names_cache_lock().is_some(),
-            "a settled listing is kept"
-        );
-        // ... and a record written or deleted since is seen at once.
-        store.save(&record("b")).unwrap();
-        assert_eq!(*store.names().unwrap(), ["a", "b"]);
-        store.delete(&VolumeName::fixed("a")).unwrap();
-        assert_eq!(*store.names().unwrap(), ["b"]);
-    }
-
-    #[test]
-    fn references_are_rewritten_in_place_and_read_back_after_shrinking() {
-        let d = tempfile::tempdir().unwrap();
-        let layout = Layout::new(d.path());
-        layout.ensure().unwrap();
-        let store = Store::new(layout.clone());
-        let mut r = record("v");
-        store.save(&r).unwrap();
-        for id in ["a", "b", "c"] {
-            r.mounts.insert(format!("{id}{}", "0".repeat(60)), 1);
-        }
-        store.save_runtime(&r).unwrap();
-        let refs = layout.refs(&VolumeName::fixed("v"));
-        let (ino, len) = {
-            let m = fs::metadata(&refs).unwrap();
-            (m.ino(), m.len())
-        };
-        assert_eq!(
-            store
-                .load(&VolumeName::fixed("v"))
-                .unwrap()
-                .unwrap()
-                .mount_count(),
-            3
-        );
-        r.mounts.clear();
-        store.save_runtime(&r).unwrap();
-        let m = fs::metadata(&refs).unwrap();
-        assert_eq!(
-            (m.ino(), m.len()),
-            (ino, len),
-            "same file, padded, not replaced"
-        );
-        assert_eq!(
-            store
-                .load(&VolumeName::fixed("v"))
-                .unwrap()
-                .unwrap()
-                .mount_count(),
-            0
-        );
-    }
-
-    #[test]
-    fn corrupt_record_is_a_clear_error_not_an_absence() {
-        let d = tempfile::tempdir().unwrap();
-        let layout = Layout::new(d.path());
-        layout.ensure().unwrap();
-        fs::write(layout.record(&VolumeName::fixed("bad")), b"{not json").unwrap();
-        let store = Store::new(layout);
-        let err = store
-            .load(&VolumeName::fixed("bad"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("corrupt") && err.contains("move it aside"),
-            "{err}"
-        );
-        let (ok, bad) = store.all().unwrap();
-        assert!(ok.is_empty() && bad.len() == 1);
-    }
-}
+mod tests;

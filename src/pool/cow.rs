@@ -163,26 +163,13 @@ pub fn take(
         return Ok(None);
     };
     let name = &rec.name;
-    // Write the volume's dirty data out before the lock: the snapshot commits a transaction
-    // that would otherwise flush it while Mounts of the volume wait.
-    let flushing = Instant::now();
-    if let Ok(o) = location::open(layout, view, &pool.name, name, None, Missing::Refuse) {
-        if let Err(e) = rustix::fs::syncfs(&o.dir) {
-            tracing::warn!(volume = %name, %e, "syncfs before the snapshot failed; the snapshot flushes instead");
-        }
-    }
-    let flush_ms = flushing.elapsed().as_millis() as u64;
+    let flush_ms = flush_volume(layout, view, &pool, name);
     let lock_path = layout.snapshot_lock(name);
     let _lock = FileLock::acquire(&lock_path, LockKind::Exclusive)
         .map_err(io(format!("cannot take {}", lock_path.display())))?;
     if skip_if_mounted {
-        if let Some(r) = Store::new(layout.clone()).load(name)? {
-            if r.mount_count() > 0 {
-                return Ok(Some(CreateOutcome::Skipped(format!(
-                    "volume {name} is mounted again by {} container(s); the next unmount will snapshot it",
-                    r.mount_count()
-                ))));
-            }
+        if let Some(why) = mounted_again(layout, name)? {
+            return Ok(Some(CreateOutcome::Skipped(why)));
         }
     }
     let root = pool
@@ -198,14 +185,7 @@ pub fn take(
             return Ok(Some(CreateOutcome::Cow(done.clone())));
         }
     }
-    let last_archive = catalog::list(layout, name)?.last().map(|m| m.id.clone());
-    let last = existing
-        .last()
-        .map(|m| m.id.clone())
-        .into_iter()
-        .chain(last_archive)
-        .max();
-    let id = next_id(last.as_deref());
+    let id = next_id_of(layout, name, &existing)?;
     let started = Instant::now();
     let src =
         location::open(layout, view, &pool.name, name, None, Missing::Refuse).map_err(beneath)?;
@@ -225,26 +205,7 @@ pub fn take(
         duration_ms: 0,
         flush_ms,
     };
-    let publish = || -> std::io::Result<CowSnapshot> {
-        let mut meta = meta.clone();
-        meta.duration_ms = started.elapsed().as_millis() as u64;
-        let bytes = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
-        durable::atomic_write(&snaps.proc_path().join(format!("{id}.json")), &bytes, 0o600)?;
-        location::rename_noreplace(&snaps, OsStr::new(&tmp), OsStr::new(&id))?;
-        snaps.file()?.sync_all()?;
-        Ok(meta)
-    };
-    let meta = match publish() {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = tree::destroy(&snaps, OsStr::new(&tmp));
-            let _ = std::fs::remove_file(snaps.proc_path().join(format!("{id}.json")));
-            return Err(SnapshotError::io(
-                format!("cannot publish snapshot {name}@{id}"),
-                e,
-            ));
-        }
-    };
+    let meta = publish(&snaps, &tmp, &meta, started)?;
     let removed = prune_locked(layout, &pool, &root, name, &rec.spec.keep);
     if !removed.is_empty() {
         tracing::info!(
@@ -256,15 +217,79 @@ pub fn take(
     Ok(Some(CreateOutcome::Cow(meta)))
 }
 
-/// A new id, strictly after the last one even if the clock went back.
-fn next_id(last: Option<&str>) -> String {
-    let mut at = Utc::now();
-    if let Some(prev) = last.and_then(|l| snapshot_id::parse(l).ok()) {
-        if at <= prev {
-            at = prev + chrono::Duration::microseconds(1);
+/// Write the volume's dirty data out before the lock: the snapshot commits a transaction
+/// that would otherwise flush it while Mounts of the volume wait. Returns the time it took,
+/// in milliseconds.
+fn flush_volume(layout: &Layout, view: &HostView, pool: &Pool, name: &VolumeName) -> u64 {
+    let flushing = Instant::now();
+    if let Ok(o) = location::open(layout, view, &pool.name, name, None, Missing::Refuse) {
+        if let Err(e) = rustix::fs::syncfs(&o.dir) {
+            tracing::warn!(volume = %name, %e, "syncfs before the snapshot failed; the snapshot flushes instead");
         }
     }
-    snapshot_id::new_id(at)
+    flushing.elapsed().as_millis() as u64
+}
+
+/// Why a snapshot on unmount is skipped: the volume was mounted again meanwhile (`None`: it
+/// was not).
+fn mounted_again(layout: &Layout, name: &VolumeName) -> Result<Option<String>, SnapshotError> {
+    if let Some(r) = Store::new(layout.clone()).load(name)? {
+        if r.mount_count() > 0 {
+            return Ok(Some(format!(
+                "volume {name} is mounted again by {} container(s); the next unmount will snapshot it",
+                r.mount_count()
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The id of a new snapshot of `name`: after its last read-only snapshot (`existing`) and its
+/// last archive snapshot.
+fn next_id_of(
+    layout: &Layout,
+    name: &VolumeName,
+    existing: &[CowSnapshot],
+) -> Result<String, SnapshotError> {
+    let last_archive = catalog::list(layout, name)?.last().map(|m| m.id.clone());
+    let last = existing
+        .last()
+        .map(|m| m.id.clone())
+        .into_iter()
+        .chain(last_archive)
+        .max();
+    Ok(snapshot_id::next_id(last.as_deref()))
+}
+
+/// Publish a snapshot made as `tmp`: its `<id>.json` written durably, then the subvolume
+/// renamed to its id; on failure both are removed.
+fn publish(
+    snaps: &Dir,
+    tmp: &str,
+    meta: &CowSnapshot,
+    started: Instant,
+) -> Result<CowSnapshot, SnapshotError> {
+    let (name, id) = (&meta.volume, &meta.id);
+    let publish = || -> std::io::Result<CowSnapshot> {
+        let mut meta = meta.clone();
+        meta.duration_ms = started.elapsed().as_millis() as u64;
+        let bytes = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
+        durable::atomic_write(&snaps.proc_path().join(format!("{id}.json")), &bytes, 0o600)?;
+        location::rename_noreplace(snaps, OsStr::new(tmp), OsStr::new(id))?;
+        snaps.file()?.sync_all()?;
+        Ok(meta)
+    };
+    match publish() {
+        Ok(m) => Ok(m),
+        Err(e) => {
+            let _ = tree::destroy(snaps, OsStr::new(tmp));
+            let _ = std::fs::remove_file(snaps.proc_path().join(format!("{id}.json")));
+            Err(SnapshotError::io(
+                format!("cannot publish snapshot {name}@{id}"),
+                e,
+            ))
+        }
+    }
 }
 
 /// Delete what an interrupted snapshot left (`.tmp-<id>` subvolumes, `<id>.json` without its

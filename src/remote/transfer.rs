@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use super::client::Remote;
 use super::crypt::{Opener, Sealer};
 use crate::backup::run::ItemProgress;
+use crate::fs::hash::Hashing;
 
 /// Size of one part of a multipart upload.
 pub const PART: usize = 8 << 20;
@@ -63,12 +64,10 @@ pub fn bare_etag(e: &str) -> String {
         .to_string()
 }
 
-/// A `Write` that hashes and hands full chunks to the uploader.
+/// A `Write` that hands full chunks to the uploader (hashed on the way by a [`Hashing`]).
 struct ChunkSink {
     tx: mpsc::Sender<Bytes>,
     buf: Vec<u8>,
-    hash: Sha256,
-    size: u64,
 }
 
 impl ChunkSink {
@@ -85,8 +84,6 @@ impl ChunkSink {
 
 impl Write for ChunkSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.hash.update(data);
-        self.size += data.len() as u64;
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
             self.send()?;
@@ -95,41 +92,6 @@ impl Write for ChunkSink {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// A `Read` that hashes what passes through.
-struct Hashing<R> {
-    inner: R,
-    hash: Sha256,
-    size: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-}
-
-/// A `Write` that hashes what passes through.
-struct HashingWriter<W> {
-    inner: W,
-    hash: Sha256,
-    size: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(data)?;
-        self.hash.update(&data[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -240,26 +202,20 @@ fn seal_in_background(
 ) -> tokio::task::JoinHandle<anyhow::Result<Sealed>> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<Sealed> {
         let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let mut reader = Hashing {
-            inner: BufReader::with_capacity(CHUNK, f),
-            hash: Sha256::new(),
-            size: 0,
-        };
-        let sink = ChunkSink {
+        let mut reader = Hashing::new(BufReader::with_capacity(CHUNK, f));
+        let sink = Hashing::new(ChunkSink {
             tx,
             buf: Vec::with_capacity(CHUNK),
-            hash: Sha256::new(),
-            size: 0,
-        };
+        });
         let mut sink = sealer
             .seal(&mut reader, sink)
             .with_context(|| format!("cannot read and encrypt {}", path.display()))?;
-        sink.send()?;
+        sink.get_mut().send()?;
         Ok(Sealed {
-            size: sink.size,
-            sha256: hex::encode(sink.hash.finalize()),
-            plain_size: reader.size,
-            plain_sha256: hex::encode(reader.hash.finalize()),
+            size: sink.count(),
+            sha256: sink.sha256(),
+            plain_size: reader.count(),
+            plain_sha256: reader.sha256(),
         })
     })
 }
@@ -438,18 +394,14 @@ fn open_in_background(
             rx,
             cur: Bytes::new(),
         };
-        let mut w = HashingWriter {
-            inner: io::BufWriter::with_capacity(CHUNK, out),
-            hash: Sha256::new(),
-            size: 0,
-        };
+        let mut w = Hashing::new(io::BufWriter::with_capacity(CHUNK, out));
         opener.open(reader, &mut w)?;
         w.flush()
             .with_context(|| format!("cannot write {dest_shown}"))?;
-        w.inner
+        w.get_ref()
             .get_ref()
             .sync_all()
             .with_context(|| format!("cannot write {dest_shown}"))?;
-        Ok((w.size, hex::encode(w.hash.finalize())))
+        Ok((w.count(), w.sha256()))
     })
 }

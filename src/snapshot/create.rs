@@ -110,7 +110,7 @@ pub fn create(layout: &Layout, req: &CreateRequest) -> Result<CreateOutcome, Sna
             .map_or(req.compression, |m| m.compression),
         None => req.compression,
     };
-    let id = next_id(existing.last().map(|m| m.id.as_str()));
+    let id = snapshot_id::next_id(existing.last().map(|m| m.id.as_str()));
     let tmp = vol_dir.join(format!(".tmp-{id}"));
     let result = write_snapshot(
         layout,
@@ -151,17 +151,6 @@ pub(crate) fn pick_parent(
             (None, None)
         }
     }
-}
-
-/// A new id, strictly after the last one even if the clock went back.
-fn next_id(last: Option<&str>) -> String {
-    let mut at = Utc::now();
-    if let Some(prev) = last.and_then(|l| snapshot_id::parse(l).ok()) {
-        if at <= prev {
-            at = prev + chrono::Duration::microseconds(1);
-        }
-    }
-    snapshot_id::new_id(at)
 }
 
 pub(crate) fn write_snapshot(

@@ -223,38 +223,7 @@ fn measure_volume(
     path: &Path,
     opts: &ReportOptions,
 ) -> VolumeUsage {
-    let ids = crate::pool::cow::all_ids(layout, view, rec, status::snapshot_ids(layout, &rec.name));
-    let snapshot_bytes = ids
-        .iter()
-        .map(|id| super::tree_apparent_size(&layout.volume_snapshots(&rec.name).join(id)))
-        .sum();
-    let last = ids.last().cloned();
-    let mut v = VolumeUsage {
-        name: rec.name.to_string(),
-        path: path.to_path_buf(),
-        bytes: 0,
-        apparent_bytes: 0,
-        files: 0,
-        dirs: 0,
-        capacity: rec.spec.size,
-        capacity_enforced: rec.spec.size.is_some()
-            && crate::pool::capacity::capacity(layout, view, rec).0,
-        pool: match &rec.data {
-            crate::core::store::DataLocation::Host { .. } => None,
-            d => Some(d.pool().unwrap_or(crate::pool::DEFAULT_POOL).to_string()),
-        },
-        percent: None,
-        class: rec.spec.class,
-        backup: rec.spec.backup,
-        snapshots: ids.len() as u64,
-        snapshot_bytes,
-        last_snapshot_at: last.as_ref().map(|id| id.time()),
-        last_snapshot: last.map(String::from),
-        mounted: rec.mount_count(),
-        alert: false,
-        measured_at: Utc::now(),
-        error: None,
-    };
+    let mut v = unmeasured(layout, view, rec, path);
     let cache_file = listing_cache_path(layout, &rec.name);
     // The root is opened without following symlinks (a `parent=` child swapped for a link to
     // a host directory is refused, not measured) and walked through its descriptor.
@@ -279,17 +248,7 @@ fn measure_volume(
             v.measured_at = Utc::now();
             v.percent = status::percent(v.bytes, v.capacity);
             v.alert = v.percent.is_some_and(|p| p >= opts.threshold_percent);
-            let cache = UsageCache {
-                bytes: v.bytes,
-                files: v.files,
-                measured_at: v.measured_at,
-            };
-            let bytes = serde_json::to_vec(&cache).expect("usage serializes");
-            if let Err(e) =
-                crate::fs::durable::atomic_write(&layout.usage(&rec.name), &bytes, 0o600)
-            {
-                tracing::warn!(volume = %rec.name, "cannot write usage cache: {e}");
-            }
+            save_usage_cache(layout, &rec.name, &v);
         }
         Err(e) => {
             tracing::warn!(volume = %rec.name, path = %path.display(), "cannot measure volume: {e}");
@@ -297,6 +256,55 @@ fn measure_volume(
         }
     }
     v
+}
+
+/// A volume's figures from its record and snapshots alone, before its tree is measured (sizes 0).
+fn unmeasured(layout: &Layout, view: &HostView, rec: &VolumeRecord, path: &Path) -> VolumeUsage {
+    let ids = crate::pool::cow::all_ids(layout, view, rec, status::snapshot_ids(layout, &rec.name));
+    let snapshot_bytes = ids
+        .iter()
+        .map(|id| super::tree_apparent_size(&layout.volume_snapshots(&rec.name).join(id)))
+        .sum();
+    let last = ids.last().cloned();
+    VolumeUsage {
+        name: rec.name.to_string(),
+        path: path.to_path_buf(),
+        bytes: 0,
+        apparent_bytes: 0,
+        files: 0,
+        dirs: 0,
+        capacity: rec.spec.size,
+        capacity_enforced: rec.spec.size.is_some()
+            && crate::pool::capacity::capacity(layout, view, rec).0,
+        pool: match &rec.data {
+            crate::core::store::DataLocation::Host { .. } => None,
+            d => Some(d.pool().unwrap_or(crate::pool::DEFAULT_POOL).to_string()),
+        },
+        percent: None,
+        class: rec.spec.class,
+        backup: rec.spec.backup,
+        snapshots: ids.len() as u64,
+        snapshot_bytes,
+        last_snapshot_at: last.as_ref().map(|id| id.time()),
+        last_snapshot: last.map(String::from),
+        mounted: rec.mount_count(),
+        alert: false,
+        measured_at: Utc::now(),
+        error: None,
+    }
+}
+
+/// Write the figures Docker shows ([`UsageCache`]) for a volume just measured.
+fn save_usage_cache(layout: &Layout, name: &VolumeName, v: &VolumeUsage) {
+    let cache = UsageCache {
+        bytes: v.bytes,
+        files: v.files,
+        measured_at: v.measured_at,
+    };
+    let bytes = serde_json::to_vec(&cache).expect("usage serializes");
+    if let Err(e) = crate::fs::durable::atomic_write(&layout.usage(name), &bytes, 0o600) {
+        tracing::warn!(volume = %name, "cannot write usage cache: {e}");
+    }
 }
 
 /// The topmost directory above `path` on the same device: the mount point holding it.

@@ -229,15 +229,7 @@ impl Drop for Plugin {
     fn drop(&mut self) {
         self.kill9();
         // Every mount under the scratch directory: volumes, and the plugin's private staging mount.
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<PathBuf> = allspark::plugin::mounts::parse_mountinfo(&text)
-            .into_iter()
-            .filter(|m| m.starts_with(self.dir.path()))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-        for m in ours {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        super::common::unmount_below(self.dir.path());
     }
 }
 

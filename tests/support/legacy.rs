@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::common::docker;
+use crate::support::common::{docker, unmount_below};
 
 /// The one legacy driver name of the tests.
 pub const DRIVER: &str = "allspark-legacy-test";
@@ -159,16 +159,7 @@ impl Drop for LegacyPlugin {
         }
         self.kill9();
         let _ = std::fs::remove_file(self.socket());
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<PathBuf> = allspark::plugin::mounts::parse_mountinfo(&text)
-            .into_iter()
-            .filter(|m| m.starts_with(self.dir.path()))
-            .collect();
-        // Deepest first: volume mounts before the pool mount holding their data.
-        ours.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-        for m in ours {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_below(self.dir.path());
     }
 }
 

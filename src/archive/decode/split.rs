@@ -3,30 +3,14 @@
 use std::io::{self, BufReader, Cursor, Read};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use sha2::{Digest, Sha256};
 
 use super::{corrupt, Job, JobKind, Piece, Summary, MAX_PIECE};
 use crate::archive::{gzip, zst};
 use crate::core::options::Compression;
+use crate::fs::hash::Hashing;
 
 /// Size of the pieces the splitter hands out when it decodes a stream itself.
 const STREAM_PIECE: usize = 1 << 20;
-
-/// Hashes and counts what is read through it.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
 
 /// Reads the input once: detects the codec, hashes it, and cuts it into jobs for the workers
 /// (or decodes a stream itself), sending each piece's answer channel in order.
@@ -56,14 +40,7 @@ impl<R: Read> Splitter<R> {
         free: Receiver<Vec<u8>>,
     ) -> Splitter<R> {
         Splitter {
-            input: BufReader::with_capacity(
-                1 << 20,
-                Hashing {
-                    inner: input,
-                    hasher: Sha256::new(),
-                    count: 0,
-                },
-            ),
+            input: BufReader::with_capacity(1 << 20, Hashing::new(input)),
             jobs,
             order,
             free,
@@ -99,14 +76,14 @@ impl<R: Read> Splitter<R> {
         if self.input.read(&mut rest)? != 0 {
             return Err(corrupt(format!(
                 "the archive is damaged: unexpected data after the end of the compressed stream, at byte {}",
-                self.input.get_ref().count - 1
+                self.input.get_ref().count() - 1
             )));
         }
-        let h = self.input.get_mut();
+        let h = self.input.get_ref();
         Ok(Summary {
             codec,
-            compressed_bytes: h.count,
-            sha256: hex::encode(std::mem::take(&mut h.hasher).finalize()),
+            compressed_bytes: h.count(),
+            sha256: h.sha256(),
             parallel_pieces: self.parallel,
             streamed: self.streamed,
         })
