@@ -102,7 +102,9 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
         })?,
     );
     limit_malloc_arenas();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The runtime only waits for signals and ticks; calls are served on the server's own
+    // threads (see [`server`]).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
@@ -111,7 +113,8 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
         let mut int = signal(SignalKind::interrupt())?;
         let listener = server::bind(&cfg.socket).with_context(|| format!("cannot listen on {}", cfg.socket.display()))?;
         tracing::info!(socket = %cfg.socket.display(), root = %cfg.root.display(), "allspark plugin listening");
-        let (tx, rx) = tokio::sync::watch::channel(false);
+        let server = server::Server::new(listener);
+        let stopper = server.stopper();
         let recover = driver.clone();
         tokio::task::spawn_blocking(move || match recover.reconcile() {
             Ok(()) => tracing::info!("recovery done: references match the live mounts"),
@@ -136,9 +139,12 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
                 _ = int.recv() => {},
             }
             tracing::info!("signal received: finishing calls in flight");
-            let _ = tx.send(true);
+            stopper.stop();
         });
-        server::serve(listener, Arc::new(DriverApi { driver }), rx).await;
+        let api = Arc::new(DriverApi { driver });
+        tokio::task::spawn_blocking(move || server.serve(api))
+            .await
+            .context("the server thread failed")?;
         let _ = std::fs::remove_file(&cfg.socket);
         tracing::info!("allspark plugin stopped");
         anyhow::Ok(())
