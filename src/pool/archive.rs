@@ -158,7 +158,7 @@ fn changed_since(
     match send_diff::between(older.as_fd(), ro.as_fd()) {
         Ok(mut touched) => {
             touched.add_index_hazards(parent_index);
-            tracing::debug!(%volume, id = %c.id, paths = touched.len(), "incremental from the snapshot diff");
+            tracing::info!(%volume, id = %c.id, paths = touched.len(), "incremental from the snapshot diff");
             Some(touched)
         }
         Err(e) => {

@@ -40,7 +40,7 @@ fn dir(p: &Path) -> File {
 
 fn snapshot_ro(m: &Mounted, name: &str) -> PathBuf {
     let vol = dir(&m.mnt.join("vol"));
-    btrfs::snapshot(&vol, &dir(&m.mnt), OsStr::new(name), true).expect("snapshot");
+    btrfs::snapshot(&vol, dir(&m.mnt), OsStr::new(name), true).expect("snapshot");
     m.mnt.join(name)
 }
 
@@ -115,7 +115,7 @@ fn index_bytes(r: &WriteReport) -> Vec<u8> {
 #[test]
 fn an_incremental_from_the_send_diff_equals_the_full_walk_and_restores_the_newer_snapshot() {
     let m = mounted();
-    btrfs::create_subvolume(&dir(&m.mnt), OsStr::new("vol")).expect("subvolume");
+    btrfs::create_subvolume(dir(&m.mnt), OsStr::new("vol")).expect("subvolume");
     let vol = m.mnt.join("vol");
     populate(&vol);
     let s1 = snapshot_ro(&m, "s1");
