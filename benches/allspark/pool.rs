@@ -61,6 +61,48 @@ fn wait_archived(root: &Path, deadline: Duration) {
     }
 }
 
+/// The incremental archive of the newest read-only snapshot of `cow` against the archive of the
+/// one before, written `runs` times each way (to a sink, uncompressed): from the kernel's send
+/// diff between the two snapshots (unchanged directories not walked) and from the full
+/// metadata walk. `None` when there are not two snapshots with archives.
+fn diff_vs_walk(root: &Path, runs: usize) -> Option<(Vec<f64>, Vec<f64>)> {
+    use allspark::archive::{write_tree, Index, WriteOptions};
+    use std::os::fd::AsFd;
+    let snaps = root.join("pools/p/snapshots/cow");
+    let all = ids(&snaps);
+    let [.., older, newer] = all.as_slice() else {
+        return None;
+    };
+    let index = Index::load(&root.join("snapshots/cow").join(older).join("index")).ok()?;
+    let (older, newer) = (snaps.join(older), snaps.join(newer));
+    let open = |p: &Path| std::fs::File::open(p).expect("open a read-only snapshot");
+    let (mut diff, mut walk) = (Vec::new(), Vec::new());
+    eprintln!("pool: incremental of a read-only snapshot, send diff vs walk, {runs} rounds");
+    for _ in 0..runs {
+        let t = Instant::now();
+        let mut touched =
+            allspark::pool::send_diff::between(open(&older).as_fd(), open(&newer).as_fd())
+                .expect("send diff");
+        touched.add_index_hazards(&index);
+        let skip = |rel: &[u8]| touched.skips(rel);
+        let opts = WriteOptions {
+            parent: Some(&index),
+            skip_dir: Some(&skip),
+            ..WriteOptions::default()
+        };
+        write_tree(&newer, std::io::sink(), &opts).expect("incremental from the diff");
+        diff.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let opts = WriteOptions {
+            parent: Some(&index),
+            ..WriteOptions::default()
+        };
+        write_tree(&newer, std::io::sink(), &opts).expect("incremental from the walk");
+        walk.push(t.elapsed().as_secs_f64());
+    }
+    Some((diff, walk))
+}
+
 struct Agent(Child);
 
 impl Drop for Agent {
@@ -253,6 +295,22 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
             Unit::Secs,
             bg,
         );
+    }
+
+    if let Some((diff, walk)) = diff_vs_walk(&root, if cfg.quick { 3 } else { 7 }) {
+        sec.add(
+            "pool.incr.diff",
+            "incremental archive of the last read-only snapshot: send diff, unchanged directories skipped",
+            Unit::Secs,
+            diff,
+        );
+        sec.add(
+            "pool.incr.walk",
+            "the same incremental from the metadata walk of the whole tree",
+            Unit::Secs,
+            walk,
+        );
+        sec.ratio("pool.incr.diff", "pool.incr.walk");
     }
 
     // Clones: a writable snapshot vs extracting the archive chain into a new volume.

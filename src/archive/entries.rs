@@ -89,6 +89,10 @@ impl<W: Write> Visitor for Writer<'_, '_, W> {
         match d.listing {
             Listing::Read | Listing::Reused => Ok(true),
             Listing::OtherFs => Ok(false),
+            Listing::Skipped => {
+                self.unchanged_below(d.rel, d.st.st_dev);
+                Ok(false)
+            }
             Listing::Failed(e) => {
                 self.problem(d.rel, format!("cannot list directory: {e}"));
                 self.carry_over(d.rel, false);
@@ -251,6 +255,26 @@ impl<'a, 'o, W: Write> Writer<'a, 'o, W> {
         }
         for e in parent.descendants(rel) {
             self.report.index.push_sorted(e.clone());
+        }
+    }
+
+    /// Everything below `rel`, known unchanged since the parent (see
+    /// [`WriteOptions::skip_dir`]): the parent's records, on this tree's device `dev` as a walk
+    /// would have seen them.
+    fn unchanged_below(&mut self, rel: &[u8], dev: u64) {
+        let Some(parent) = self.opts.parent else {
+            return;
+        };
+        let old_dev = parent.get(b"").map(|root| root.dev);
+        for e in parent.descendants(rel) {
+            let mut e = e.clone();
+            if Some(e.dev) == old_dev {
+                e.dev = dev;
+            }
+            if e.kind != EntryKind::Dir {
+                self.report.unchanged_skipped += 1;
+            }
+            self.report.index.push_sorted(e);
         }
     }
 

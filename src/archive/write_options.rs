@@ -22,6 +22,9 @@ pub struct WriteOptions<'a> {
     pub one_file_system: bool,
     /// Codec and compression settings used by [`write_archive`].
     pub compression: CompressOptions,
+    /// Directories known unchanged since `parent` (a snapshot diff says so): not listed, their
+    /// entries taken from the parent index. Ignored without `parent`.
+    pub skip_dir: Option<crate::fs::walk::SkipDir<'a>>,
     /// Testing aid, see [`FileHook`]. Leave `None`.
     #[doc(hidden)]
     pub before_file_read: Option<FileHook>,
@@ -34,6 +37,7 @@ impl std::fmt::Debug for WriteOptions<'_> {
             .field("progress", &self.progress.is_some())
             .field("one_file_system", &self.one_file_system)
             .field("compression", &self.compression)
+            .field("skip_dir", &self.skip_dir.is_some())
             .finish()
     }
 }

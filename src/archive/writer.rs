@@ -90,6 +90,7 @@ fn write_tree_inner<W: Write>(
     let walk_opts = walk::Options {
         one_file_system: opts.one_file_system,
         ahead: use_ahead.then_some(&read as walk::AheadFn<'_, Ahead>),
+        skip_dir: opts.skip_dir.filter(|_| opts.parent.is_some()),
         ..walk::Options::default()
     };
     walk::walk(root, st, &walk_opts, &mut w)?;

@@ -46,6 +46,10 @@ pub type ListingSource<'a> = &'a (dyn Fn(&[u8], &FileStat) -> Option<Vec<Vec<u8>
 /// handed to [`Visitor::entry`] with the entry.
 pub type AheadFn<'a, A> = &'a (dyn Fn(&File, &CStr, &[u8], &FileStat) -> Option<A> + Sync);
 
+/// Directories the walk opens but does not list (nor look inside): called on the scan
+/// threads with a directory's path relative to the root (never the root's); `true` skips it.
+pub type SkipDir<'a> = &'a (dyn Fn(&[u8]) -> bool + Sync);
+
 /// How to walk.
 pub struct Options<'a, A = ()> {
     /// Do not list directories on another filesystem than the root's (they are
@@ -57,6 +61,8 @@ pub struct Options<'a, A = ()> {
     pub listings: Option<ListingSource<'a>>,
     /// Per-entry work on the scan threads, see [`AheadFn`].
     pub ahead: Option<AheadFn<'a, A>>,
+    /// Directories not to list, see [`SkipDir`] (handed to the visitor with [`Listing::Skipped`]).
+    pub skip_dir: Option<SkipDir<'a>>,
 }
 
 impl<A> Default for Options<'_, A> {
@@ -66,6 +72,7 @@ impl<A> Default for Options<'_, A> {
             threads: 0,
             listings: None,
             ahead: None,
+            skip_dir: None,
         }
     }
 }
@@ -81,6 +88,8 @@ pub enum Listing {
     OtherFs,
     /// `readdir` failed: no entries.
     Failed(Errno),
+    /// Not listed: [`Options::skip_dir`] said so.
+    Skipped,
 }
 
 /// A directory handed to [`Visitor::dir`].
@@ -186,6 +195,7 @@ pub fn walk<V: Visitor>(
         one_fs: opts.one_file_system.then_some(st.st_dev),
         listings: opts.listings,
         ahead: opts.ahead,
+        skip_dir: opts.skip_dir,
     };
     std::thread::scope(|s| {
         let (jobs, queue) = bounded::<ScanJob<V::Ahead>>(MAX_PREFETCH);
@@ -221,6 +231,7 @@ struct ScanCx<'a, A> {
     one_fs: Option<u64>,
     listings: Option<ListingSource<'a>>,
     ahead: Option<AheadFn<'a, A>>,
+    skip_dir: Option<SkipDir<'a>>,
 }
 
 /// A directory opened (without following symlinks), listed and every entry
@@ -259,6 +270,7 @@ impl<A> ScanCx<'_, A> {
         let dir = open_at(parent, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
         let st = fstat(dir.as_raw_fd()).ok();
         let listing = match (self.one_fs, &st) {
+            _ if self.skip_dir.is_some_and(|skip| skip(rel)) => (Listing::Skipped, Vec::new()),
             (Some(dev), Some(s)) if s.st_dev != dev => (Listing::OtherFs, Vec::new()),
             (_, Some(s)) => self.list(&dir, rel, s),
             (_, None) => self.list_names(&dir, rel, None),

@@ -10,8 +10,10 @@ use crate::core::names::VolumeName;
 use crate::core::store::Store;
 use crate::fs::durable::{self, FileLock, LockKind};
 use crate::pool::cow::{self, ARCHIVING};
+use crate::pool::send_diff;
 use crate::snapshot::create::{self, CreateRequest, DEFAULT_FULL_EVERY};
 use crate::snapshot::{catalog, retention, Manifest, SnapshotError};
+use std::os::fd::AsFd;
 
 /// Archive the read-only snapshots of `volume` that have no archive yet, oldest first, then
 /// apply `keep=` to the archives. With `wait`, waits for another archiver of the volume;
@@ -47,47 +49,19 @@ pub fn catch_up(
     let root = pool
         .open_root(layout, &ctx.view)
         .map_err(|e| SnapshotError::io(format!("volume {volume}: cannot open its pool"), e))?;
+    let snaps = cow::list_in(&pool, &root, volume);
     let mut out = Vec::new();
     for c in pending(layout, &pool, &root, volume)? {
         // Pruned meanwhile (retention runs under the snapshot lock, not this one): skip it.
         let Some(ro) = cow::open_snapshot(&pool, &root, volume, &c.id)? else {
             continue;
         };
-        let source = ro.proc_path();
-        let req = CreateRequest {
-            volume,
-            source: &source,
-            trigger: c.trigger,
-            event: None,
-            driver: Some("allspark".into()),
-            full_every: DEFAULT_FULL_EVERY,
-            skip_if_mounted: false,
-            force_full: false,
-            compression: rec.spec.compression.unwrap_or(ctx.compression),
-            progress: None,
+        let near = Neighbours {
+            pool: &pool,
+            root: &root,
+            snaps: &snaps,
         };
-        let existing = catalog::list(layout, volume)?;
-        let (parent, index) = create::pick_parent(layout, &req, &existing);
-        // An incremental keeps its chain's codec; a new chain takes the volume's.
-        let compression = parent
-            .as_ref()
-            .and_then(|p| existing.iter().find(|m| &m.id == p))
-            .map_or(req.compression, |m| m.compression);
-        let tmp = vol_dir.join(format!("{ARCHIVING}{}", c.id));
-        match create::write_snapshot(
-            layout,
-            &req,
-            &c.id,
-            &tmp,
-            (parent, index.as_ref()),
-            compression,
-        ) {
-            Ok(m) => out.push(m),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e);
-            }
-        }
+        out.push(archive_one(ctx, &rec, &near, &c, &ro)?);
     }
     if !out.is_empty() {
         let removed = retention::prune(layout, volume, &rec.spec.keep)?;
@@ -96,6 +70,102 @@ pub fn catch_up(
         }
     }
     Ok(out)
+}
+
+/// Where the read-only snapshots of a volume are, for [`archive_one`].
+struct Neighbours<'a> {
+    pool: &'a crate::pool::Pool,
+    root: &'a crate::fs::beneath::Dir,
+    /// All of them, oldest first.
+    snaps: &'a [cow::CowSnapshot],
+}
+
+/// Write the archive of the read-only snapshot `c` (open as `ro`), incremental to the newest
+/// archive when the chain allows, and publish it.
+fn archive_one(
+    ctx: &Ctx,
+    rec: &crate::core::store::VolumeRecord,
+    near: &Neighbours<'_>,
+    c: &cow::CowSnapshot,
+    ro: &crate::fs::beneath::Dir,
+) -> Result<Manifest, SnapshotError> {
+    let (layout, volume) = (&ctx.layout, &rec.name);
+    let source = ro.proc_path();
+    let req = CreateRequest {
+        volume,
+        source: &source,
+        trigger: c.trigger,
+        event: None,
+        driver: Some("allspark".into()),
+        full_every: DEFAULT_FULL_EVERY,
+        skip_if_mounted: false,
+        force_full: false,
+        compression: rec.spec.compression.unwrap_or(ctx.compression),
+        progress: None,
+    };
+    let existing = catalog::list(layout, volume)?;
+    let (parent, index) = create::pick_parent(layout, &req, &existing);
+    // An incremental keeps its chain's codec; a new chain takes the volume's.
+    let compression = parent
+        .as_ref()
+        .and_then(|p| existing.iter().find(|m| &m.id == p))
+        .map_or(req.compression, |m| m.compression);
+    let touched = match (&parent, &index) {
+        (Some(p), Some(index)) => changed_since(near, volume, p, c, ro, index),
+        _ => None,
+    };
+    let skip = touched.as_ref().map(|t| move |rel: &[u8]| t.skips(rel));
+    let tmp = layout
+        .volume_snapshots(volume)
+        .join(format!("{ARCHIVING}{}", c.id));
+    let written = create::write_snapshot(
+        layout,
+        &req,
+        &c.id,
+        &tmp,
+        (parent, index.as_ref()),
+        compression,
+        skip.as_ref().map(|f| f as crate::fs::walk::SkipDir<'_>),
+    );
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written
+}
+
+/// What changed between the read-only snapshot the parent archive `parent` was written from
+/// and `c` (open as `ro`), when that snapshot is the one right before `c` and still there: the
+/// incremental then lists only the directories concerned (see [`send_diff`]). `None` walks
+/// the whole tree; a send that fails is logged.
+fn changed_since(
+    near: &Neighbours<'_>,
+    volume: &VolumeName,
+    parent: &str,
+    c: &cow::CowSnapshot,
+    ro: &crate::fs::beneath::Dir,
+    parent_index: &crate::archive::Index,
+) -> Option<send_diff::Touched> {
+    let at = near.snaps.iter().position(|s| s.id == c.id)?;
+    let previous = near.snaps[..at].last().filter(|s| s.id == parent)?;
+    let older = match cow::open_snapshot(near.pool, near.root, volume, &previous.id) {
+        Ok(Some(d)) => d,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(%volume, id = %c.id, error = %e, "cannot open the previous read-only snapshot; walking the whole tree");
+            return None;
+        }
+    };
+    match send_diff::between(older.as_fd(), ro.as_fd()) {
+        Ok(mut touched) => {
+            touched.add_index_hazards(parent_index);
+            tracing::info!(%volume, id = %c.id, paths = touched.len(), "incremental from the snapshot diff");
+            Some(touched)
+        }
+        Err(e) => {
+            tracing::warn!(%volume, id = %c.id, error = %e, "no diff between the read-only snapshots; walking the whole tree");
+            None
+        }
+    }
 }
 
 /// The read-only snapshots of `volume` newer than its newest archive, oldest first: those

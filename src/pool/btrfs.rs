@@ -1,4 +1,4 @@
-//! The btrfs ioctls allspark uses, each on a descriptor: subvolume create, snapshot (read-only or writable), destroy, quota enable, qgroup limit and qgroup figures.
+//! The btrfs ioctls allspark uses, each on a descriptor: subvolume create, snapshot (read-only or writable), destroy, quota enable, qgroup limit and qgroup figures, and a metadata-only send between two read-only snapshots.
 //!
 //! No btrfs-progs at run time: every call takes the directory descriptor opened beneath the
 //! pool's anchor (see [`crate::fs::beneath`]) and a plain name inside it, so no path is
@@ -29,11 +29,13 @@ const IOC_SUBVOL_CREATE: u64 = iow(14, 4096);
 const IOC_TREE_SEARCH: u64 = iowr(17, 4096);
 const IOC_INO_LOOKUP: u64 = iowr(18, 4096);
 const IOC_SNAP_CREATE_V2: u64 = iow(23, 4096);
+const IOC_SEND: u64 = iow(38, 72);
 const IOC_QUOTA_CTL: u64 = iowr(40, 16);
 const IOC_QGROUP_LIMIT: u64 = ior(43, 48);
 const IOC_SNAP_DESTROY_V2: u64 = iow(63, 4096);
 
 const SUBVOL_RDONLY: u64 = 1 << 1;
+const SEND_FLAG_NO_FILE_DATA: u64 = 1;
 const QUOTA_CTL_ENABLE: u64 = 1;
 const QUOTA_CTL_ENABLE_SIMPLE_QUOTA: u64 = 4;
 const QGROUP_LIMIT_MAX_RFER: u64 = 1 << 0;
@@ -56,6 +58,18 @@ struct VolArgsV2 {
     flags: u64,
     unused: [u64; 4],
     name: [u8; 4040],
+}
+
+/// `struct btrfs_ioctl_send_args`.
+#[repr(C)]
+struct SendArgs {
+    send_fd: i64,
+    clone_sources_count: u64,
+    clone_sources: *mut u64,
+    parent_root: u64,
+    flags: u64,
+    version: u32,
+    reserved: [u8; 28],
 }
 
 /// `struct btrfs_ioctl_quota_ctl_args`.
@@ -191,6 +205,24 @@ pub fn subvolume_id(fd: impl AsFd) -> io::Result<u64> {
     Ok(a.treeid)
 }
 
+/// Write the send stream (version 1) of the read-only snapshot open as `snapshot`, relative to
+/// the read-only snapshot whose subvolume id is `parent_root`, to `out` (a pipe's write end:
+/// the kernel writes until done, so a reader must drain it meanwhile). Metadata only
+/// (`BTRFS_SEND_FLAG_NO_FILE_DATA`): file data changes show as `update_extent` commands.
+/// Needs `CAP_SYS_ADMIN`; returns when the whole stream is written.
+pub fn send_no_data(snapshot: impl AsFd, parent_root: u64, out: impl AsFd) -> io::Result<()> {
+    let mut a = SendArgs {
+        send_fd: out.as_fd().as_raw_fd() as i64,
+        clone_sources_count: 0,
+        clone_sources: std::ptr::null_mut(),
+        parent_root,
+        flags: SEND_FLAG_NO_FILE_DATA,
+        version: 0,
+        reserved: [0; 28],
+    };
+    ioctl(snapshot.as_fd(), IOC_SEND, &mut a)
+}
+
 /// Enable quota groups on the filesystem of `fd` (a no-op when they are on, in either mode):
 /// simple quotas where the kernel has them (6.7 and later), full qgroups otherwise.
 ///
@@ -323,6 +355,8 @@ mod tests {
         assert_eq!(IOC_QGROUP_LIMIT, 0x8030_942B);
         assert_eq!(IOC_INO_LOOKUP, 0xD000_9412);
         assert_eq!(IOC_TREE_SEARCH, 0xD000_9411);
+        assert_eq!(IOC_SEND, 0x4048_9426);
+        assert_eq!(std::mem::size_of::<SendArgs>(), 72);
         assert_eq!(std::mem::size_of::<VolArgs>(), 4096);
         assert_eq!(std::mem::size_of::<VolArgsV2>(), 4096);
         assert_eq!(std::mem::size_of::<InoLookupArgs>(), 4096);

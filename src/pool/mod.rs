@@ -15,6 +15,7 @@ pub mod create;
 pub mod image;
 pub mod location;
 pub mod restore;
+pub mod send_diff;
 pub mod topology;
 pub mod tree;
 

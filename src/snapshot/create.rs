@@ -119,6 +119,7 @@ pub fn create(layout: &Layout, req: &CreateRequest) -> Result<CreateOutcome, Sna
         &tmp,
         (parent, parent_index.as_ref()),
         compression,
+        None,
     );
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
@@ -160,6 +161,7 @@ pub(crate) fn write_snapshot(
     tmp: &Path,
     (parent, parent_index): (Option<String>, Option<&Index>),
     compression: Compression,
+    skip_dir: Option<crate::fs::walk::SkipDir<'_>>,
 ) -> Result<Manifest, SnapshotError> {
     let started = Instant::now();
     let created_at = Utc::now();
@@ -183,6 +185,7 @@ pub(crate) fn write_snapshot(
         parent: parent_index,
         progress,
         compression: CompressOptions::new(compression),
+        skip_dir,
         ..Default::default()
     };
     let report = archive::write_archive(req.source, file, &opts)?;

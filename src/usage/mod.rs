@@ -254,7 +254,7 @@ impl Visitor for Counter<'_> {
                 self.walk.dirs_reused += 1;
                 self.reused.push(d.rel.to_vec());
             }
-            Listing::OtherFs => return Ok(false),
+            Listing::OtherFs | Listing::Skipped => return Ok(false),
             Listing::Failed(e) => {
                 self.error(d.rel, e);
                 return Ok(false);
@@ -318,6 +318,7 @@ fn walk(
         threads: opts.threads.max(2),
         listings: old.is_some().then_some(&known as walk::ListingSource<'_>),
         ahead: None,
+        skip_dir: None,
     };
     let mut counter = Counter {
         root,

@@ -5,6 +5,7 @@ mod support;
 
 mod codecs;
 mod incremental;
+mod incremental_send;
 mod live;
 mod malicious;
 mod roundtrip;

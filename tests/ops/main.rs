@@ -9,6 +9,7 @@ mod metrics;
 mod operations;
 mod pool;
 mod pool_admin;
+mod pool_send;
 mod remote;
 mod remote_chains;
 mod shared_tree;
