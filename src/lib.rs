@@ -10,17 +10,19 @@
 //! - [`ops`]: operator workflows (migrate, workspace cleanup, templates, volume references, disaster recovery).
 //! - [`docker`]: the Docker API façade; [`cli`]: one function per subcommand.
 
+#![warn(unreachable_pub)]
+
 pub mod agent;
 pub mod archive;
-pub mod backup;
+pub(crate) mod backup;
 pub mod cli;
 pub mod context;
 pub mod core;
-pub mod docker;
+pub(crate) mod docker;
 pub mod fs;
 pub mod ops;
 pub mod plugin;
 pub mod pool;
-pub mod remote;
+pub(crate) mod remote;
 pub mod snapshot;
 pub mod usage;

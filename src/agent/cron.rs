@@ -79,7 +79,7 @@ fn translate_dow(field: &str) -> Result<String, String> {
 }
 
 /// Parse a standard 5-field cron expression (the cron crate wants seconds first and numbers Sunday 1).
-pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+pub(crate) fn parse_cron(expr: &str) -> Result<Cron, String> {
     let fields: Vec<&str> = expr.split_whitespace().collect();
     if fields.len() != 5 {
         return Err(format!(
@@ -115,7 +115,11 @@ impl Cron {
 
 /// Is a job due: its latest due time (at or before `now`) is after its last run?
 /// A job that never ran is not due (its baseline is set when first seen).
-pub fn due<Z: TimeZone>(cron: &Cron, last_run: Option<DateTime<Utc>>, now: &DateTime<Z>) -> bool {
+pub(crate) fn due<Z: TimeZone>(
+    cron: &Cron,
+    last_run: Option<DateTime<Utc>>,
+    now: &DateTime<Z>,
+) -> bool {
     match (last_run, cron.latest_due(now)) {
         (Some(last), Some(latest)) => latest.with_timezone(&Utc) > last,
         _ => false,
@@ -124,16 +128,16 @@ pub fn due<Z: TimeZone>(cron: &Cron, last_run: Option<DateTime<Utc>>, now: &Date
 
 /// `schedule.json`: last run (start time) per job.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct State {
+pub(crate) struct State {
     #[serde(default)]
     pub last_run: BTreeMap<String, DateTime<Utc>>,
 }
 
-pub fn state_path(layout: &Layout) -> PathBuf {
+pub(crate) fn state_path(layout: &Layout) -> PathBuf {
     layout.agent_dir().join("schedule.json")
 }
 
-pub fn load_state(layout: &Layout) -> State {
+pub(crate) fn load_state(layout: &Layout) -> State {
     let p = state_path(layout);
     match std::fs::read(&p) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
@@ -144,7 +148,7 @@ pub fn load_state(layout: &Layout) -> State {
     }
 }
 
-pub fn save_state(layout: &Layout, s: &State) -> anyhow::Result<()> {
+pub(crate) fn save_state(layout: &Layout, s: &State) -> anyhow::Result<()> {
     let p = state_path(layout);
     durable::ensure_dir(&layout.agent_dir(), 0o700)?;
     durable::atomic_write(&p, &serde_json::to_vec_pretty(s)?, 0o600)

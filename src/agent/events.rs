@@ -16,13 +16,13 @@ use crate::core::spool::{self, Event, EventKind};
 use crate::fs::durable;
 
 /// The label that asks for a snapshot of a container's volumes when it stops.
-pub const SNAPSHOT_LABEL: &str = "allspark.snapshot";
+pub(crate) const SNAPSHOT_LABEL: &str = "allspark.snapshot";
 /// The label value for that.
-pub const ON_STOP: &str = "on-stop";
+pub(crate) const ON_STOP: &str = "on-stop";
 
 /// The last event handled, persisted so a reconnect or a restart resumes after it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
+pub(crate) struct Cursor {
     pub time_nano: i64,
 }
 
@@ -48,7 +48,7 @@ fn save_cursor(layout: &Layout, c: Cursor) {
 /// volume `unmount` events Docker sends when such a container stops (they name the volume and
 /// the container), so a `--rm` container that is gone by the time the events are read, e.g.
 /// after the agent was down, is still handled.
-pub async fn watch(layout: Layout, docker_url: String) {
+pub(crate) async fn watch(layout: Layout, docker_url: String) {
     let mut labelled: HashSet<String> = HashSet::new();
     let mut cursor = load_cursor(&layout).unwrap_or(Cursor {
         time_nano: Utc::now().timestamp_nanos_opt().unwrap_or_default(),
@@ -127,7 +127,7 @@ pub async fn watch(layout: Layout, docker_url: String) {
 }
 
 /// Update what is known from one event; a spool event when a labelled container's volume was unmounted.
-pub fn interpret(msg: &EventMessage, labelled: &mut HashSet<String>) -> Option<Event> {
+pub(crate) fn interpret(msg: &EventMessage, labelled: &mut HashSet<String>) -> Option<Event> {
     let actor = msg.actor.as_ref()?;
     let id = actor.id.clone().unwrap_or_default();
     let attrs = actor.attributes.clone().unwrap_or_default();

@@ -31,7 +31,7 @@ use crate::fs::durable;
 
 /// One container's maintenance command.
 #[derive(Clone, Debug)]
-pub struct Task {
+pub(crate) struct Task {
     /// Container name (the key of its history).
     pub container: String,
     pub id: String,
@@ -42,13 +42,13 @@ pub struct Task {
 
 impl Task {
     /// Key of its last run in `schedule.json`.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!("maintenance:{}", self.container)
     }
 }
 
 /// The maintenance tasks of these (running) containers, by container name.
-pub fn tasks(containers: &[ContainerInfo]) -> Vec<Task> {
+pub(crate) fn tasks(containers: &[ContainerInfo]) -> Vec<Task> {
     let mut out: Vec<Task> = containers
         .iter()
         .filter_map(|c| {
@@ -78,7 +78,7 @@ pub fn tasks(containers: &[ContainerInfo]) -> Vec<Task> {
 }
 
 /// The tasks due now; tasks never seen get their baseline in `state` (pure).
-pub fn due_tasks<'a, Z: TimeZone>(
+pub(crate) fn due_tasks<'a, Z: TimeZone>(
     tasks: &'a [Task],
     state: &mut State,
     now: &DateTime<Z>,
@@ -102,7 +102,7 @@ pub fn due_tasks<'a, Z: TimeZone>(
 
 /// Counts and last result of one container's maintenance.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ContainerStats {
+pub(crate) struct ContainerStats {
     pub command: String,
     pub ok: u64,
     pub failed: u64,
@@ -113,15 +113,15 @@ pub struct ContainerStats {
 }
 
 /// `maintenance.json`: container name -> stats.
-pub type Stats = BTreeMap<String, ContainerStats>;
+pub(crate) type Stats = BTreeMap<String, ContainerStats>;
 
 /// `<root>/state/agent/maintenance.json`.
-pub fn stats_path(layout: &Layout) -> PathBuf {
+pub(crate) fn stats_path(layout: &Layout) -> PathBuf {
     layout.agent_dir().join("maintenance.json")
 }
 
 /// The recorded stats (empty when absent or unreadable).
-pub fn load_stats(layout: &Layout) -> Stats {
+pub(crate) fn load_stats(layout: &Layout) -> Stats {
     std::fs::read(stats_path(layout))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -129,7 +129,7 @@ pub fn load_stats(layout: &Layout) -> Stats {
 }
 
 /// Count one run of `container`'s `command` (atomically rewrites the file).
-pub fn record(
+pub(crate) fn record(
     layout: &Layout,
     container: &str,
     command: &str,
@@ -159,7 +159,7 @@ pub fn record(
 }
 
 /// Run one task now: `Ok(output tail)` when it exits 0, else a sentence.
-pub fn run_task(ctx: &Ctx, task: &Task) -> Result<String, String> {
+pub(crate) fn run_task(ctx: &Ctx, task: &Task) -> Result<String, String> {
     let r = crate::docker::block_on(async {
         let docker = crate::docker::connect(&ctx.docker_url)
             .await
@@ -195,7 +195,7 @@ pub fn run_task(ctx: &Ctx, task: &Task) -> Result<String, String> {
 
 /// The scheduler's view of the maintenance tasks between two looks.
 #[derive(Default)]
-pub struct Maintainer {
+pub(crate) struct Maintainer {
     tasks: Vec<Task>,
     /// Label problems already logged (logged once, not every minute).
     warned: HashSet<String>,
@@ -203,7 +203,7 @@ pub struct Maintainer {
 
 impl Maintainer {
     /// List the labelled containers, run the due tasks, record them.
-    pub fn run_due(&mut self, ctx: &Ctx, settings: &Settings) {
+    pub(crate) fn run_due(&mut self, ctx: &Ctx, settings: &Settings) {
         let listed = crate::docker::block_on(async {
             let docker = crate::docker::connect(&ctx.docker_url).await?;
             crate::backup::run::running_containers(&docker, settings.container_label.as_ref()).await
@@ -259,7 +259,7 @@ impl Maintainer {
     }
 
     /// The next due time of the tasks last seen.
-    pub fn next_due<Z: TimeZone>(&self, now: &DateTime<Z>) -> Option<DateTime<Z>> {
+    pub(crate) fn next_due<Z: TimeZone>(&self, now: &DateTime<Z>) -> Option<DateTime<Z>> {
         self.tasks
             .iter()
             .filter_map(|t| t.cron.as_ref().ok())

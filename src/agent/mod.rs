@@ -1,13 +1,13 @@
 //! The `allspark agent` process: spool consumer, Docker events, schedules (backups, verify, maintenance), usage and metrics, until SIGTERM.
 
 pub mod alerts;
-pub mod cron;
-pub mod events;
-pub mod maintenance;
+pub(crate) mod cron;
+pub(crate) mod events;
+pub(crate) mod maintenance;
 pub mod metrics;
-pub mod schedule;
-pub mod spool_worker;
-pub mod usage_task;
+pub(crate) mod schedule;
+pub(crate) mod spool_worker;
+pub(crate) mod usage_task;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

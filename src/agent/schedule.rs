@@ -33,11 +33,11 @@ use crate::context::Ctx;
 use crate::fs::durable;
 
 /// Default cron expressions.
-pub const DEFAULT_HOURLY: &str = "0 * * * *";
-pub const DEFAULT_DAILY: &str = "0 2 * * *";
-pub const DEFAULT_WEEKLY: &str = "0 3 * * 0";
-pub const DEFAULT_MONTHLY: &str = "0 4 1 * *";
-pub const DEFAULT_VERIFY: &str = "0 5 2 * *";
+pub(crate) const DEFAULT_HOURLY: &str = "0 * * * *";
+pub(crate) const DEFAULT_DAILY: &str = "0 2 * * *";
+pub(crate) const DEFAULT_WEEKLY: &str = "0 3 * * 0";
+pub(crate) const DEFAULT_MONTHLY: &str = "0 4 1 * *";
+pub(crate) const DEFAULT_VERIFY: &str = "0 5 2 * *";
 
 /// The scheduler looks at the clock (and at leftover stopped containers) at least this often.
 const RECHECK: Duration = Duration::from_secs(60);
@@ -84,7 +84,7 @@ impl ScheduleConfig {
 }
 
 /// The jobs due now, and the state with baselines for jobs never seen (pure).
-pub fn due_jobs<Z: TimeZone>(
+pub(crate) fn due_jobs<Z: TimeZone>(
     cfg: &ScheduleConfig,
     state: &mut State,
     now: &DateTime<Z>,
@@ -108,7 +108,7 @@ pub fn due_jobs<Z: TimeZone>(
 }
 
 /// Run one job now.
-pub fn run_job(ctx: &Ctx, cfg: &ScheduleConfig, job: Job, cancel: &Arc<AtomicBool>) {
+pub(crate) fn run_job(ctx: &Ctx, cfg: &ScheduleConfig, job: Job, cancel: &Arc<AtomicBool>) {
     match job {
         Job::Backup(kind) => {
             let r = backup::run::run(
@@ -135,7 +135,7 @@ pub fn run_job(ctx: &Ctx, cfg: &ScheduleConfig, job: Job, cancel: &Arc<AtomicBoo
 }
 
 /// Push what the remote lacks and apply its retention; log the outcome.
-pub fn push_offsite(ctx: &Ctx, cfg: &ScheduleConfig, remote: &str) {
+pub(crate) fn push_offsite(ctx: &Ctx, cfg: &ScheduleConfig, remote: &str) {
     let (report, errors) =
         crate::remote::push::push_and_prune(&ctx.layout, remote, &cfg.settings, None);
     if let Some(r) = report {
@@ -156,7 +156,7 @@ struct LastVerify {
 }
 
 /// Verify the newest complete backup of each type; log and record the result.
-pub fn verify_newest(ctx: &Ctx, settings: &Settings) {
+pub(crate) fn verify_newest(ctx: &Ctx, settings: &Settings) {
     let mut rec = LastVerify {
         finished_at: Utc::now(),
         ok: true,
@@ -195,7 +195,7 @@ pub fn verify_newest(ctx: &Ctx, settings: &Settings) {
 }
 
 /// Run the schedule until `stop` is set: catch up missed jobs once, then sleep until the next due time.
-pub fn run_loop(ctx: Ctx, cfg: ScheduleConfig, stop: Arc<AtomicBool>) {
+pub(crate) fn run_loop(ctx: Ctx, cfg: ScheduleConfig, stop: Arc<AtomicBool>) {
     tracing::info!(
         hourly = %cfg.hourly.source,
         daily = %cfg.daily.source,
@@ -266,7 +266,7 @@ pub fn run_loop(ctx: Ctx, cfg: ScheduleConfig, stop: Arc<AtomicBool>) {
 }
 
 /// Start the scheduler on its own thread.
-pub fn spawn(
+pub(crate) fn spawn(
     ctx: Ctx,
     cfg: ScheduleConfig,
     stop: Arc<AtomicBool>,

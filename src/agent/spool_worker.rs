@@ -14,19 +14,19 @@ use crate::snapshot::{CreateOutcome, Trigger};
 
 /// Retry bookkeeping of failed events (in memory: a restarted agent simply retries at once).
 #[derive(Default)]
-pub struct SpoolWorker {
+pub(crate) struct SpoolWorker {
     retry_at: HashMap<PathBuf, (Instant, Duration)>,
     /// Where prompt measurements go (besides the usage cache `docker volume inspect` reads).
     metrics: Option<Arc<MetricsState>>,
 }
 
 /// First retry delay after a failure; doubles up to `MAX_BACKOFF`.
-pub const FIRST_BACKOFF: Duration = Duration::from_secs(5);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 impl SpoolWorker {
     /// A worker that also puts prompt measurements into `metrics`.
-    pub fn with_metrics(metrics: Arc<MetricsState>) -> SpoolWorker {
+    pub(crate) fn with_metrics(metrics: Arc<MetricsState>) -> SpoolWorker {
         SpoolWorker {
             metrics: Some(metrics),
             ..Default::default()
@@ -35,7 +35,7 @@ impl SpoolWorker {
 
     /// Handle every pending event that is due, oldest first, then the measure requests.
     /// Returns how many events were completed.
-    pub fn run_once(&mut self, ctx: &Ctx) -> usize {
+    pub(crate) fn run_once(&mut self, ctx: &Ctx) -> usize {
         let done = self.events(ctx);
         for volume in spool::take_measure_requests(&ctx.layout) {
             measure(ctx, &volume, self.metrics.as_deref());

@@ -12,7 +12,7 @@ use crate::core::layout::{HostView, Layout};
 use crate::usage::ReportOptions;
 
 /// Measure now and then every `every`, until `stop` turns true.
-pub async fn run(
+pub(crate) async fn run(
     layout: Layout,
     view: HostView,
     cfg: AlertConfig,

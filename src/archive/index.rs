@@ -113,7 +113,7 @@ impl IndexEntry {
 }
 
 /// Compare two relative paths component by component (tree order).
-pub fn tree_order(a: &[u8], b: &[u8]) -> Ordering {
+pub(crate) fn tree_order(a: &[u8], b: &[u8]) -> Ordering {
     let mut ai = a.split(|&c| c == b'/').filter(|c| !c.is_empty());
     let mut bi = b.split(|&c| c == b'/').filter(|c| !c.is_empty());
     loop {
@@ -130,7 +130,7 @@ pub fn tree_order(a: &[u8], b: &[u8]) -> Ordering {
 }
 
 /// True if `path` is `dir` or lies below it (relative paths, raw bytes).
-pub fn is_within(path: &[u8], dir: &[u8]) -> bool {
+pub(crate) fn is_within(path: &[u8], dir: &[u8]) -> bool {
     if dir.is_empty() {
         return true;
     }

@@ -69,10 +69,10 @@
 //! and computes the archive's sha256 on the way ([`ExtractReport::sha256`]),
 //! so callers check it without reading the file twice.
 
-pub mod compress;
-pub mod index;
-pub mod reader;
-pub mod writer;
+pub(crate) mod compress;
+pub(crate) mod index;
+pub(crate) mod reader;
+pub(crate) mod writer;
 
 mod decode;
 mod entries;
@@ -90,7 +90,9 @@ pub use crate::core::options::Compression;
 pub use compress::{CompressOptions, CompressStats, ParallelWriter};
 pub use index::{EntryKind, Index, IndexEntry};
 pub use reader::{apply_deletions, extract, DeletionReport, ExtractOptions, ExtractReport};
-pub use writer::{write_archive, write_tree, WriteOptions, WriteReport};
+pub use write_options::{FileHook, ProgressFn};
+pub use write_options::{WriteOptions, WriteReport};
+pub use writer::{write_archive, write_tree};
 
 /// Everything that can go wrong while writing or reading an archive.
 #[derive(Debug, thiserror::Error)]

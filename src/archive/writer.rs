@@ -30,7 +30,7 @@ use super::tar_out::TarOut;
 use super::{ArchiveError, EntryKind};
 use crate::fs::walk;
 
-pub use super::write_options::{FileHook, ProgressFn, WriteOptions, WriteReport};
+use super::write_options::{WriteOptions, WriteReport};
 
 /// Write the tree at `src` as an uncompressed tar stream to `out`.
 ///

@@ -17,7 +17,7 @@ use super::{parse_dir_name, BackupType, Settings};
 
 /// One backup directory.
 #[derive(Clone, Debug, Serialize)]
-pub struct BackupEntry {
+pub(crate) struct BackupEntry {
     #[serde(rename = "type")]
     pub kind: BackupType,
     pub dir: PathBuf,
@@ -43,14 +43,14 @@ pub struct BackupEntry {
 
 impl BackupEntry {
     /// Complete and its outcome is `ok`.
-    pub fn is_ok(&self) -> bool {
+    pub(crate) fn is_ok(&self) -> bool {
         self.manifest.as_ref().is_some_and(|m| m.is_ok())
     }
 }
 
 /// Every backup directory of every type, oldest first within a type (types in order daily, weekly, monthly).
 /// Names that are not `YYYYmmdd_HHMMSS` (scratch dirs, stray files) are skipped.
-pub fn list(settings: &Settings) -> anyhow::Result<Vec<BackupEntry>> {
+pub(crate) fn list(settings: &Settings) -> anyhow::Result<Vec<BackupEntry>> {
     let mut out = Vec::new();
     for kind in BackupType::ALL {
         out.extend(list_type(settings, kind)?);
@@ -59,7 +59,7 @@ pub fn list(settings: &Settings) -> anyhow::Result<Vec<BackupEntry>> {
 }
 
 /// The backup directories of one type, oldest first.
-pub fn list_type(settings: &Settings, kind: BackupType) -> anyhow::Result<Vec<BackupEntry>> {
+pub(crate) fn list_type(settings: &Settings, kind: BackupType) -> anyhow::Result<Vec<BackupEntry>> {
     let dir = settings.type_dir(kind);
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => rd,

@@ -13,7 +13,7 @@ use crate::docker::ContainerInfo;
 
 /// A dump to restore.
 #[derive(Clone, Debug, Serialize)]
-pub struct PlannedDump {
+pub(crate) struct PlannedDump {
     pub name: String,
     pub file: String,
     /// The container whose restore command reads it.
@@ -31,7 +31,7 @@ pub struct PlannedDump {
 
 /// Split `--database` arguments (`NAME` or `NAME=CONTAINER`) into the dump names and the
 /// overrides; a dump named twice is refused.
-pub fn parse_database_args(
+pub(crate) fn parse_database_args(
     args: &[String],
 ) -> anyhow::Result<(Vec<String>, std::collections::BTreeMap<String, String>)> {
     let mut names: Vec<String> = Vec::new();
@@ -70,7 +70,7 @@ pub(super) fn take_hook(d: &mut PlannedDump, c: &ContainerInfo) {
 /// The container an operator named for dump `name` (`--database NAME=CONTAINER`, by name or
 /// id): it must exist, run, and carry a restore command. Its dump name and producer are not
 /// compared: naming it is the operator's decision.
-pub fn chosen_hook<'a>(
+pub(crate) fn chosen_hook<'a>(
     name: &str,
     target: &str,
     all: &'a [ContainerInfo],
@@ -112,7 +112,7 @@ pub fn chosen_hook<'a>(
 /// them) every candidate is kept: the dump name alone decides, as it did.
 /// With one, only a container of the same identity ([`Producer::matches`]);
 /// when candidates exist but none matches, the refusal names each mismatch.
-pub fn select_hook<'a>(
+pub(crate) fn select_hook<'a>(
     name: &str,
     producer: Option<&Producer>,
     candidates: &[&'a ContainerInfo],

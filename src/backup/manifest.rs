@@ -32,12 +32,12 @@ use crate::core::options::Compression;
 use crate::fs::durable;
 
 /// File name of the manifest inside a backup directory.
-pub const MANIFEST: &str = "manifest.json";
+pub(crate) const MANIFEST: &str = "manifest.json";
 
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     Failed,
 }
@@ -45,14 +45,14 @@ pub enum Outcome {
 /// What a file of the backup holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum FileKind {
+pub(crate) enum FileKind {
     Volume,
     Database,
 }
 
 /// One file of the backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileEntry {
+pub(crate) struct FileEntry {
     /// File name inside the backup directory, e.g. `postgres-data.tar.zst`.
     pub name: String,
     pub kind: FileKind,
@@ -81,9 +81,9 @@ pub struct FileEntry {
 }
 
 /// Compose's project label.
-pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub(crate) const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 /// Compose's service label.
-pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+pub(crate) const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 
 /// The identity of the container a dump came from.
 ///
@@ -93,7 +93,7 @@ pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 /// the same container name. The image is recorded for the operator, not
 /// compared (a database is restored into a newer image on purpose).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Producer {
+pub(crate) struct Producer {
     /// The container's name at backup time.
     pub container: String,
     /// Its image, as Docker listed it.
@@ -107,7 +107,7 @@ pub struct Producer {
 
 impl Producer {
     /// The identity of container `c`.
-    pub fn of(c: &crate::docker::ContainerInfo) -> Producer {
+    pub(crate) fn of(c: &crate::docker::ContainerInfo) -> Producer {
         let label = |k: &str| c.labels.get(k).filter(|v| !v.is_empty()).cloned();
         Producer {
             container: c.name.clone(),
@@ -126,7 +126,7 @@ impl Producer {
     }
 
     /// `compose service db of project shop (container shop-db-1, image postgres:16)`, or `container db (image …)`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let image = if self.image.is_empty() {
             String::new()
         } else {
@@ -142,7 +142,7 @@ impl Producer {
     }
 
     /// `Ok` when `other` is the same producer; else the mismatch, in words.
-    pub fn matches(&self, other: &Producer) -> Result<(), String> {
+    pub(crate) fn matches(&self, other: &Producer) -> Result<(), String> {
         match (self.compose(), other.compose()) {
             (Some(a), Some(b)) if a == b => Ok(()),
             (Some(_), _) => Err(format!(
@@ -162,7 +162,7 @@ impl Producer {
 
 /// `manifest.json` of a backup directory.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BackupManifest {
+pub(crate) struct BackupManifest {
     #[serde(with = "secs")]
     pub timestamp: DateTime<Utc>,
     #[serde(rename = "type")]
@@ -200,24 +200,24 @@ pub struct BackupManifest {
 
 /// A volume record as the manifest keeps it: enough to create the volume again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordEntry {
+pub(crate) struct RecordEntry {
     pub name: crate::core::names::VolumeName,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
 
 impl BackupManifest {
-    pub fn is_ok(&self) -> bool {
+    pub(crate) fn is_ok(&self) -> bool {
         self.outcome == Some(Outcome::Ok)
     }
 
     /// The entry of file `name`.
-    pub fn file(&self, name: &str) -> Option<&FileEntry> {
+    pub(crate) fn file(&self, name: &str) -> Option<&FileEntry> {
         self.files.iter().find(|f| f.name == name)
     }
 
     /// `ok`, `failed` or `unknown` (old script).
-    pub fn outcome_str(&self) -> &'static str {
+    pub(crate) fn outcome_str(&self) -> &'static str {
         match self.outcome {
             Some(Outcome::Ok) => "ok",
             Some(Outcome::Failed) => "failed",
@@ -227,7 +227,7 @@ impl BackupManifest {
 }
 
 /// The records to keep in a manifest, by name.
-pub fn records_of(
+pub(crate) fn records_of(
     records: &[std::sync::Arc<crate::core::store::VolumeRecord>],
 ) -> Vec<RecordEntry> {
     let mut v: Vec<RecordEntry> = records
@@ -242,7 +242,7 @@ pub fn records_of(
 }
 
 /// Read the manifest of backup directory `dir`; `Ok(None)` when there is none (incomplete backup).
-pub fn read(dir: &Path) -> anyhow::Result<Option<BackupManifest>> {
+pub(crate) fn read(dir: &Path) -> anyhow::Result<Option<BackupManifest>> {
     let path = super::manifest_path(dir);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -258,7 +258,7 @@ pub fn read(dir: &Path) -> anyhow::Result<Option<BackupManifest>> {
 }
 
 /// Read the manifest of `dir`, refusing an incomplete backup.
-pub fn read_required(dir: &Path) -> anyhow::Result<BackupManifest> {
+pub(crate) fn read_required(dir: &Path) -> anyhow::Result<BackupManifest> {
     read(dir)?.with_context(|| {
         format!(
             "{} has no manifest.json: it is not a backup directory, or the backup is incomplete (interrupted or still running); pick a complete one with `allspark backup ls`",
@@ -268,7 +268,7 @@ pub fn read_required(dir: &Path) -> anyhow::Result<BackupManifest> {
 }
 
 /// Write the manifest of `dir` atomically.
-pub fn write(dir: &Path, m: &BackupManifest) -> anyhow::Result<()> {
+pub(crate) fn write(dir: &Path, m: &BackupManifest) -> anyhow::Result<()> {
     let path = super::manifest_path(dir);
     let mut bytes = serde_json::to_vec_pretty(m)?;
     bytes.push(b'\n');
@@ -282,7 +282,7 @@ pub fn write(dir: &Path, m: &BackupManifest) -> anyhow::Result<()> {
 
 /// `<root>/state/agent/last-backup-<type>.json`, read by the metrics.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LastBackup {
+pub(crate) struct LastBackup {
     pub finished_at: DateTime<Utc>,
     pub ok: bool,
     /// The backup directory (absent when the run failed before creating it).
@@ -291,7 +291,7 @@ pub struct LastBackup {
 }
 
 /// Record the end of a run of `kind` atomically.
-pub fn write_last(
+pub(crate) fn write_last(
     layout: &crate::core::layout::Layout,
     kind: BackupType,
     rec: &LastBackup,
@@ -309,11 +309,11 @@ mod secs {
     use super::*;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let s = String::deserialize(d)?;
         DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))

@@ -34,15 +34,15 @@
 //! | `allspark.maintenance.exec=<command>` | `sh -c <command>` is exec'd by the agent on the label's schedule |
 //! | `allspark.maintenance.schedule=<cron>` | when: a 5-field cron expression, local time |
 
-pub mod catalog;
-pub mod dump;
-pub mod feed;
-pub mod manifest;
-pub mod quiesce;
-pub mod restore;
-pub mod retention;
-pub mod run;
-pub mod verify;
+pub(crate) mod catalog;
+pub(crate) mod dump;
+pub(crate) mod feed;
+pub(crate) mod manifest;
+pub(crate) mod quiesce;
+pub(crate) mod restore;
+pub(crate) mod retention;
+pub(crate) mod run;
+pub(crate) mod verify;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -51,25 +51,23 @@ use std::str::FromStr;
 use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 
-pub use manifest::{BackupManifest, FileEntry, FileKind, Outcome, RecordEntry};
-
 /// Label: the dump command of a database container.
-pub const LABEL_DUMP: &str = "allspark.backup.dump";
+pub(crate) const LABEL_DUMP: &str = "allspark.backup.dump";
 /// Label: the name of the dump (file `<name>.sql.gz`).
-pub const LABEL_NAME: &str = "allspark.backup.name";
+pub(crate) const LABEL_NAME: &str = "allspark.backup.name";
 /// Label: stop this container while a backup runs.
-pub const LABEL_STOP: &str = "allspark.backup.stop";
+pub(crate) const LABEL_STOP: &str = "allspark.backup.stop";
 /// Label: the command that reads a dump on stdin at restore.
-pub const LABEL_RESTORE: &str = "allspark.restore.exec";
+pub(crate) const LABEL_RESTORE: &str = "allspark.restore.exec";
 /// Label: a readiness command run until it succeeds before the restore command.
-pub const LABEL_RESTORE_WAIT: &str = "allspark.restore.wait";
+pub(crate) const LABEL_RESTORE_WAIT: &str = "allspark.restore.wait";
 /// Label: a maintenance command the agent runs on a schedule.
-pub const LABEL_MAINTENANCE_EXEC: &str = "allspark.maintenance.exec";
+pub(crate) const LABEL_MAINTENANCE_EXEC: &str = "allspark.maintenance.exec";
 /// Label: the cron schedule of the maintenance command.
-pub const LABEL_MAINTENANCE_SCHEDULE: &str = "allspark.maintenance.schedule";
+pub(crate) const LABEL_MAINTENANCE_SCHEDULE: &str = "allspark.maintenance.schedule";
 
 /// Format of a backup directory's name (local time).
-pub const DIR_FORMAT: &str = "%Y%m%d_%H%M%S";
+pub(crate) const DIR_FORMAT: &str = "%Y%m%d_%H%M%S";
 
 /// The four kinds of scheduled backup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -223,7 +221,7 @@ impl Settings {
 }
 
 /// The time encoded in a backup directory's name, if it is one.
-pub fn parse_dir_name(name: &str) -> Option<NaiveDateTime> {
+pub(crate) fn parse_dir_name(name: &str) -> Option<NaiveDateTime> {
     if name.len() != 15 {
         return None;
     }
@@ -231,27 +229,27 @@ pub fn parse_dir_name(name: &str) -> Option<NaiveDateTime> {
 }
 
 /// The name of a backup directory for a (local) time.
-pub fn dir_name(t: NaiveDateTime) -> String {
+pub(crate) fn dir_name(t: NaiveDateTime) -> String {
     t.format(DIR_FORMAT).to_string()
 }
 
 /// The `manifest.json` of a backup directory.
-pub fn manifest_path(dir: &Path) -> PathBuf {
+pub(crate) fn manifest_path(dir: &Path) -> PathBuf {
     dir.join(manifest::MANIFEST)
 }
 
 /// Where the last run of `kind` is recorded for metrics.
-pub fn last_backup_path(layout: &crate::core::layout::Layout, kind: BackupType) -> PathBuf {
+pub(crate) fn last_backup_path(layout: &crate::core::layout::Layout, kind: BackupType) -> PathBuf {
     layout.agent_dir().join(format!("last-backup-{kind}.json"))
 }
 
 /// Lock serialising backups and restores on one state root (`<root>/state/agent/backup.lock`).
-pub fn lock_path(layout: &crate::core::layout::Layout) -> PathBuf {
+pub(crate) fn lock_path(layout: &crate::core::layout::Layout) -> PathBuf {
     layout.agent_dir().join("backup.lock")
 }
 
 /// Take the backup lock, waiting (and saying so) when another backup or restore holds it.
-pub fn take_lock(
+pub(crate) fn take_lock(
     layout: &crate::core::layout::Layout,
 ) -> anyhow::Result<crate::fs::durable::FileLock> {
     use crate::fs::durable::{ensure_dir, FileLock, LockKind};

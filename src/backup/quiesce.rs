@@ -22,20 +22,20 @@ use crate::docker::ContainerInfo;
 use crate::fs::durable;
 
 /// `<root>/state/agent/stopped-for-backup.json`.
-pub fn record_path(layout: &Layout) -> PathBuf {
+pub(crate) fn record_path(layout: &Layout) -> PathBuf {
     layout.agent_dir().join("stopped-for-backup.json")
 }
 
 /// A container we stop.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stopped {
+pub(crate) struct Stopped {
     pub id: String,
     pub name: String,
 }
 
 /// The record on disk.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StoppedRecord {
+pub(crate) struct StoppedRecord {
     /// `backup daily`, `restore …`.
     pub operation: String,
     pub pid: u32,
@@ -72,7 +72,7 @@ fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
 
 /// Stop one container (Docker API), with the container's own stop timeout
 /// (`stop_grace_period` in compose, `--stop-timeout`; Docker's default 10 s).
-pub async fn stop_container(docker: &Docker, c: &Stopped) -> Result<(), String> {
+pub(crate) async fn stop_container(docker: &Docker, c: &Stopped) -> Result<(), String> {
     match docker
         .stop_container(&c.id, None::<StopContainerOptions>)
         .await
@@ -87,7 +87,7 @@ pub async fn stop_container(docker: &Docker, c: &Stopped) -> Result<(), String> 
 }
 
 /// Start one container again. `Ok(false)` when it no longer exists.
-pub async fn start_container(docker: &Docker, c: &Stopped) -> Result<bool, String> {
+pub(crate) async fn start_container(docker: &Docker, c: &Stopped) -> Result<bool, String> {
     match docker
         .start_container(&c.id, None::<StartContainerOptions<String>>)
         .await
@@ -104,7 +104,7 @@ pub async fn start_container(docker: &Docker, c: &Stopped) -> Result<bool, Strin
 
 /// Stops containers and guarantees they are started again (explicitly with
 /// [`StopGuard::restart_all`], or when dropped).
-pub struct StopGuard<'a> {
+pub(crate) struct StopGuard<'a> {
     layout: Layout,
     rt: &'a Runtime,
     docker: Docker,
@@ -114,7 +114,7 @@ pub struct StopGuard<'a> {
 }
 
 impl<'a> StopGuard<'a> {
-    pub fn new(layout: &Layout, rt: &'a Runtime, docker: &Docker, operation: &str) -> Self {
+    pub(crate) fn new(layout: &Layout, rt: &'a Runtime, docker: &Docker, operation: &str) -> Self {
         StopGuard {
             layout: layout.clone(),
             rt,
@@ -126,7 +126,7 @@ impl<'a> StopGuard<'a> {
     }
 
     /// Record `containers` (with those recorded before) atomically; nothing is stopped yet.
-    pub fn record(&mut self, containers: &[ContainerInfo]) -> anyhow::Result<()> {
+    pub(crate) fn record(&mut self, containers: &[ContainerInfo]) -> anyhow::Result<()> {
         let mut all = self.recorded.clone();
         for c in containers {
             if !all.iter().any(|s| s.id == c.id) {
@@ -153,7 +153,7 @@ impl<'a> StopGuard<'a> {
     }
 
     /// Stop a recorded container.
-    pub fn stop(&self, c: &ContainerInfo) -> Result<(), String> {
+    pub(crate) fn stop(&self, c: &ContainerInfo) -> Result<(), String> {
         let s = self.recorded.iter().find(|s| s.id == c.id).ok_or_else(|| {
             format!(
                 "internal error: container {} stopped without a record",
@@ -164,14 +164,9 @@ impl<'a> StopGuard<'a> {
         self.rt.block_on(stop_container(&self.docker, s))
     }
 
-    /// Names of the recorded containers.
-    pub fn names(&self) -> Vec<String> {
-        self.recorded.iter().map(|s| s.name.clone()).collect()
-    }
-
     /// Start every recorded container; errors are sentences. The record is
     /// removed once all run (or are gone), else it keeps those that failed.
-    pub fn restart_all(&mut self) -> Vec<String> {
+    pub(crate) fn restart_all(&mut self) -> Vec<String> {
         if self.recorded.is_empty() {
             return Vec::new();
         }
@@ -228,7 +223,7 @@ async fn start_all(docker: &Docker, list: &[Stopped]) -> (Vec<Stopped>, Vec<Stri
 /// Start what an interrupted backup or restore stopped (the record left
 /// behind by a crash). Does nothing while another backup holds the lock
 /// (its containers are stopped on purpose). Returns the containers started.
-pub fn restart_leftovers(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
+pub(crate) fn restart_leftovers(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
     let layout = &ctx.layout;
     if !record_path(layout).exists() {
         return Ok(Vec::new());

@@ -28,7 +28,7 @@ use super::{BackupType, Keep, Settings, Window};
 
 /// What retention needs to know of a backup directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub kind: BackupType,
     pub name: String,
     pub stamp: NaiveDateTime,
@@ -37,7 +37,7 @@ pub struct Candidate {
 
 /// Completeness of a backup directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// Manifest with outcome `ok`.
     Ok,
     /// Manifest, but the run failed (or the outcome is unknown or unreadable).
@@ -48,7 +48,7 @@ pub enum State {
 
 /// The verdict on one backup directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Decision {
+pub(crate) struct Decision {
     #[serde(rename = "type")]
     pub kind: BackupType,
     pub name: String,
@@ -57,7 +57,7 @@ pub struct Decision {
 }
 
 /// Decide, for every candidate, whether it goes. Pure: `now` is local time.
-pub fn plan(cands: &[Candidate], now: NaiveDateTime, keep: &Keep) -> Vec<Decision> {
+pub(crate) fn plan(cands: &[Candidate], now: NaiveDateTime, keep: &Keep) -> Vec<Decision> {
     let mut out = Vec::with_capacity(cands.len());
     for kind in BackupType::ALL {
         let of_kind: Vec<&Candidate> = cands.iter().filter(|c| c.kind == kind).collect();
@@ -127,7 +127,7 @@ pub fn plan(cands: &[Candidate], now: NaiveDateTime, keep: &Keep) -> Vec<Decisio
 
 /// What [`prune`] did.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct PruneReport {
+pub(crate) struct PruneReport {
     pub removed: Vec<PathBuf>,
     pub kept: usize,
     pub errors: Vec<String>,
@@ -135,7 +135,7 @@ pub struct PruneReport {
 }
 
 /// Apply retention to every type under the backup root (`dry_run`: decide only).
-pub fn prune(
+pub(crate) fn prune(
     settings: &Settings,
     now: NaiveDateTime,
     dry_run: bool,

@@ -22,7 +22,7 @@ use crate::snapshot::Counting;
 
 /// The result of one file.
 #[derive(Clone, Debug, Serialize)]
-pub struct FileCheck {
+pub(crate) struct FileCheck {
     pub name: String,
     pub ok: bool,
     /// What was found (entries and bytes), or what is wrong.
@@ -31,7 +31,7 @@ pub struct FileCheck {
 
 /// What [`verify_dir`] found.
 #[derive(Clone, Debug, Serialize)]
-pub struct VerifyReport {
+pub(crate) struct VerifyReport {
     pub dir: PathBuf,
     pub files: Vec<FileCheck>,
     /// Not failures: the run that made the backup failed, files not in the manifest, …
@@ -39,11 +39,11 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.files.iter().all(|f| f.ok)
     }
     /// The failures, one sentence each, naming the file.
-    pub fn failures(&self) -> Vec<String> {
+    pub(crate) fn failures(&self) -> Vec<String> {
         self.files
             .iter()
             .filter(|f| !f.ok)
@@ -65,7 +65,7 @@ fn safe_name(name: &str) -> bool {
 }
 
 /// Check the name and size of one file of the manifest (cheap: no read); the error names the file.
-pub fn check_size(dir: &Path, f: &FileEntry) -> Result<(), String> {
+pub(crate) fn check_size(dir: &Path, f: &FileEntry) -> Result<(), String> {
     if !safe_name(&f.name) {
         return Err(format!(
             "the manifest names the file {:?}, which is not a plain file name; the manifest was tampered with",
@@ -92,7 +92,7 @@ pub fn check_size(dir: &Path, f: &FileEntry) -> Result<(), String> {
 }
 
 /// Compare the sha256 computed while reading a file with the manifest's.
-pub fn check_sum(dir: &Path, f: &FileEntry, sum: &str) -> Result<(), String> {
+pub(crate) fn check_sum(dir: &Path, f: &FileEntry, sum: &str) -> Result<(), String> {
     if sum != f.sha256 {
         return Err(format!(
             "{}: sha256 {sum} does not match the manifest ({}); the file is damaged, use another backup",
@@ -104,7 +104,7 @@ pub fn check_sum(dir: &Path, f: &FileEntry, sum: &str) -> Result<(), String> {
 }
 
 /// Check size and sha256 of one file of the manifest by reading it; the error names the file.
-pub fn check_file(dir: &Path, f: &FileEntry) -> Result<(), String> {
+pub(crate) fn check_file(dir: &Path, f: &FileEntry) -> Result<(), String> {
     check_size(dir, f)?;
     let path = dir.join(&f.name);
     let (_, sum) = super::dump::file_sum(&path).map_err(|e| {
@@ -118,7 +118,7 @@ pub fn check_file(dir: &Path, f: &FileEntry) -> Result<(), String> {
 
 /// Check every file of `m` that `wanted` selects, reading it only if `read`
 /// says so (else its size only); all failures, each naming its file.
-pub fn check_checksums(
+pub(crate) fn check_checksums(
     dir: &Path,
     m: &BackupManifest,
     wanted: impl Fn(&FileEntry) -> bool,
@@ -220,7 +220,10 @@ fn test_gunzip(path: &Path) -> Result<(String, String), String> {
 }
 
 /// Verify backup directory `dir`. `Err` only when it is not a complete backup.
-pub fn verify_dir(dir: &Path, progress: Option<ItemProgress>) -> anyhow::Result<VerifyReport> {
+pub(crate) fn verify_dir(
+    dir: &Path,
+    progress: Option<ItemProgress>,
+) -> anyhow::Result<VerifyReport> {
     let m = manifest::read_required(dir)?;
     let mut report = VerifyReport {
         dir: dir.to_path_buf(),

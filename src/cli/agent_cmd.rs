@@ -65,7 +65,7 @@ fn valid_cron(s: &str) -> Result<String, String> {
     crate::agent::cron::parse_cron(s).map(|_| s.to_string())
 }
 
-pub fn run(ctx: Ctx, a: &AgentArgs) -> anyhow::Result<()> {
+pub(super) fn run(ctx: Ctx, a: &AgentArgs) -> anyhow::Result<()> {
     let cron = |s: &str| crate::agent::cron::parse_cron(s).map_err(anyhow::Error::msg);
     let schedule = if a.no_schedule {
         None

@@ -51,7 +51,7 @@ pub struct ContainerArgs {
 }
 
 /// The backup settings for `backup_root` (retention left at its defaults when `retention` is `None`).
-pub fn settings(
+pub(super) fn settings(
     backup_root: &std::path::Path,
     retention: Option<&RetentionArgs>,
     containers: &ContainerArgs,
@@ -155,7 +155,7 @@ fn remote_after_backup(ctx: &Ctx, remote: &str, settings: &Settings) -> Vec<Stri
     errors
 }
 
-pub fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
+pub(super) fn run(ctx: &Ctx, cmd: &BackupCmd) -> anyhow::Result<()> {
     match cmd {
         BackupCmd::Run {
             kind,

@@ -45,7 +45,7 @@ pub enum DrCmd {
 }
 
 /// A point in time, local unless it says otherwise.
-pub fn parse_at(s: &str) -> Result<NaiveDateTime, String> {
+pub(super) fn parse_at(s: &str) -> Result<NaiveDateTime, String> {
     if let Some(t) = crate::backup::parse_dir_name(s) {
         return Ok(t);
     }
@@ -65,7 +65,7 @@ pub fn parse_at(s: &str) -> Result<NaiveDateTime, String> {
     ))
 }
 
-pub fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
+pub(super) fn run(cli: &Cli, cmd: &DrCmd) -> anyhow::Result<()> {
     match cmd {
         DrCmd::Restore {
             from,

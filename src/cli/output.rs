@@ -5,7 +5,7 @@ use crate::backup::retention::Decision;
 use crate::snapshot::Manifest;
 
 /// Binary units with one decimal, in the syntax `size=` accepts: `512B`, `1.5K`, `20.0G`.
-pub fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["K", "M", "G", "T", "P", "E"];
     if bytes < 1024 {
         return format!("{bytes}B");
@@ -20,7 +20,7 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// `ok` or `FAILED`, padded to one column.
-pub fn verdict(ok: bool) -> &'static str {
+pub(super) fn verdict(ok: bool) -> &'static str {
     if ok {
         "ok"
     } else {
@@ -29,14 +29,14 @@ pub fn verdict(ok: bool) -> &'static str {
 }
 
 /// One line per restored volume or dump (`backup restore`, `dr restore`).
-pub fn print_items(items: &[ItemResult]) {
+pub(super) fn print_items(items: &[ItemResult]) {
     for i in items {
         println!("{:<6} {} {}: {}", verdict(i.ok), i.kind, i.name, i.detail);
     }
 }
 
 /// One line per backup a retention run removed (or, with `dry_run`, would remove).
-pub fn print_removals(decisions: &[Decision], dry_run: bool) {
+pub(super) fn print_removals(decisions: &[Decision], dry_run: bool) {
     for d in decisions.iter().filter(|d| d.delete) {
         println!(
             "{} {}/{}: {}",
@@ -49,7 +49,7 @@ pub fn print_removals(decisions: &[Decision], dry_run: bool) {
 }
 
 /// `full` or `incremental`: how a snapshot archive stands in its chain.
-pub fn archive_kind(m: &Manifest) -> &'static str {
+pub(super) fn archive_kind(m: &Manifest) -> &'static str {
     if m.is_full() {
         "full"
     } else {
@@ -58,7 +58,7 @@ pub fn archive_kind(m: &Manifest) -> &'static str {
 }
 
 /// What one snapshot archive holds (`snapshot create`): `what` is `snapshot` or `archive`.
-pub fn print_archive(what: &str, m: &Manifest) {
+pub(super) fn print_archive(what: &str, m: &Manifest) {
     eprintln!(
         "{what} {} of {}: {} entries, {} bytes read, {} bytes stored ({}), {} ms",
         m.id,

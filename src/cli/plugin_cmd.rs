@@ -28,7 +28,7 @@ pub struct PluginArgs {
     pub pools: Vec<String>,
 }
 
-pub fn run(cli: &Cli, a: &PluginArgs) -> anyhow::Result<()> {
+pub(super) fn run(cli: &Cli, a: &PluginArgs) -> anyhow::Result<()> {
     let layout = Layout::new(&cli.root);
     let pools = crate::pool::parse_defs(&a.pools).map_err(anyhow::Error::msg)?;
     plugin::run(PluginConfig {

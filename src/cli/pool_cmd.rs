@@ -148,7 +148,7 @@ fn opt(v: &Value) -> String {
     }
 }
 
-pub fn run(cli: &Cli, cmd: &PoolCmd) -> anyhow::Result<()> {
+pub(super) fn run(cli: &Cli, cmd: &PoolCmd) -> anyhow::Result<()> {
     let layout = Layout::new(&cli.root);
     let view = HostView::new(cli.host_prefix.as_deref());
     match cmd {

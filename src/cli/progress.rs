@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::backup::run::ItemProgress;
 
 /// A byte-counting bar when stderr is a terminal.
-pub fn bytes_bar(total: Option<u64>, what: &str) -> Option<ProgressBar> {
+pub(super) fn bytes_bar(total: Option<u64>, what: &str) -> Option<ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
     }

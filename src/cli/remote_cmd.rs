@@ -110,7 +110,7 @@ pub enum RemoteCmd {
     },
 }
 
-pub fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
+pub(super) fn run(layout: &Layout, cmd: &RemoteCmd) -> anyhow::Result<()> {
     match cmd {
         RemoteCmd::Add(a) => add(layout, a),
         RemoteCmd::Ls {

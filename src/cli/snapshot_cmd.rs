@@ -55,7 +55,7 @@ pub enum SnapshotCmd {
     Prune { volume: VolumeName },
 }
 
-pub fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
+pub(super) fn run(ctx: &Ctx, cmd: &SnapshotCmd) -> anyhow::Result<()> {
     match cmd {
         SnapshotCmd::Create {
             volume,

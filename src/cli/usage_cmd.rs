@@ -47,7 +47,7 @@ fn parse_percent(s: &str) -> Result<f64, String> {
     }
 }
 
-pub fn run(cli: &Cli, args: &UsageArgs) -> anyhow::Result<()> {
+pub(super) fn run(cli: &Cli, args: &UsageArgs) -> anyhow::Result<()> {
     let layout = Layout::new(&cli.root);
     if !layout.state_dir().is_dir() {
         anyhow::bail!(
@@ -80,7 +80,7 @@ pub fn run(cli: &Cli, args: &UsageArgs) -> anyhow::Result<()> {
 }
 
 /// The human-readable report: the volumes, then the filesystems holding them, then what `!` means.
-pub fn table(r: &Report) -> String {
+pub(super) fn table(r: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     volume_rows(&mut out, r);

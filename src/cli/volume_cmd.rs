@@ -59,7 +59,7 @@ pub enum VolumeCmd {
     },
 }
 
-pub fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
+pub(super) fn run(cli: &Cli, cmd: &VolumeCmd) -> anyhow::Result<()> {
     let layout = Layout::new(&cli.root);
     match cmd {
         VolumeCmd::Ls { json } => ls(&layout, *json),

@@ -17,7 +17,7 @@ pub enum WorkspaceCmd {
     },
 }
 
-pub fn run(cli: &Cli, cmd: &WorkspaceCmd) -> anyhow::Result<()> {
+pub(super) fn run(cli: &Cli, cmd: &WorkspaceCmd) -> anyhow::Result<()> {
     match cmd {
         WorkspaceCmd::Prune {
             older_than,

@@ -26,7 +26,7 @@ use crate::fs::durable::{FileLock, LockKind};
 
 /// What a sweep did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SweepReport {
+pub(crate) struct SweepReport {
     /// Lock files deleted.
     pub removed: Vec<PathBuf>,
     /// Lock files of removed volumes left because someone holds them.
@@ -43,7 +43,11 @@ fn owner(file: &str) -> Option<VolumeName> {
 
 /// After Remove deleted `name`'s record, holding `record_lock`: delete its snapshot lock
 /// (unless held) and its record lock, and release the latter.
-pub fn release_removed(layout: &Layout, name: &VolumeName, record_lock: FileLock) -> SweepReport {
+pub(crate) fn release_removed(
+    layout: &Layout,
+    name: &VolumeName,
+    record_lock: FileLock,
+) -> SweepReport {
     let mut report = SweepReport::default();
     let snap = layout.snapshot_lock(name);
     if snap.exists() {
@@ -71,7 +75,7 @@ pub fn release_removed(layout: &Layout, name: &VolumeName, record_lock: FileLock
 }
 
 /// Delete the lock files of volumes that have no record, skipping any that someone holds.
-pub fn sweep(layout: &Layout) -> std::io::Result<SweepReport> {
+pub(crate) fn sweep(layout: &Layout) -> std::io::Result<SweepReport> {
     let mut report = SweepReport::default();
     let mut owners: Vec<VolumeName> = Vec::new();
     for e in fs::read_dir(layout.locks_dir())?.flatten() {

@@ -1,7 +1,7 @@
 //! Log set-up: `tracing` to stderr, filter from `ALLSPARK_LOG` (default `info`).
 
 /// Install the subscriber once.
-pub fn init() {
+pub(crate) fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ALLSPARK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -3,11 +3,11 @@
 pub mod callstats;
 pub mod crashpoint;
 pub mod layout;
-pub mod locks;
-pub mod logging;
+pub(crate) mod locks;
+pub(crate) mod logging;
 pub mod names;
 pub mod options;
-pub mod runtime;
+pub(crate) mod runtime;
 pub mod snapshot_id;
 pub mod spool;
 pub mod status;

@@ -8,7 +8,7 @@ static SHARED: OnceLock<Runtime> = OnceLock::new();
 
 /// The process's shared runtime (two workers, I/O and timers), made on first use. Any thread
 /// may block on it, several at once; it must not be blocked on from inside async code.
-pub fn shared() -> anyhow::Result<&'static Runtime> {
+pub(crate) fn shared() -> anyhow::Result<&'static Runtime> {
     if let Some(rt) = SHARED.get() {
         return Ok(rt);
     }

@@ -8,10 +8,10 @@ use bollard::container::ListContainersOptions;
 use bollard::Docker;
 
 /// Default Docker endpoint.
-pub const DEFAULT_DOCKER: &str = "unix:///var/run/docker.sock";
+pub(crate) const DEFAULT_DOCKER: &str = "unix:///var/run/docker.sock";
 
 /// Connect to `url` (`unix:///path`) and agree on an API version with the daemon.
-pub async fn connect(url: &str) -> anyhow::Result<Docker> {
+pub(crate) async fn connect(url: &str) -> anyhow::Result<Docker> {
     let path = url.strip_prefix("unix://").unwrap_or(url);
     let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
         .with_context(|| format!("cannot connect to Docker at {url}"))?;
@@ -23,17 +23,15 @@ pub async fn connect(url: &str) -> anyhow::Result<Docker> {
 
 /// A Docker volume as the daemon describes it.
 #[derive(Debug, Clone)]
-pub struct DockerVolume {
-    pub name: String,
+pub(crate) struct DockerVolume {
     pub driver: String,
     pub mountpoint: PathBuf,
 }
 
 /// Look a volume up in Docker; `None` when Docker has no such volume.
-pub async fn volume(docker: &Docker, name: &str) -> anyhow::Result<Option<DockerVolume>> {
+pub(crate) async fn volume(docker: &Docker, name: &str) -> anyhow::Result<Option<DockerVolume>> {
     match docker.inspect_volume(name).await {
         Ok(v) => Ok(Some(DockerVolume {
-            name: v.name,
             driver: v.driver,
             mountpoint: PathBuf::from(v.mountpoint),
         })),
@@ -46,7 +44,7 @@ pub async fn volume(docker: &Docker, name: &str) -> anyhow::Result<Option<Docker
 
 /// A container, as much as we need of it.
 #[derive(Debug, Clone)]
-pub struct ContainerInfo {
+pub(crate) struct ContainerInfo {
     pub id: String,
     pub name: String,
     pub running: bool,
@@ -76,7 +74,7 @@ impl ContainerInfo {
 }
 
 /// Containers matching Docker list `filters` (`all`: stopped ones too), as `ContainerInfo`.
-pub async fn list(
+pub(crate) async fn list(
     docker: &Docker,
     all: bool,
     filters: HashMap<String, Vec<String>>,
@@ -93,7 +91,7 @@ pub async fn list(
 }
 
 /// All containers (running or not), optionally only those using `volume`.
-pub async fn containers(
+pub(crate) async fn containers(
     docker: &Docker,
     volume: Option<&str>,
 ) -> anyhow::Result<Vec<ContainerInfo>> {
@@ -128,13 +126,13 @@ fn info(c: bollard::models::ContainerSummary) -> ContainerInfo {
 
 /// Run a Docker API future to completion for a synchronous caller, on the process's shared
 /// runtime ([`crate::core::runtime`]).
-pub fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
     Ok(crate::core::runtime::shared()?.block_on(f))
 }
 
 /// The `Env` settings (`KEY=VALUE`) of managed plugin `name` (`docker plugin inspect`), or
 /// `None` when dockerd has no such plugin. bollard has no plugin API: one GET through hyper.
-pub async fn plugin_env(url: &str, name: &str) -> anyhow::Result<Option<Vec<String>>> {
+pub(crate) async fn plugin_env(url: &str, name: &str) -> anyhow::Result<Option<Vec<String>>> {
     use http_body_util::{BodyExt, Empty};
     let path = url.strip_prefix("unix://").unwrap_or(url);
     let stream = tokio::net::UnixStream::connect(path)

@@ -10,7 +10,7 @@ use crate::archive::{self, ArchiveError, ExtractOptions, ExtractReport, WriteOpt
 
 /// Copy `src` into `dst` (created if missing): contents, owners, modes, mtimes, links, sparse files, xattrs.
 /// The tar stream goes through a pipe with stored (uncompressed) gzip blocks, so no CPU goes to compression.
-pub fn copy_tree(src: &Path, dst: &Path) -> Result<ExtractReport, ArchiveError> {
+pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<ExtractReport, ArchiveError> {
     let (reader, writer) =
         std::io::pipe().map_err(|e| ArchiveError::io("create a pipe", src, e))?;
     std::thread::scope(|s| {

@@ -5,14 +5,14 @@ use std::io::{self, Read, Write};
 use sha2::{Digest, Sha256};
 
 /// A reader or writer that hashes and counts the bytes read or written through it.
-pub struct Hashing<T> {
+pub(crate) struct Hashing<T> {
     inner: T,
     hash: Sha256,
     count: u64,
 }
 
 impl<T> Hashing<T> {
-    pub fn new(inner: T) -> Hashing<T> {
+    pub(crate) fn new(inner: T) -> Hashing<T> {
         Hashing {
             inner,
             hash: Sha256::new(),
@@ -21,20 +21,20 @@ impl<T> Hashing<T> {
     }
 
     /// Bytes passed through so far.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count
     }
 
     /// The SHA-256 of the bytes passed through so far, in hex.
-    pub fn sha256(&self) -> String {
+    pub(crate) fn sha256(&self) -> String {
         hex::encode(self.hash.clone().finalize())
     }
 
-    pub fn get_ref(&self) -> &T {
+    pub(crate) fn get_ref(&self) -> &T {
         &self.inner
     }
 
-    pub fn get_mut(&mut self) -> &mut T {
+    pub(crate) fn get_mut(&mut self) -> &mut T {
         &mut self.inner
     }
 

@@ -13,7 +13,7 @@ const MAX_SYMLINKS: usize = 40;
 /// Resolve every symlink of a host path as the host sees it (absolute links are taken
 /// relative to the host's `/`, even when this process sees the host under a prefix).
 /// Components that do not exist yet are kept as written (the directory may be created).
-pub fn resolve(view: &HostView, host_path: &Path) -> io::Result<PathBuf> {
+pub(crate) fn resolve(view: &HostView, host_path: &Path) -> io::Result<PathBuf> {
     let mut pending: Vec<OsString> = components(host_path)?;
     pending.reverse();
     let mut resolved = PathBuf::from("/");
@@ -71,13 +71,13 @@ fn components(p: &Path) -> io::Result<Vec<OsString>> {
 }
 
 /// Is `path` equal to or below `root` (both resolved)?
-pub fn is_within(path: &Path, root: &Path) -> bool {
+pub(crate) fn is_within(path: &Path, root: &Path) -> bool {
     path.starts_with(root)
 }
 
 /// Is the local path `p` (existing) the same directory as, or inside, the local directory `dir`?
 /// Compares device and inode of every ancestor, so it holds across mount namespaces and prefixes.
-pub fn is_inside_dir(p: &Path, dir: &Path) -> bool {
+pub(crate) fn is_inside_dir(p: &Path, dir: &Path) -> bool {
     let Ok(target) = fs::metadata(dir) else {
         return false;
     };

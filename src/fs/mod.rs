@@ -1,9 +1,9 @@
 //! File-system primitives: durable writes and locks, host paths given in `device=`, tree copies, the one tree walker, hashing as bytes pass.
 
-pub mod beneath;
-pub mod copy;
+pub(crate) mod beneath;
+pub(crate) mod copy;
 pub mod durable;
-pub mod hash;
-pub mod hostpath;
-pub mod mountinfo;
-pub mod walk;
+pub(crate) mod hash;
+pub(crate) mod hostpath;
+pub(crate) mod mountinfo;
+pub(crate) mod walk;

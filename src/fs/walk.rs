@@ -34,24 +34,24 @@ use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 
 /// Directories opened, listed and stat'ed ahead of the walk, at most: each
 /// holds an open descriptor and its listing until the walk reaches it.
-pub const MAX_PREFETCH: usize = 64;
+pub(crate) const MAX_PREFETCH: usize = 64;
 
 /// A listing the caller already knows (usage's listing cache): called on the
 /// scan threads with a directory's path relative to the root and its `fstat`;
 /// `Some(names)` is used instead of reading the directory.
-pub type ListingSource<'a> = &'a (dyn Fn(&[u8], &FileStat) -> Option<Vec<Vec<u8>>> + Sync);
+pub(crate) type ListingSource<'a> = &'a (dyn Fn(&[u8], &FileStat) -> Option<Vec<Vec<u8>>> + Sync);
 
 /// Work done on the scan threads for a non-directory entry, given its open
 /// directory, name, path relative to the root and `lstat`; what it returns is
 /// handed to [`Visitor::entry`] with the entry.
-pub type AheadFn<'a, A> = &'a (dyn Fn(&File, &CStr, &[u8], &FileStat) -> Option<A> + Sync);
+pub(crate) type AheadFn<'a, A> = &'a (dyn Fn(&File, &CStr, &[u8], &FileStat) -> Option<A> + Sync);
 
 /// Directories the walk opens but does not list (nor look inside): called on the scan
 /// threads with a directory's path relative to the root (never the root's); `true` skips it.
-pub type SkipDir<'a> = &'a (dyn Fn(&[u8]) -> bool + Sync);
+pub(crate) type SkipDir<'a> = &'a (dyn Fn(&[u8]) -> bool + Sync);
 
 /// How to walk.
-pub struct Options<'a, A = ()> {
+pub(crate) struct Options<'a, A = ()> {
     /// Do not list directories on another filesystem than the root's (they are
     /// still handed to the visitor, with [`Listing::OtherFs`]).
     pub one_file_system: bool,
@@ -79,7 +79,7 @@ impl<A> Default for Options<'_, A> {
 
 /// How a directory's entries were obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Listing {
+pub(crate) enum Listing {
     /// Read with `readdir` now.
     Read,
     /// Given by the [`ListingSource`].
@@ -93,7 +93,7 @@ pub enum Listing {
 }
 
 /// A directory handed to [`Visitor::dir`].
-pub struct DirView<'a, A = ()> {
+pub(crate) struct DirView<'a, A = ()> {
     /// The open directory: open its entries relative to it.
     pub file: &'a File,
     /// Path relative to the root (empty for the root).
@@ -108,14 +108,14 @@ pub struct DirView<'a, A = ()> {
 
 impl<A> DirView<'_, A> {
     /// The names of its entries, sorted bytewise (empty unless listed or reused).
-    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
+    pub(crate) fn names(&self) -> impl Iterator<Item = &[u8]> {
         self.children.iter().map(|c| c.name.as_slice())
     }
 }
 
 /// Why an entry could not be looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// Its `lstat` failed (`ENOENT`: it vanished since the listing).
     Stat(Errno),
     /// A directory that could not be opened (`ENOENT`: vanished; `ENOTDIR` or
@@ -126,7 +126,7 @@ pub enum Failure {
 }
 
 /// What the walk hands its consumer, in tree order.
-pub trait Visitor {
+pub(crate) trait Visitor {
     type Error;
     /// What [`Options::ahead`] produces (`()` without it).
     type Ahead: Send;
@@ -153,12 +153,12 @@ pub trait Visitor {
 }
 
 /// Is this `lstat` a directory?
-pub fn is_dir(st: &FileStat) -> bool {
+pub(crate) fn is_dir(st: &FileStat) -> bool {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
 }
 
 /// `parent/name` (just `name` for the root's entries).
-pub fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(parent.len() + 1 + name.len());
     if !parent.is_empty() {
         v.extend_from_slice(parent);
@@ -169,7 +169,7 @@ pub fn join_rel(parent: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 /// Open `name` in `dir` without following a symlink (with `O_NOATIME` where allowed).
-pub fn open_at(dir: RawFd, name: &CStr, flags: OFlag) -> Result<File, Errno> {
+pub(crate) fn open_at(dir: RawFd, name: &CStr, flags: OFlag) -> Result<File, Errno> {
     let base = flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NOFOLLOW;
     let fd = match openat(Some(dir), name, base | OFlag::O_NOATIME, Mode::empty()) {
         Err(Errno::EPERM) => openat(Some(dir), name, base, Mode::empty())?,
@@ -181,7 +181,7 @@ pub fn open_at(dir: RawFd, name: &CStr, flags: OFlag) -> Result<File, Errno> {
 
 /// Walk the directory open as `root` (whose `fstat` is `st`), handing every
 /// entry to `v` in tree order. Only the visitor's errors stop the walk.
-pub fn walk<V: Visitor>(
+pub(crate) fn walk<V: Visitor>(
     root: File,
     st: FileStat,
     opts: &Options<'_, V::Ahead>,
@@ -502,7 +502,7 @@ impl<A: Send> Walk<'_, '_, A> {
 
 /// Open `path` as the root of a walk (following a symlink there, as `tar -C`
 /// does) and `fstat` it; an error unless it is a directory.
-pub fn open_root(path: &Path) -> std::io::Result<(File, FileStat)> {
+pub(crate) fn open_root(path: &Path) -> std::io::Result<(File, FileStat)> {
     let f = File::open(path)?;
     let st = fstat(f.as_raw_fd())?;
     if !is_dir(&st) {

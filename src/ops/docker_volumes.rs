@@ -7,7 +7,7 @@ use crate::core::names::VolumeName;
 use crate::plugin::driver::Driver;
 
 /// Remove `name` through Docker (a volume Docker does not know goes through the driver).
-pub fn remove(ctx: &Ctx, driver: &Driver, name: &VolumeName) -> anyhow::Result<()> {
+pub(crate) fn remove(ctx: &Ctx, driver: &Driver, name: &VolumeName) -> anyhow::Result<()> {
     let via_docker = crate::docker::block_on(async {
         let d = crate::docker::connect(&ctx.docker_url).await?;
         match d.remove_volume(name, None).await {
@@ -33,7 +33,7 @@ pub fn remove(ctx: &Ctx, driver: &Driver, name: &VolumeName) -> anyhow::Result<(
 
 /// How a volume was created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Created {
+pub(crate) enum Created {
     /// `docker volume create -d <driver>`: Docker knows it at once.
     Docker,
     /// Through the driver's records: dockerd did not answer (it learns of the volume from List).
@@ -44,7 +44,7 @@ pub enum Created {
 /// allspark plugin has in this dockerd: `allspark`, or `allspark:latest` for the managed
 /// plugin); through the driver when dockerd does not answer. A refusal by Docker or the
 /// plugin is an error, never retried behind Docker's back.
-pub fn create(
+pub(crate) fn create(
     ctx: &Ctx,
     driver: &Driver,
     docker_driver: &str,

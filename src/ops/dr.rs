@@ -52,7 +52,7 @@ use crate::remote::RemoteConfig;
 
 /// What to recover.
 #[derive(Clone)]
-pub struct DrRequest {
+pub(crate) struct DrRequest {
     pub remote: RemoteConfig,
     /// Only backups taken at or before this local time.
     pub at: Option<NaiveDateTime>,
@@ -70,7 +70,7 @@ pub struct DrRequest {
 
 /// What a recovery did.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct DrReport {
+pub(crate) struct DrReport {
     pub remote: String,
     /// The backup used (`daily/20240131_020003`) and its local copy.
     pub backup: String,
@@ -104,13 +104,16 @@ pub struct DrReport {
 }
 
 impl DrReport {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.problems.is_empty() && self.items.iter().all(|i| i.ok)
     }
 }
 
 /// The order in which backups are tried: taken at or before `at`, `ok` ones newest first, then the others newest first.
-pub fn candidates(backups: &[RemoteBackup], at: Option<NaiveDateTime>) -> Vec<&RemoteBackup> {
+pub(crate) fn candidates(
+    backups: &[RemoteBackup],
+    at: Option<NaiveDateTime>,
+) -> Vec<&RemoteBackup> {
     let mut c: Vec<&RemoteBackup> = backups
         .iter()
         .filter(|b| b.complete && b.index.is_some())
@@ -123,7 +126,7 @@ pub fn candidates(backups: &[RemoteBackup], at: Option<NaiveDateTime>) -> Vec<&R
 }
 
 /// The records to create, parents before their `parent=` children.
-pub fn records_in_order(m: &BackupManifest) -> Vec<RecordEntry> {
+pub(crate) fn records_in_order(m: &BackupManifest) -> Vec<RecordEntry> {
     let mut pending: Vec<RecordEntry> = if m.records.is_empty() {
         // A manifest from before records were kept: the archived volumes' options.
         m.files
@@ -165,7 +168,7 @@ fn secs(t: Instant) -> f64 {
 }
 
 /// Recover from `req.remote`. `Err` when no backup on the remote is usable (each refusal is in the message).
-pub fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<DrReport> {
+pub(crate) fn restore(ctx: &Ctx, driver: &Driver, req: &DrRequest) -> anyhow::Result<DrReport> {
     let t0 = Instant::now();
     let cfg = &req.remote;
     let _lock = crate::remote::take_lock(&ctx.layout, &cfg.name)?;

@@ -36,7 +36,7 @@ use crate::pool::topology;
 
 /// What a migration did.
 #[derive(Debug, serde::Serialize)]
-pub struct MigrateReport {
+pub(crate) struct MigrateReport {
     pub from: PathBuf,
     /// The new place (for `--pool`, the volume's directory in the pool).
     pub to: PathBuf,
@@ -46,7 +46,7 @@ pub struct MigrateReport {
 
 /// Migrate volume `name` to the host directory `to` (checked like a `device=`); Docker at
 /// `docker_url` is asked which containers use a volume that shares the data, to name them.
-pub fn migrate(
+pub(crate) fn migrate(
     driver: &Driver,
     docker_url: &str,
     layout: &Layout,
@@ -244,7 +244,7 @@ fn check_not_nested(source: &Dir, target: &Path, to: &str) -> anyhow::Result<()>
 }
 
 /// Delete the data a migration left at the old place.
-pub fn cleanup(
+pub(crate) fn cleanup(
     layout: &Layout,
     view: &HostView,
     name: &VolumeName,
@@ -306,7 +306,7 @@ pub fn cleanup(
 }
 
 /// Compare two trees entry by entry (kind, size, mode, owner, link target, sha256 of content); the count of entries.
-pub fn compare_trees(a: &Path, b: &Path) -> anyhow::Result<usize> {
+pub(crate) fn compare_trees(a: &Path, b: &Path) -> anyhow::Result<usize> {
     let (ta, tb) = (fingerprint(a)?, fingerprint(b)?);
     for (path, fa) in &ta {
         match tb.get(path) {

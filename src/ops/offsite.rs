@@ -24,7 +24,7 @@ use crate::snapshot::{CreateOutcome, RestoreReport, Trigger};
 
 /// What `volume push` did.
 #[derive(Clone, Debug, Serialize)]
-pub struct PushReport {
+pub(crate) struct PushReport {
     pub volume: String,
     pub remote: String,
     /// The snapshot taken for the push (the newest of the chain now on the remote).
@@ -36,7 +36,7 @@ pub struct PushReport {
 }
 
 /// Snapshot `volume` now and upload its chain and record to the remote, whatever its `offsite=`.
-pub fn push(
+pub(crate) fn push(
     ctx: &Ctx,
     cfg: &RemoteConfig,
     volume: &VolumeName,
@@ -85,7 +85,7 @@ pub fn push(
 
 /// What to pull.
 #[derive(Clone, Debug)]
-pub struct PullRequest {
+pub(crate) struct PullRequest {
     pub remote: RemoteConfig,
     pub volume: VolumeName,
     /// Replace the data of an existing volume of that name (refused while it is mounted).
@@ -97,7 +97,7 @@ pub struct PullRequest {
 
 /// What `volume pull` did.
 #[derive(Clone, Debug, Serialize)]
-pub struct PullReport {
+pub(crate) struct PullReport {
     pub volume: String,
     pub remote: String,
     pub snapshot: String,
@@ -110,7 +110,7 @@ pub struct PullReport {
 }
 
 /// Fetch the volume's record and newest chain from the remote, recreate it, restore the chain into it.
-pub fn pull(ctx: &Ctx, driver: &Driver, req: &PullRequest) -> anyhow::Result<PullReport> {
+pub(crate) fn pull(ctx: &Ctx, driver: &Driver, req: &PullRequest) -> anyhow::Result<PullReport> {
     let t0 = Instant::now();
     let (name, cfg) = (&req.volume, &req.remote);
     let exists = driver.store().load(name)?.is_some();
@@ -188,7 +188,7 @@ pub fn pull(ctx: &Ctx, driver: &Driver, req: &PullRequest) -> anyhow::Result<Pul
 
 /// What [`restore_newer_chains`] did.
 #[derive(Clone, Debug, Default)]
-pub struct NewerChains {
+pub(crate) struct NewerChains {
     /// `volume@id` of each chain restored over the backup's data.
     pub done: Vec<String>,
     /// Remote snapshots newer than the backup that were refused, `volume@id: why`.
@@ -204,7 +204,7 @@ pub struct NewerChains {
 /// be used (an unreadable index, a missing link, a damaged or undecryptable object, a failed
 /// restore) is refused and named, and the next older chain still newer than the backup is
 /// tried; when none is left the volume keeps the backup's data, and says so.
-pub fn restore_newer_chains(
+pub(crate) fn restore_newer_chains(
     ctx: &Ctx,
     remote: &Remote,
     opener: Arc<Opener>,

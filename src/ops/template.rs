@@ -23,7 +23,7 @@ use crate::snapshot::{catalog, restore};
 
 /// Copy the template's content into `dest` (an empty, new directory, as a descriptor). The
 /// source volume is opened without following symlinks, like every volume root.
-pub fn fill(
+pub(crate) fn fill(
     layout: &Layout,
     view: &HostView,
     template: &Template,
@@ -78,7 +78,7 @@ fn journal_path(layout: &Layout, name: &VolumeName) -> PathBuf {
 /// Fill `dest_dir` from the template under a journal; `save` records the volume. The journal
 /// goes once the record is saved; on an error what the fill wrote is removed again. The caller
 /// holds the volume's record lock. `fail` turns a message into the caller's error.
-pub fn fill_journaled<E>(
+pub(crate) fn fill_journaled<E>(
     layout: &Layout,
     view: &HostView,
     name: &VolumeName,
@@ -121,7 +121,7 @@ pub fn fill_journaled<E>(
 /// Undo an interrupted fill of volume `name`, if its journal is there and its record is not
 /// (with a record, the fill completed: only the journal goes). The caller holds the volume's
 /// record lock.
-pub fn recover(layout: &Layout, view: &HostView, name: &VolumeName) -> Result<(), String> {
+pub(crate) fn recover(layout: &Layout, view: &HostView, name: &VolumeName) -> Result<(), String> {
     let path = journal_path(layout, name);
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(());
@@ -169,7 +169,7 @@ fn undo(layout: &Layout, view: &HostView, name: &VolumeName, j: &Journal) -> Res
 }
 
 /// Names of the volumes with a fill journal (interrupted Creates, for the plugin's start).
-pub fn interrupted(layout: &Layout) -> Vec<VolumeName> {
+pub(crate) fn interrupted(layout: &Layout) -> Vec<VolumeName> {
     let Ok(entries) = std::fs::read_dir(layout.filling_dir()) else {
         return Vec::new();
     };

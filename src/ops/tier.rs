@@ -27,7 +27,7 @@ use crate::pool::tree::destroy;
 use crate::pool::{archive, btrfs, cow, find, Pool, DEFAULT_POOL};
 
 /// Move volume `name` into pool `pool` (`default` is `<root>/volumes`).
-pub fn migrate_to_pool(
+pub(crate) fn migrate_to_pool(
     ctx: &Ctx,
     name: &VolumeName,
     pool: &str,

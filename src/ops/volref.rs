@@ -44,7 +44,7 @@ impl VolumeRef {
 }
 
 /// Find `name`: an allspark record, else (when Docker is reachable) a Docker volume.
-pub fn resolve(
+pub(crate) fn resolve(
     layout: &Layout,
     view: &HostView,
     docker_url: &str,
@@ -77,7 +77,7 @@ pub fn resolve(
 }
 
 /// How many running containers use a foreign (non-allspark) volume, through the Docker API.
-pub fn running_users(docker_url: &str, name: &VolumeName) -> anyhow::Result<Vec<String>> {
+pub(crate) fn running_users(docker_url: &str, name: &VolumeName) -> anyhow::Result<Vec<String>> {
     crate::docker::block_on(async {
         let d = crate::docker::connect(docker_url).await?;
         let cs = crate::docker::containers(&d, Some(name)).await?;
@@ -92,7 +92,7 @@ pub fn running_users(docker_url: &str, name: &VolumeName) -> anyhow::Result<Vec<
 
 /// Fill in which running containers use the family's mounted members, so a refusal names
 /// them; without Docker the refusal keeps its `docker ps` hint.
-pub fn name_users(fam: &mut crate::pool::topology::Family, docker_url: &str, except: &str) {
+pub(crate) fn name_users(fam: &mut crate::pool::topology::Family, docker_url: &str, except: &str) {
     let mounted: Vec<VolumeName> = fam.in_use(except).map(|m| m.name.clone()).collect();
     for name in mounted {
         match running_users(docker_url, &name) {

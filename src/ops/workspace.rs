@@ -16,7 +16,7 @@ use crate::pool::location::Locate;
 use crate::snapshot::{CreateOutcome, Trigger};
 
 /// Parse an age like `30d`, `12h`, `2w`, `90m`.
-pub fn parse_age(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_age(s: &str) -> Result<Duration, String> {
     const ACCEPTED: &str = "an age like 30d, 12h, 2w or 90m";
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -34,12 +34,12 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
 }
 
 /// Is this volume a cleanup candidate: temporary, or a project workspace (a `parent=` child)?
-pub fn is_candidate_kind(r: &VolumeRecord) -> bool {
+pub(crate) fn is_candidate_kind(r: &VolumeRecord) -> bool {
     r.spec.class == Class::Temporary || r.spec.parent.is_some()
 }
 
 /// When the volume itself was last in use (its last unmount, else its creation).
-pub fn last_used(r: &VolumeRecord) -> DateTime<Utc> {
+pub(crate) fn last_used(r: &VolumeRecord) -> DateTime<Utc> {
     r.last_unmounted_at
         .or(r.last_mounted_at)
         .unwrap_or(r.created_at)
@@ -66,12 +66,12 @@ fn lineage<'a>(
 }
 
 /// Is the volume in use now: mounted itself, or through a mounted ancestor?
-pub fn in_use(records: &[std::sync::Arc<VolumeRecord>], r: &VolumeRecord) -> bool {
+pub(crate) fn in_use(records: &[std::sync::Arc<VolumeRecord>], r: &VolumeRecord) -> bool {
     lineage(records, r).iter().any(|x| x.mount_count() > 0)
 }
 
 /// When the volume was last in use, through itself or an ancestor.
-pub fn last_used_in_family(
+pub(crate) fn last_used_in_family(
     records: &[std::sync::Arc<VolumeRecord>],
     r: &VolumeRecord,
 ) -> DateTime<Utc> {
@@ -84,7 +84,7 @@ pub fn last_used_in_family(
 
 /// The volumes `prune` would remove now: candidates not in use (neither mounted nor under a
 /// mounted ancestor), unused for longer than `age`.
-pub fn plan(
+pub(crate) fn plan(
     records: &[std::sync::Arc<VolumeRecord>],
     age: Duration,
     now: DateTime<Utc>,
@@ -114,7 +114,7 @@ pub fn plan(
 
 /// Snapshot then remove every planned volume (re-checking under its lock that it is still unused).
 /// Removal goes through Docker when it knows the volume, so `docker volume ls` shows no ghost.
-pub fn prune(
+pub(crate) fn prune(
     ctx: &Ctx,
     driver: &Driver,
     age: Duration,

@@ -2,9 +2,9 @@
 
 pub mod api;
 pub mod driver;
-pub mod error;
+pub(crate) mod error;
 pub mod mounts;
-pub mod pool_volume;
+pub(crate) mod pool_volume;
 pub mod protocol;
 pub mod server;
 pub mod status;

@@ -26,7 +26,7 @@ use crate::pool::tree::{destroy, names_in};
 use crate::pool::{btrfs, cow, find, Pool, Registry};
 
 /// What a Create in a pool needs from the driver.
-pub struct CreateCtx<'a> {
+pub(crate) struct CreateCtx<'a> {
     pub layout: &'a Layout,
     pub view: &'a HostView,
     pub store: &'a Store,
@@ -35,7 +35,7 @@ pub struct CreateCtx<'a> {
 
 /// Create `name` in its pool (the caller holds the record lock and checked that no record
 /// exists). Nothing is left behind on failure.
-pub fn create(
+pub(crate) fn create(
     cx: &CreateCtx,
     name: &VolumeName,
     options: std::collections::BTreeMap<String, String>,
@@ -220,7 +220,7 @@ fn first_content(
 /// Remove a pool volume's data (the caller holds the record lock and made the checks): moved
 /// to the pool's trash, the record deleted, then the trash entry and (for a whole volume) its
 /// read-only snapshots deleted. If the record cannot be deleted, the data is put back.
-pub fn remove(
+pub(crate) fn remove(
     layout: &Layout,
     view: &HostView,
     store: &Store,
@@ -356,7 +356,7 @@ fn refuse_unarchived(
 /// At plugin start, for every pool (mounting images found unmounted): put back the data of
 /// removals interrupted before their record was deleted, empty the trash, complete or delete
 /// interrupted Creates, delete the old half of interrupted restores.
-pub fn reconcile(layout: &Layout, view: &HostView, store: &Store) {
+pub(crate) fn reconcile(layout: &Layout, view: &HostView, store: &Store) {
     for p in Registry::load(layout).all() {
         let root = match p.open_root(layout, view) {
             Ok(r) => r,

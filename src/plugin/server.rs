@@ -450,7 +450,11 @@ impl Connection {
             reply.status.as_u16(),
             reply.status.canonical_reason().unwrap_or(""),
             reply.body.len(),
-            if keep_alive { "" } else { "Connection: close\r\n" },
+            if keep_alive {
+                ""
+            } else {
+                "Connection: close\r\n"
+            },
         )?;
         out.extend_from_slice(&reply.body);
         self.stream.write_all(&out)
@@ -546,4 +550,3 @@ fn too_large() -> Reply {
         format!("request body is larger than {MAX_BODY} bytes"),
     )
 }
-

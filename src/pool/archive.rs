@@ -18,7 +18,7 @@ use std::os::fd::AsFd;
 /// Archive the read-only snapshots of `volume` that have no archive yet, oldest first, then
 /// apply `keep=` to the archives. With `wait`, waits for another archiver of the volume;
 /// without, returns nothing when one is at work.
-pub fn catch_up(
+pub(crate) fn catch_up(
     ctx: &Ctx,
     volume: &VolumeName,
     wait: bool,
@@ -170,7 +170,7 @@ fn changed_since(
 
 /// The read-only snapshots of `volume` newer than its newest archive, oldest first: those
 /// whose archive is still to be written.
-pub fn pending(
+pub(crate) fn pending(
     layout: &crate::core::layout::Layout,
     pool: &crate::pool::Pool,
     root: &crate::fs::beneath::Dir,
@@ -199,7 +199,7 @@ fn clean_leftovers(dir: &std::path::Path) {
 
 /// One pass over every volume on a btrfs pool (the agent calls it in the background).
 /// Returns how many archives were written.
-pub fn run_once(ctx: &Ctx) -> usize {
+pub(crate) fn run_once(ctx: &Ctx) -> usize {
     if !crate::pool::Registry::load(&ctx.layout)
         .all()
         .iter()

@@ -7,7 +7,7 @@ use crate::pool::location::open;
 use crate::pool::{btrfs, find};
 
 /// How `size=` is enforced for a volume: `(enforced, how, qgroup figures)`.
-pub fn capacity(
+pub(crate) fn capacity(
     layout: &Layout,
     view: &HostView,
     rec: &VolumeRecord,

@@ -20,7 +20,7 @@ use crate::snapshot::manifest::{Manifest, Trigger};
 use crate::snapshot::{catalog, retention, SnapshotError};
 
 /// Prefix of an archive being written from a read-only snapshot.
-pub const ARCHIVING: &str = ".archiving-";
+pub(crate) const ARCHIVING: &str = ".archiving-";
 
 /// One read-only snapshot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,7 +43,7 @@ pub struct CowSnapshot {
 }
 
 /// The btrfs pool of a whole pool volume (not a child), if it is on one.
-pub fn pool_of(layout: &Layout, rec: &VolumeRecord) -> Option<Pool> {
+pub(crate) fn pool_of(layout: &Layout, rec: &VolumeRecord) -> Option<Pool> {
     match &rec.data {
         DataLocation::Pool {
             pool, subdir: None, ..
@@ -62,7 +62,7 @@ fn beneath(e: BeneathError) -> SnapshotError {
 
 /// The read-only snapshots of `volume` in `pool`, oldest first (an id whose subvolume exists;
 /// its `.json` adds the trigger).
-pub fn list_in(pool: &Pool, root: &Dir, volume: &VolumeName) -> Vec<CowSnapshot> {
+pub(crate) fn list_in(pool: &Pool, root: &Dir, volume: &VolumeName) -> Vec<CowSnapshot> {
     let Ok(dir) = root.open_beneath(
         &Path::new(crate::pool::SNAPSHOTS).join(volume),
         Missing::Refuse,
@@ -95,7 +95,7 @@ pub fn list_in(pool: &Pool, root: &Dir, volume: &VolumeName) -> Vec<CowSnapshot>
 }
 
 /// The read-only snapshots of a recorded volume (none when it is not on a btrfs pool).
-pub fn list(layout: &Layout, view: &HostView, rec: &VolumeRecord) -> Vec<CowSnapshot> {
+pub(crate) fn list(layout: &Layout, view: &HostView, rec: &VolumeRecord) -> Vec<CowSnapshot> {
     let Some(pool) = pool_of(layout, rec) else {
         return Vec::new();
     };
@@ -109,7 +109,7 @@ pub fn list(layout: &Layout, view: &HostView, rec: &VolumeRecord) -> Vec<CowSnap
 }
 
 /// The read-only snapshot `volume@id` in `pool`, opened without following symlinks, if it exists.
-pub fn open_snapshot(
+pub(crate) fn open_snapshot(
     pool: &Pool,
     root: &Dir,
     volume: &VolumeName,
@@ -129,7 +129,7 @@ pub fn open_snapshot(
 
 /// The read-only snapshot `volume@id` of a recorded volume, wherever its pool is (for copies
 /// into another pool, and for restores).
-pub fn find_snapshot(
+pub(crate) fn find_snapshot(
     layout: &Layout,
     view: &HostView,
     volume: &VolumeName,
@@ -150,7 +150,7 @@ pub fn find_snapshot(
 /// Take a read-only snapshot of a whole btrfs-pool volume: the snapshot lock is held for the
 /// snapshot and the rename only (milliseconds whatever the size). `Ok(None)`: the volume is
 /// not on a btrfs pool (the caller writes an archive instead).
-pub fn take(
+pub(crate) fn take(
     layout: &Layout,
     view: &HostView,
     rec: &VolumeRecord,
@@ -294,7 +294,7 @@ fn publish(
 
 /// Delete what an interrupted snapshot left (`.tmp-<id>` subvolumes, `<id>.json` without its
 /// subvolume). Call only while holding the volume's snapshot lock.
-pub fn clean_leftovers(snaps: &Dir) {
+pub(crate) fn clean_leftovers(snaps: &Dir) {
     let names = tree::names_in(snaps);
     for n in &names {
         let Some(s) = n.to_str() else { continue };
@@ -368,7 +368,7 @@ fn prune_locked(
 }
 
 /// Apply `keep` to a volume's read-only snapshots now (`snapshot prune`).
-pub fn prune(
+pub(crate) fn prune(
     layout: &Layout,
     view: &HostView,
     rec: &VolumeRecord,
@@ -400,7 +400,7 @@ fn remove_in(pool: &Pool, root: &Dir, volume: &VolumeName, id: &str) -> std::io:
 }
 
 /// Delete one read-only snapshot (`snapshot rm`), under the snapshot lock. `Ok(false)`: none.
-pub fn remove(
+pub(crate) fn remove(
     layout: &Layout,
     view: &HostView,
     rec: &VolumeRecord,
@@ -421,7 +421,7 @@ pub fn remove(
 }
 
 /// Delete every read-only snapshot of a removed volume, and its directory.
-pub fn destroy_all(root: &Dir, volume: &VolumeName) -> std::io::Result<()> {
+pub(crate) fn destroy_all(root: &Dir, volume: &VolumeName) -> std::io::Result<()> {
     let parent = root
         .open_beneath(Path::new(crate::pool::SNAPSHOTS), Missing::Create)?
         .dir;
@@ -430,7 +430,7 @@ pub fn destroy_all(root: &Dir, volume: &VolumeName) -> std::io::Result<()> {
 
 /// One row of `snapshot ls`: an archive, a read-only snapshot, or both under one id.
 #[derive(Clone, Debug)]
-pub struct Listed {
+pub(crate) struct Listed {
     /// `cow`, `archive` or `cow+archive`.
     pub kind: &'static str,
     pub manifest: Option<Manifest>,
@@ -440,7 +440,7 @@ pub struct Listed {
 impl Listed {
     /// The archive's manifest fields (or the read-only snapshot's id, volume, trigger and
     /// time), with `kind`, and `cow` (pool, duration) for a read-only snapshot.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         let mut v = match (&self.manifest, &self.cow) {
             (Some(m), _) => serde_json::to_value(m).unwrap_or_default(),
             (None, Some(c)) => serde_json::json!({
@@ -463,7 +463,7 @@ impl Listed {
         v
     }
 
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         self.manifest
             .as_ref()
             .map(|m| m.id.as_str())
@@ -473,7 +473,7 @@ impl Listed {
 }
 
 /// Archives and read-only snapshots of a volume, merged by id, oldest first.
-pub fn listing(
+pub(crate) fn listing(
     layout: &Layout,
     view: &HostView,
     volume: &VolumeName,
@@ -512,7 +512,7 @@ pub fn listing(
 }
 
 /// Snapshot ids of a recorded volume, archives and read-only snapshots, oldest first.
-pub fn all_ids(
+pub(crate) fn all_ids(
     layout: &Layout,
     view: &HostView,
     rec: &VolumeRecord,
@@ -533,7 +533,7 @@ pub fn all_ids(
 
 /// Delete the data of a whole volume that has left `pool` (a migration's old place) and its
 /// read-only snapshots there. The caller checked that no record uses it.
-pub fn destroy_in_pool(
+pub(crate) fn destroy_in_pool(
     layout: &Layout,
     view: &HostView,
     pool: &str,

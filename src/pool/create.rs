@@ -16,14 +16,19 @@ use crate::pool::{parse_def, Entry, Pool, PoolSpec, Registry};
 
 /// What `pool create` did.
 #[derive(Debug)]
-pub struct Created {
+pub(crate) struct Created {
     pub pool: Pool,
     /// An interrupted creation of the same pool was completed.
     pub resumed: bool,
 }
 
 /// Create (or complete the interrupted creation of) pool `name` from `spec`.
-pub fn create(layout: &Layout, view: &HostView, name: &str, spec: &str) -> io::Result<Created> {
+pub(crate) fn create(
+    layout: &Layout,
+    view: &HostView,
+    name: &str,
+    spec: &str,
+) -> io::Result<Created> {
     let def = parse_def(&format!("{name}={spec}")).map_err(io::Error::other)?;
     layout.ensure()?;
     let _lock = Registry::lock(layout)?;

@@ -7,17 +7,17 @@
 //! disk never receives volume data. A `btrfs-image` pool is mounted again by whichever process
 //! finds its marker missing (plugin start, Create, Mount, a snapshot).
 
-pub mod archive;
+pub(crate) mod archive;
 pub mod btrfs;
-pub mod capacity;
-pub mod cow;
-pub mod create;
+pub(crate) mod capacity;
+pub(crate) mod cow;
+pub(crate) mod create;
 pub mod image;
 pub mod location;
-pub mod restore;
+pub(crate) mod restore;
 pub mod send_diff;
-pub mod topology;
-pub mod tree;
+pub(crate) mod topology;
+pub(crate) mod tree;
 
 use std::fs;
 use std::io::{self, Read};

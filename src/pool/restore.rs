@@ -20,7 +20,7 @@ use crate::snapshot::restore::{self as archive_restore, RestoreReport};
 use crate::snapshot::{Manifest, SnapshotError};
 
 /// Prefix of the subvolume a restore swaps in (and, after the swap, of the old content).
-pub const RESTORING: &str = ".restoring-";
+pub(crate) const RESTORING: &str = ".restoring-";
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> SnapshotError {
     move |e| SnapshotError::io(context, e)
@@ -30,7 +30,7 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> SnapshotError {
 /// otherwise: the caller restores through a staging directory). The caller holds the
 /// snapshot lock and made the in-use checks. `chain` is the archive chain of `id` (empty when
 /// only the read-only snapshot exists).
-pub fn over(
+pub(crate) fn over(
     ctx: &Ctx,
     vref: &VolumeRef,
     id: &str,
@@ -146,7 +146,7 @@ fn make(
 
 /// Delete a restore's leftover `volumes/.restoring-<name>` unless a restore of the volume is
 /// running (plugin start).
-pub fn clean_leftover(layout: &Layout, vols: &Dir, name: &VolumeName) {
+pub(crate) fn clean_leftover(layout: &Layout, vols: &Dir, name: &VolumeName) {
     let Ok(Some(_lock)) = FileLock::try_acquire(&layout.snapshot_lock(name), LockKind::Exclusive)
     else {
         return;

@@ -16,7 +16,7 @@ use crate::pool::location::Locate;
 
 /// How another volume's data relates to the directory asked about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Relation {
+pub(crate) enum Relation {
     /// The same directory.
     Equal,
     /// Inside it (a child, or a `device=` below it).
@@ -26,7 +26,7 @@ pub enum Relation {
 }
 
 impl Relation {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Relation::Equal => "shares its directory",
             Relation::Inside => "lives inside it",
@@ -37,7 +37,7 @@ impl Relation {
 
 /// One volume of the family.
 #[derive(Clone, Debug)]
-pub struct Member {
+pub(crate) struct Member {
     pub name: VolumeName,
     pub relation: Relation,
     /// Mount references the plugin holds for it.
@@ -46,7 +46,7 @@ pub struct Member {
 
 /// Every volume sharing a directory's tree, and the live mounts found below the directory.
 #[derive(Clone, Debug, Default)]
-pub struct Family {
+pub(crate) struct Family {
     pub members: Vec<Member>,
     /// Mount points (this process's view) inside the directory that no member explains.
     pub mounts_below: Vec<PathBuf>,
@@ -57,26 +57,15 @@ pub struct Family {
 
 impl Family {
     /// Members (other than `except`) that are mounted.
-    pub fn in_use<'a>(&'a self, except: &'a str) -> impl Iterator<Item = &'a Member> + 'a {
+    pub(crate) fn in_use<'a>(&'a self, except: &'a str) -> impl Iterator<Item = &'a Member> + 'a {
         self.members
             .iter()
             .filter(move |m| m.name != except && m.mounts > 0)
     }
 
-    /// Members (other than `except`) with the given relation.
-    pub fn related<'a>(
-        &'a self,
-        except: &'a str,
-        relation: Relation,
-    ) -> impl Iterator<Item = &'a Member> + 'a {
-        self.members
-            .iter()
-            .filter(move |m| m.name != except && m.relation == relation)
-    }
-
     /// A refusal naming the first member in use (and what to do), if any is; `what` says
     /// what was refused, e.g. "restore volume ws".
-    pub fn refusal(&self, except: &str, what: &str) -> Option<String> {
+    pub(crate) fn refusal(&self, except: &str, what: &str) -> Option<String> {
         if let Some(m) = self.in_use(except).next() {
             let who = match self.users.get(m.name.as_str()).filter(|u| !u.is_empty()) {
                 Some(names) => format!("container {}", names.join(", ")),
@@ -101,7 +90,7 @@ impl Family {
 /// Exclusive snapshot locks of every member but `except`: a Mount takes its volume's snapshot
 /// lock shared, so while these are held no member can be mounted. Taken with a bounded wait
 /// (two operations on overlapping families give up instead of waiting for each other).
-pub fn lock_members(
+pub(crate) fn lock_members(
     layout: &Layout,
     fam: &Family,
     except: &VolumeName,
@@ -133,7 +122,7 @@ pub fn lock_members(
 
 /// The family of the directory `dir` (opened by the caller through [`crate::fs::beneath`]).
 /// `dir_path` is where this process sees it, for finding live mounts below it.
-pub fn family(layout: &Layout, view: &HostView, dir: &Dir, dir_path: &Path) -> Family {
+pub(crate) fn family(layout: &Layout, view: &HostView, dir: &Dir, dir_path: &Path) -> Family {
     let records = Store::new(layout.clone())
         .all()
         .map(|(ok, _)| ok)

@@ -19,11 +19,11 @@ use super::transfer::{bare_etag, get_bytes};
 use crate::backup::{parse_dir_name, BackupType};
 
 /// Name of the plaintext index object of a remote backup.
-pub const INDEX: &str = "index.json";
+pub(crate) const INDEX: &str = "index.json";
 
 /// One object of a remote backup, as recorded at upload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexObject {
+pub(crate) struct IndexObject {
     /// The file's name in the local backup directory (`app-data.tar.gz`).
     pub file: String,
     /// The object's name inside the backup's prefix (`app-data.tar.gz.age`).
@@ -38,7 +38,7 @@ pub struct IndexObject {
 
 /// `index.json` of a remote backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Index {
+pub(crate) struct Index {
     pub format: u32,
     #[serde(rename = "type")]
     pub kind: BackupType,
@@ -53,7 +53,7 @@ pub struct Index {
 
 /// One backup on the remote.
 #[derive(Clone, Debug, Serialize)]
-pub struct RemoteBackup {
+pub(crate) struct RemoteBackup {
     #[serde(rename = "type")]
     pub kind: BackupType,
     pub name: String,
@@ -75,26 +75,22 @@ pub struct RemoteBackup {
 }
 
 impl RemoteBackup {
-    pub fn is_ok(&self) -> bool {
+    pub(crate) fn is_ok(&self) -> bool {
         self.complete && self.index.is_some() && self.outcome == "ok"
     }
     /// `daily/20240131_020003`.
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         format!("{}/{}", self.kind, self.name)
-    }
-    /// The manifest object's name (from the index, else by convention).
-    pub fn manifest_object(&self) -> Option<&str> {
-        self.index.as_ref().map(|i| i.manifest.as_str())
     }
 }
 
 /// The manifest's object name for an encryption suffix.
-pub fn manifest_object(suffix: &str) -> String {
+pub(crate) fn manifest_object(suffix: &str) -> String {
     format!("{}{suffix}", crate::backup::manifest::MANIFEST)
 }
 
 /// List every backup on the remote (incomplete ones too), oldest first within a type; indexes of complete backups are read.
-pub async fn list(remote: &Remote) -> anyhow::Result<Vec<RemoteBackup>> {
+pub(crate) async fn list(remote: &Remote) -> anyhow::Result<Vec<RemoteBackup>> {
     let base = remote.backups_key();
     let what = format!("listing {}", remote.url(&base));
     let mut groups: BTreeMap<(BackupType, String), BTreeMap<String, ObjectMeta>> = BTreeMap::new();
@@ -157,7 +153,11 @@ pub async fn list(remote: &Remote) -> anyhow::Result<Vec<RemoteBackup>> {
 }
 
 /// Read and parse a backup's `index.json`.
-pub async fn read_index(remote: &Remote, kind: BackupType, name: &str) -> anyhow::Result<Index> {
+pub(crate) async fn read_index(
+    remote: &Remote,
+    kind: BackupType,
+    name: &str,
+) -> anyhow::Result<Index> {
     let key = remote.object_key(kind, name, INDEX);
     let bytes = get_bytes(remote, &key).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
@@ -170,7 +170,7 @@ pub async fn read_index(remote: &Remote, kind: BackupType, name: &str) -> anyhow
 
 /// Compare the listing of a backup with its index: every object present, same size and ETag.
 /// Returns one sentence per problem, naming the object.
-pub fn check_listing(remote: &Remote, b: &RemoteBackup) -> Vec<String> {
+pub(crate) fn check_listing(remote: &Remote, b: &RemoteBackup) -> Vec<String> {
     let Some(index) = &b.index else {
         return vec![format!(
             "{}: {}",
@@ -193,7 +193,7 @@ pub fn check_listing(remote: &Remote, b: &RemoteBackup) -> Vec<String> {
 /// Compare a listing with the objects an index records and its manifest object: every one
 /// present, with the size and ETag recorded at upload. `key` makes an object's key, `what`
 /// names the set ("the backup daily/…"). One sentence per problem, naming the object.
-pub fn check_objects(
+pub(crate) fn check_objects(
     remote: &Remote,
     key: impl Fn(&str) -> object_store::path::Path,
     listing: &BTreeMap<String, ObjectMeta>,

@@ -17,7 +17,7 @@ use crate::core::store::Store;
 
 /// What a snapshot push did, over every volume.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct ChainsReport {
+pub(crate) struct ChainsReport {
     pub remote: String,
     pub volumes: Vec<VolumePush>,
     /// One sentence per volume that failed.
@@ -25,10 +25,10 @@ pub struct ChainsReport {
 }
 
 impl ChainsReport {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.errors.is_empty()
     }
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let pushed: usize = self.volumes.iter().map(|v| v.pushed.len()).sum();
         let pruned: usize = self.volumes.iter().map(|v| v.pruned.len()).sum();
         format!(
@@ -45,7 +45,7 @@ impl ChainsReport {
 }
 
 /// The volumes whose snapshot chains go off-site.
-pub fn offsite_volumes(layout: &Layout) -> anyhow::Result<Vec<VolumeName>> {
+pub(crate) fn offsite_volumes(layout: &Layout) -> anyhow::Result<Vec<VolumeName>> {
     let (records, _) = Store::new(layout.clone()).all()?;
     Ok(records
         .iter()
@@ -56,7 +56,7 @@ pub fn offsite_volumes(layout: &Layout) -> anyhow::Result<Vec<VolumeName>> {
 
 /// Push the snapshots of `volumes` (each with its record and `keep=`) to the remote and apply its retention.
 /// `Err` only when nothing could be tried; each volume's failure is a sentence in the report.
-pub fn push(
+pub(crate) fn push(
     layout: &Layout,
     cfg: &RemoteConfig,
     volumes: &[VolumeName],
@@ -112,7 +112,7 @@ pub fn push(
 /// touches the remote only when a volume has a new snapshot (or after a failure, with backoff).
 /// It starts empty, so its first poll checks every volume against the remote: the catch-up
 /// after downtime.
-pub struct Watcher {
+pub(crate) struct Watcher {
     remote: String,
     pushed: BTreeMap<VolumeName, Option<String>>,
     retry_at: Option<Instant>,
@@ -120,7 +120,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(remote: &str) -> Watcher {
+    pub(crate) fn new(remote: &str) -> Watcher {
         Watcher {
             remote: remote.to_string(),
             pushed: BTreeMap::new(),
@@ -130,7 +130,7 @@ impl Watcher {
     }
 
     /// One poll: push the volumes whose newest local snapshot was not pushed yet.
-    pub fn run_once(&mut self, layout: &Layout) {
+    pub(crate) fn run_once(&mut self, layout: &Layout) {
         if self.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }

@@ -17,7 +17,7 @@ use crate::backup::BackupType;
 
 /// An opened remote: its configuration and a client.
 #[derive(Clone)]
-pub struct Remote {
+pub(crate) struct Remote {
     pub cfg: RemoteConfig,
     pub store: Arc<dyn ObjectStore>,
 }
@@ -31,7 +31,7 @@ fn env_u64(key: &str, default: u64) -> u64 {
 
 impl Remote {
     /// Build the client (no request is made yet).
-    pub fn open(cfg: &RemoteConfig) -> anyhow::Result<Remote> {
+    pub(crate) fn open(cfg: &RemoteConfig) -> anyhow::Result<Remote> {
         // An endpoint that drops a connection while a request is written must be an error the
         // retries handle, not a SIGPIPE that kills the process (the CLI restores the default
         // disposition so that `allspark … | head` ends quietly).
@@ -90,12 +90,12 @@ impl Remote {
     }
 
     /// `<prefix>/backups`.
-    pub fn backups_key(&self) -> Key {
+    pub(crate) fn backups_key(&self) -> Key {
         self.top_key("backups")
     }
 
     /// `<prefix>/snapshots` (or `<prefix>/snapshots/<volume>`).
-    pub fn snapshots_key(&self, volume: Option<&str>) -> Key {
+    pub(crate) fn snapshots_key(&self, volume: Option<&str>) -> Key {
         let k = self.top_key("snapshots");
         match volume {
             Some(v) => k.join(v),
@@ -104,32 +104,32 @@ impl Remote {
     }
 
     /// `<prefix>/snapshots/<volume>/<id>`.
-    pub fn snapshot_key(&self, volume: &str, id: &str) -> Key {
+    pub(crate) fn snapshot_key(&self, volume: &str, id: &str) -> Key {
         self.snapshots_key(Some(volume)).join(id)
     }
 
     /// `<prefix>/volumes/<volume>/<object>`: the volume's record (its Create options).
-    pub fn volume_key(&self, volume: &str, object: &str) -> Key {
+    pub(crate) fn volume_key(&self, volume: &str, object: &str) -> Key {
         self.top_key("volumes").join(volume).join(object)
     }
 
     /// `<prefix>/backups/<type>/<name>`.
-    pub fn backup_key(&self, kind: BackupType, name: &str) -> Key {
+    pub(crate) fn backup_key(&self, kind: BackupType, name: &str) -> Key {
         self.backups_key().clone().join(kind.as_str()).join(name)
     }
 
     /// An object of a backup.
-    pub fn object_key(&self, kind: BackupType, name: &str, object: &str) -> Key {
+    pub(crate) fn object_key(&self, kind: BackupType, name: &str, object: &str) -> Key {
         self.backup_key(kind, name).join(object)
     }
 
     /// `s3://bucket/key`, for messages.
-    pub fn url(&self, key: &Key) -> String {
+    pub(crate) fn url(&self, key: &Key) -> String {
         format!("s3://{}/{}", self.cfg.bucket, key)
     }
 
     /// Turn a client error into a sentence naming the remote, what was done, and what to do.
-    pub fn explain(&self, what: &str, e: object_store::Error) -> anyhow::Error {
+    pub(crate) fn explain(&self, what: &str, e: object_store::Error) -> anyhow::Error {
         let name = &self.cfg.name;
         let text = e.to_string();
         let creds = || {
@@ -166,6 +166,6 @@ impl Remote {
 
 /// The runtime the remote's async client runs on for the synchronous callers (CLI, the
 /// agent's schedule thread): the process's shared one.
-pub fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
     crate::core::runtime::shared()
 }

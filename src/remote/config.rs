@@ -24,7 +24,7 @@ use crate::fs::durable;
 /// How objects are encrypted before upload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase")]
-pub enum Encryption {
+pub(crate) enum Encryption {
     /// age X25519 public keys (`age1…`); decrypting needs one of their identity files.
     Recipients { recipients: Vec<String> },
     /// An age passphrase (scrypt) read from a root-only file.
@@ -34,7 +34,7 @@ pub enum Encryption {
 }
 
 impl Encryption {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Encryption::Recipients { recipients } => {
                 format!("age, {} recipient(s)", recipients.len())
@@ -45,14 +45,14 @@ impl Encryption {
             Encryption::None => "NONE (unencrypted)".into(),
         }
     }
-    pub fn is_encrypted(&self) -> bool {
+    pub(crate) fn is_encrypted(&self) -> bool {
         !matches!(self, Encryption::None)
     }
 }
 
 /// One remote, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RemoteConfig {
+pub(crate) struct RemoteConfig {
     pub name: String,
     /// `https://s3.eu-west-1.amazonaws.com`, `https://fra1.digitaloceanspaces.com`, `http://127.0.0.1:9000`.
     pub endpoint: String,
@@ -80,7 +80,7 @@ fn default_region() -> String {
 
 impl RemoteConfig {
     /// A check of everything `remote add` accepts; the error says what to change.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         crate::core::names::validate(&self.name)
             .map_err(|e| anyhow::anyhow!("invalid remote name: {e}"))?;
         if !(self.endpoint.starts_with("https://") || self.endpoint.starts_with("http://")) {
@@ -126,7 +126,7 @@ impl RemoteConfig {
     }
 
     /// Where credentials come from, for display (never the secret itself).
-    pub fn credentials_source(&self) -> String {
+    pub(crate) fn credentials_source(&self) -> String {
         match &self.credentials_file {
             Some(f) => format!("file {}", f.display()),
             None => "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), else the managed plugin's `docker plugin set` settings".into(),
@@ -136,7 +136,7 @@ impl RemoteConfig {
 
 /// An access key. `Debug` and `Display` never show the secret.
 #[derive(Clone)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub session_token: Option<String>,
@@ -153,7 +153,7 @@ impl fmt::Debug for Credentials {
 }
 
 /// Load the remote's credentials (file first, then environment).
-pub fn credentials(cfg: &RemoteConfig) -> anyhow::Result<Credentials> {
+pub(crate) fn credentials(cfg: &RemoteConfig) -> anyhow::Result<Credentials> {
     if let Some(f) = &cfg.credentials_file {
         check_private_file(f, "the credentials file")?;
         let text = std::fs::read_to_string(f)
@@ -259,7 +259,7 @@ fn parse_credentials(text: &str) -> anyhow::Result<Credentials> {
 }
 
 /// Refuse a secret file others can read, or that someone else owns.
-pub fn check_private_file(path: &Path, what: &str) -> anyhow::Result<()> {
+pub(crate) fn check_private_file(path: &Path, what: &str) -> anyhow::Result<()> {
     let md = std::fs::metadata(path)
         .with_context(|| format!("cannot read {what} {}", path.display()))?;
     if !md.is_file() {
@@ -287,12 +287,12 @@ pub fn check_private_file(path: &Path, what: &str) -> anyhow::Result<()> {
 }
 
 /// `<root>/state/remotes/<name>.json`.
-pub fn path(layout: &Layout, name: &str) -> PathBuf {
+pub(crate) fn path(layout: &Layout, name: &str) -> PathBuf {
     layout.remotes_dir().join(format!("{name}.json"))
 }
 
 /// Write a remote's file (0600, durable).
-pub fn save(layout: &Layout, cfg: &RemoteConfig) -> anyhow::Result<()> {
+pub(crate) fn save(layout: &Layout, cfg: &RemoteConfig) -> anyhow::Result<()> {
     cfg.validate()?;
     let dir = layout.remotes_dir();
     durable::ensure_dir(&dir, 0o700)
@@ -305,7 +305,7 @@ pub fn save(layout: &Layout, cfg: &RemoteConfig) -> anyhow::Result<()> {
 }
 
 /// Load remote `name`; the error lists the remotes there are.
-pub fn load(layout: &Layout, name: &str) -> anyhow::Result<RemoteConfig> {
+pub(crate) fn load(layout: &Layout, name: &str) -> anyhow::Result<RemoteConfig> {
     crate::core::names::validate(name).map_err(|e| anyhow::anyhow!("invalid remote name: {e}"))?;
     let p = path(layout, name);
     let bytes = match std::fs::read(&p) {
@@ -332,7 +332,7 @@ pub fn load(layout: &Layout, name: &str) -> anyhow::Result<RemoteConfig> {
 }
 
 /// Every configured remote, by name.
-pub fn list(layout: &Layout) -> anyhow::Result<Vec<RemoteConfig>> {
+pub(crate) fn list(layout: &Layout) -> anyhow::Result<Vec<RemoteConfig>> {
     let dir = layout.remotes_dir();
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -358,14 +358,14 @@ pub fn list(layout: &Layout) -> anyhow::Result<Vec<RemoteConfig>> {
 }
 
 /// Remove remote `name`'s file (the bucket is not touched).
-pub fn remove(layout: &Layout, name: &str) -> anyhow::Result<()> {
+pub(crate) fn remove(layout: &Layout, name: &str) -> anyhow::Result<()> {
     load(layout, name)?;
     let p = path(layout, name);
     durable::remove_durable(&p).with_context(|| format!("cannot remove {}", p.display()))
 }
 
 /// Parse an age X25519 public key (`age1…`).
-pub fn parse_recipient(s: &str) -> anyhow::Result<age::x25519::Recipient> {
+pub(crate) fn parse_recipient(s: &str) -> anyhow::Result<age::x25519::Recipient> {
     age::x25519::Recipient::from_str(s.trim()).map_err(|e| {
         anyhow::anyhow!(
             "{s:?} is not an age public key ({e}); give the `age1…` line `age-keygen` prints (\"Public key: …\")"

@@ -30,14 +30,14 @@ fn read_passphrase(path: &Path) -> anyhow::Result<SecretString> {
 
 /// The sealing side of a remote.
 #[derive(Clone)]
-pub enum Sealer {
+pub(crate) enum Sealer {
     Recipients(Vec<age::x25519::Recipient>),
     Passphrase(SecretString),
     Plain,
 }
 
 impl Sealer {
-    pub fn of(cfg: &RemoteConfig) -> anyhow::Result<Sealer> {
+    pub(crate) fn of(cfg: &RemoteConfig) -> anyhow::Result<Sealer> {
         Ok(match &cfg.encryption {
             Encryption::Recipients { recipients } => Sealer::Recipients(
                 recipients
@@ -53,7 +53,7 @@ impl Sealer {
     }
 
     /// The suffix of object names (`.age`, or nothing when unencrypted).
-    pub fn suffix(&self) -> &'static str {
+    pub(crate) fn suffix(&self) -> &'static str {
         match self {
             Sealer::Plain => "",
             _ => ".age",
@@ -61,7 +61,7 @@ impl Sealer {
     }
 
     /// Copy `input` into `output`, encrypted; returns `output` once the age stream is finished.
-    pub fn seal<R: Read, W: Write>(&self, input: &mut R, output: W) -> io::Result<W> {
+    pub(crate) fn seal<R: Read, W: Write>(&self, input: &mut R, output: W) -> io::Result<W> {
         let enc = match self {
             Sealer::Recipients(rs) => {
                 age::Encryptor::with_recipients(rs.iter().map(|r| r as &dyn age::Recipient))
@@ -80,20 +80,20 @@ impl Sealer {
     }
 
     /// Encrypt a small buffer (the manifest).
-    pub fn seal_bytes(&self, bytes: &[u8]) -> io::Result<Vec<u8>> {
+    pub(crate) fn seal_bytes(&self, bytes: &[u8]) -> io::Result<Vec<u8>> {
         self.seal(&mut &bytes[..], Vec::with_capacity(bytes.len() + 256))
     }
 }
 
 /// The opening side: identities able to decrypt a remote's objects.
-pub enum Opener {
+pub(crate) enum Opener {
     Identities(Vec<Box<dyn age::Identity + Send + Sync>>, String),
     Plain,
 }
 
 impl Opener {
     /// From `identity` (an age identity file) when given, else the remote's configured identity file or passphrase file.
-    pub fn of(cfg: &RemoteConfig, identity: Option<&Path>) -> anyhow::Result<Opener> {
+    pub(crate) fn of(cfg: &RemoteConfig, identity: Option<&Path>) -> anyhow::Result<Opener> {
         if !cfg.encryption.is_encrypted() {
             return Ok(Opener::Plain);
         }
@@ -128,7 +128,7 @@ impl Opener {
     }
 
     /// Decrypt `input` into `output`; the error says whether the key is wrong or the object damaged.
-    pub fn open<R: Read, W: Write>(&self, input: R, output: &mut W) -> anyhow::Result<u64> {
+    pub(crate) fn open<R: Read, W: Write>(&self, input: R, output: &mut W) -> anyhow::Result<u64> {
         match self {
             Opener::Plain => {
                 let mut input = input;

@@ -20,14 +20,14 @@ use crate::fs::durable;
 
 /// What a fetch downloaded.
 #[derive(Clone, Debug)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     pub manifest: BackupManifest,
     /// Bytes downloaded (encrypted).
     pub bytes: u64,
 }
 
 /// Fetch `b` into `dir` (created, mode 0700; must not exist).
-pub async fn fetch(
+pub(crate) async fn fetch(
     remote: &Remote,
     b: &RemoteBackup,
     opener: Arc<Opener>,

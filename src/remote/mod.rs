@@ -31,24 +31,24 @@
 //! volumes send their chains, and the agent's uploader).
 //! Disaster recovery from a remote is [`crate::ops::dr`].
 
-pub mod catalog;
-pub mod chains;
-pub mod client;
-pub mod config;
-pub mod crypt;
-pub mod fetch;
-pub mod objects;
-pub mod prune;
-pub mod push;
-pub mod snapshots;
-pub mod transfer;
-pub mod verify;
+pub(crate) mod catalog;
+pub(crate) mod chains;
+pub(crate) mod client;
+pub(crate) mod config;
+pub(crate) mod crypt;
+pub(crate) mod fetch;
+pub(crate) mod objects;
+pub(crate) mod prune;
+pub(crate) mod push;
+pub(crate) mod snapshots;
+pub(crate) mod transfer;
+pub(crate) mod verify;
 
-pub use client::Remote;
-pub use config::RemoteConfig;
+pub(crate) use client::Remote;
+pub(crate) use config::RemoteConfig;
 
 /// The lock serialising pushes, prunes and recoveries of one remote on this host.
-pub fn take_lock(
+pub(crate) fn take_lock(
     layout: &crate::core::layout::Layout,
     name: &str,
 ) -> anyhow::Result<crate::fs::durable::FileLock> {

@@ -21,7 +21,7 @@ use crate::fs::durable;
 
 /// A file of the local directory to upload.
 #[derive(Clone, Debug)]
-pub struct LocalFile {
+pub(crate) struct LocalFile {
     /// Its name in the directory (a plain name).
     pub name: String,
     /// The sha256 its manifest records: the upload is refused if the file no longer matches.
@@ -30,7 +30,7 @@ pub struct LocalFile {
 
 /// What [`upload_files`] did.
 #[derive(Clone, Debug, Default)]
-pub struct SetUpload {
+pub(crate) struct SetUpload {
     /// Every object of the set, as stored.
     pub objects: Vec<IndexObject>,
     pub uploaded: usize,
@@ -47,7 +47,7 @@ struct Pending {
 }
 
 /// `<root>/state/remotes/<remote>.pending/<what>.json`.
-pub fn pending_path(remotes_dir: &Path, remote: &str, what: &str) -> PathBuf {
+pub(crate) fn pending_path(remotes_dir: &Path, remote: &str, what: &str) -> PathBuf {
     remotes_dir
         .join(format!("{remote}.pending"))
         .join(format!("{what}.json"))
@@ -70,7 +70,7 @@ fn save_pending(p: &Path, s: &Pending) -> anyhow::Result<()> {
 }
 
 /// A file name from a manifest must be a plain name inside the directory.
-pub fn plain_name(name: &str) -> bool {
+pub(crate) fn plain_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && name != "." && name != ".." && !name.contains('\0')
 }
 
@@ -80,7 +80,7 @@ pub fn plain_name(name: &str) -> bool {
 /// interrupted upload recorded in `pending_file` that is still there with the same size and
 /// ETag is not sent again.
 #[allow(clippy::too_many_arguments)] // the remote, the files, what is up already, where progress is recorded
-pub async fn upload_files(
+pub(crate) async fn upload_files(
     remote: &Remote,
     sealer: &Sealer,
     base: &Key,
@@ -144,13 +144,13 @@ pub async fn upload_files(
 }
 
 /// The set is complete on the remote: forget its pending record.
-pub fn done(pending_file: &Path) {
+pub(crate) fn done(pending_file: &Path) {
     let _ = std::fs::remove_file(pending_file);
 }
 
 /// Delete a set of objects below `base` (a backup, a snapshot): its manifest first (the set is
 /// incomplete, and never used, from the first request on), its `index.json` next, then the rest.
-pub async fn delete_set(
+pub(crate) async fn delete_set(
     remote: &Remote,
     base: &Key,
     listing: &BTreeMap<String, ObjectMeta>,
@@ -177,7 +177,7 @@ pub async fn delete_set(
 }
 
 /// A downloaded object must be as stored at upload (size and sha256 of its index entry).
-pub fn check_stored(
+pub(crate) fn check_stored(
     remote: &Remote,
     key: &Key,
     got: &super::transfer::Downloaded,

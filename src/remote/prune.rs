@@ -17,7 +17,7 @@ use crate::core::layout::Layout;
 
 /// What a remote prune did.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct RemotePruneReport {
+pub(crate) struct RemotePruneReport {
     pub removed: Vec<String>,
     pub kept: usize,
     pub errors: Vec<String>,
@@ -25,7 +25,7 @@ pub struct RemotePruneReport {
 }
 
 /// Retention's candidates for the remote's backups.
-pub fn candidates(backups: &[RemoteBackup]) -> Vec<Candidate> {
+pub(crate) fn candidates(backups: &[RemoteBackup]) -> Vec<Candidate> {
     backups
         .iter()
         .map(|b| Candidate {
@@ -44,7 +44,7 @@ pub fn candidates(backups: &[RemoteBackup]) -> Vec<Candidate> {
 }
 
 /// Apply the retention of `settings.keep` to the remote (`dry_run`: decide only).
-pub fn prune(
+pub(crate) fn prune(
     layout: &Layout,
     cfg: &RemoteConfig,
     settings: &Settings,
@@ -87,6 +87,6 @@ pub fn prune(
 }
 
 /// Delete one remote backup: manifest first, index next, then every other object.
-pub async fn delete_backup(remote: &Remote, b: &RemoteBackup) -> anyhow::Result<()> {
+pub(crate) async fn delete_backup(remote: &Remote, b: &RemoteBackup) -> anyhow::Result<()> {
     super::objects::delete_set(remote, &remote.backup_key(b.kind, &b.name), &b.listing).await
 }

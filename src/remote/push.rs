@@ -27,7 +27,7 @@ use crate::core::layout::Layout;
 
 /// What a push did.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct PushReport {
+pub(crate) struct PushReport {
     pub remote: String,
     /// Backups made complete on the remote (`daily/20240131_020003`).
     pub pushed: Vec<String>,
@@ -45,10 +45,10 @@ pub struct PushReport {
 }
 
 impl PushReport {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.errors.is_empty()
     }
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!(
             "remote {}: {} backup(s) pushed ({} object(s) uploaded, {} re-used from an interrupted push, {} bytes) in {:.1} s, {} already there{}",
             self.remote,
@@ -129,7 +129,7 @@ fn to_push(
 
 /// Push every complete local backup the remote lacks. `Err` only when nothing could be tried
 /// (remote unknown or unreachable); each backup's failure is a sentence in the report.
-pub fn push(
+pub(crate) fn push(
     layout: &Layout,
     cfg: &RemoteConfig,
     settings: &Settings,
@@ -255,7 +255,7 @@ async fn push_one(
 
 /// After a local backup: push what the remote lacks, then apply the remote's retention.
 /// Every failure is a sentence in the returned list (the local backups are never touched).
-pub fn push_and_prune(
+pub(crate) fn push_and_prune(
     layout: &Layout,
     remote_name: &str,
     settings: &Settings,

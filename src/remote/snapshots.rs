@@ -39,13 +39,13 @@ use crate::snapshot::manifest::{Manifest, INDEX_NAME, MANIFEST_NAME};
 use crate::snapshot::{catalog as local, retention};
 
 /// Name of the plaintext index object of a remote snapshot.
-pub const INDEX: &str = "index.json";
+pub(crate) const INDEX: &str = "index.json";
 /// Name (before the sealer's suffix) of a volume's record object.
-pub const RECORD: &str = "record.json";
+pub(crate) const RECORD: &str = "record.json";
 
 /// `index.json` of a remote snapshot (no secret: ids, times, sizes, checksums).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapIndex {
+pub(crate) struct SnapIndex {
     pub format: u32,
     pub volume: VolumeName,
     pub id: String,
@@ -59,7 +59,7 @@ pub struct SnapIndex {
 
 /// One snapshot on the remote.
 #[derive(Clone, Debug, Serialize)]
-pub struct RemoteSnapshot {
+pub(crate) struct RemoteSnapshot {
     pub volume: VolumeName,
     pub id: String,
     /// Its manifest was uploaded (the last object of a push).
@@ -77,13 +77,16 @@ pub struct RemoteSnapshot {
 
 impl RemoteSnapshot {
     /// Complete, with a readable index.
-    pub fn usable(&self) -> bool {
+    pub(crate) fn usable(&self) -> bool {
         self.complete && self.index.is_some()
     }
 }
 
 /// Every snapshot on the remote (of `volume` only, when given), ordered by volume then id; indexes of complete ones are read.
-pub async fn list(remote: &Remote, volume: Option<&str>) -> anyhow::Result<Vec<RemoteSnapshot>> {
+pub(crate) async fn list(
+    remote: &Remote,
+    volume: Option<&str>,
+) -> anyhow::Result<Vec<RemoteSnapshot>> {
     let base = remote.snapshots_key(None);
     let under = remote.snapshots_key(volume);
     let what = format!("listing {}", remote.url(&under));
@@ -142,7 +145,7 @@ pub async fn list(remote: &Remote, volume: Option<&str>) -> anyhow::Result<Vec<R
 
 /// What pushing one volume's snapshots did.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct VolumePush {
+pub(crate) struct VolumePush {
     pub volume: String,
     /// Snapshot ids made complete on the remote.
     pub pushed: Vec<String>,
@@ -155,7 +158,7 @@ pub struct VolumePush {
 }
 
 /// Upload a volume's record (its Create options), encrypted.
-pub async fn put_record(
+pub(crate) async fn put_record(
     remote: &Remote,
     sealer: &Sealer,
     volume: &str,
@@ -170,7 +173,7 @@ pub async fn put_record(
 }
 
 /// Download and decrypt a volume's record; `None` when the remote has none.
-pub async fn get_record(
+pub(crate) async fn get_record(
     remote: &Remote,
     opener: &Opener,
     volume: &str,
@@ -197,7 +200,7 @@ pub async fn get_record(
 /// Push every complete local snapshot of `volume` the remote lacks (oldest first, stopping at the first failure), then apply `keep` to the remote's snapshots of it.
 ///
 /// `record`: the volume's options, uploaded beside the snapshots when one was pushed.
-pub async fn push_volume(
+pub(crate) async fn push_volume(
     remote: &Remote,
     sealer: &Sealer,
     layout: &Layout,
@@ -253,7 +256,7 @@ pub async fn push_volume(
 }
 
 /// The remote snapshots of one volume to delete: complete ones `keep` (with the chains its kept snapshots need) does not keep, and incomplete ones this host no longer has (their push can never finish).
-pub fn prune_plan(
+pub(crate) fn prune_plan(
     there: &[RemoteSnapshot],
     local_ids: &BTreeSet<&str>,
     keep: &Keep,
@@ -346,12 +349,15 @@ async fn push_one(
 }
 
 /// Delete one remote snapshot: manifest first (incomplete from the first request on), index next, then the rest.
-pub async fn delete(remote: &Remote, s: &RemoteSnapshot) -> anyhow::Result<()> {
+pub(crate) async fn delete(remote: &Remote, s: &RemoteSnapshot) -> anyhow::Result<()> {
     objects::delete_set(remote, &remote.snapshot_key(&s.volume, &s.id), &s.listing).await
 }
 
 /// The chain ending at `id` among the remote's usable snapshots of one volume, full snapshot first.
-pub fn chain<'a>(there: &'a [RemoteSnapshot], id: &str) -> anyhow::Result<Vec<&'a RemoteSnapshot>> {
+pub(crate) fn chain<'a>(
+    there: &'a [RemoteSnapshot],
+    id: &str,
+) -> anyhow::Result<Vec<&'a RemoteSnapshot>> {
     let mut out = Vec::new();
     let mut cur = Some(id.to_string());
     while let Some(c) = cur {
@@ -369,7 +375,7 @@ pub fn chain<'a>(there: &'a [RemoteSnapshot], id: &str) -> anyhow::Result<Vec<&'
 }
 
 /// The newest usable remote snapshot whose whole chain is usable.
-pub fn newest_restorable(there: &[RemoteSnapshot]) -> Option<&RemoteSnapshot> {
+pub(crate) fn newest_restorable(there: &[RemoteSnapshot]) -> Option<&RemoteSnapshot> {
     there
         .iter()
         .rev()
@@ -378,7 +384,7 @@ pub fn newest_restorable(there: &[RemoteSnapshot]) -> Option<&RemoteSnapshot> {
 }
 
 /// Fetch the chain ending at `id` into the volume's local snapshots (those already local are kept), every object checked against the index and the archive against its manifest. Returns the ids fetched.
-pub async fn fetch_chain(
+pub(crate) async fn fetch_chain(
     remote: &Remote,
     opener: Arc<Opener>,
     layout: &Layout,

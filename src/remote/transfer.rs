@@ -26,9 +26,9 @@ use crate::backup::run::ItemProgress;
 use crate::fs::hash::Hashing;
 
 /// Size of one part of a multipart upload.
-pub const PART: usize = 8 << 20;
+pub(crate) const PART: usize = 8 << 20;
 /// Parts uploaded at the same time.
-pub const PARTS_IN_FLIGHT: usize = 2;
+pub(crate) const PARTS_IN_FLIGHT: usize = 2;
 /// Size of the chunks handed between the encrypting thread and the uploader.
 const CHUNK: usize = 1 << 20;
 /// Chunks queued between them.
@@ -36,20 +36,19 @@ const QUEUE: usize = 4;
 
 /// What an upload produced: the object as stored.
 #[derive(Clone, Debug)]
-pub struct Uploaded {
+pub(crate) struct Uploaded {
     /// Bytes of the (encrypted) object.
     pub size: u64,
     /// sha256 of the (encrypted) object.
     pub sha256: String,
     pub e_tag: Option<String>,
-    /// sha256 and size of the local file that was read.
-    pub plain_sha256: String,
+    /// Size of the local file that was read (its sha256 was checked against the manifest's).
     pub plain_size: u64,
 }
 
 /// What a download produced.
 #[derive(Clone, Debug)]
-pub struct Downloaded {
+pub(crate) struct Downloaded {
     pub size: u64,
     pub sha256: String,
     pub plain_size: u64,
@@ -57,7 +56,7 @@ pub struct Downloaded {
 }
 
 /// An ETag without its quotes (servers and listings differ).
-pub fn bare_etag(e: &str) -> String {
+pub(crate) fn bare_etag(e: &str) -> String {
     e.trim()
         .trim_start_matches("W/")
         .trim_matches('"')
@@ -120,7 +119,7 @@ impl Read for ChannelReader {
 ///
 /// The local file's sha256 is checked against `expect_sha256` while it is
 /// read: a damaged local file is not uploaded (the upload is aborted).
-pub async fn upload_file(
+pub(crate) async fn upload_file(
     remote: &Remote,
     key: &Key,
     local: &Path,
@@ -181,7 +180,6 @@ pub async fn upload_file(
         size: sealed.size,
         sha256: sealed.sha256,
         e_tag: put.e_tag.as_deref().map(bare_etag),
-        plain_sha256: sealed.plain_sha256,
         plain_size: sealed.plain_size,
     })
 }
@@ -287,7 +285,7 @@ async fn abort(multipart: Option<WriteMultipart>) {
 }
 
 /// Upload a small buffer in one PUT; returns its ETag.
-pub async fn put_bytes(
+pub(crate) async fn put_bytes(
     remote: &Remote,
     key: &Key,
     bytes: Vec<u8>,
@@ -301,7 +299,7 @@ pub async fn put_bytes(
 }
 
 /// Download a small object whole.
-pub async fn get_bytes(remote: &Remote, key: &Key) -> anyhow::Result<Bytes> {
+pub(crate) async fn get_bytes(remote: &Remote, key: &Key) -> anyhow::Result<Bytes> {
     let what = format!("downloading {}", remote.url(key));
     remote
         .store
@@ -317,7 +315,7 @@ pub async fn get_bytes(remote: &Remote, key: &Key) -> anyhow::Result<Bytes> {
 ///
 /// Returns the sizes and sha256 of both the object and the plaintext; the
 /// caller compares them with the index and the manifest.
-pub async fn download_file(
+pub(crate) async fn download_file(
     remote: &Remote,
     key: &Key,
     dest: &Path,

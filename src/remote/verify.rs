@@ -15,7 +15,7 @@ use crate::backup::run::ItemProgress;
 
 /// The result of one remote backup.
 #[derive(Clone, Debug, Serialize)]
-pub struct BackupCheck {
+pub(crate) struct BackupCheck {
     pub backup: String,
     pub ok: bool,
     /// Objects checked.
@@ -26,7 +26,7 @@ pub struct BackupCheck {
 
 /// The result of one remote snapshot (objects against its index, from the listing).
 #[derive(Clone, Debug, Serialize)]
-pub struct SnapshotCheck {
+pub(crate) struct SnapshotCheck {
     /// `volume@id`.
     pub snapshot: String,
     pub ok: bool,
@@ -36,7 +36,7 @@ pub struct SnapshotCheck {
 
 /// What [`verify`] found.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct RemoteVerifyReport {
+pub(crate) struct RemoteVerifyReport {
     pub remote: String,
     pub full: bool,
     pub backups: Vec<BackupCheck>,
@@ -47,10 +47,10 @@ pub struct RemoteVerifyReport {
 }
 
 impl RemoteVerifyReport {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.backups.iter().all(|b| b.ok) && self.snapshots.iter().all(|s| s.ok)
     }
-    pub fn failures(&self) -> Vec<String> {
+    pub(crate) fn failures(&self) -> Vec<String> {
         self.backups
             .iter()
             .flat_map(|b| b.problems.iter().cloned())
@@ -68,7 +68,7 @@ impl RemoteVerifyReport {
 ///
 /// `full` downloads each into a scratch directory below `scratch_parent`
 /// (deleted after each backup) and test-extracts it with [`crate::backup::verify`].
-pub fn verify(
+pub(crate) fn verify(
     cfg: &RemoteConfig,
     only: Option<&str>,
     full: bool,

@@ -180,7 +180,7 @@ pub(crate) fn write_snapshot(
     let progress = req
         .progress
         .clone()
-        .map(|p| Box::new(move |n: u64| p(n)) as archive::writer::ProgressFn);
+        .map(|p| Box::new(move |n: u64| p(n)) as archive::ProgressFn);
     let opts = WriteOptions {
         parent: parent_index,
         progress,

@@ -14,8 +14,8 @@ pub mod catalog;
 pub mod create;
 pub mod manifest;
 pub mod restore;
-pub mod retention;
-pub mod verify;
+pub(crate) mod retention;
+pub(crate) mod verify;
 
 pub use create::{create, CreateOutcome, CreateRequest};
 pub use manifest::{Manifest, Trigger};

@@ -14,7 +14,7 @@ use crate::snapshot::SnapshotError;
 
 /// What retention needs to know of a snapshot (an archive, or a read-only btrfs snapshot).
 #[derive(Clone, Debug)]
-pub struct Item {
+pub(crate) struct Item {
     pub id: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// The snapshot it is incremental to (kept with it).
@@ -26,7 +26,7 @@ type BucketFn = fn(&Item) -> String;
 
 /// The ids to keep: the newest `last`, the newest of each of the last `daily` days,
 /// `weekly` ISO weeks and `monthly` months that have snapshots, and every ancestor of those.
-pub fn plan(all: &[Manifest], keep: &Keep) -> BTreeSet<String> {
+pub(crate) fn plan(all: &[Manifest], keep: &Keep) -> BTreeSet<String> {
     let items: Vec<Item> = all
         .iter()
         .map(|m| Item {
@@ -39,7 +39,7 @@ pub fn plan(all: &[Manifest], keep: &Keep) -> BTreeSet<String> {
 }
 
 /// [`plan`] over any snapshots.
-pub fn plan_items(all: &[Item], keep: &Keep) -> BTreeSet<String> {
+pub(crate) fn plan_items(all: &[Item], keep: &Keep) -> BTreeSet<String> {
     let mut newest_first: Vec<&Item> = all.iter().collect();
     newest_first.sort_by(|a, b| b.id.cmp(&a.id));
     let mut kept: BTreeSet<String> = newest_first
@@ -89,7 +89,7 @@ pub fn plan_items(all: &[Item], keep: &Keep) -> BTreeSet<String> {
 }
 
 /// Delete the snapshots `plan` does not keep, newest first (children before parents). Returns the removed ids.
-pub fn prune(
+pub(crate) fn prune(
     layout: &Layout,
     volume: &VolumeName,
     keep: &Keep,

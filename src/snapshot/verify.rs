@@ -10,7 +10,7 @@ use crate::snapshot::{Counting, SnapshotError};
 
 /// What was checked.
 #[derive(Debug, Default, serde::Serialize)]
-pub struct VerifyReport {
+pub(crate) struct VerifyReport {
     pub archives: usize,
     pub entries: u64,
     pub bytes: u64,
@@ -18,7 +18,7 @@ pub struct VerifyReport {
 
 /// Read every archive of a chain to the end without writing anything (every member or
 /// frame decoded and checked), and compare its sha256 with its manifest's.
-pub fn verify_chain(
+pub(crate) fn verify_chain(
     layout: &Layout,
     chain: &[Manifest],
     progress: Option<&(dyn Fn(u64) + Send + Sync)>,

@@ -34,19 +34,19 @@ use crate::core::options::Compression;
 use chunk::{worker, Done, Encoder, Job};
 
 /// Default gzip chunk size: 1 MiB of input per member.
-pub const DEFAULT_GZIP_CHUNK: usize = 1 << 20;
+pub(crate) const DEFAULT_GZIP_CHUNK: usize = 1 << 20;
 
 /// Default zstd chunk size: 4 MiB of input per frame.
-pub const DEFAULT_ZSTD_CHUNK: usize = 4 << 20;
+pub(crate) const DEFAULT_ZSTD_CHUNK: usize = 4 << 20;
 
 /// Default gzip level. With the zlib-rs backend (a port of zlib-ng, whose
 /// levels 3-6 use a faster match finder than zlib's) level 6 archives were
 /// 3.0 % larger than `gzip -6`; level 7 is within 2.7 % for about 20 % more
 /// compression CPU, still far faster than pigz on the same cores.
-pub const DEFAULT_GZIP_LEVEL: i32 = 7;
+pub(crate) const DEFAULT_GZIP_LEVEL: i32 = 7;
 
 /// Default zstd level.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+pub(crate) const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
 /// Tuning knobs of [`ParallelWriter`].
 #[derive(Debug, Clone)]

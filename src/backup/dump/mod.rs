@@ -25,12 +25,11 @@ use tokio::io::AsyncWriteExt;
 
 mod stderr;
 
-pub use self::stderr::is_error_line;
 use self::stderr::{Stderr, STDERR_TAIL};
 
 /// What a dump produced.
 #[derive(Clone, Debug, Default)]
-pub struct DumpResult {
+pub(crate) struct DumpResult {
     /// Size of the `.sql.gz` file.
     pub size: u64,
     /// sha256 of the `.sql.gz` file.
@@ -136,7 +135,7 @@ async fn exit_code(docker: &Docker, exec: &str) -> Result<Option<i64>, String> {
 }
 
 /// Run the dump command of `who` (container id or name) and write its stdout gzipped to `dest` (via a temp name, fsynced).
-pub async fn dump_to_file(
+pub(crate) async fn dump_to_file(
     docker: &Docker,
     who: &str,
     command: &str,
@@ -293,7 +292,7 @@ fn finish_dump_file(gz: DumpWriter, tmp: &Path, bytes_in: u64) -> Result<DumpRes
 
 /// What a restore command did.
 #[derive(Debug, Default)]
-pub struct FeedOutcome {
+pub(crate) struct FeedOutcome {
     /// Bytes written to its stdin.
     pub fed: u64,
     /// Its exit code (`None`: Docker did not say).
@@ -310,14 +309,14 @@ pub struct FeedOutcome {
 
 impl FeedOutcome {
     /// Exit 0, everything fed, no error line.
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.exit_code == Some(0) && self.input_error.is_none() && self.error_count == 0
     }
 }
 
 /// Run `sh -c <command>` in container `who` with `input` on its stdin, close stdin, wait for its exit code.
 /// `Err` only when the command could not be run at all; what it did is in the [`FeedOutcome`].
-pub async fn feed_stdin<R: Read>(
+pub(crate) async fn feed_stdin<R: Read>(
     docker: &Docker,
     who: &str,
     command: &str,
@@ -439,24 +438,22 @@ async fn exec_gone(docker: &Docker, exec: &str, grace: Duration) {
 
 /// What a command exec'd without input did (readiness checks, maintenance).
 #[derive(Debug, Default)]
-pub struct ExecOutcome {
+pub(crate) struct ExecOutcome {
     pub exit_code: Option<i64>,
     /// The last bytes of stdout and stderr, as text.
     pub stdout_tail: String,
     pub stderr_tail: String,
-    /// Error lines of its stderr (at most 20).
-    pub errors: Vec<String>,
 }
 
 impl ExecOutcome {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.exit_code == Some(0)
     }
 }
 
 /// Run `sh -c <command>` in container `who`, wait for it, and return its exit code and output tails.
 /// `Err` only when the command could not be run at all (e.g. the container is not running).
-pub async fn exec(docker: &Docker, who: &str, command: &str) -> Result<ExecOutcome, String> {
+pub(crate) async fn exec(docker: &Docker, who: &str, command: &str) -> Result<ExecOutcome, String> {
     let (exec, mut output, _) = start_attached(
         docker,
         who,
@@ -492,12 +489,11 @@ pub async fn exec(docker: &Docker, who: &str, command: &str) -> Result<ExecOutco
         exit_code,
         stdout_tail: String::from_utf8_lossy(&out).trim().to_string(),
         stderr_tail: String::from_utf8_lossy(&err.tail).trim().to_string(),
-        errors: err.errors,
     })
 }
 
 /// Size and sha256 of a file (for checks).
-pub fn file_sum(path: &Path) -> io::Result<(u64, String)> {
+pub(crate) fn file_sum(path: &Path) -> io::Result<(u64, String)> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
     let n = io::copy(&mut f, &mut h)?;

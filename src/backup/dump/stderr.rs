@@ -7,7 +7,7 @@ pub(super) const STDERR_TAIL: usize = 2048;
 const MAX_ERROR_LINES: usize = 20;
 
 /// Does a stderr line report an error (PostgreSQL's severities, as `psql` prints them)?
-pub fn is_error_line(line: &str) -> bool {
+pub(crate) fn is_error_line(line: &str) -> bool {
     ["ERROR:", "FATAL:", "PANIC:"]
         .iter()
         .any(|m| line.contains(m))

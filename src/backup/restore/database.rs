@@ -148,7 +148,7 @@ fn describe_failure(
 }
 
 /// The script line a `psql` error names: `psql:<stdin>:24: ERROR:  …` → 24.
-pub fn psql_line(error: &str) -> Option<u64> {
+pub(crate) fn psql_line(error: &str) -> Option<u64> {
     let rest = error.trim_start().strip_prefix("psql:")?;
     let mut parts = rest.splitn(3, ':');
     let _source = parts.next()?;
@@ -157,7 +157,7 @@ pub fn psql_line(error: &str) -> Option<u64> {
 
 /// The statements ending at `lines` (1-based) of a gzipped SQL file: the lines since the previous
 /// `;`-terminated one (at most 10; else the line alone), whitespace collapsed, cut at 300 characters.
-pub fn statements_at(path: &Path, lines: &[u64]) -> std::collections::HashMap<u64, String> {
+pub(crate) fn statements_at(path: &Path, lines: &[u64]) -> std::collections::HashMap<u64, String> {
     use std::io::BufRead;
     let mut out = std::collections::HashMap::new();
     let Some(&last) = lines.iter().max() else {

@@ -34,7 +34,7 @@ const UNMOUNT_WAIT: Duration = Duration::from_secs(15);
 
 /// Carry out a plan. `Err` when nothing was touched (bad checksums, lock);
 /// otherwise every item has its own result in the report.
-pub fn execute(
+pub(crate) fn execute(
     ctx: &Ctx,
     plan: &RestorePlan,
     progress: Option<ItemProgress>,

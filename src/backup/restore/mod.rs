@@ -39,20 +39,19 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use self::database::{psql_line, statements_at};
-pub use self::execute::execute;
-pub use self::plan::plan;
-pub use super::feed::{chosen_hook, parse_database_args, select_hook};
+pub(crate) use self::execute::execute;
+pub(crate) use self::plan::plan;
+pub(crate) use super::feed::parse_database_args;
 use super::manifest::BackupManifest;
 use crate::core::names::VolumeName;
 use crate::docker::ContainerInfo;
 
 /// How long a restore waits for a database container to run and pass its `allspark.restore.wait` check.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What to restore from a backup directory.
 #[derive(Clone, Debug, Default)]
-pub struct RestoreRequest {
+pub(crate) struct RestoreRequest {
     pub dir: PathBuf,
     /// Only these volumes (and no dump unless `databases` names some).
     pub volumes: Vec<String>,
@@ -65,7 +64,7 @@ pub struct RestoreRequest {
 
 /// A volume to restore.
 #[derive(Clone, Debug, Serialize)]
-pub struct PlannedVolume {
+pub(crate) struct PlannedVolume {
     pub name: VolumeName,
     pub file: String,
     /// Its data directory (`None`: no such allspark volume here).
@@ -74,11 +73,11 @@ pub struct PlannedVolume {
     pub nested: Vec<VolumeName>,
 }
 
-pub use super::feed::PlannedDump;
+pub(crate) use super::feed::PlannedDump;
 
 /// Everything a restore would do.
 #[derive(Clone, Debug, Serialize)]
-pub struct RestorePlan {
+pub(crate) struct RestorePlan {
     pub dir: PathBuf,
     #[serde(skip)]
     pub manifest: BackupManifest,
@@ -94,7 +93,7 @@ pub struct RestorePlan {
 
 impl RestorePlan {
     /// What will be overwritten, for the confirmation message.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = format!(
             "restoring {} (taken {}, outcome {}) will:\n",
             self.dir.display(),
@@ -158,7 +157,7 @@ impl RestorePlan {
 
 /// The result of one item.
 #[derive(Clone, Debug, Serialize)]
-pub struct ItemResult {
+pub(crate) struct ItemResult {
     /// `volume`, `database`, `container`.
     pub kind: String,
     pub name: String,
@@ -168,12 +167,12 @@ pub struct ItemResult {
 
 /// What [`execute`] did.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct RestoreReport {
+pub(crate) struct RestoreReport {
     pub items: Vec<ItemResult>,
 }
 
 impl RestoreReport {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.items.iter().all(|i| i.ok)
     }
     fn push(&mut self, kind: &str, name: &str, r: Result<String, String>) {
@@ -198,6 +197,7 @@ impl RestoreReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::feed::select_hook;
     use crate::backup::manifest::Producer;
 
     fn container(name: &str, labels: &[(&str, &str)]) -> ContainerInfo {

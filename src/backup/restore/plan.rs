@@ -18,7 +18,11 @@ use crate::pool::location::Locate;
 type DockerView = (Vec<ContainerInfo>, Vec<ContainerInfo>, Vec<ContainerInfo>);
 
 /// Work out what restoring `req` means now (nothing is changed).
-pub fn plan(ctx: &Ctx, settings: &Settings, req: &RestoreRequest) -> anyhow::Result<RestorePlan> {
+pub(crate) fn plan(
+    ctx: &Ctx,
+    settings: &Settings,
+    req: &RestoreRequest,
+) -> anyhow::Result<RestorePlan> {
     let m = manifest::read_required(&req.dir)?;
     check_request(&m, req)?;
     let all = req.volumes.is_empty() && req.databases.is_empty();

@@ -88,7 +88,7 @@ fn write_partial(
     let item = format!("volume {name}");
     let progress = opts.progress.clone().map(|p| {
         let item = item.clone();
-        Box::new(move |n: u64| p(&item, Some(n))) as archive::writer::ProgressFn
+        Box::new(move |n: u64| p(&item, Some(n))) as archive::ProgressFn
     });
     let wopts = WriteOptions {
         progress,

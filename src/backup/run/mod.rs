@@ -57,7 +57,7 @@ use chrono::{Local, Utc};
 use tokio::runtime::Runtime;
 
 use self::archive::archive_volume;
-pub use self::select::{
+pub(crate) use self::select::{
     dump_coverage, dump_name, duplicate_dump_names, running_containers, select_volumes,
     with_descendants,
 };
@@ -69,11 +69,11 @@ use crate::docker::ContainerInfo;
 use crate::fs::durable;
 
 /// Progress of one item: `(item, Some(bytes so far))` while it runs, `(item, None)` when it is done.
-pub type ItemProgress = Arc<dyn Fn(&str, Option<u64>) + Send + Sync>;
+pub(crate) type ItemProgress = Arc<dyn Fn(&str, Option<u64>) + Send + Sync>;
 
 /// How to run.
 #[derive(Default, Clone)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     pub progress: Option<ItemProgress>,
     /// Set to stop between volumes (agent shutdown): the rest is reported as not backed up.
     pub cancel: Option<Arc<AtomicBool>>,
@@ -83,7 +83,7 @@ pub struct RunOptions {
 
 /// What a run did. Never an `Err`: every failure is a sentence in `errors`.
 #[derive(Debug, Default)]
-pub struct RunReport {
+pub(crate) struct RunReport {
     pub kind: Option<BackupType>,
     pub dir: Option<PathBuf>,
     pub manifest: Option<BackupManifest>,
@@ -93,12 +93,12 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.errors.is_empty()
     }
 
     /// One line for the end of the output.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let kind = self.kind.map(|k| k.as_str()).unwrap_or("?");
         let dir = self
             .dir
@@ -163,7 +163,12 @@ fn create_dir(settings: &Settings, kind: BackupType) -> anyhow::Result<PathBuf> 
 }
 
 /// Run one backup of `kind`.
-pub fn run(ctx: &Ctx, settings: &Settings, kind: BackupType, opts: &RunOptions) -> RunReport {
+pub(crate) fn run(
+    ctx: &Ctx,
+    settings: &Settings,
+    kind: BackupType,
+    opts: &RunOptions,
+) -> RunReport {
     let started = Utc::now();
     let t0 = Instant::now();
     let mut report = RunReport {

@@ -15,7 +15,7 @@ use crate::docker::ContainerInfo;
 ///
 /// A `parent=` child whose parent (or grand-parent …) is backed up is left
 /// out: its data is inside the parent's archive already.
-pub fn select_volumes(
+pub(crate) fn select_volumes(
     records: &[Arc<VolumeRecord>],
     include_temporary: bool,
 ) -> Vec<Arc<VolumeRecord>> {
@@ -54,7 +54,10 @@ pub fn select_volumes(
 }
 
 /// `name` and the `parent=` volumes inside it (children, grand-children …).
-pub fn with_descendants(records: &[Arc<VolumeRecord>], name: &VolumeName) -> Vec<VolumeName> {
+pub(crate) fn with_descendants(
+    records: &[Arc<VolumeRecord>],
+    name: &VolumeName,
+) -> Vec<VolumeName> {
     let mut out = vec![name.clone()];
     let mut i = 0;
     while i < out.len() && out.len() < 10_000 {
@@ -70,7 +73,7 @@ pub fn with_descendants(records: &[Arc<VolumeRecord>], name: &VolumeName) -> Vec
 }
 
 /// Running containers (only those with the filter label, if any).
-pub async fn running_containers(
+pub(crate) async fn running_containers(
     docker: &Docker,
     filter: Option<&LabelFilter>,
 ) -> anyhow::Result<Vec<ContainerInfo>> {
@@ -90,7 +93,7 @@ pub async fn running_containers(
 ///
 /// Every selected volume mounted by a container with a dump label (a volume
 /// mounted by two such containers goes with the first, by name).
-pub fn dump_coverage(
+pub(crate) fn dump_coverage(
     selected: &[Arc<VolumeRecord>],
     dumped: &[&ContainerInfo],
 ) -> std::collections::BTreeMap<String, (String, String)> {
@@ -108,7 +111,7 @@ pub fn dump_coverage(
 }
 
 /// The name a dump of container `c` gets: its `allspark.backup.name` label, else the container name.
-pub fn dump_name(c: &ContainerInfo) -> String {
+pub(crate) fn dump_name(c: &ContainerInfo) -> String {
     c.labels
         .get(LABEL_NAME)
         .filter(|n| !n.is_empty())
@@ -122,7 +125,7 @@ pub fn dump_name(c: &ContainerInfo) -> String {
 /// labelled `allspark.backup.name=<the other's name>`) would write one file,
 /// and the first would take the other's slot. Such containers are all
 /// refused, before any dump runs.
-pub fn duplicate_dump_names(dumped: &[&ContainerInfo]) -> Vec<(String, Vec<String>)> {
+pub(crate) fn duplicate_dump_names(dumped: &[&ContainerInfo]) -> Vec<(String, Vec<String>)> {
     let mut by_name: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for c in dumped {
         by_name
