@@ -6,7 +6,7 @@ use anyhow::bail;
 use chrono::Local;
 use clap::{Args, Subcommand};
 
-use super::output::{human, print_items, print_removals, verdict};
+use super::output::{human, print_items, report_prune, verdict};
 use super::progress::item_bars;
 use crate::backup::restore::{self, RestoreRequest};
 use crate::backup::run::{self, RunOptions};
@@ -355,18 +355,11 @@ fn restore_backup(
 /// `backup prune`: retention over the backup root (`dry_run`: decide only).
 fn prune(settings: &Settings, dry_run: bool) -> anyhow::Result<()> {
     let r = retention::prune(settings, Local::now().naive_local(), dry_run)?;
-    print_removals(&r.decisions, dry_run);
-    for e in &r.errors {
-        eprintln!("error: {e}");
-    }
-    println!(
-        "{} backup(s) {}, {} kept",
-        r.removed.len(),
-        if dry_run { "to remove" } else { "removed" },
-        r.kept
-    );
-    if !r.errors.is_empty() {
-        bail!("{} old backup(s) could not be removed", r.errors.len());
-    }
-    Ok(())
+    report_prune(
+        "backup",
+        &r.decisions,
+        (r.removed.len(), r.kept),
+        &r.errors,
+        dry_run,
+    )
 }

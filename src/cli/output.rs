@@ -48,6 +48,29 @@ pub(super) fn print_removals(decisions: &[Decision], dry_run: bool) {
     }
 }
 
+/// A prune's outcome as both `prune` commands print it: each removal, each error, the counts;
+/// then an error saying how many could not be removed. `what` is e.g. "backup".
+pub(super) fn report_prune(
+    what: &str,
+    decisions: &[Decision],
+    (removed, kept): (usize, usize),
+    errors: &[String],
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    print_removals(decisions, dry_run);
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    println!(
+        "{removed} {what}(s) {}, {kept} kept",
+        if dry_run { "to remove" } else { "removed" },
+    );
+    if !errors.is_empty() {
+        anyhow::bail!("{} old {what}(s) could not be removed", errors.len());
+    }
+    Ok(())
+}
+
 /// `full` or `incremental`: how a snapshot archive stands in its chain.
 pub(super) fn archive_kind(m: &Manifest) -> &'static str {
     if m.is_full() {

@@ -7,7 +7,7 @@ use chrono::Local;
 use clap::{ArgGroup, Args, Subcommand};
 
 use super::backup_cmd::{settings, ContainerArgs, RetentionArgs, RootArg};
-use super::output::{human, print_removals};
+use super::output::{human, report_prune};
 use super::progress::item_bars;
 use crate::backup::Settings;
 use crate::core::layout::Layout;
@@ -283,23 +283,13 @@ fn push(layout: &Layout, name: &str, no_prune: bool, settings: &Settings) -> any
 fn prune(layout: &Layout, name: &str, dry_run: bool, settings: &Settings) -> anyhow::Result<()> {
     let cfg = config::load(layout, name)?;
     let r = prune::prune(layout, &cfg, settings, Local::now().naive_local(), dry_run)?;
-    print_removals(&r.decisions, dry_run);
-    for e in &r.errors {
-        eprintln!("error: {e}");
-    }
-    println!(
-        "{} remote backup(s) {}, {} kept",
-        r.removed.len(),
-        if dry_run { "to remove" } else { "removed" },
-        r.kept
-    );
-    if !r.errors.is_empty() {
-        bail!(
-            "{} old remote backup(s) could not be removed",
-            r.errors.len()
-        );
-    }
-    Ok(())
+    report_prune(
+        "remote backup",
+        &r.decisions,
+        (r.removed.len(), r.kept),
+        &r.errors,
+        dry_run,
+    )
 }
 
 /// `remote verify`: every remote backup's objects (or one backup's), downloaded and test-extracted with `full`.

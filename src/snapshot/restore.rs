@@ -175,24 +175,38 @@ pub fn extract_chain(
             archive::apply_deletions(dest, &m.deleted)?;
             report.deleted += m.deleted.len() as u64;
         }
-        let p = archive_path(layout, m);
-        let f = File::open(&p)
-            .map_err(|e| SnapshotError::io(format!("cannot open {}", p.display()), e))?;
-        // A volume may hold device nodes (a rootfs build): restore everything else.
-        let opts = ExtractOptions {
-            skip_devices: true,
-            ..Default::default()
-        };
-        let r = archive::extract(Counting::new(f, progress), dest, &opts)
-            .map_err(|e| SnapshotError::Corrupt(format!("{}: {e}", p.display())))?;
-        if r.sha256 != m.sha256 {
-            return Err(checksum_mismatch(&p, &r.sha256, m));
-        }
+        let r = extract_checked(layout, m, dest, false, progress)?;
         report.archives += 1;
         report.entries += r.entries;
         report.bytes += r.bytes;
     }
     Ok(report)
+}
+
+/// Extract one archive of a chain into `dest` (with `verify_only`, read it to the end and
+/// write nothing), hashed on the way: an error unless its sha256 is its manifest's.
+pub(crate) fn extract_checked(
+    layout: &Layout,
+    m: &Manifest,
+    dest: &Path,
+    verify_only: bool,
+    progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+) -> Result<archive::ExtractReport, SnapshotError> {
+    let p = archive_path(layout, m);
+    let f =
+        File::open(&p).map_err(|e| SnapshotError::io(format!("cannot open {}", p.display()), e))?;
+    // A volume may hold device nodes (a rootfs build): restore everything else.
+    let opts = ExtractOptions {
+        verify_only,
+        skip_devices: true,
+        ..Default::default()
+    };
+    let r = archive::extract(Counting::new(f, progress), dest, &opts)
+        .map_err(|e| SnapshotError::Corrupt(format!("{}: {e}", p.display())))?;
+    if r.sha256 != m.sha256 {
+        return Err(checksum_mismatch(&p, &r.sha256, m));
+    }
+    Ok(r)
 }
 
 /// Atomically exchange the staging directory and the target, in the parent's descriptor (or
