@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # scripts/bench.sh [--quick] [--only docker,socket,snapshots,pool] [--out DIR] [--nice N] [--publish]
+#                  [--ws-bytes SIZE] [--ws-files N]
 #
 # allspark against Docker's `local` driver, GNU tar (czf, pigz, zstd) and restic,
 # in one run (release build): prints a table with every target MET or MISSED and
@@ -10,6 +11,10 @@
 #               files, fewer runs, ~5 min
 #   --only L    comma list of sections: docker, socket, snapshots, pool (a btrfs-image
 #               pool: snapshot on stop and clones vs the archive path; needs mkfs.btrfs)
+#   --ws-bytes SIZE, --ws-files N
+#               the generated workspace of the snapshots and pool sections (default
+#               1G and 20 000 files), e.g. the 10 GB snapshot-on-stop figure:
+#               --only pool --ws-bytes 10G --ws-files 200000 (about 45 GB free needed)
 #   --out DIR   where the reports go (default bench-results/)
 #   --publish   afterwards, copy the report into docs/benchmarks.md (between the
 #               bench markers) and docs/benchmarks.json
@@ -32,8 +37,9 @@ while [[ $# -gt 0 ]]; do
         --publish) publish=1 ;;
         --nice) export ALLSPARK_BENCH_NICE="$2"; shift ;;
         --out) out="$2"; args+=(--out "$2"); shift ;;
+        --ws-bytes|--ws-files) args+=("$1" "$2"); shift ;;
         --quick|--only) args+=("$1"); [[ "$1" == --only ]] && { args+=("$2"); shift; } ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

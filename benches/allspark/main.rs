@@ -241,7 +241,16 @@ fn main() {
         nix::unistd::geteuid().is_root(),
         "the bench needs root (the plugin makes real bind mounts)"
     );
-    let cfg = if quick { Cfg::quick() } else { Cfg::full() };
+    let mut cfg = if quick { Cfg::quick() } else { Cfg::full() };
+    // A larger (or smaller) workspace for the snapshot and pool sections, e.g. the 10 GB
+    // snapshot-on-stop figure: `scripts/bench.sh --only pool --ws-bytes 10G --ws-files 200000`.
+    if let Some(b) = value("--ws-bytes") {
+        cfg.ws_bytes = allspark::core::options::parse_size(&b)
+            .unwrap_or_else(|e| panic!("--ws-bytes {b}: {e}"));
+    }
+    if let Some(n) = value("--ws-files") {
+        cfg.ws_files = n.parse().expect("--ws-files N");
+    }
     let bin = common::allspark_bin();
     // On a shared machine: run every contender (plugin, CLI, tar, gzip, pigz) at
     // the same raised priority, so other work disturbs all of them less.

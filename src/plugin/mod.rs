@@ -116,9 +116,13 @@ pub fn run(cfg: PluginConfig) -> anyhow::Result<()> {
         let server = server::Server::new(listener);
         let stopper = server.stopper();
         let recover = driver.clone();
-        tokio::task::spawn_blocking(move || match recover.reconcile() {
-            Ok(()) => tracing::info!("recovery done: references match the live mounts"),
-            Err(e) => tracing::error!(%e, "recovery failed"),
+        tokio::task::spawn_blocking(move || {
+            match recover.reconcile() {
+                Ok(()) => tracing::info!("recovery done: references match the live mounts"),
+                Err(e) => tracing::error!(%e, "recovery failed"),
+            }
+            // Recovery read every record once: give that memory back now, not at the next tick.
+            release_free_memory();
         });
         let stats_path = layout.root.join("state").join("plugin-stats.json");
         tokio::spawn(async move {

@@ -31,7 +31,7 @@ use crate::fs::beneath::{Dir, Missing};
 use crate::fs::durable::{self, FileLock, LockKind};
 
 mod spec;
-pub use spec::{human, parse_def, parse_defs, PoolDef, PoolSpec};
+pub use spec::{parse_def, parse_defs, PoolDef, PoolSpec};
 
 /// The pool of volumes created without `pool=`: `<root>/volumes`.
 pub const DEFAULT_POOL: &str = "default";

@@ -70,20 +70,15 @@ impl std::fmt::Display for PoolSpec {
             PoolSpec::Dir { path } => write!(f, "dir:{}", path.display()),
             PoolSpec::Btrfs { path } => write!(f, "btrfs:{}", path.display()),
             PoolSpec::BtrfsImage { image, size } => {
-                write!(f, "btrfs-image:{}:{}", image.display(), human(*size))
+                write!(
+                    f,
+                    "btrfs-image:{}:{}",
+                    image.display(),
+                    crate::core::options::format_size(*size)
+                )
             }
         }
     }
-}
-
-/// A size in the units `size=` accepts (exact when it divides).
-pub fn human(bytes: u64) -> String {
-    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
-            return format!("{}{unit}", bytes >> shift);
-        }
-    }
-    bytes.to_string()
 }
 
 /// One `--pool NAME=SPEC`.

@@ -4,7 +4,8 @@ mod parse;
 mod types;
 
 pub use parse::{
-    parse, parse_flags, parse_keep, parse_size, OptionError, KEYS, MAX_VALUE_LEN, MOUNT_FLAGS,
+    format_size, parse, parse_flags, parse_keep, parse_size, OptionError, KEYS, MAX_VALUE_LEN,
+    MOUNT_FLAGS,
 };
 pub use types::*;
 

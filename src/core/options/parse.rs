@@ -359,6 +359,16 @@ fn parse_class(value: &str) -> Result<Class, OptionError> {
     })
 }
 
+/// A size as [`parse_size`] reads it back: the largest binary unit that divides it exactly.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
 /// Parse a size like `50G`, `500M`, `1.5T`, `4096` (binary units).
 pub fn parse_size(value: &str) -> Result<u64, String> {
     const ACCEPTED: &str =

@@ -35,7 +35,9 @@ impl Driver {
             .filter(|p| p.parent() == Some(self.settings.mount_dir.as_path()))
             .collect();
         let (records, _) = self.store.all()?;
-        for rec in &records {
+        // Only referenced volumes can hold references without a mount (a Mount served
+        // meanwhile mounts before it records its reference).
+        for rec in records.iter().filter(|r| r.mount_count() > 0) {
             let _lock = self.store.lock(&rec.name)?;
             let Some(rec) = self.store.load(&rec.name)? else {
                 continue;
