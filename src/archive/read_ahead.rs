@@ -30,7 +30,7 @@ use crate::fs::walk::open_at;
 pub(crate) const MAX_FILE: u64 = 64 * 1024;
 
 /// Bytes of file data held by read-ahead at once, at most.
-pub(crate) const BUDGET: u64 = 16 << 20;
+pub(crate) const BUDGET: u64 = 4 << 20;
 
 /// A file read on a scan thread.
 pub(crate) struct Ahead {

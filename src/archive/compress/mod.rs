@@ -7,7 +7,7 @@
 //!
 //! * Input is cut into chunks of [`CompressOptions::chunk_size`] bytes; each
 //!   chunk becomes one member or frame.
-//! * At most `2 × threads` chunks are in flight (queued, compressing or waiting
+//! * At most `threads + 1` chunks are in flight (queued, compressing or waiting
 //!   to be written), so memory is bounded whatever the input size.
 //! * Chunks that do not compress (random or already-compressed data) are
 //!   detected cheaply by compressing four 16 KiB samples spread over the chunk
@@ -156,7 +156,7 @@ impl<W: Write> ParallelWriter<W> {
             jobs: Some(tx),
             workers,
             pending: VecDeque::new(),
-            max_in_flight: 2 * threads,
+            max_in_flight: threads + 1,
             free: Vec::new(),
             hasher: Sha256::new(),
             bytes_in: 0,
