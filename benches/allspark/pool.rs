@@ -134,7 +134,13 @@ pub fn run(cfg: &Cfg, bin: &Path, scratch: &Path) -> (Section, Vec<Target>) {
         Command::new(bin)
             .arg("--root")
             .arg(&root)
-            .args(["agent", "--no-docker-events", "--spool-poll-ms", "20"])
+            .args([
+                "agent",
+                "--no-docker-events",
+                "--spool-poll-ms",
+                "20",
+                "--no-schedule",
+            ])
             .env_remove("ALLSPARK_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::from(

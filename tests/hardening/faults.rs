@@ -41,7 +41,13 @@ impl Agent {
             Command::new(BIN)
                 .arg("--root")
                 .arg(p.root())
-                .args(["agent", "--no-docker-events", "--spool-poll-ms", "50"])
+                .args([
+                    "agent",
+                    "--no-docker-events",
+                    "--spool-poll-ms",
+                    "50",
+                    "--no-schedule",
+                ])
                 .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log))

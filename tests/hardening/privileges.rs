@@ -61,7 +61,13 @@ fn state_files_are_0600_and_state_directories_0700() {
         Command::new(BIN)
             .arg("--root")
             .arg(p.root())
-            .args(["agent", "--no-docker-events", "--spool-poll-ms", "50"])
+            .args([
+                "agent",
+                "--no-docker-events",
+                "--spool-poll-ms",
+                "50",
+                "--no-schedule",
+            ])
             .args(["--usage-interval", "1"])
             .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
             .stdout(Stdio::null())

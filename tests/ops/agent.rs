@@ -64,6 +64,7 @@ fn agent_reports_usage_in_status_and_metrics_and_alerts_once_per_crossing() {
         .args([
             "agent",
             "--no-docker-events",
+            "--no-schedule",
             "--usage-interval",
             "1",
             "--metrics",

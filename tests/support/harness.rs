@@ -274,7 +274,19 @@ pub struct Agent(pub Child);
 
 impl Agent {
     /// Start the agent on `root`, logging to `log`, with extra arguments (e.g. `--no-docker-events`).
+    /// Its scheduled backups go to `<root>-backups` unless `extra` names a `--backup-root` or
+    /// `--no-schedule`: never to the host's `/backups/allspark` (an agent started after 02:00
+    /// catches up the day's missed backup).
     pub fn start(root: &Path, log: &Path, extra: &[&str]) -> Agent {
+        let own_backups = format!("{}-backups", root.display());
+        let backup_root: &[&str] = if extra
+            .iter()
+            .any(|a| *a == "--backup-root" || *a == "--no-schedule")
+        {
+            &[]
+        } else {
+            &["--backup-root", &own_backups]
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -285,6 +297,7 @@ impl Agent {
                 .arg("--root")
                 .arg(root)
                 .args(["agent", "--spool-poll-ms", "50"])
+                .args(backup_root)
                 .args(extra)
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log))
