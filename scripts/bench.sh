@@ -14,7 +14,8 @@
 #   --ws-bytes SIZE, --ws-files N
 #               the generated workspace of the snapshots and pool sections (default
 #               1G and 20 000 files), e.g. the 10 GB snapshot-on-stop figure:
-#               --only pool --ws-bytes 10G --ws-files 200000 (about 45 GB free needed)
+#               --only pool --ws-bytes 10G --ws-files 200000 (about 90 GB free: each
+#               volume makes a new full archive every 7 snapshots)
 #   --out DIR   where the reports go (default bench-results/)
 #   --publish   afterwards, copy the report into docs/benchmarks.md (between the
 #               bench markers) and docs/benchmarks.json
@@ -39,7 +40,7 @@ while [[ $# -gt 0 ]]; do
         --out) out="$2"; args+=(--out "$2"); shift ;;
         --ws-bytes|--ws-files) args+=("$1" "$2"); shift ;;
         --quick|--only) args+=("$1"); [[ "$1" == --only ]] && { args+=("$2"); shift; } ;;
-        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
