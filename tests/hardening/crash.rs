@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{try_call, Plugin};
@@ -77,44 +77,16 @@ struct Counts {
     failures: u64,
 }
 
-struct Agent(Option<Child>);
+/// The agent of a run, killed (SIGKILL) and restarted by the crash loop.
+struct Agent(Option<harness::Agent>);
 
 impl Agent {
     fn start(p: &Plugin) -> Agent {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p.dir.path().join("agent.log"))
-            .unwrap();
-        Agent(Some(
-            Command::new(BIN)
-                .arg("--root")
-                .arg(p.root())
-                .args([
-                    "agent",
-                    "--no-docker-events",
-                    "--spool-poll-ms",
-                    "50",
-                    "--no-schedule",
-                ])
-                .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap(),
-        ))
+        Agent(Some(harness::Agent::offline(p, &[])))
     }
     fn kill9(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill9();
+        // Dropping it kills it with SIGKILL and reaps it.
+        self.0 = None;
     }
 }
 

@@ -14,7 +14,6 @@ use crate::support::legacy;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::common::wait_until;
@@ -26,42 +25,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_allspark");
 fn create(p: &Plugin, name: &str, opts: Value) -> String {
     let (_, v) = p.call("VolumeDriver.Create", json!({"Name": name, "Opts": opts}));
     err_of(&v).to_string()
-}
-
-struct Agent(Child);
-
-impl Agent {
-    fn start(p: &Plugin) -> Agent {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p.dir.path().join("agent.log"))
-            .unwrap();
-        Agent(
-            Command::new(BIN)
-                .arg("--root")
-                .arg(p.root())
-                .args([
-                    "agent",
-                    "--no-docker-events",
-                    "--spool-poll-ms",
-                    "50",
-                    "--no-schedule",
-                ])
-                .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A small tmpfs mounted at a path, unmounted (lazily) on drop.
@@ -235,7 +198,7 @@ fn a_full_snapshot_store_keeps_the_event_and_the_agent_retries_once_space_is_bac
     let noise = noise(0x9e37_79b9_7f4a_7c15, 3 << 20);
     fs::write(data.join("noise"), noise).unwrap();
     let snaps = Tmpfs::mount(&p.root().join("snapshots/ws"), "1m");
-    let _agent = Agent::start(&p);
+    let _agent = harness::Agent::offline(&p, &[]);
     let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "ws", "ID": "c"}));
     assert_eq!(err_of(&v), "");
     let (_, v) = p.call("VolumeDriver.Unmount", json!({"Name": "ws", "ID": "c"}));
@@ -483,7 +446,7 @@ fn corrupted_state_files_are_named_with_the_way_out_and_harm_nothing_else() {
     )
     .unwrap();
     injected.push("snapshot index");
-    let agent = Agent::start(&p);
+    let agent = harness::Agent::offline(&p, &[]);
     let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "fine", "ID": "c"}));
     assert_eq!(err_of(&v), "");
     p.call("VolumeDriver.Unmount", json!({"Name": "fine", "ID": "c"}));
@@ -588,7 +551,7 @@ fn five_hundred_events_wait_while_the_agent_is_down_and_none_is_lost() {
         started.elapsed()
     );
     let started = Instant::now();
-    let _agent = Agent::start(&p);
+    let _agent = harness::Agent::offline(&p, &[]);
     wait_until("the agent to catch up", Duration::from_secs(300), || {
         fs::read_dir(p.root().join("spool")).unwrap().count() == 0
     });

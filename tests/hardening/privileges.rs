@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use harness::{err_of, Plugin};
@@ -44,37 +44,11 @@ fn the_socket_is_root_only_and_nobody_else_can_call() {
     assert_eq!(status, 200);
 }
 
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Every file allspark writes for itself is 0600, every directory 0700, owned by root.
 #[test]
 fn state_files_are_0600_and_state_directories_0700() {
     let p = Plugin::start(BIN);
-    let agent = Agent(
-        Command::new(BIN)
-            .arg("--root")
-            .arg(p.root())
-            .args([
-                "agent",
-                "--no-docker-events",
-                "--spool-poll-ms",
-                "50",
-                "--no-schedule",
-            ])
-            .args(["--usage-interval", "1"])
-            .env("ALLSPARK_DOCKER", "unix:///nonexistent.sock")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let agent = harness::Agent::offline(&p, &["--usage-interval", "1"]);
     // A workload touching every kind of state: records, locks, spool, snapshots, usage, stats.
     for (name, opts) in [
         ("plain", json!(null)),

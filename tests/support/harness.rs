@@ -307,6 +307,21 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// An agent on `p`'s root as the hardening tests run it: no Docker (a dead endpoint, no
+    /// events), no schedules, logging to the plugin's directory (`agent.log`); `extra` appended.
+    pub fn offline(p: &Plugin, extra: &[&str]) -> Agent {
+        let mut args = vec![
+            "--no-docker-events",
+            "--no-schedule",
+            "--docker",
+            "unix:///nonexistent.sock",
+        ];
+        args.extend_from_slice(extra);
+        Agent::start(&p.root(), &p.dir.path().join("agent.log"), &args)
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
