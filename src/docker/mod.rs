@@ -174,3 +174,20 @@ pub(crate) async fn plugin_env(url: &str, name: &str) -> anyhow::Result<Option<V
     let p: Plugin = serde_json::from_slice(&body).context("Docker's plugin description")?;
     Ok(Some(p.settings.env))
 }
+
+/// The names of the running containers that use a volume, through the Docker API.
+pub(crate) fn running_users(
+    docker_url: &str,
+    name: &crate::core::names::VolumeName,
+) -> anyhow::Result<Vec<String>> {
+    block_on(async {
+        let d = connect(docker_url).await?;
+        let cs = containers(&d, Some(name)).await?;
+        anyhow::Ok(
+            cs.into_iter()
+                .filter(|c| c.running)
+                .map(|c| c.name)
+                .collect(),
+        )
+    })?
+}

@@ -479,7 +479,7 @@ pub(crate) fn movable(
         .dir;
     let mut fam = topology::family(layout, view, &source, &from);
     if let Some(url) = docker_url {
-        crate::ops::volref::name_users(&mut fam, url, name);
+        fam.name_users(url, name);
     }
     if let Some(refusal) = fam.refusal(name, &format!("migrate volume {name}")) {
         bail!(refusal);

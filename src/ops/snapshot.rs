@@ -116,7 +116,7 @@ pub fn restore_over(
     let _family_locks = topology::lock_members(&ctx.layout, &fam, name, FAMILY_LOCK_WAIT)
         .map_err(anyhow::Error::msg)?;
     let mut fam = topology::family(&ctx.layout, &ctx.view, &data, &vref.dir);
-    volref::name_users(&mut fam, &ctx.docker_url, name);
+    fam.name_users(&ctx.docker_url, name);
     if let Some(refusal) = fam.refusal(name, &format!("restore volume {name}")) {
         bail!(refusal);
     }
@@ -148,7 +148,7 @@ fn refuse_if_in_use(ctx: &Ctx, vref: &VolumeRef) -> anyhow::Result<()> {
             );
         }
     } else {
-        let users = volref::running_users(&ctx.docker_url, &vref.name)?;
+        let users = crate::docker::running_users(&ctx.docker_url, &vref.name)?;
         if !users.is_empty() {
             bail!(
                 "volume {} is used by running container(s) {}; stop them before restoring",

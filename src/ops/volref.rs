@@ -75,34 +75,3 @@ pub(crate) fn resolve(
         Err(e) => bail!("no allspark volume {name}, and Docker could not be asked: {e:#}"),
     }
 }
-
-/// How many running containers use a foreign (non-allspark) volume, through the Docker API.
-pub(crate) fn running_users(docker_url: &str, name: &VolumeName) -> anyhow::Result<Vec<String>> {
-    crate::docker::block_on(async {
-        let d = crate::docker::connect(docker_url).await?;
-        let cs = crate::docker::containers(&d, Some(name)).await?;
-        anyhow::Ok(
-            cs.into_iter()
-                .filter(|c| c.running)
-                .map(|c| c.name)
-                .collect(),
-        )
-    })?
-}
-
-/// Fill in which running containers use the family's mounted members, so a refusal names
-/// them; without Docker the refusal keeps its `docker ps` hint.
-pub(crate) fn name_users(fam: &mut crate::pool::topology::Family, docker_url: &str, except: &str) {
-    let mounted: Vec<VolumeName> = fam.in_use(except).map(|m| m.name.clone()).collect();
-    for name in mounted {
-        match running_users(docker_url, &name) {
-            Ok(users) => {
-                fam.users.insert(name.to_string(), users);
-            }
-            Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "cannot ask Docker which containers use {name}");
-                return;
-            }
-        }
-    }
-}

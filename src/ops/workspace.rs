@@ -192,7 +192,7 @@ pub(crate) fn prune(
 /// and its containers.
 fn busy_reason(ctx: &Ctx, r: &VolumeRecord) -> String {
     if r.mount_count() > 0 {
-        let users = crate::ops::volref::running_users(&ctx.docker_url, &r.name)
+        let users = crate::docker::running_users(&ctx.docker_url, &r.name)
             .ok()
             .filter(|u| !u.is_empty());
         return match users {
@@ -216,7 +216,7 @@ fn shared_in_use(ctx: &Ctx, r: &VolumeRecord) -> Option<String> {
         .ok()?;
     let shown = r.data.local_path(&ctx.layout, &ctx.view);
     let mut fam = crate::pool::topology::family(&ctx.layout, &ctx.view, &opened.dir, &shown);
-    crate::ops::volref::name_users(&mut fam, &ctx.docker_url, &r.name);
+    fam.name_users(&ctx.docker_url, &r.name);
     fam.refusal(&r.name, &format!("prune volume {}", r.name))
 }
 

@@ -51,7 +51,7 @@ pub(crate) struct Family {
     /// Mount points (this process's view) inside the directory that no member explains.
     pub mounts_below: Vec<PathBuf>,
     /// Running containers using a member, by member name, when Docker was asked (see
-    /// [`crate::ops::volref::name_users`]): refusals name them.
+    /// [`Family::name_users`]): refusals name them.
     pub users: std::collections::BTreeMap<String, Vec<String>>,
 }
 
@@ -188,4 +188,23 @@ fn live_mounts_below(dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| p != dir && p.starts_with(dir))
         .collect()
+}
+
+impl Family {
+    /// Fill in which running containers use the mounted members (other than `except`), so a
+    /// refusal names them; without Docker the refusal keeps its `docker ps` hint.
+    pub(crate) fn name_users(&mut self, docker_url: &str, except: &str) {
+        let mounted: Vec<VolumeName> = self.in_use(except).map(|m| m.name.clone()).collect();
+        for name in mounted {
+            match crate::docker::running_users(docker_url, &name) {
+                Ok(users) => {
+                    self.users.insert(name.to_string(), users);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot ask Docker which containers use {name}");
+                    return;
+                }
+            }
+        }
+    }
 }

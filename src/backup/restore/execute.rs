@@ -261,7 +261,7 @@ fn lock_family(ctx: &Ctx, store: &Store, v: &PlannedVolume) -> Result<Vec<FileLo
             others.members.retain(|m| !v.nested.contains(&m.name));
             let locks = topology::lock_members(&ctx.layout, &others, &v.name, UNMOUNT_WAIT)?;
             let mut fam = topology::family(&ctx.layout, &ctx.view, &data, &shown);
-            crate::ops::volref::name_users(&mut fam, &ctx.docker_url, &v.name);
+            fam.name_users(&ctx.docker_url, &v.name);
             if let Some(refusal) = fam.refusal(&v.name, &format!("restore volume {}", v.name)) {
                 return Err(refusal);
             }
