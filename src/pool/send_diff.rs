@@ -247,35 +247,10 @@ fn checked(p: &[u8]) -> io::Result<&[u8]> {
     Ok(p)
 }
 
-/// CRC-32C as btrfs computes a command's checksum: seed 0, no final inversion.
+/// CRC-32C as btrfs computes a command's checksum: seed 0, no inversion before or after
+/// (the `crc32c` crate computes the standard form, inverted on both sides).
 fn crc32c(data: &[u8]) -> u32 {
-    crc32c_from(0, data)
-}
-
-/// CRC-32C (Castagnoli, reflected), without inversions, from `seed`.
-fn crc32c_from(seed: u32, data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    (c >> 1) ^ 0x82F6_3B78
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    data.iter().fold(seed, |c, &b| {
-        TABLE[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8)
-    })
+    !crc32c::crc32c_append(!0, data)
 }
 
 /// The paths touched between the read-only snapshot open as `older` and the read-only snapshot
@@ -335,10 +310,11 @@ mod tests {
     }
 
     #[test]
-    fn crc32c_is_castagnoli() {
-        // The standard check value is of the form inverted before and after.
-        assert_eq!(!crc32c_from(!0, b"123456789"), 0xE306_9283);
+    fn crc32c_is_castagnoli_without_inversions() {
+        // The standard check value (inverted before and after) and btrfs' raw form of it.
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
         assert_eq!(crc32c(b""), 0);
+        assert_eq!(crc32c(b"123456789"), 0x58E3_FA20);
     }
 
     #[test]
