@@ -51,7 +51,7 @@ pub(crate) fn catch_up(
         .map_err(|e| SnapshotError::io(format!("volume {volume}: cannot open its pool"), e))?;
     let snaps = cow::list_in(&pool, &root, volume);
     let mut out = Vec::new();
-    for c in pending(layout, &pool, &root, volume)? {
+    for c in unarchived(layout, volume, &snaps)? {
         // Pruned meanwhile (retention runs under the snapshot lock, not this one): skip it.
         let Some(ro) = cow::open_snapshot(&pool, &root, volume, &c.id)? else {
             continue;
@@ -176,10 +176,20 @@ pub(crate) fn pending(
     root: &crate::fs::beneath::Dir,
     volume: &VolumeName,
 ) -> Result<Vec<cow::CowSnapshot>, SnapshotError> {
+    unarchived(layout, volume, &cow::list_in(pool, root, volume))
+}
+
+/// Those of `snaps` (the volume's read-only snapshots) newer than its newest archive.
+fn unarchived(
+    layout: &crate::core::layout::Layout,
+    volume: &VolumeName,
+    snaps: &[cow::CowSnapshot],
+) -> Result<Vec<cow::CowSnapshot>, SnapshotError> {
     let newest = catalog::list(layout, volume)?.last().map(|m| m.id.clone());
-    Ok(cow::list_in(pool, root, volume)
-        .into_iter()
+    Ok(snaps
+        .iter()
         .filter(|c| newest.as_ref().is_none_or(|n| c.id > *n))
+        .cloned()
         .collect())
 }
 
