@@ -6,12 +6,17 @@ fn record(name: &str) -> VolumeRecord {
     VolumeRecord::managed(&name.parse().unwrap(), &[]).unwrap()
 }
 
-#[test]
-fn save_load_delete() {
+/// A store on a fresh state root (kept alive by the returned directory).
+fn fresh_store() -> (tempfile::TempDir, Store) {
     let d = tempfile::tempdir().unwrap();
     let layout = Layout::new(d.path());
     layout.ensure().unwrap();
-    let store = Store::new(layout);
+    (d, Store::new(layout))
+}
+
+#[test]
+fn save_load_delete() {
+    let (_d, store) = fresh_store();
     let mut r = record("v1");
     store.save(&r).unwrap();
     assert_eq!(*store.load(&VolumeName::fixed("v1")).unwrap().unwrap(), r);
@@ -33,10 +38,7 @@ fn save_load_delete() {
 
 #[test]
 fn the_kept_listing_follows_every_record_created_or_deleted() {
-    let d = tempfile::tempdir().unwrap();
-    let layout = Layout::new(d.path());
-    layout.ensure().unwrap();
-    let store = Store::new(layout);
+    let (_d, store) = fresh_store();
     store.save(&record("a")).unwrap();
     // Past the racy window the listing is kept ...
     std::thread::sleep(LISTING_RACY_WINDOW + std::time::Duration::from_millis(100));
@@ -54,10 +56,8 @@ fn the_kept_listing_follows_every_record_created_or_deleted() {
 
 #[test]
 fn references_are_rewritten_in_place_and_read_back_after_shrinking() {
-    let d = tempfile::tempdir().unwrap();
-    let layout = Layout::new(d.path());
-    layout.ensure().unwrap();
-    let store = Store::new(layout.clone());
+    let (_d, store) = fresh_store();
+    let layout = store.layout().clone();
     let mut r = record("v");
     store.save(&r).unwrap();
     for id in ["a", "b", "c"] {
@@ -97,11 +97,12 @@ fn references_are_rewritten_in_place_and_read_back_after_shrinking() {
 
 #[test]
 fn corrupt_record_is_a_clear_error_not_an_absence() {
-    let d = tempfile::tempdir().unwrap();
-    let layout = Layout::new(d.path());
-    layout.ensure().unwrap();
-    fs::write(layout.record(&VolumeName::fixed("bad")), b"{not json").unwrap();
-    let store = Store::new(layout);
+    let (_d, store) = fresh_store();
+    fs::write(
+        store.layout().record(&VolumeName::fixed("bad")),
+        b"{not json",
+    )
+    .unwrap();
     let err = store
         .load(&VolumeName::fixed("bad"))
         .unwrap_err()
