@@ -3,6 +3,11 @@
 //! Formatting uses `mkfs.btrfs` (btrfs-progs): writing a filesystem is the one step allspark
 //! does not do itself. Attaching uses `LOOP_CTL_GET_FREE` and `LOOP_CONFIGURE` with
 //! `LO_FLAGS_AUTOCLEAR`, so the loop device goes away when the pool is unmounted.
+//!
+//! An image already attached (by a process in another mount namespace: the managed plugin,
+//! the host's CLI or agent) is mounted through **that** loop device. A second loop device on
+//! the same file would be a second, independent btrfs filesystem over the same bytes (the
+//! kernel mounts it under a temporary fsid) and the two would corrupt each other.
 
 use crate::core::crashpoint::crash_point;
 use std::fs::{self, File, OpenOptions};
@@ -14,8 +19,11 @@ use std::process::Command;
 
 const LOOP_CTL_GET_FREE: u64 = 0x4C82;
 const LOOP_CONFIGURE: u64 = 0x4C0A;
+const LOOP_GET_STATUS64: u64 = 0x4C05;
+const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LOOP_MAJOR: u64 = 7;
+const LOOP_CONTROL: (u64, u64) = (10, 237);
 
 /// `struct loop_info64`.
 #[repr(C)]
@@ -33,6 +41,26 @@ struct LoopInfo64 {
     crypt_name: [u8; 64],
     encrypt_key: [u8; 32],
     init: [u64; 2],
+}
+
+impl LoopInfo64 {
+    fn with_flags(flags: u32) -> LoopInfo64 {
+        LoopInfo64 {
+            device: 0,
+            inode: 0,
+            rdevice: 0,
+            offset: 0,
+            sizelimit: 0,
+            number: 0,
+            encrypt_type: 0,
+            encrypt_key_size: 0,
+            flags,
+            file_name: [0; 64],
+            crypt_name: [0; 64],
+            encrypt_key: [0; 32],
+            init: [0; 2],
+        }
+    }
 }
 
 /// `struct loop_config`.
@@ -105,8 +133,9 @@ pub fn ensure_image(image: &Path, size: u64, label: &str) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Attach `image` to a free loop device (detached again when unmounted) and mount its btrfs
-/// filesystem on `target`.
+/// Mount `image`'s btrfs filesystem on `target`: through the loop device that already backs
+/// it, if one does, otherwise through a free one attached now (and detached again once
+/// unmounted). Callers hold the pool's lock, so two processes never attach it at once.
 pub fn mount(image: &Path, target: &Path) -> io::Result<()> {
     let file = OpenOptions::new()
         .read(true)
@@ -114,7 +143,14 @@ pub fn mount(image: &Path, target: &Path) -> io::Result<()> {
         .custom_flags(libc::O_CLOEXEC)
         .open(image)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", image.display())))?;
-    let (dev, _dev_file) = attach(&file)?;
+    // Our descriptor on the loop device keeps it bound to the image until the mount holds it.
+    let (dev, _dev_file) = match find_attached(&file)? {
+        Some(found) => {
+            tracing::info!(image = %image.display(), device = %found.0.display(), "pool image already attached: mounting that loop device");
+            found
+        }
+        None => attach(&file)?,
+    };
     let r = nix::mount::mount(
         Some(dev.as_path()),
         target,
@@ -122,8 +158,6 @@ pub fn mount(image: &Path, target: &Path) -> io::Result<()> {
         nix::mount::MsFlags::empty(),
         None::<&str>,
     );
-    // The loop device stays attached through the mount; with autoclear it is released once
-    // both the mount and our descriptor (dropped here) are gone.
     r.map_err(|e| {
         io::Error::other(format!(
             "cannot mount {} ({}) on {}: {e}",
@@ -134,18 +168,78 @@ pub fn mount(image: &Path, target: &Path) -> io::Result<()> {
     })
 }
 
+/// The loop device bound to `file` (same device and inode), opened, if any. One bound
+/// read-only is refused: the pool would be mounted read-only without a word.
+fn find_attached(file: &File) -> io::Result<Option<(PathBuf, File)>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    let entries = match fs::read_dir("/sys/block") {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let Some(n) = name
+            .to_str()
+            .and_then(|s| s.strip_prefix("loop"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        // Only a bound loop device has a `loop/` directory in sysfs.
+        if !Path::new("/sys/block").join(&name).join("loop").exists() {
+            continue;
+        }
+        let dev = PathBuf::from(format!("/dev/loop{n}"));
+        ensure_node(&dev, libc::S_IFBLK, (LOOP_MAJOR, n))?;
+        let devf = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&dev)
+        {
+            Ok(f) => f,
+            // Detached or removed since the listing.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO | libc::ENOENT)) => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dev.display()))),
+        };
+        let mut info = LoopInfo64::with_flags(0);
+        // SAFETY: `info` is a `struct loop_info64` the call fills; the descriptor is open.
+        let r = unsafe { libc::ioctl(devf.as_raw_fd(), LOOP_GET_STATUS64 as _, &mut info) };
+        if r != 0 {
+            // ENXIO: unbound between the listing and the call.
+            continue;
+        }
+        if info.device != meta.dev() || info.inode != meta.ino() {
+            continue;
+        }
+        if info.flags & LO_FLAGS_READ_ONLY != 0 {
+            return Err(io::Error::other(format!(
+                "{} backs the pool image read-only; detach it (losetup -d {}) or make it writable first",
+                dev.display(),
+                dev.display()
+            )));
+        }
+        return Ok(Some((dev, devf)));
+    }
+    Ok(None)
+}
+
 fn attach(file: &File) -> io::Result<(PathBuf, File)> {
+    let control = Path::new("/dev/loop-control");
+    let no_loops = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("/dev/loop-control: {e} (btrfs-image pools need loop devices; the managed plugin has them only when built with plugin/build.sh --loop-devices)"),
+        )
+    };
+    ensure_node(control, libc::S_IFCHR, LOOP_CONTROL).map_err(no_loops)?;
     let ctl = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/loop-control")
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("/dev/loop-control: {e} (btrfs-image pools need loop devices)"),
-            )
-        })?;
+        .open(control)
+        .map_err(no_loops)?;
     for _ in 0..16 {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
         let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) };
@@ -153,7 +247,7 @@ fn attach(file: &File) -> io::Result<(PathBuf, File)> {
             return Err(io::Error::last_os_error());
         }
         let dev = PathBuf::from(format!("/dev/loop{n}"));
-        ensure_node(&dev, n as u64)?;
+        ensure_node(&dev, libc::S_IFBLK, (LOOP_MAJOR, n as u64))?;
         let devf = OpenOptions::new()
             .read(true)
             .write(true)
@@ -162,21 +256,7 @@ fn attach(file: &File) -> io::Result<(PathBuf, File)> {
         let mut cfg = LoopConfig {
             fd: file.as_raw_fd() as u32,
             block_size: 0,
-            info: LoopInfo64 {
-                device: 0,
-                inode: 0,
-                rdevice: 0,
-                offset: 0,
-                sizelimit: 0,
-                number: 0,
-                encrypt_type: 0,
-                encrypt_key_size: 0,
-                flags: LO_FLAGS_AUTOCLEAR,
-                file_name: [0; 64],
-                crypt_name: [0; 64],
-                encrypt_key: [0; 32],
-                init: [0; 2],
-            },
+            info: LoopInfo64::with_flags(LO_FLAGS_AUTOCLEAR),
             reserved: [0; 8],
         };
         // SAFETY: `cfg` is a `struct loop_config` valid for the call; both descriptors are open.
@@ -198,21 +278,29 @@ fn attach(file: &File) -> io::Result<(PathBuf, File)> {
     ))
 }
 
-/// Without udev (containers) `/dev/loopN` may not exist yet: make the node.
-fn ensure_node(dev: &Path, n: u64) -> io::Result<()> {
+/// Without udev (the managed plugin's `/dev` is a tmpfs) `/dev/loopN` or `/dev/loop-control`
+/// may be missing: make the node (`kind` is `S_IFBLK` or `S_IFCHR`).
+fn ensure_node(dev: &Path, kind: libc::mode_t, (major, minor): (u64, u64)) -> io::Result<()> {
+    let is_kind = |m: &fs::Metadata| {
+        if kind == libc::S_IFBLK {
+            m.file_type().is_block_device()
+        } else {
+            m.file_type().is_char_device()
+        }
+    };
     match fs::metadata(dev) {
-        Ok(m) if m.file_type().is_block_device() => Ok(()),
+        Ok(m) if is_kind(&m) => Ok(()),
         Ok(_) => Err(io::Error::other(format!(
-            "{} exists and is not a block device",
+            "{} exists and is not the device node it should be",
             dev.display()
         ))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => nix::sys::stat::mknod(
             dev,
-            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::SFlag::from_bits_truncate(kind),
             nix::sys::stat::Mode::from_bits_truncate(0o660),
-            nix::sys::stat::makedev(LOOP_MAJOR, n),
+            nix::sys::stat::makedev(major, minor),
         )
-        .map_err(io::Error::from),
+        .map_err(|e| io::Error::other(format!("mknod {}: {e}", dev.display()))),
         Err(e) => Err(e),
     }
 }

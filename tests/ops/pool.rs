@@ -1,5 +1,6 @@
 //! Pools without Docker: a real `btrfs-image` pool (3 GB sparse, in the scratch directory) on the real plugin, agent and CLI: snapshots on stop as read-only subvolumes with their archive afterwards, clones, restores by swap, qgroup limits, remounts, and kills mid-snapshot, mid-clone and mid-image.
 
+use crate::support::common::loops_backing;
 use crate::support::harness;
 
 use std::io::Write;
@@ -429,6 +430,48 @@ fn the_pool_is_mounted_again_after_a_restart_and_after_an_unmount_behind_its_bac
     unmount(&p, "keep", "c1");
     // Nothing was ever written into the empty mount point while it was unmounted.
     assert!(p.log().contains("mounting it again"), "{}", p.log());
+}
+
+/// The image still attached where another mount namespace mounted it (the managed plugin's,
+/// the host's CLI, an admin's `mount -o loop`): mounting the pool again must go through that
+/// same loop device. A second loop device on the file would be a second, independent btrfs
+/// over the same bytes (the kernel mounts it under a temporary fsid) and corrupt it.
+#[test]
+fn an_image_still_attached_elsewhere_is_mounted_through_the_same_loop_device() {
+    let p = pool_plugin();
+    create(&p, "keep", json!({"pool": "p"}));
+    std::fs::write(data(&p, "keep").join("f"), b"one filesystem").unwrap();
+    recovered(&p);
+    let image = p.pool_image("p");
+    let loops = loops_backing(&image);
+    assert_eq!(loops.len(), 1, "{loops:?}");
+    let elsewhere = p.root().parent().unwrap().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let dev = PathBuf::from(&loops[0]);
+    nix::mount::mount(
+        Some(dev.as_path()),
+        &elsewhere,
+        Some("btrfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    unmount_pool(&p);
+    let m = mount(&p, "keep", "c1");
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), b"one filesystem");
+    assert_eq!(
+        loops_backing(&image),
+        loops,
+        "a second loop device was attached"
+    );
+    // One filesystem: the same device number, and a write through one mount shows in the other.
+    let dev_of = |path: &Path| std::fs::metadata(path).unwrap().dev();
+    assert_eq!(dev_of(&pool_root(&p)), dev_of(&elsewhere));
+    std::fs::write(elsewhere.join("volumes/keep/g"), b"seen").unwrap();
+    assert_eq!(std::fs::read(m.join("g")).unwrap(), b"seen");
+    assert!(p.log().contains("already attached"), "{}", p.log());
+    unmount(&p, "keep", "c1");
+    unmount_path(&elsewhere);
 }
 
 /// A call that is expected to kill the plugin (crash injection): the reply, if any.

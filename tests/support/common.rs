@@ -286,3 +286,22 @@ pub fn ensure_root_shared() {
         lib.display()
     ));
 }
+
+/// The loop devices bound to `image` (`losetup -j`: same device and inode), e.g. `/dev/loop3`.
+pub fn loops_backing(image: &Path) -> Vec<String> {
+    let out = Command::new("losetup")
+        .arg("-j")
+        .arg(image)
+        .output()
+        .expect("losetup (util-linux)");
+    assert!(
+        out.status.success(),
+        "losetup -j {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| Some(l.split(':').next()?.to_string()))
+        .collect()
+}
