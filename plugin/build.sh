@@ -14,6 +14,12 @@
 #                   starts without knowing about them; stop them instead)
 #   --push          push NAME to its registry afterwards (`docker plugin push`;
 #                   NAME must then be REGISTRY/NAME:TAG), see plugin/push.sh
+#   --loop-devices  for btrfs-image pools: the plugin may use every device
+#                   (config `linux.allowAllDevices`, which `docker plugin
+#                   install` shows as `allow-all-devices`) and its rootfs gets
+#                   mkfs.btrfs. Without it the plugin has no device beyond
+#                   Docker's defaults (see plugin/README.md, Pools). A plugin
+#                   built with it is only replaced by one built with it.
 #
 # Replacing a plugin: Docker cannot upgrade a plugin from a local directory,
 # so the old plugin is removed and the new one created under the same name.
@@ -36,7 +42,7 @@ source "$here/lib.sh"
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 
-binary="" strip="" enable=0 force=0 push=0 name=""
+binary="" strip="" enable=0 force=0 push=0 loops=0 name=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --binary) [[ $# -ge 2 ]] || die "--binary needs a path"; binary="$2"; shift 2 ;;
@@ -45,6 +51,7 @@ while [[ $# -gt 0 ]]; do
         --enable) enable=1; shift ;;
         --force) force=1; shift ;;
         --push) push=1; shift ;;
+        --loop-devices) loops=1; shift ;;
         -h|--help) allspark_usage "${BASH_SOURCE[0]}"; exit 0 ;;
         -*) die "unknown option '$1' (see --help)" ;;
         *) [[ -z "$name" ]] || die "only one NAME[:TAG] may be given (got '$name' and '$1')"; name="$1"; shift ;;
@@ -60,14 +67,24 @@ allspark_require_docker build.sh || exit 1
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/allspark-plugin.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-allspark_rootfs "$binary" "$work/rootfs" $strip
+rootfs_extra=()
+[[ "$loops" == 0 ]] || rootfs_extra=(--mkfs-btrfs)
+allspark_rootfs "$binary" "$work/rootfs" $strip "${rootfs_extra[@]}"
 cp "$here/config.json" "$work/config.json"
+if [[ "$loops" == 1 ]]; then
+    sed -i 's/^  "linux": {$/  "linux": {\n    "allowAllDevices": true,/' "$work/config.json"
+    grep -q '^    "allowAllDevices": true,$' "$work/config.json" ||
+        die "cannot add allowAllDevices to config.json (its \"linux\" block moved?)"
+fi
 
 # Settings worth carrying over to a replacement.
-settable_env="ALLSPARK_LOG ALLSPARK_BIND_ROOTS ALLSPARK_SNAPSHOT_WAIT"
+settable_env="ALLSPARK_LOG ALLSPARK_BIND_ROOTS ALLSPARK_SNAPSHOT_WAIT ALLSPARK_POOLS"
 keep_settings=()
 was_enabled=""
 if was_enabled="$(docker plugin inspect --format '{{.Enabled}}' "$name" 2>/dev/null)"; then
+    if [[ "$loops" == 0 && "$(docker plugin inspect --format '{{.Config.Linux.AllowAllDevices}}' "$name")" == true ]]; then
+        die "refusing to replace plugin $name, built with --loop-devices (its btrfs-image pools need loop devices), by one without: pass --loop-devices"
+    fi
     users=()
     while IFS= read -r u; do users+=("$u"); done < <(allspark_plugin_users "$name")
     if [[ ${#users[@]} -gt 0 ]]; then

@@ -13,7 +13,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ref="${*: -1}"
 if [[ $# -eq 0 || "$ref" == -* || "$ref" != */* ]]; then
-    echo "usage: plugin/push.sh [--binary PATH] [--strip] REGISTRY/NAME[:TAG]" >&2
+    echo "usage: plugin/push.sh [--binary PATH] [--strip] [--loop-devices] REGISTRY/NAME[:TAG]" >&2
     echo "push.sh: the last argument must name a registry, e.g. 127.0.0.1:5000/allspark:latest" >&2
     exit 2
 fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/install.sh [--managed] [--no-agent] [--force] [--binary PATH]
+# scripts/install.sh [--managed [--loop-devices]] [--no-agent] [--force] [--binary PATH]
 #
 # Sets allspark up on this machine (run as root, from a checkout), and upgrades
 # it in place when run again (every volume is kept):
@@ -34,6 +34,10 @@
 #                  driver `allspark:latest`, and docker-compose v1 compares
 #                  names verbatim: compose files must say
 #                  `driver: allspark:latest`
+#   --loop-devices with --managed: build the plugin with loop devices
+#                  (plugin/build.sh --loop-devices: allowAllDevices and
+#                  mkfs.btrfs) so it serves btrfs-image pools; the host
+#                  service has them already
 #   --no-agent     skip 3 and 4 (e.g. when the agent runs as the allspark-agent
 #                  service of compose/docker-compose.yml instead; never run both)
 #   --force        with --managed: replace the plugin even while running
@@ -62,12 +66,13 @@ agent_image="allspark-agent:latest"
 agent_name="allspark-agent"
 backup_root="${ALLSPARK_BACKUP_ROOT:-/backups/allspark}"
 
-managed=0 agent=1 force=() binary=""
+managed=0 agent=1 force=() loops=() binary=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --managed) managed=1; shift ;;
         --no-agent) agent=0; shift ;;
         --force) force=(--force); shift ;;
+        --loop-devices) loops=(--loop-devices); shift ;;
         --binary) [[ $# -ge 2 ]] || die "--binary needs a path"; binary="$2"; shift 2 ;;
         --binary=*) binary="${1#--binary=}"; shift ;;
         -h|--help) allspark_usage "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -75,6 +80,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
+[[ "$managed" == 1 || ${#loops[@]} == 0 ]] || die "--loop-devices goes with --managed (the host service reaches loop devices already)"
 [[ "$(id -u)" == 0 ]] || die "run as root (sudo $0): the plugin and the agent manage /var/lib/allspark and mounts"
 command -v docker >/dev/null || die "docker is not installed (apt-get install docker.io)"
 allspark_require_docker install.sh || exit 1
@@ -128,7 +134,7 @@ install_binary() {
 }
 
 if [[ "$managed" == 1 ]]; then
-    "$repo/plugin/build.sh" --binary "$binary" --enable "${force[@]}" "$plugin" >/dev/null
+    "$repo/plugin/build.sh" --binary "$binary" --enable "${force[@]}" "${loops[@]}" "$plugin" >/dev/null
     install_binary
     state_root="$(allspark_plugin_state_source "$plugin")"
     state_root="${state_root:-/var/lib/allspark}"

@@ -210,7 +210,12 @@ fn find_attached(file: &File) -> io::Result<Option<(PathBuf, File)>> {
             // ENXIO: unbound between the listing and the call.
             continue;
         }
-        if info.device != meta.dev() || info.inode != meta.ino() {
+        // A window into the file (an offset or a size limit) is not the pool's filesystem.
+        if info.device != meta.dev()
+            || info.inode != meta.ino()
+            || info.offset != 0
+            || info.sizelimit != 0
+        {
             continue;
         }
         if info.flags & LO_FLAGS_READ_ONLY != 0 {

@@ -176,6 +176,8 @@ fn managed_plugin_keeps_volumes_across_disable_upgrade_and_daemon_restart() {
         config["Linux"]["Capabilities"],
         serde_json::json!(["CAP_SYS_ADMIN"])
     );
+    // No device beyond Docker's defaults unless built with --loop-devices.
+    assert_eq!(config["Linux"]["AllowAllDevices"], false);
     assert!(
         !plugin_enabled(&plugin),
         "build.sh without --enable leaves a new plugin disabled"

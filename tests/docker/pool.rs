@@ -1,13 +1,23 @@
-//! A btrfs-image pool through the real dockerd (legacy test plugin): a container writing past `size=` gets EDQUOT (and its `df` shows the pool, not the limit) while another volume of the pool is unaffected, snapshot on stop is a read-only subvolume, a clone from it serves a container, `docker volume inspect` says the size is enforced.
+//! A btrfs-image pool through the real dockerd (legacy test plugin): a container writing past `size=` gets EDQUOT (and its `df` shows the pool, not the limit) while another volume of the pool is unaffected, snapshot on stop is a read-only subvolume, a clone from it serves a container, `docker volume inspect` says the size is enforced. The same pool on the managed plugin built with `--loop-devices`, which makes, formats and mounts the image in its own namespace while the host's CLI mounts it through the same loop device.
 
 use crate::support::common;
 use crate::support::legacy;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{docker, docker_ok, ensure_busybox_image, require_docker, unique_name, wait_until};
+use common::{
+    allspark_bin, docker, docker_ok, ensure_busybox_image, forget_dead_legacy_drivers,
+    loops_backing, plugin_script, plugin_script_ok, require_docker, unique_name, wait_until,
+    Cleanup, TestPlugin,
+};
 use legacy::{run, LegacyPlugin};
 use serde_json::Value;
+
+/// `dd` of 200 MB into a volume limited to 64 MB: the container's output must show the quota.
+const FILL_PAST_64M: &str =
+    "dd if=/dev/zero of=/d/f bs=1M count=200 conv=fsync; echo rc=$?; du -m /d/f; df -k /d | tail -1";
 
 #[test]
 fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
@@ -49,7 +59,7 @@ fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
         &image,
         "sh",
         "-c",
-        "dd if=/dev/zero of=/d/f bs=1M count=200 conv=fsync; echo rc=$?; du -m /d/f; df -k /d | tail -1",
+        FILL_PAST_64M,
     ]);
     let text = format!(
         "{}{}",
@@ -125,4 +135,162 @@ fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
         docker_ok(&["volume", "rm", v]);
     }
     p.volumes.clear();
+}
+
+/// The host's CLI on a managed test plugin's state root.
+fn host_cli(root: &Path, args: &[&str]) -> String {
+    let out = Command::new(allspark_bin())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "allspark {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_managed_plugin_with_loop_devices_makes_and_serves_a_btrfs_image_pool() {
+    let Some(_docker) = require_docker() else {
+        return;
+    };
+    let image = ensure_busybox_image();
+    forget_dead_legacy_drivers();
+    let mut pool_image = PathBuf::new();
+    let plugin = TestPlugin::start_with("allspark-test-loops", &["--loop-devices"], |root| {
+        pool_image = root.base.join("p.img");
+        vec![format!(
+            "ALLSPARK_POOLS=p=btrfs-image:{}:2G",
+            pool_image.display()
+        )]
+    });
+    let config: Value = serde_json::from_str(&docker_ok(&[
+        "plugin",
+        "inspect",
+        "--format",
+        "{{json .Config.Linux}}",
+        &plugin.name,
+    ]))
+    .unwrap();
+    assert_eq!(config["AllowAllDevices"], true, "{config}");
+    // The plugin made and formatted the image itself (mkfs.btrfs in its rootfs) and mounted it
+    // in its own namespace: one loop device, and no mount on the host.
+    wait_until("the pool image", Duration::from_secs(30), || {
+        loops_backing(&pool_image).len() == 1
+    });
+    let host_mount = plugin.root.root().join("pools/p");
+    let mounted_on_host = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&format!(" {} ", host_mount.display()))
+    };
+    assert!(!mounted_on_host());
+    let mut cleanup = Cleanup::new();
+    cleanup.add(format!(
+        "umount -l {} 2>/dev/null; true",
+        host_mount.display()
+    ));
+    let (small, ws) = (unique_name("small"), unique_name("ws"));
+    cleanup.add(format!("docker volume rm -f {small} {ws} >/dev/null"));
+    for (name, opts) in [
+        (&small, ["pool=p", "size=64M"]),
+        (&ws, ["pool=p", "uid=1000"]),
+    ] {
+        let mut args = vec!["volume", "create", "-d", &plugin.name, name.as_str()];
+        for o in opts {
+            args.extend(["-o", o]);
+        }
+        docker_ok(&args);
+    }
+    let out = docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{small}:/d"),
+        &image,
+        "sh",
+        "-c",
+        FILL_PAST_64M,
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("Disk quota exceeded") && !text.contains("rc=0"),
+        "{text}"
+    );
+    let put = docker_ok(&[
+        "run", "--rm", "-v", &format!("{ws}:/w"), &image, "sh", "-c",
+        "echo precious > /w/file && dd if=/dev/zero of=/w/big bs=1M count=100 conv=fsync 2>/dev/null && echo rc=$? && stat -c %u /w",
+    ]);
+    assert_eq!(put.trim(), "rc=0\n1000", "{put}");
+
+    // The host's CLI reaches the pool: it mounts it through the plugin's loop device (a second
+    // one would be a second filesystem over the same bytes).
+    let snap = host_cli(&plugin.root.root(), &["snapshot", "create", &ws]);
+    assert!(mounted_on_host(), "{snap}");
+    assert_eq!(loops_backing(&pool_image).len(), 1);
+    let listed: Value = serde_json::from_str(&host_cli(
+        &plugin.root.root(),
+        &["snapshot", "ls", &ws, "--json"],
+    ))
+    .unwrap();
+    assert!(
+        listed[0]["kind"].as_str().unwrap().starts_with("cow"),
+        "{listed}"
+    );
+    assert_eq!(
+        std::fs::read(host_mount.join("volumes").join(&ws).join("file")).unwrap(),
+        b"precious\n"
+    );
+
+    // A plugin restart: the data is served again (the host's mount is still there; the
+    // plugin's own is gone with its namespace and is made again, through the same device).
+    docker_ok(&["plugin", "disable", "-f", &plugin.name]);
+    docker_ok(&["plugin", "enable", &plugin.name]);
+    let read = docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{ws}:/w"),
+        &image,
+        "cat",
+        "/w/file",
+    ]);
+    assert_eq!(read, "precious\n");
+    assert_eq!(loops_backing(&pool_image).len(), 1);
+
+    // An upgrade keeps the permission and the pools: build.sh refuses to replace the plugin
+    // by one without loop devices, and carries ALLSPARK_POOLS over to one with them.
+    let out = plugin_script("build.sh", &[&plugin.name]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("pass --loop-devices"),
+        "{out:?}"
+    );
+    plugin_script_ok("build.sh", &["--loop-devices", &plugin.name]);
+    let env = docker_ok(&[
+        "plugin",
+        "inspect",
+        "--format",
+        "{{json .Settings.Env}}",
+        &plugin.name,
+    ]);
+    assert!(env.contains("ALLSPARK_POOLS=p=btrfs-image:"), "{env}");
+    let read = docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{ws}:/w"),
+        &image,
+        "cat",
+        "/w/file",
+    ]);
+    assert_eq!(read, "precious\n");
+    docker_ok(&["volume", "rm", &small, &ws]);
+    drop(cleanup);
+    drop(plugin);
 }

@@ -99,6 +99,16 @@ pub struct TestPlugin {
 
 impl TestPlugin {
     pub fn start(prefix: &str) -> TestPlugin {
+        TestPlugin::start_with(prefix, &[], |_| Vec::new())
+    }
+
+    /// Like [`TestPlugin::start`], with more `build.sh` options and more settings (made from
+    /// the scratch root) before it is enabled.
+    pub fn start_with(
+        prefix: &str,
+        build_args: &[&str],
+        settings: impl FnOnce(&TestRoot) -> Vec<String>,
+    ) -> TestPlugin {
         ensure_root_shared();
         reap_stale_test_plugins();
         let base = unique_name(prefix);
@@ -106,9 +116,12 @@ impl TestPlugin {
             name: format!("{base}:latest"),
             root: TestRoot::new(&base),
         };
-        plugin_script_ok("build.sh", &[&plugin.name]);
+        let mut args = build_args.to_vec();
+        args.push(&plugin.name);
+        plugin_script_ok("build.sh", &args);
         let mut set = vec!["plugin".to_string(), "set".to_string(), plugin.name.clone()];
         set.extend(plugin.root.settings());
+        set.extend(settings(&plugin.root));
         docker_ok(&set.iter().map(String::as_str).collect::<Vec<_>>());
         docker_ok(&["plugin", "enable", &plugin.name]);
         plugin
