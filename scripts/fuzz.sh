@@ -13,6 +13,9 @@
 #   driver_api   call sequences through DriverApi over a Driver on a scratch root
 #   state_files  manifest, spool event, volume record, index, usage readers
 #   extract      archive extraction of arbitrary bytes
+#   http         the plugin's HTTP/1.1 server on a Unix socket: raw bytes, and
+#                well-formed calls (Content-Length or chunked) whose body must
+#                arrive intact
 #
 # Stable Rust only: cargo-fuzz needs nightly flags, so RUSTC_BOOTSTRAP=1. It
 # installs cargo-fuzz if missing. Each target runs as root in a private mount
@@ -31,7 +34,7 @@ repo=$(pwd)
 secs=${1:-30}
 [[ $# -gt 0 ]] && shift
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(requests driver_api state_files extract)
+[[ ${#targets[@]} -gt 0 ]] || targets=(requests driver_api state_files extract http)
 jobs=${FUZZ_JOBS:-$(nproc)}
 sanitizer=${FUZZ_SANITIZER:-none}
 cgu=${FUZZ_CODEGEN_UNITS:-16}

@@ -994,3 +994,161 @@ fn tree_names(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+// ---------------------------------------------------------------------------------------------
+// http: the plugin's HTTP/1.1 server (`plugin::server`) on a real Unix socket
+// ---------------------------------------------------------------------------------------------
+
+/// Answers every call with what it received: the call name, the body's length and a hash.
+struct Echo;
+
+impl Handler for Echo {
+    fn handle(&self, call: &str, body: &[u8]) -> allspark::plugin::server::Reply {
+        allspark::plugin::server::Reply::ok(echo_of(call, body).into_bytes())
+    }
+}
+
+fn echo_of(call: &str, body: &[u8]) -> String {
+    let hash = body.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{call:?} {} {hash:016x}", body.len())
+}
+
+/// The socket of the one server this process runs (started on first use).
+fn http_socket() -> &'static Path {
+    static SOCKET: OnceLock<PathBuf> = OnceLock::new();
+    SOCKET.get_or_init(|| {
+        let path = scratch().join("http.sock");
+        let _ = fs::remove_file(&path);
+        let listener = allspark::plugin::server::bind(&path).expect("bind the fuzz server");
+        let server = allspark::plugin::server::Server::new(listener);
+        std::thread::spawn(move || server.serve(Arc::new(Echo)));
+        path
+    })
+}
+
+/// Write `bytes` on a new connection, close the sending side, and read until the server
+/// closes. A server that neither answers nor closes within 20 s is a finding (its timeouts are
+/// 10 s, and a closed sending side is an end of input it must see at once).
+fn exchange(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let mut s = UnixStream::connect(http_socket()).expect("connect to the fuzz server");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // The server may refuse and close before it has read everything: not a finding.
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut reply = Vec::new();
+    match s.read_to_end(&mut reply) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!(
+                "the server neither answered nor closed within 20 s (input {:?})",
+                String::from_utf8_lossy(bytes)
+            )
+        }
+        Err(e) => panic!("reading the reply: {e}"),
+    }
+    reply
+}
+
+/// The status of every reply in `raw` (pipelined replies follow each other); panics on
+/// anything that is not a well-formed HTTP/1.1 reply with a Content-Length body.
+fn replies(raw: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| {
+                panic!(
+                    "a reply without an end of head: {:?}",
+                    String::from_utf8_lossy(raw)
+                )
+            });
+        let head = std::str::from_utf8(&rest[..end]).expect("reply head is ASCII");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|s| s.get(..3))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        // `100 Continue` (to `Expect: 100-continue`) has no body; every other reply says its length.
+        let len: usize = if status < 200 {
+            0
+        } else {
+            lines
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or_else(|| panic!("a reply without Content-Length: {head:?}"))
+        };
+        let body_start = end + 4;
+        assert!(
+            rest.len() >= body_start + len,
+            "a reply cut short: {head:?}"
+        );
+        out.push((status, rest[body_start..body_start + len].to_vec()));
+        rest = &rest[body_start + len..];
+    }
+    out
+}
+
+/// A well-formed call: `Content-Length`, or chunked with chunk sizes taken from `sizes`.
+fn request(call: &str, body: &[u8], chunked: bool, sizes: &[u8]) -> Vec<u8> {
+    let mut r = format!("POST /{call} HTTP/1.1\r\nHost: plugin\r\n").into_bytes();
+    if !chunked {
+        r.extend(format!("Content-Length: {}\r\n\r\n", body.len()).bytes());
+        r.extend_from_slice(body);
+        return r;
+    }
+    r.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+    let mut rest = body;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = (usize::from(sizes.get(i % sizes.len().max(1)).copied().unwrap_or(7)) % 9 + 1)
+            .min(rest.len());
+        r.extend(format!("{n:x}\r\n").bytes());
+        r.extend_from_slice(&rest[..n]);
+        r.extend_from_slice(b"\r\n");
+        rest = &rest[n..];
+        i += 1;
+    }
+    r.extend_from_slice(b"0\r\n\r\n");
+    r
+}
+
+/// First byte: even, the rest goes to the server as raw bytes (every reply must be well-formed
+/// HTTP); odd, the rest is the body of a well-formed call (bit 1: chunked, with chunk sizes from
+/// the body itself), whose reply must echo exactly that body. Then a plain call must still be
+/// answered: no input leaves the server stuck or out of connections.
+pub fn http(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode % 2 == 0 {
+        for (status, _) in replies(&exchange(rest)) {
+            assert!((100..600).contains(&status), "status {status}");
+        }
+    } else {
+        let call = "VolumeDriver.Echo";
+        let got = replies(&exchange(&request(call, rest, mode & 2 != 0, rest)));
+        assert_eq!(got.len(), 1, "one call, one reply");
+        assert_eq!(got[0].0, 200);
+        assert_eq!(String::from_utf8_lossy(&got[0].1), echo_of(call, rest));
+    }
+    let got = replies(&exchange(&request("Plugin.Activate", b"{}", false, b"")));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, 200, "the server stopped answering after {data:?}");
+}

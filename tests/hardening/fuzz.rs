@@ -34,7 +34,7 @@ fn replay(target: &str, run: fn(&[u8])) {
     eprintln!("{target}: {fed} inputs replayed");
 }
 
-/// One test for the four targets, one after the other: they share the harness's per-process
+/// One test for the five targets, one after the other: they share the harness's per-process
 /// scratch directory, removed at the end (it lives on tmpfs).
 #[test]
 fn fuzz_seeds_and_regressions_replay_cleanly() {
@@ -42,6 +42,7 @@ fn fuzz_seeds_and_regressions_replay_cleanly() {
     replay("driver_api", fuzz_harness::driver_api);
     replay("state_files", fuzz_harness::state_files);
     replay("extract", fuzz_harness::extract);
+    replay("http", fuzz_harness::http);
     fuzz_harness::remove_scratch();
 }
 
@@ -317,5 +318,34 @@ fn write_fuzz_seeds() {
             &gzip(&t),
         );
     }
+    http_seeds();
     eprintln!("seeds written under {}", fuzz_dir().join("seeds").display());
+}
+
+/// http: mode byte (even: raw bytes; odd: the body of a well-formed call, bit 1 chunked), then
+/// the input.
+fn http_seeds() {
+    let raw: [&[u8]; 6] = [
+        b"POST /Plugin.Activate HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /VolumeDriver.Create HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"Na\r\n9\r\nme\":\"v\"}\r\n0\r\n\r\n",
+        b"POST /VolumeDriver.List HTTP/1.1\r\nContent-Length: 0\r\n\r\nPOST /VolumeDriver.List HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+        b"POST /VolumeDriver.Get HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 12\r\n\r\n{\"Name\":\"v\"}",
+        b"GET /Plugin.Activate HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    ];
+    for (i, r) in raw.iter().enumerate() {
+        put("http", &format!("raw-{i:02}"), Some(0), r);
+    }
+    put(
+        "http",
+        "call-length",
+        Some(1),
+        br#"{"Name":"ws","Opts":{"size":"1G"}}"#,
+    );
+    put(
+        "http",
+        "call-chunked",
+        Some(3),
+        br#"{"Name":"ws","ID":"abc"}"#,
+    );
 }
