@@ -52,18 +52,24 @@ fn every_until_stopped(
     })
 }
 
-/// The polling loops, each on a blocking thread until `stop`: the spool worker, the archiver of
-/// read-only snapshots, and (with a remote) the off-site watcher.
+/// The polling loops, each on a blocking thread until `stop`: the spool worker, the measurer,
+/// the archiver of read-only snapshots, and (with a remote) the off-site watcher.
 fn spawn_pollers(
     cfg: &AgentConfig,
     metrics_state: &std::sync::Arc<crate::agent::metrics::MetricsState>,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let spool_ctx = cfg.ctx.clone();
-    let mut worker = spool_worker::SpoolWorker::with_metrics(metrics_state.clone());
+    let mut worker = spool_worker::SpoolWorker::default();
     tracing::info!(root = %spool_ctx.layout.root.display(), "agent consuming the spool");
     let spool_task = every_until_stopped(stop.clone(), cfg.spool_poll, move || {
         worker.run_once(&spool_ctx);
+    });
+    // Measurements the plugin asked for, beside the spool: a walk of a big workspace takes
+    // seconds, and the next container's snapshot on stop must not wait for it.
+    let (measure_ctx, measure_metrics) = (cfg.ctx.clone(), metrics_state.clone());
+    let measure_task = every_until_stopped(stop.clone(), cfg.spool_poll, move || {
+        spool_worker::measure_requested(&measure_ctx, &measure_metrics);
     });
     // Archives of read-only snapshots, in the background: never under a snapshot lock.
     let archive_ctx = cfg.ctx.clone();
@@ -80,10 +86,15 @@ fn spawn_pollers(
             watcher.run_once(&ctx.layout);
         })
     });
-    [Some(spool_task), Some(archive_task), offsite_task]
-        .into_iter()
-        .flatten()
-        .collect()
+    [
+        Some(spool_task),
+        Some(measure_task),
+        Some(archive_task),
+        offsite_task,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Run the agent until SIGTERM/SIGINT.

@@ -1,8 +1,7 @@
-//! Consumes the spool in order: takes the snapshot an event asks for, deletes the event only once the snapshot is durable; then measures the volumes the plugin asked to (Create, last Unmount, restore, Remove).
+//! Consumes the spool in order: takes the snapshot an event asks for, deletes the event only once the snapshot is durable; and, on a thread of its own, measures the volumes the plugin asked to (Create, last Unmount, restore, Remove), so a snapshot on stop never waits behind the walk of a big workspace.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::agent::metrics::MetricsState;
@@ -16,8 +15,6 @@ use crate::snapshot::{CreateOutcome, Trigger};
 #[derive(Default)]
 pub(crate) struct SpoolWorker {
     retry_at: HashMap<PathBuf, (Instant, Duration)>,
-    /// Where prompt measurements go (besides the usage cache `docker volume inspect` reads).
-    metrics: Option<Arc<MetricsState>>,
 }
 
 /// First retry delay after a failure; doubles up to `MAX_BACKOFF`.
@@ -25,25 +22,8 @@ pub(crate) const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 impl SpoolWorker {
-    /// A worker that also puts prompt measurements into `metrics`.
-    pub(crate) fn with_metrics(metrics: Arc<MetricsState>) -> SpoolWorker {
-        SpoolWorker {
-            metrics: Some(metrics),
-            ..Default::default()
-        }
-    }
-
-    /// Handle every pending event that is due, oldest first, then the measure requests.
-    /// Returns how many events were completed.
+    /// Handle every pending event that is due, oldest first. Returns how many were completed.
     pub(crate) fn run_once(&mut self, ctx: &Ctx) -> usize {
-        let done = self.events(ctx);
-        for volume in spool::take_measure_requests(&ctx.layout) {
-            measure(ctx, &volume, self.metrics.as_deref());
-        }
-        done
-    }
-
-    fn events(&mut self, ctx: &Ctx) -> usize {
         let files = match spool::pending(&ctx.layout) {
             Ok(f) => f,
             Err(e) => {
@@ -150,8 +130,17 @@ fn handle(ctx: &Ctx, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Measure the volumes the plugin asked to (the measurer's poll; never the spool worker's, so
+/// a snapshot never waits for a walk).
+/// The figures also go to `metrics` (besides the usage cache `docker volume inspect` reads).
+pub(crate) fn measure_requested(ctx: &Ctx, metrics: &MetricsState) {
+    for volume in spool::take_measure_requests(&ctx.layout) {
+        measure(ctx, &volume, metrics);
+    }
+}
+
 /// Measure one volume now and show it (never fails: the periodic walk is the fallback).
-fn measure(ctx: &Ctx, volume: &VolumeName, metrics: Option<&MetricsState>) {
+fn measure(ctx: &Ctx, volume: &VolumeName, metrics: &MetricsState) {
     let started = Instant::now();
     match crate::usage::measure_named(
         &ctx.layout,
@@ -170,9 +159,7 @@ fn measure(ctx: &Ctx, volume: &VolumeName, metrics: Option<&MetricsState>) {
                 ),
                 None => tracing::info!(%volume, "volume removed: its figures are dropped"),
             }
-            if let Some(m) = metrics {
-                m.update_volume(volume, u);
-            }
+            metrics.update_volume(volume, u);
         }
         Err(e) => {
             tracing::warn!(%volume, error = %format!("{e:#}"), "cannot measure the volume now; the next usage walk will")

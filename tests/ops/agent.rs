@@ -217,3 +217,82 @@ fn a_new_or_changed_volume_shows_up_at_once_and_a_removed_one_goes_with_its_lock
     );
     assert!(!p.root().join("state/usage/fresh.json").exists());
 }
+
+/// A snapshot on stop never waits behind the usage walk of another volume: measuring a big
+/// workspace after its last unmount takes seconds, and another container's stop must not.
+#[test]
+fn a_snapshot_on_stop_does_not_wait_for_another_volumes_usage_walk() {
+    let p = Plugin::start(BIN);
+    // big: 300 000 files on a tmpfs (quick to make; the agent's walk of them still takes a
+    // while), bound as a device= volume.
+    let device = p.bind_root().join("big");
+    std::fs::create_dir_all(&device).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &device,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("nr_inodes=400k"),
+    )
+    .unwrap();
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _tmpfs = Unmount(&device);
+    for d in 0..30 {
+        let dir = device.join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..10_000 {
+            std::fs::File::create(dir.join(f.to_string())).unwrap();
+        }
+    }
+    let big_opts = json!({"type": "none", "o": "bind", "device": device.to_str().unwrap()});
+    for (name, opts) in [("big", big_opts), ("ws", json!({"snapshot": "on-unmount"}))] {
+        let (_, v) = p.call("VolumeDriver.Create", json!({"Name": name, "Opts": opts}));
+        assert_eq!(err_of(&v), "", "{v}");
+    }
+    let log = || std::fs::read_to_string(p.dir.path().join("agent.log")).unwrap_or_default();
+    let lines_of = |what: &str, volume: &str| -> Vec<usize> {
+        log()
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(what) && l.contains(&format!("volume={volume} ")))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let _agent = harness::Agent::offline(&p, &["--usage-interval", "3600"]);
+    // The measurements the Creates asked for.
+    harness::wait_for("the first measurements", Duration::from_secs(60), || {
+        lines_of("volume measured", "big").len() == 1
+            && lines_of("volume measured", "ws").len() == 1
+    });
+    let mount = |name: &str| {
+        let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": name, "ID": "c1"}));
+        assert_eq!(err_of(&v), "", "{v}");
+        std::path::PathBuf::from(v["Mountpoint"].as_str().unwrap())
+    };
+    let unmount = |name: &str| {
+        let (_, v) = p.call("VolumeDriver.Unmount", json!({"Name": name, "ID": "c1"}));
+        assert_eq!(err_of(&v), "", "{v}");
+    };
+    mount("big");
+    let ws = mount("ws");
+    std::fs::write(ws.join("file"), b"work").unwrap();
+    // big's last unmount asks for a walk; the agent (polling every 50 ms) starts it, then ws's
+    // container stops.
+    unmount("big");
+    std::thread::sleep(Duration::from_millis(150));
+    unmount("ws");
+    harness::wait_for("both in the agent's log", Duration::from_secs(120), || {
+        !lines_of("snapshot taken", "ws").is_empty()
+            && lines_of("volume measured", "big").len() == 2
+    });
+    assert!(
+        lines_of("snapshot taken", "ws")[0] < lines_of("volume measured", "big")[1],
+        "the snapshot waited for the walk:\n{}",
+        log()
+    );
+}
