@@ -431,16 +431,38 @@ pub fn generate(root: &Path, files: usize, bytes: u64) -> io::Result<Tree> {
 /// Rewrite 1 % of the files (a different 1 % for each `round`) with new content of the same kind; returns (files, bytes) rewritten.
 pub fn mutate(root: &Path, tree: &Tree, round: usize) -> io::Result<(usize, u64)> {
     let n = tree.files.len();
-    let m = (n / 100).max(1);
+    let picks = (0..(n / 100).max(1)).map(|j| (j * 100 + round * 37 + 13) % n);
+    rewrite(root, tree, round, picks)
+}
+
+/// Like [`mutate`], the same number of files, but neighbours in path order (one corner of the
+/// tree, as a build directory or `.git` changes) instead of spread over the whole tree.
+pub fn mutate_local(root: &Path, tree: &Tree, round: usize) -> io::Result<(usize, u64)> {
+    let n = tree.files.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| tree.files[a].rel.cmp(&tree.files[b].rel));
+    let start = (round * 7919) % n;
+    let picks: Vec<usize> = (0..(n / 100).max(1))
+        .map(|j| order[(start + j) % n])
+        .collect();
+    rewrite(root, tree, round, picks.into_iter())
+}
+
+fn rewrite(
+    root: &Path,
+    tree: &Tree,
+    round: usize,
+    picks: impl Iterator<Item = usize>,
+) -> io::Result<(usize, u64)> {
     let vocab = vocabulary(3000, 20_250_000 + GENERATOR_VERSION as u64);
     let mut buf = Vec::new();
-    let mut bytes = 0;
-    for j in 0..m {
-        let i = (j * 100 + round * 37 + 13) % n;
+    let (mut files, mut bytes) = (0, 0);
+    for i in picks {
         let mut f = tree.files[i].clone();
         f.seed = f.seed.wrapping_add(0x1000_0000 * (round as u64 + 1));
         write_file(root, &f, &vocab, &mut buf)?;
+        files += 1;
         bytes += f.size;
     }
-    Ok((m, bytes))
+    Ok((files, bytes))
 }
