@@ -247,19 +247,30 @@ fn spawn_connection<H: Handler>(
     let spawned = std::thread::Builder::new()
         .name("allspark-conn".into())
         .spawn(move || {
+            // Unregistered however the thread ends: the registry's clone of the stream would
+            // otherwise keep the client waiting for ever.
+            let _registered = Registered(&thread_shared, id);
             let mut conn = Connection {
                 stream,
                 buf: Vec::new(),
             };
             conn.serve(&*handler, &thread_shared, id);
-            thread_shared.conns().open.remove(&id);
-            thread_shared.ended.notify_all();
         });
     if let Err(e) = spawned {
         shared.conns().open.remove(&id);
         return Err(e);
     }
     Ok(())
+}
+
+/// A connection's entry in the registry, removed on drop.
+struct Registered<'a>(&'a Shared, u64);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.conns().open.remove(&self.1);
+        self.0.ended.notify_all();
+    }
 }
 
 /// A parsed request head.
@@ -533,7 +544,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Ended> {
     Ok(Some(head))
 }
 
-/// The reply to a complete request.
+/// The reply to a complete request. A handler that panics (a bug) gets a 500 naming the call;
+/// the panic itself is in the log (the panic hook prints it).
 fn route<H: Handler>(handler: &H, head: &Head, body: &[u8]) -> Reply {
     if head.method != "POST" {
         return Reply::err(
@@ -541,7 +553,18 @@ fn route<H: Handler>(handler: &H, head: &Head, body: &[u8]) -> Reply {
             format!("{} is not accepted; every call is a POST", head.method),
         );
     }
-    handler.handle(&head.call, body)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handler.handle(&head.call, body)
+    }))
+    .unwrap_or_else(|_| {
+        Reply::err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "allspark failed inside {} (a bug: its log has the details); nothing more was done",
+                head.call
+            ),
+        )
+    })
 }
 
 fn too_large() -> Reply {
@@ -549,4 +572,55 @@ fn too_large() -> Reply {
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("request body is larger than {MAX_BODY} bytes"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    struct Panics;
+
+    impl Handler for Panics {
+        fn handle(&self, call: &str, _body: &[u8]) -> Reply {
+            if call == "Boom" {
+                panic!("a bug in a handler");
+            }
+            Reply::ok(b"{}".to_vec())
+        }
+    }
+
+    fn call(socket: &Path, call: &str) -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /{call} HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)
+            .expect("a reply before the timeout");
+        reply
+    }
+
+    #[test]
+    fn a_panicking_handler_gets_a_500_and_the_server_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let server = Server::new(bind(&socket).unwrap());
+        let (stopper, shared) = (server.stopper(), server.shared.clone());
+        let serving = std::thread::spawn(move || server.serve(Arc::new(Panics)));
+        let reply = call(&socket, "Boom");
+        assert!(reply.starts_with("HTTP/1.1 500"), "{reply}");
+        assert!(reply.contains("failed inside Boom"), "{reply}");
+        assert!(call(&socket, "Plugin.Activate").starts_with("HTTP/1.1 200"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !shared.conns().open.is_empty() {
+            assert!(Instant::now() < deadline, "a connection stayed registered");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stopper.stop();
+        serving.join().unwrap();
+    }
 }
