@@ -46,6 +46,8 @@ pub const POOL: &[&str] = &[
     "pool-restore-made",
     "cow-snapshot-made",
 ];
+/// A volume's own filesystem (`fs=`): its pool recorded at Create, unrecorded at Remove.
+pub const OWN_FS: &[&str] = &["own-pool-recorded", "own-pool-unrecorded"];
 
 /// Every operation with crash points, and its steps in order.
 pub const OPERATIONS: &[(&str, &[&str])] = &[
@@ -56,6 +58,7 @@ pub const OPERATIONS: &[(&str, &[&str])] = &[
     ("prune", PRUNE),
     ("backup-restore", BACKUP_RESTORE),
     ("pool", POOL),
+    ("own-fs", OWN_FS),
 ];
 
 /// Is `step` a listed crash point?

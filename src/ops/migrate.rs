@@ -456,6 +456,11 @@ pub(crate) fn movable(
             prev.local_path(layout, view).display()
         );
     }
+    if let Some(fs) = rec.spec.fs {
+        bail!(
+            "volume {name} has a filesystem of its own (fs={fs}), which goes with it; to move its data, restore a snapshot into a new volume (`allspark snapshot restore {name} ID --into NEW`) — nothing was changed"
+        );
+    }
     if rec.spec.parent.is_some() {
         bail!(
             "volume {name} lives inside its parent volume {}; migrate the parent instead",

@@ -278,6 +278,12 @@ pub(crate) fn remove(
             tracing::warn!(volume = %name, error = %e, "cannot delete the volume's read-only snapshots");
         }
     }
+    if rec.spec.fs.is_some() {
+        drop((vols, trash, root));
+        if let Err(e) = crate::pool::own::remove(layout, view, name) {
+            tracing::warn!(volume = %name, %e, "cannot remove the volume's own filesystem; the next start of the plugin does");
+        }
+    }
     Ok(())
 }
 
@@ -357,6 +363,7 @@ fn refuse_unarchived(
 /// removals interrupted before their record was deleted, empty the trash, complete or delete
 /// interrupted Creates, delete the old half of interrupted restores.
 pub(crate) fn reconcile(layout: &Layout, view: &HostView, store: &Store) {
+    crate::pool::own::sweep(layout, view, store);
     for p in Registry::load(layout).all() {
         let root = match p.open_root(layout, view) {
             Ok(r) => r,

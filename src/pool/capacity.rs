@@ -1,4 +1,4 @@
-//! Whether a volume's `size=` is enforced, and how: a btrfs qgroup limit on a pool subvolume, or the reason it cannot be (shown by `docker volume inspect`, `usage` and `pool usage`).
+//! Whether a volume's `size=` is enforced, and how: the volume's own filesystem (`fs=`), a btrfs qgroup limit on a pool subvolume, or the reason it cannot be (shown by `docker volume inspect`, `usage` and `pool usage`).
 
 use crate::core::layout::{HostView, Layout};
 use crate::core::store::{DataLocation, VolumeRecord};
@@ -22,6 +22,13 @@ pub(crate) fn capacity(
                 let q = open(layout, view, pool, volume, None, Missing::Refuse)
                     .ok()
                     .and_then(|o| btrfs::qgroup(&o.dir).ok().flatten());
+                if let (Some(fs), Some(size)) = (rec.spec.fs, rec.spec.size) {
+                    return (
+                        true,
+                        format!("its own {fs} filesystem of {size} bytes (fs=; writes past it fail with ENOSPC)"),
+                        q,
+                    );
+                }
                 return match q.and_then(|q| q.limit) {
                     Some(l) => (
                         true,
@@ -37,12 +44,12 @@ pub(crate) fn capacity(
                     ),
                 };
             }
-            Ok(_) => "a dir pool cannot enforce it",
+            Ok(_) => "a dir pool cannot enforce it (use fs=btrfs)",
             Err(_) => "its pool is not configured",
         },
         DataLocation::Pool { .. } => "a parent= child shares its parent's space",
         DataLocation::Managed { .. } => {
-            "the default pool cannot enforce it (use pool= on a btrfs pool)"
+            "the default pool cannot enforce it (use fs=btrfs, or pool= on a btrfs pool)"
         }
         DataLocation::Host { .. } => "a device= directory cannot be limited",
     };

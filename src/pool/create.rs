@@ -56,21 +56,35 @@ pub(crate) fn create(
                 id: String::new(),
                 created: true,
                 creating: true,
+                owner: None,
             });
             reg.save(layout)?;
             false
         }
     };
     crash_point("pool-entry-recorded");
+    let pool = complete(layout, view, &mut reg, name, def.spec)?;
+    Ok(Created { pool, resumed })
+}
+
+/// Make the pool of a recorded `creating` entry (the caller holds the registry lock) and mark
+/// it ready; on an error, roll the creation back.
+pub(crate) fn complete(
+    layout: &Layout,
+    view: &HostView,
+    reg: &mut Registry,
+    name: &str,
+    spec: PoolSpec,
+) -> io::Result<Pool> {
     let pool = Pool {
         name: name.to_string(),
-        spec: def.spec.clone(),
+        spec,
         id: String::new(),
     };
     let id = match pool.prepare(layout, view) {
         Ok(id) => id,
         Err(e) => {
-            roll_back(layout, view, &mut reg, &pool);
+            roll_back(layout, view, reg, &pool);
             return Err(io::Error::other(format!(
                 "cannot create pool {name}: {e}; nothing was kept"
             )));
@@ -81,10 +95,7 @@ pub(crate) fn create(
         entry.creating = false;
     }
     reg.save(layout)?;
-    Ok(Created {
-        pool: Pool { id, ..pool },
-        resumed,
-    })
+    Ok(Pool { id, ..pool })
 }
 
 /// Refuse what a new pool may not take: a path another pool uses, an existing image file
@@ -96,26 +107,33 @@ fn check_new(
     name: &str,
     spec: &PoolSpec,
 ) -> io::Result<()> {
+    // Own pools live under the state root, where no configured pool may be.
     let path = |s: &PoolSpec| match s {
-        PoolSpec::Dir { path } | PoolSpec::Btrfs { path } => path.clone(),
-        PoolSpec::BtrfsImage { image, .. } => image.clone(),
+        PoolSpec::Dir { path } | PoolSpec::Btrfs { path } => Some(path.clone()),
+        PoolSpec::BtrfsImage { image, .. } => Some(image.clone()),
+        PoolSpec::Own { .. } => None,
+    };
+    let Some(new_path) = path(spec) else {
+        return Err(io::Error::other(format!(
+            "pool {name}: own: pools are made by volumes created with fs="
+        )));
     };
     for e in &reg.pools {
         if let Ok(other) = PoolSpec::parse(&e.spec) {
-            if path(&other) == path(spec) {
+            if path(&other).as_ref() == Some(&new_path) {
                 return Err(io::Error::other(format!(
                     "pool {} already uses {}; give pool {name} its own place",
                     e.name,
-                    path(spec).display()
+                    new_path.display()
                 )));
             }
         }
     }
-    let local = view.local(&path(spec));
+    let local = view.local(&new_path);
     if let Some(own) = layout.own_dirs().iter().find(|d| local.starts_with(d)) {
         return Err(io::Error::other(format!(
             "{} lies inside allspark's own directory {}; put the pool elsewhere",
-            path(spec).display(),
+            new_path.display(),
             own.display()
         )));
     }
@@ -130,14 +148,14 @@ fn check_new(
     Ok(())
 }
 
-/// Undo a creation that failed with an error: unmount and delete an image it built, drop
-/// the entry.
-fn roll_back(layout: &Layout, view: &HostView, reg: &mut Registry, pool: &Pool) {
-    if let PoolSpec::BtrfsImage { image, .. } = &pool.spec {
+/// Undo a creation that failed with an error (or remove an own pool): unmount and delete an
+/// image it built, drop the entry.
+pub(crate) fn roll_back(layout: &Layout, view: &HostView, reg: &mut Registry, pool: &Pool) {
+    if let Some((image, _)) = pool.image(layout, view) {
         let mount = pool.root_path(layout, view);
         let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::empty());
         let _ = std::fs::remove_dir(&mount);
-        for f in [view.local(image), partial_name(&view.local(image))] {
+        for f in [partial_name(&image), image] {
             match std::fs::remove_file(&f) {
                 Ok(()) => {
                     tracing::warn!(path = %f.display(), "deleted the image of a failed pool creation")

@@ -14,6 +14,7 @@ pub(crate) mod cow;
 pub(crate) mod create;
 pub mod image;
 pub mod location;
+pub(crate) mod own;
 pub(crate) mod restore;
 pub mod send_diff;
 pub(crate) mod topology;
@@ -59,6 +60,9 @@ pub struct Entry {
     /// `pool create` of the same spec or plugin start completes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creating: bool,
+    /// The `fs=` volume whose own filesystem this pool is (made and removed with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The pools the plugin serves (`<root>/state/pools.json`, written at plugin start).
@@ -142,7 +146,19 @@ impl Pool {
     pub fn root_path(&self, layout: &Layout, view: &HostView) -> PathBuf {
         match &self.spec {
             PoolSpec::Dir { path } | PoolSpec::Btrfs { path } => view.local(path),
-            PoolSpec::BtrfsImage { .. } => layout.pool_mount(&self.name),
+            PoolSpec::BtrfsImage { .. } | PoolSpec::Own { .. } => layout.pool_mount(&self.name),
+        }
+    }
+
+    /// The image file of a `btrfs-image` or `own` pool as this process reaches it, and its
+    /// size.
+    pub(crate) fn image(&self, layout: &Layout, view: &HostView) -> Option<(PathBuf, u64)> {
+        match &self.spec {
+            PoolSpec::BtrfsImage { image, size } => Some((view.local(image), *size)),
+            PoolSpec::Own { size } => {
+                Some((layout.pools_dir().join(format!("{}.img", self.name)), *size))
+            }
+            PoolSpec::Dir { .. } | PoolSpec::Btrfs { .. } => None,
         }
     }
 
@@ -155,9 +171,7 @@ impl Pool {
     pub fn open_root(&self, layout: &Layout, view: &HostView) -> io::Result<Dir> {
         match self.check_root(layout, view) {
             Ok(d) => return Ok(d),
-            Err((why, unmounted))
-                if !unmounted || !matches!(self.spec, PoolSpec::BtrfsImage { .. }) =>
-            {
+            Err((why, unmounted)) if !unmounted || self.image(layout, view).is_none() => {
                 return Err(io::Error::other(why))
             }
             Err(_) => {}
@@ -208,7 +222,7 @@ impl Pool {
     }
 
     fn mount_image(&self, layout: &Layout, view: &HostView) -> io::Result<()> {
-        let PoolSpec::BtrfsImage { image, .. } = &self.spec else {
+        let Some((image, _)) = self.image(layout, view) else {
             return Ok(());
         };
         let target = self.root_path(layout, view);
@@ -225,7 +239,7 @@ impl Pool {
                 target.display()
             )));
         }
-        image::mount(&view.local(image), &target)
+        image::mount(&image, &target)
     }
 
     /// The pool's `volumes/` directory, beneath the proven root.
@@ -264,10 +278,10 @@ impl Pool {
                     )));
                 }
             }
-            PoolSpec::BtrfsImage { image, size } => {
+            PoolSpec::BtrfsImage { .. } | PoolSpec::Own { .. } => {
                 let _lock = FileLock::acquire(&layout.pool_lock(&self.name), LockKind::Exclusive)?;
-                let local = view.local(image);
-                if image::ensure_image(&local, *size, &format!("allspark-{}", self.name))? {
+                let (local, size) = self.image(layout, view).expect("an image pool");
+                if image::ensure_image(&local, size, &format!("allspark-{}", self.name))? {
                     fresh = true;
                     tracing::info!(pool = %self.name, image = %local.display(), size, "pool image created");
                 }
@@ -316,7 +330,7 @@ impl Pool {
         for d in [VOLUMES, SNAPSHOTS, TRASH] {
             durable::ensure_dir(&root.proc_path().join(d), 0o700)?;
         }
-        if matches!(self.spec, PoolSpec::BtrfsImage { .. }) {
+        if self.image(layout, view).is_some() {
             // allspark owns this filesystem: root-only like the state root, and quotas on from
             // the start, so `size=` is enforced.
             rustix::fs::fchmod(&root, rustix::fs::Mode::from_raw_mode(0o700))?;
@@ -392,6 +406,7 @@ pub fn setup(layout: &Layout, view: &HostView, defs: &[PoolDef]) -> io::Result<R
             id: String::new(),
             created: false,
             creating: false,
+            owner: None,
         })
         .collect();
     for e in old.pools.iter().filter(|e| e.created) {

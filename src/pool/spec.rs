@@ -15,6 +15,10 @@ pub enum PoolSpec {
     /// A sparse image file allspark creates, formats with btrfs and loop-mounts at
     /// `<root>/pools/<name>`.
     BtrfsImage { image: PathBuf, size: u64 },
+    /// The filesystem of one `fs=btrfs` volume: a btrfs image of `size` at
+    /// `<root>/pools/<name>.img` (each process finds it under its own state root), made and
+    /// removed with the volume (`crate::pool::own`). Never configured by hand.
+    Own { size: u64 },
 }
 
 const ACCEPTED: &str = "dir:PATH, btrfs:PATH (an existing btrfs mount) or btrfs-image:PATH:SIZE (e.g. btrfs-image:/var/lib/allspark-pool.img:50G), with absolute host paths";
@@ -33,6 +37,9 @@ impl PoolSpec {
         match kind {
             "dir" => Ok(PoolSpec::Dir { path: abs(rest)? }),
             "btrfs" => Ok(PoolSpec::Btrfs { path: abs(rest)? }),
+            "own" => Ok(PoolSpec::Own {
+                size: crate::core::options::parse_size(rest).map_err(|a| bad(&a))?,
+            }),
             "btrfs-image" => {
                 let (path, size) = rest
                     .rsplit_once(':')
@@ -60,6 +67,7 @@ impl PoolSpec {
             PoolSpec::Dir { .. } => "dir",
             PoolSpec::Btrfs { .. } => "btrfs",
             PoolSpec::BtrfsImage { .. } => "btrfs-image",
+            PoolSpec::Own { .. } => "own",
         }
     }
 }
@@ -76,6 +84,9 @@ impl std::fmt::Display for PoolSpec {
                     image.display(),
                     crate::core::options::format_size(*size)
                 )
+            }
+            PoolSpec::Own { size } => {
+                write!(f, "own:{}", crate::core::options::format_size(*size))
             }
         }
     }
@@ -99,9 +110,15 @@ pub fn parse_def(s: &str) -> Result<PoolDef, String> {
             "the pool name {DEFAULT_POOL:?} is reserved for <root>/volumes; choose another name"
         ));
     }
+    let spec = PoolSpec::parse(spec)?;
+    if matches!(spec, PoolSpec::Own { .. }) {
+        return Err(format!(
+            "invalid pool {s:?}: own: pools are made by volumes created with fs=; accepted: {ACCEPTED}"
+        ));
+    }
     Ok(PoolDef {
         name: name.to_string(),
-        spec: PoolSpec::parse(spec)?,
+        spec,
     })
 }
 

@@ -294,3 +294,61 @@ fn the_managed_plugin_with_loop_devices_makes_and_serves_a_btrfs_image_pool() {
     drop(cleanup);
     drop(plugin);
 }
+
+#[test]
+fn a_volume_with_its_own_filesystem_gives_containers_enospc_and_its_own_df() {
+    let Some(_docker) = require_docker() else {
+        return;
+    };
+    let image = ensure_busybox_image();
+    let mut p = LegacyPlugin::start();
+    let (own, other) = (unique_name("own"), unique_name("other"));
+    for (name, opts) in [(&own, vec!["fs=btrfs", "size=300M"]), (&other, vec![])] {
+        let out = p.create(name, &opts);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{own}:/d"),
+        &image,
+        "sh",
+        "-c",
+        FILL_PAST_64M.replace("count=200", "count=400").as_str(),
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("No space left on device") && !text.contains("rc=0"),
+        "{text}"
+    );
+    // df in the container shows the volume's own 300 MB, not the host's disk.
+    let df_total_kb: u64 = text
+        .lines()
+        .find(|l| l.split_whitespace().last() == Some("/d"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("no df line: {text}"));
+    assert!(
+        (250 << 10..=300 << 10).contains(&df_total_kb),
+        "df shows {df_total_kb} KB: {text}"
+    );
+    let out = run(
+        &image,
+        &format!("{other}:/d"),
+        "dd if=/dev/zero of=/d/f bs=1M count=100 conv=fsync 2>/dev/null; echo rc=$?",
+    );
+    assert!(out.contains("rc=0"), "{out}");
+    let inspect: Value = serde_json::from_str(&docker_ok(&["volume", "inspect", &own])).unwrap();
+    assert_eq!(inspect[0]["Status"]["size_enforced"], true, "{inspect}");
+    let img = p.root().join("pools").join(format!("{own}.fs.img"));
+    assert!(img.exists());
+    docker_ok(&["volume", "rm", &own, &other]);
+    p.volumes.clear();
+    assert!(!img.exists(), "the image goes with the volume");
+    assert!(loops_backing(&img).is_empty());
+}

@@ -7,6 +7,7 @@ mod agent;
 mod backup;
 mod metrics;
 mod operations;
+mod own_fs;
 mod pool;
 mod pool_admin;
 mod pool_send;

@@ -321,7 +321,7 @@ fn a_failed_restore_into_a_new_pool_volume_removes_the_new_volume() {
 }
 
 /// Write `len` bytes to `path` in 1 MiB chunks: the bytes written and the error that stopped it.
-fn fill(path: &Path, len: usize) -> (usize, Option<std::io::Error>) {
+pub(super) fn fill(path: &Path, len: usize) -> (usize, Option<std::io::Error>) {
     let mut f = std::fs::File::create(path).unwrap();
     let chunk = vec![0xA5u8; 1 << 20];
     let mut done = 0;
@@ -475,7 +475,7 @@ fn an_image_still_attached_elsewhere_is_mounted_through_the_same_loop_device() {
 }
 
 /// A call that is expected to kill the plugin (crash injection): the reply, if any.
-fn call_dying(p: &Plugin, method: &str, body: Value) {
+pub(super) fn call_dying(p: &Plugin, method: &str, body: Value) {
     let sock = p.socket();
     let body = body.to_string();
     let _ = std::panic::catch_unwind(move || {

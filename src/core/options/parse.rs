@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::types::{
-    BackupPriority, Class, Compression, Keep, MountFlags, Offsite, SnapshotPolicy, Template,
+    BackupPriority, Class, Compression, Keep, MountFlags, Offsite, OwnFs, SnapshotPolicy, Template,
     VolumeSpec,
 };
 use crate::core::names::VolumeName;
@@ -27,6 +27,7 @@ pub const KEYS: &[&str] = &[
     "compression",
     "pool",
     "offsite",
+    "fs",
 ];
 
 /// Flags accepted in `o`.
@@ -97,6 +98,7 @@ pub fn parse(opts: Option<&BTreeMap<String, String>>) -> Result<VolumeSpec, Opti
                 )
             }
             "offsite" => spec.offsite = Some(parse_offsite(value)?),
+            "fs" => spec.fs = Some(parse_fs(value)?),
             "pool" => {
                 VolumeName::parse(value)
                     .map_err(|e| refuse(key, value, format!("a pool name: {e}")))?;
@@ -139,6 +141,13 @@ fn parse_type(value: &str) -> Result<String, OptionError> {
     Ok(value.to_string())
 }
 
+fn parse_fs(value: &str) -> Result<OwnFs, OptionError> {
+    match value {
+        "btrfs" => Ok(OwnFs::Btrfs),
+        _ => Err(refuse("fs", value, OwnFs::ACCEPTED)),
+    }
+}
+
 fn parse_offsite(value: &str) -> Result<Offsite, OptionError> {
     Ok(match value {
         "backups" => Offsite::Backups,
@@ -165,6 +174,23 @@ fn check_combination(spec: &VolumeSpec, type_seen: Option<&str>) -> Result<(), O
             spec.parent.as_deref().unwrap_or_default(),
             "parent= and device= cannot be combined",
         ));
+    }
+    if let Some(fs) = spec.fs {
+        let fs = fs.to_string();
+        if spec.pool.is_some() || spec.device.is_some() || spec.parent.is_some() {
+            return Err(refuse(
+                "fs",
+                &fs,
+                "fs= gives the volume a filesystem of its own: it cannot be combined with pool=, device= or parent=",
+            ));
+        }
+        if spec.size.is_none_or(|s| s < OwnFs::MIN_SIZE) {
+            return Err(refuse(
+                "fs",
+                &fs,
+                "fs= needs size= (the size of the volume's own filesystem), at least 256M",
+            ));
+        }
     }
     if let Some(pool) = &spec.pool {
         if spec.device.is_some() || spec.parent.is_some() {

@@ -238,6 +238,32 @@ pub struct VolumeSpec {
     /// `offsite=` as given; `None`: the default of the class ([`VolumeSpec::offsite`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsite: Option<Offsite>,
+    /// `fs=`: the volume has a filesystem of its own, `size` big (its own pool, see
+    /// `crate::pool::own`; `pool` then names that pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<OwnFs>,
+}
+
+/// The filesystem of a volume's own image (`fs=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnFs {
+    Btrfs,
+}
+
+impl OwnFs {
+    pub const ACCEPTED: &'static str =
+        "accepted: btrfs (the volume gets a filesystem of its own, size= big, in an image file: a write past it fails with ENOSPC)";
+    /// The smallest image `mkfs.btrfs` formats with room to spare.
+    pub const MIN_SIZE: u64 = 256 << 20;
+}
+
+impl std::fmt::Display for OwnFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OwnFs::Btrfs => "btrfs",
+        })
+    }
 }
 
 impl VolumeSpec {

@@ -20,7 +20,11 @@ use super::Driver;
 impl Driver {
     /// Create a volume, or accept a repeated Create with the same options.
     pub fn create(&self, name: &VolumeName, opts: Option<&BTreeMap<String, String>>) -> Result<()> {
-        let spec = options::parse(opts).map_err(|e| DriverError::Invalid(e.to_string()))?;
+        let mut spec = options::parse(opts).map_err(|e| DriverError::Invalid(e.to_string()))?;
+        if spec.fs.is_some() {
+            // fs=: the volume lives in a pool of its own, named after it.
+            spec.pool = Some(crate::pool::own::pool_name(name).map_err(DriverError::Invalid)?);
+        }
         let _lock = self.store.lock(name)?;
         crate::ops::template::recover(&self.layout, &self.settings.view, name)
             .map_err(DriverError::Invalid)?;
@@ -40,12 +44,26 @@ impl Driver {
                 store: &self.store,
                 sys: self.sys.as_ref(),
             };
-            return crate::plugin::pool_volume::create(
+            let own = match (spec.fs, spec.size) {
+                (Some(_), Some(size)) => {
+                    crate::pool::own::ensure(&self.layout, &self.settings.view, name, size)
+                        .map_err(|e| DriverError::Invalid(format!("volume {name}: {e}")))?;
+                    true
+                }
+                _ => false,
+            };
+            let created = crate::plugin::pool_volume::create(
                 &cx,
                 name,
                 opts.cloned().unwrap_or_default(),
                 spec,
             );
+            if created.is_err() && own {
+                if let Err(e) = crate::pool::own::remove(&self.layout, &self.settings.view, name) {
+                    tracing::warn!(volume = %name, %e, "cannot remove the own filesystem of a failed Create; the next start of the plugin does");
+                }
+            }
+            return created;
         }
         let data = self.locate(name, &spec)?;
         let opened = self.open_data(name, &data, Missing::Create)?;
