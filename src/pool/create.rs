@@ -148,27 +148,31 @@ fn check_new(
     Ok(())
 }
 
-/// Undo a creation that failed with an error (or remove an own pool): unmount and delete an
-/// image it built, drop the entry.
-pub(crate) fn roll_back(layout: &Layout, view: &HostView, reg: &mut Registry, pool: &Pool) {
-    if let Some((image, _)) = pool.image(layout, view) {
-        let mount = pool.root_path(layout, view);
-        let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::empty());
-        let _ = std::fs::remove_dir(&mount);
-        for f in [partial_name(&image), image] {
-            match std::fs::remove_file(&f) {
-                Ok(()) => {
-                    tracing::warn!(path = %f.display(), "deleted the image of a failed pool creation")
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::error!(path = %f.display(), %e, "cannot delete the image of a failed pool creation")
-                }
-            }
-        }
+/// Undo a creation that failed with an error: unmount and delete an image it built, drop
+/// the entry.
+fn roll_back(layout: &Layout, view: &HostView, reg: &mut Registry, pool: &Pool) {
+    // Only an image allspark made and mounted is unmounted (never a user's btrfs: or dir: path).
+    if pool.image(layout, view).is_some() {
+        let _ = nix::mount::umount2(&pool.root_path(layout, view), nix::mount::MntFlags::empty());
+        delete_image(layout, view, pool);
     }
     reg.pools.retain(|e| e.name != pool.name);
     if let Err(e) = reg.save(layout) {
         tracing::error!(pool = %pool.name, %e, "cannot drop the entry of a failed pool creation");
+    }
+}
+
+/// Delete an image pool's mount point (once unmounted), its image and a half-built one.
+pub(crate) fn delete_image(layout: &Layout, view: &HostView, pool: &Pool) {
+    let Some((image, _)) = pool.image(layout, view) else {
+        return;
+    };
+    let _ = std::fs::remove_dir(pool.root_path(layout, view));
+    for f in [partial_name(&image), image] {
+        match std::fs::remove_file(&f) {
+            Ok(()) => tracing::warn!(path = %f.display(), "deleted a pool image"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!(path = %f.display(), %e, "cannot delete a pool image"),
+        }
     }
 }

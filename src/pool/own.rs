@@ -12,7 +12,7 @@ use crate::core::crashpoint::crash_point;
 use crate::core::layout::{HostView, Layout};
 use crate::core::names::VolumeName;
 use crate::core::store::Store;
-use crate::pool::create::{complete, roll_back};
+use crate::pool::create::{complete, delete_image};
 use crate::pool::{Entry, Pool, PoolSpec, Registry};
 
 /// The name of `volume`'s own pool.
@@ -89,50 +89,57 @@ pub(crate) fn remove(layout: &Layout, view: &HostView, volume: &VolumeName) -> i
     reg.pools.retain(|e| e.name != name);
     reg.save(layout)?;
     crash_point("own-pool-unrecorded");
-    delete_image(layout, view, &pool);
+    unmount_and_delete(layout, view, &pool);
     tracing::info!(volume = %volume, pool = %name, "the volume's own filesystem was removed");
     Ok(())
 }
 
 /// Unmount (lazily: its volume is gone) and delete an own pool's image and mount point.
-fn delete_image(layout: &Layout, view: &HostView, pool: &Pool) {
+fn unmount_and_delete(layout: &Layout, view: &HostView, pool: &Pool) {
     let mount = pool.root_path(layout, view);
     let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
-    // roll_back deletes the image (and a half-built one) and drops a leftover entry.
-    let mut empty = Registry::default();
-    roll_back(layout, view, &mut empty, pool);
+    delete_image(layout, view, pool);
 }
 
 /// At plugin start: remove the own pools whose volume has no record (a Create killed after
-/// the pool was made) and the own images no entry names (a Remove killed half-way).
+/// the pool was made) and the own images no entry names (a Remove killed half-way). Calls are
+/// served meanwhile: each decision is taken under the volume's lock, which a Create holds from
+/// before its pool is recorded until its record is saved, and a Remove until its image is gone.
 pub(crate) fn sweep(layout: &Layout, view: &HostView, store: &Store) {
-    let orphans: Vec<VolumeName> = Registry::load(layout)
+    let owners: Vec<VolumeName> = Registry::load(layout)
         .pools
         .iter()
         .filter_map(|e| e.owner.as_deref())
         .filter_map(|o| VolumeName::parse(o).ok())
-        .filter(|v| matches!(store.load(v), Ok(None)))
         .collect();
-    for v in orphans {
+    for v in owners {
+        let Ok(_lock) = store.lock(&v) else { continue };
+        if !matches!(store.load(&v), Ok(None)) {
+            continue;
+        }
         tracing::warn!(volume = %v, "removing the own filesystem of a volume whose Create was interrupted");
         if let Err(e) = remove(layout, view, &v) {
             tracing::error!(volume = %v, %e, "cannot remove an orphaned own filesystem");
         }
     }
-    let Ok(_lock) = Registry::lock(layout) else {
-        return;
-    };
-    let reg = Registry::load(layout);
     let Ok(dir) = std::fs::read_dir(layout.pools_dir()) else {
         return;
     };
     for f in dir.flatten() {
         let file = f.file_name();
-        let Some(pool) = file.to_str().and_then(|n| n.strip_suffix(".fs.img")) else {
+        let Some(v) = file
+            .to_str()
+            .and_then(|n| n.strip_suffix(".fs.img"))
+            .and_then(|n| VolumeName::parse(n).ok())
+        else {
             continue;
         };
-        let name = format!("{pool}.fs");
-        if reg.pools.iter().any(|e| e.name == name) {
+        let Ok(_lock) = store.lock(&v) else { continue };
+        let Ok(name) = pool_name(&v) else { continue };
+        let Ok(_reg_lock) = Registry::lock(layout) else {
+            return;
+        };
+        if Registry::load(layout).pools.iter().any(|e| e.name == name) {
             continue;
         }
         let leftover = Pool {
@@ -141,6 +148,6 @@ pub(crate) fn sweep(layout: &Layout, view: &HostView, store: &Store) {
             id: String::new(),
         };
         tracing::warn!(image = %f.path().display(), "deleting the image of a removed volume's own filesystem (its Remove was interrupted)");
-        delete_image(layout, view, &leftover);
+        unmount_and_delete(layout, view, &leftover);
     }
 }

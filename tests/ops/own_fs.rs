@@ -168,3 +168,30 @@ fn kills_mid_create_and_mid_remove_leave_nothing_after_a_restart() {
     let (_, v) = p.call("VolumeDriver.Remove", json!({"Name": "half"}));
     assert_eq!(err_of(&v), "", "{v}");
 }
+
+#[test]
+fn a_snapshot_of_a_volume_with_its_own_filesystem_restores_into_a_new_one() {
+    let p = Plugin::start(BIN);
+    let v = create(&p, "src", json!({"fs": "btrfs", "size": "300M"}));
+    assert_eq!(err_of(&v), "", "{v}");
+    let m = mount(&p, "src", "c1");
+    std::fs::write(m.join("f"), b"data").unwrap();
+    unmount(&p, "src", "c1");
+    let id = cli_ok(&p, &["snapshot", "create", "src"])
+        .trim()
+        .to_string();
+    cli_ok(&p, &["snapshot", "restore", "src", &id, "--into", "copy"]);
+    let (_, v) = p.call("VolumeDriver.Get", json!({"Name": "copy"}));
+    assert_eq!(v["Volume"]["Status"]["size_enforced"], true, "{v}");
+    let m = mount(&p, "copy", "c2");
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), b"data");
+    unmount(&p, "copy", "c2");
+    assert!(
+        image_of(&p, "copy").exists(),
+        "the copy has its own filesystem too"
+    );
+    for v in ["copy", "src"] {
+        let (_, r) = p.call("VolumeDriver.Remove", json!({"Name": v}));
+        assert_eq!(err_of(&r), "", "{r}");
+    }
+}
