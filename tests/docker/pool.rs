@@ -1,4 +1,4 @@
-//! A btrfs-image pool through the real dockerd (legacy test plugin): a container writing past `size=` gets EDQUOT (and its `df` shows the pool, not the limit) while another volume of the pool is unaffected, snapshot on stop is a read-only subvolume, a clone from it serves a container, `docker volume inspect` says the size is enforced. The same pool on the managed plugin built with `--loop-devices`, which makes, formats and mounts the image in its own namespace while the host's CLI mounts it through the same loop device.
+//! A btrfs-image pool through the real dockerd (legacy test plugin): a container writing past `size=` gets EDQUOT (and its `df` shows the pool, not the limit) while another volume of the pool is unaffected, snapshot on stop is a read-only subvolume, a clone from it serves a container, `docker volume inspect` says the size is enforced. The same pool on the managed plugin built with `--loop-devices`, which makes, formats and mounts the image in its own namespace while the host's CLI mounts it through the same loop device. A volume with a filesystem of its own (`fs=btrfs`) on both: ENOSPC and its own `df` in the container.
 
 use crate::support::common;
 use crate::support::legacy;
@@ -290,7 +290,43 @@ fn the_managed_plugin_with_loop_devices_makes_and_serves_a_btrfs_image_pool() {
         "/w/file",
     ]);
     assert_eq!(read, "precious\n");
-    docker_ok(&["volume", "rm", &small, &ws]);
+    // A volume with a filesystem of its own (fs=btrfs) from the same plugin: ENOSPC in the
+    // container, its image gone with it.
+    let own = unique_name("own");
+    cleanup.add(format!("docker volume rm -f {own} >/dev/null"));
+    docker_ok(&[
+        "volume",
+        "create",
+        "-d",
+        &plugin.name,
+        "-o",
+        "fs=btrfs",
+        "-o",
+        "size=300M",
+        &own,
+    ]);
+    let fill = FILL_PAST_64M.replace("count=200", "count=400");
+    let out = docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{own}:/d"),
+        &image,
+        "sh",
+        "-c",
+        &fill,
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("No space left on device"), "{text}");
+    let own_image = plugin
+        .root
+        .root()
+        .join("pools")
+        .join(format!("{own}.fs.img"));
+    assert!(own_image.exists());
+    docker_ok(&["volume", "rm", &small, &ws, &own]);
+    assert!(!own_image.exists(), "the image goes with the volume");
     drop(cleanup);
     drop(plugin);
 }
