@@ -14,8 +14,8 @@
 #   --ws-bytes SIZE, --ws-files N
 #               the generated workspace of the snapshots and pool sections (default
 #               1G and 20 000 files), e.g. the 10 GB snapshot-on-stop figure:
-#               --only pool --ws-bytes 10G --ws-files 200000 (about 90 GB free: each
-#               volume makes a new full archive every 10 snapshots)
+#               --only pool --ws-bytes 10G --ws-files 200000 (about 50 GB free and
+#               13 min: from 4 GB up the volumes keep 10 snapshots, two archive chains)
 #   --out DIR   where the reports go (default bench-results/)
 #   --publish   afterwards, copy the report into docs/benchmarks.md (between the
 #               bench markers) and docs/benchmarks.json
