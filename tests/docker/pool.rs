@@ -3,14 +3,12 @@
 use crate::support::common;
 use crate::support::legacy;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{
-    allspark_bin, docker, docker_ok, ensure_busybox_image, forget_dead_legacy_drivers,
-    loops_backing, plugin_script, plugin_script_ok, require_docker, unique_name, wait_until,
-    Cleanup, TestPlugin,
+    cli_on, docker, docker_ok, ensure_busybox_image, forget_dead_legacy_drivers, loops_backing,
+    plugin_script, plugin_script_ok, require_docker, unique_name, wait_until, Cleanup, TestPlugin,
 };
 use legacy::{run, LegacyPlugin};
 use serde_json::Value;
@@ -18,6 +16,33 @@ use serde_json::Value;
 /// `dd` of 200 MB into a volume limited to 64 MB: the container's output must show the quota.
 const FILL_PAST_64M: &str =
     "dd if=/dev/zero of=/d/f bs=1M count=200 conv=fsync; echo rc=$?; du -m /d/f; df -k /d | tail -1";
+
+/// `sh -c SCRIPT` in a container with `volume` at /d: its stdout and stderr, whatever its status.
+fn container_output(image: &str, volume: &str, script: &str) -> String {
+    let out = docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{volume}:/d"),
+        image,
+        "sh",
+        "-c",
+        script,
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Create every `(name, options)` on the legacy test plugin, or panic with Docker's refusal.
+fn create_all(p: &mut LegacyPlugin, volumes: &[(&String, Vec<&str>)]) {
+    for (name, opts) in volumes {
+        let out = p.create(name, opts);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
 
 #[test]
 fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
@@ -37,35 +62,17 @@ fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
         unique_name("other"),
         unique_name("ws"),
     );
-    for (name, opts) in [
-        (&small, vec!["pool=p", "size=64M"]),
-        (&other, vec!["pool=p"]),
-        (&ws, vec!["pool=p", "snapshot=on-unmount", "uid=1000"]),
-    ] {
-        let out = p.create(name, &opts);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    create_all(
+        &mut p,
+        &[
+            (&small, vec!["pool=p", "size=64M"]),
+            (&other, vec!["pool=p"]),
+            (&ws, vec!["pool=p", "snapshot=on-unmount", "uid=1000"]),
+        ],
+    );
 
     // Past size=64M the container's write fails; the pool's other volume takes 100 MB.
-    let out = docker(&[
-        "run",
-        "--rm",
-        "-v",
-        &format!("{small}:/d"),
-        &image,
-        "sh",
-        "-c",
-        FILL_PAST_64M,
-    ]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = container_output(&image, &small, FILL_PAST_64M);
     assert!(text.contains("Disk quota exceeded"), "{text}");
     assert!(!text.contains("rc=0"), "{text}");
     let used: u64 = text
@@ -137,22 +144,6 @@ fn a_btrfs_pool_limits_snapshots_and_clones_for_containers() {
     p.volumes.clear();
 }
 
-/// The host's CLI on a managed test plugin's state root.
-fn host_cli(root: &Path, args: &[&str]) -> String {
-    let out = Command::new(allspark_bin())
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "allspark {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn the_managed_plugin_with_loop_devices_makes_and_serves_a_btrfs_image_pool() {
     let Some(_docker) = require_docker() else {
@@ -206,18 +197,7 @@ fn the_managed_plugin_with_loop_devices_makes_and_serves_a_btrfs_image_pool() {
         }
         docker_ok(&args);
     }
-    let out = docker(&[
-        "run",
-        "--rm",
-        "-v",
-        &format!("{small}:/d"),
-        &image,
-        "sh",
-        "-c",
-        FILL_PAST_64M,
-    ]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = container_output(&image, &small, FILL_PAST_64M);
     assert!(
         text.contains("Disk quota exceeded") && !text.contains("rc=0"),
         "{text}"
@@ -230,10 +210,10 @@ fn the_managed_plugin_with_loop_devices_makes_and_serves_a_btrfs_image_pool() {
 
     // The host's CLI reaches the pool: it mounts it through the plugin's loop device (a second
     // one would be a second filesystem over the same bytes).
-    let snap = host_cli(&plugin.root.root(), &["snapshot", "create", &ws]);
+    let snap = cli_on(&plugin.root.root(), &["snapshot", "create", &ws]);
     assert!(mounted_on_host(), "{snap}");
     assert_eq!(loops_backing(&pool_image).len(), 1);
-    let listed: Value = serde_json::from_str(&host_cli(
+    let listed: Value = serde_json::from_str(&cli_on(
         &plugin.root.root(),
         &["snapshot", "ls", &ws, "--json"],
     ))
@@ -305,19 +285,11 @@ fn the_managed_plugin_with_loop_devices_makes_and_serves_a_btrfs_image_pool() {
         "size=300M",
         &own,
     ]);
-    let fill = FILL_PAST_64M.replace("count=200", "count=400");
-    let out = docker(&[
-        "run",
-        "--rm",
-        "-v",
-        &format!("{own}:/d"),
+    let text = container_output(
         &image,
-        "sh",
-        "-c",
-        &fill,
-    ]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        &own,
+        &FILL_PAST_64M.replace("count=200", "count=400"),
+    );
     assert!(text.contains("No space left on device"), "{text}");
     let own_image = plugin
         .root
@@ -339,26 +311,15 @@ fn a_volume_with_its_own_filesystem_gives_containers_enospc_and_its_own_df() {
     let image = ensure_busybox_image();
     let mut p = LegacyPlugin::start();
     let (own, other) = (unique_name("own"), unique_name("other"));
-    for (name, opts) in [(&own, vec!["fs=btrfs", "size=300M"]), (&other, vec![])] {
-        let out = p.create(name, &opts);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = docker(&[
-        "run",
-        "--rm",
-        "-v",
-        &format!("{own}:/d"),
+    create_all(
+        &mut p,
+        &[(&own, vec!["fs=btrfs", "size=300M"]), (&other, vec![])],
+    );
+    let text = container_output(
         &image,
-        "sh",
-        "-c",
-        FILL_PAST_64M.replace("count=200", "count=400").as_str(),
-    ]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        &own,
+        &FILL_PAST_64M.replace("count=200", "count=400"),
+    );
     assert!(
         text.contains("No space left on device") && !text.contains("rc=0"),
         "{text}"

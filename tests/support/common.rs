@@ -305,3 +305,19 @@ pub fn loops_backing(image: &Path) -> Vec<String> {
         .filter_map(|l| Some(l.split(':').next()?.to_string()))
         .collect()
 }
+
+/// The CLI on the state root `root`, which must succeed; its stdout.
+pub fn cli_on(root: &Path, args: &[&str]) -> String {
+    let out = Command::new(allspark_bin())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "allspark {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

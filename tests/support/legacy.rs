@@ -49,18 +49,7 @@ impl LegacyPlugin {
 
     /// The CLI on this plugin's root, which must succeed; its stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
-            .arg("--root")
-            .arg(self.root())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "allspark {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::support::common::cli_on(&self.root(), args)
     }
 
     /// `snapshot ls VOLUME --json`.
