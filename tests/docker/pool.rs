@@ -231,16 +231,7 @@ fn the_managed_plugin_with_loop_devices_makes_and_serves_a_btrfs_image_pool() {
     // plugin's own is gone with its namespace and is made again, through the same device).
     docker_ok(&["plugin", "disable", "-f", &plugin.name]);
     docker_ok(&["plugin", "enable", &plugin.name]);
-    let read = docker_ok(&[
-        "run",
-        "--rm",
-        "-v",
-        &format!("{ws}:/w"),
-        &image,
-        "cat",
-        "/w/file",
-    ]);
-    assert_eq!(read, "precious\n");
+    assert_eq!(container_output(&image, &ws, "cat /d/file"), "precious\n");
     assert_eq!(loops_backing(&pool_image).len(), 1);
 
     // An upgrade keeps the permission and the pools: build.sh refuses to replace the plugin
@@ -260,16 +251,7 @@ fn the_managed_plugin_with_loop_devices_makes_and_serves_a_btrfs_image_pool() {
         &plugin.name,
     ]);
     assert!(env.contains("ALLSPARK_POOLS=p=btrfs-image:"), "{env}");
-    let read = docker_ok(&[
-        "run",
-        "--rm",
-        "-v",
-        &format!("{ws}:/w"),
-        &image,
-        "cat",
-        "/w/file",
-    ]);
-    assert_eq!(read, "precious\n");
+    assert_eq!(container_output(&image, &ws, "cat /d/file"), "precious\n");
     // A volume with a filesystem of its own (fs=btrfs) from the same plugin: ENOSPC in the
     // container, its image gone with it.
     let own = unique_name("own");
