@@ -281,6 +281,15 @@ impl Pool {
             PoolSpec::BtrfsImage { .. } | PoolSpec::Own { .. } => {
                 let _lock = FileLock::acquire(&layout.pool_lock(&self.name), LockKind::Exclusive)?;
                 let (local, size) = self.image(layout, view).expect("an image pool");
+                // A pool that was made once never gets a new, empty image: its image missing
+                // means its disk is not mounted (or it was moved), not that it is new.
+                if !self.id.is_empty() && !local.exists() {
+                    return Err(io::Error::other(format!(
+                        "pool {}: its image {} is missing (is its disk mounted?); a new one is made only for a new pool, so nothing was created",
+                        self.name,
+                        local.display()
+                    )));
+                }
                 if image::ensure_image(&local, size, &format!("allspark-{}", self.name))? {
                     fresh = true;
                     tracing::info!(pool = %self.name, image = %local.display(), size, "pool image created");

@@ -432,6 +432,39 @@ fn the_pool_is_mounted_again_after_a_restart_and_after_an_unmount_behind_its_bac
     assert!(p.log().contains("mounting it again"), "{}", p.log());
 }
 
+/// A pool whose image is missing at start (its disk not mounted yet, the file moved) is not
+/// made anew: a new, empty filesystem would take the volumes' place. It stays unready, its
+/// volumes fail naming the image, and the image put back serves them again.
+#[test]
+fn a_missing_pool_image_is_not_made_anew_at_start() {
+    let mut p = pool_plugin();
+    create(&p, "keep", json!({"pool": "p"}));
+    std::fs::write(data(&p, "keep").join("f"), b"on the real image").unwrap();
+    recovered(&p);
+    p.terminate();
+    unmount_pool(&p);
+    let image = p.pool_image("p");
+    let aside = image.with_extension("img.aside");
+    std::fs::rename(&image, &aside).unwrap();
+    p.spawn();
+    recovered(&p);
+    assert!(!image.exists(), "a new image was made: {}", p.log());
+    assert!(
+        p.log().contains("is missing (is its disk mounted?)"),
+        "{}",
+        p.log()
+    );
+    let (_, v) = p.call("VolumeDriver.Mount", json!({"Name": "keep", "ID": "c1"}));
+    assert!(err_of(&v).contains(image.to_str().unwrap()), "{v}");
+    p.terminate();
+    std::fs::rename(&aside, &image).unwrap();
+    p.spawn();
+    recovered(&p);
+    let m = mount(&p, "keep", "c2");
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), b"on the real image");
+    unmount(&p, "keep", "c2");
+}
+
 /// The image still attached where another mount namespace mounted it (the managed plugin's,
 /// the host's CLI, an admin's `mount -o loop`): mounting the pool again must go through that
 /// same loop device. A second loop device on the file would be a second, independent btrfs
