@@ -519,11 +519,13 @@ pub(super) fn call_dying(p: &Plugin, method: &str, body: Value) {
 #[test]
 fn kills_mid_snapshot_mid_clone_and_mid_image_leave_nothing_half_done() {
     // An image killed after it was sized, before it was formatted: cleaned up at the next start.
+    // The pool is made new (image and record gone): a pool made once is never formatted anew.
     let mut p = Plugin::start_with_pool(BIN, "p", "3G", &[]);
     recovered(&p);
     p.terminate();
     unmount_pool(&p);
     std::fs::remove_file(p.pool_image("p")).unwrap();
+    std::fs::remove_file(p.root().join("state/pools.json")).unwrap();
     p.env = vec![("ALLSPARK_CRASH_AT".into(), "pool-image-sized".into())];
     let mut child = Command::new(BIN)
         .arg("--root")
@@ -536,7 +538,18 @@ fn kills_mid_snapshot_mid_clone_and_mid_image_leave_nothing_half_done() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    assert!(!child.wait().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the plugin did not stop at the crash point pool-image-sized");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
     let partial = PathBuf::from(format!("{}.allspark-partial", p.pool_image("p").display()));
     assert!(partial.exists() && !p.pool_image("p").exists());
     p.env.clear();
