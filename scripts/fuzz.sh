@@ -67,7 +67,11 @@ declare -A opts=(
     [driver_api]="-max_len=2048"
     [state_files]="-max_len=16384 -dict=fuzz/dict/json.dict"
     [extract]="-max_len=65536"
+    [http]="-max_len=4096 -dict=fuzz/dict/http.dict"
 )
+for t in "${targets[@]}"; do
+    [[ -v "opts[$t]" ]] || { log "no libFuzzer options for target $t: add it to opts in scripts/fuzz.sh"; exit 1; }
+done
 
 # One target, sandboxed: private mount namespace, scratch tmpfs, everything else read-only.
 run_one() {
