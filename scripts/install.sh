@@ -24,7 +24,8 @@
 #      (ALLSPARK_LOG, ALLSPARK_BIND_ROOTS, ALLSPARK_SNAPSHOT_WAIT, …);
 #   3. builds the agent image allspark-agent:latest (plugin/agent-image.sh);
 #   4. (re)starts the agent container `allspark-agent`
-#      (--restart unless-stopped, host network, the state root, the backup
+#      (--restart unless-stopped, host network, the state root (rslave: pools
+#      the driver mounts later, as fs=btrfs volumes, are seen), the backup
 #      root /backups/allspark, the Docker socket and the host's / at /host).
 #
 #   --managed      instead of 2, create and enable the managed plugin
@@ -186,7 +187,7 @@ if [[ "$agent" == 1 ]]; then
         -e ALLSPARK_LOG="${ALLSPARK_LOG:-info}" \
         -e ALLSPARK_METRICS="${ALLSPARK_METRICS:-127.0.0.1:9477}" \
         -v /etc/localtime:/etc/localtime:ro \
-        -v "$state_root:/var/lib/allspark" \
+        -v "$state_root:/var/lib/allspark:rslave" \
         -v "$backup_root:/backups/allspark" \
         -v /var/run/docker.sock:/var/run/docker.sock \
         -v /:/host:rslave \

@@ -11,7 +11,9 @@
 //! 14's platform day with the installed CLI (stop `target` and `builder`: a snapshot of
 //! target-workspaces appears; `backup run daily` and `hourly` into /backups/allspark; drop
 //! the table, delete the files, FLUSHALL; `backup restore --yes` of the daily backup exits 0
-//! with no error line and everything is back); three `down` / `up -d` cycles, a dockerd
+//! with no error line and everything is back); a workspace with a filesystem of its own
+//! (`fs=btrfs`) created while the agent container runs is snapshotted and archived by it on
+//! stop; three `down` / `up -d` cycles, a dockerd
 //! restart (only with `ALLSPARK_TEST_DOCKERD_RESTART=1`, as .ci/run sets), `up -d` again, the
 //! restored data still there, and `down -v` keeps the `device=` data.
 //!
@@ -30,7 +32,7 @@ use super::platform::{
 };
 use crate::support::backups::{backup_dirs, manifest, state, text};
 use crate::support::common;
-use crate::support::install::{HostInstall, STATE_ROOT};
+use crate::support::install::{HostInstall, HOST_DRIVER, STATE_ROOT};
 
 use std::fs;
 use std::path::Path;
@@ -204,6 +206,61 @@ fn platform_day(p: &Project, install: &mut HostInstall, rows: &str) {
     );
 }
 
+/// A project workspace with a filesystem of its own (`fs=btrfs`), created while the agent
+/// container of install.sh runs: its pool is mounted by the host service after the agent
+/// started, and the agent (state root bound `rslave`) still takes the snapshot on stop and
+/// archives it; the volume and its image go with `docker volume rm`.
+fn own_fs_workspace(install: &HostInstall) {
+    let image = common::ensure_busybox_image();
+    let ws = common::unique_name("allspark-test-own-ws");
+    let mut cleanup = Cleanup::new();
+    cleanup.add(format!("docker volume rm -f {ws} >/dev/null"));
+    docker_ok(&[
+        "volume",
+        "create",
+        "-d",
+        HOST_DRIVER,
+        "-o",
+        "fs=btrfs",
+        "-o",
+        "size=300M",
+        "-o",
+        "snapshot=on-unmount",
+        &ws,
+    ]);
+    docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{ws}:/w"),
+        &image,
+        "sh",
+        "-c",
+        "echo work > /w/f",
+    ]);
+    let kinds = || -> Vec<String> {
+        let out = install.cli(&["snapshot", "ls", &ws, "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| s["kind"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_until(
+        "the agent container snapshots and archives the fs=btrfs workspace on stop",
+        Duration::from_secs(120),
+        || kinds() == ["cow+archive"],
+    );
+    let image_file = Path::new(STATE_ROOT)
+        .join("pools")
+        .join(format!("{ws}.fs.img"));
+    assert!(image_file.exists());
+    docker_ok(&["volume", "rm", &ws]);
+    assert!(!image_file.exists(), "the image goes with the volume");
+}
+
 #[test]
 fn shipped_compose_file_survives_down_up_cycles_and_a_dockerd_restart_on_the_installed_driver() {
     let Some(_docker) = require_docker() else {
@@ -247,6 +304,7 @@ fn shipped_compose_file_survives_down_up_cycles_and_a_dockerd_restart_on_the_ins
     );
     check_data(&p, &rows, "after the first up");
     platform_day(&p, &mut install, &rows);
+    own_fs_workspace(&install);
 
     // Cycles 2 and 3: down, up -d. Docker reports the driver as the file names it, so
     // docker-compose v1 accepts its own volumes again.
