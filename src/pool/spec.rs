@@ -45,7 +45,7 @@ impl PoolSpec {
                     .rsplit_once(':')
                     .ok_or_else(|| bad("btrfs-image needs PATH:SIZE"))?;
                 let size = crate::core::options::parse_size(size).map_err(|a| bad(&a))?;
-                if size < 256 << 20 {
+                if size < crate::core::options::OwnFs::MIN_SIZE {
                     return Err(bad("a btrfs image needs at least 256M"));
                 }
                 Ok(PoolSpec::BtrfsImage {

@@ -254,7 +254,8 @@ pub enum OwnFs {
 impl OwnFs {
     pub const ACCEPTED: &'static str =
         "accepted: btrfs (the volume gets a filesystem of its own, size= big, in an image file: a write past it fails with ENOSPC)";
-    /// The smallest image `mkfs.btrfs` formats with room to spare.
+    /// The smallest btrfs image allspark makes (a `btrfs-image` pool's or a volume's own):
+    /// `mkfs.btrfs` formats it with room to spare.
     pub const MIN_SIZE: u64 = 256 << 20;
 }
 
