@@ -279,30 +279,7 @@ impl Pool {
                 }
             }
             PoolSpec::BtrfsImage { .. } | PoolSpec::Own { .. } => {
-                let _lock = FileLock::acquire(&layout.pool_lock(&self.name), LockKind::Exclusive)?;
-                let (local, size) = self.image(layout, view).expect("an image pool");
-                // A pool that was made once never gets a new, empty image: its image missing
-                // means its disk is not mounted (or it was moved), not that it is new.
-                if !self.id.is_empty() && !local.exists() {
-                    return Err(io::Error::other(format!(
-                        "pool {}: its image {} is missing (is its disk mounted?); a new one is made only for a new pool, so nothing was created",
-                        self.name,
-                        local.display()
-                    )));
-                }
-                if image::ensure_image(&local, size, &format!("allspark-{}", self.name))? {
-                    fresh = true;
-                    tracing::info!(pool = %self.name, image = %local.display(), size, "pool image created");
-                }
-                if self.check_root(layout, view).is_err() {
-                    let root = Dir::open_anchor(&path).ok();
-                    let has_marker = root
-                        .as_ref()
-                        .is_some_and(|r| matches!(read_marker(r), Ok(Some(_))));
-                    if !has_marker {
-                        self.mount_image(layout, view)?;
-                    }
-                }
+                fresh = self.prepare_image(layout, view)?;
             }
         }
         let root = Dir::open_anchor(&path)?;
@@ -346,6 +323,37 @@ impl Pool {
             btrfs::enable_quota(root.as_fd())?;
         }
         Ok(id)
+    }
+
+    /// An image pool's part of [`Pool::prepare`]: the image made if the pool is new (never for
+    /// a pool made once: its image missing means its disk is not mounted, or it was moved),
+    /// then mounted unless its marker is already there. Returns whether the image is new.
+    fn prepare_image(&self, layout: &Layout, view: &HostView) -> io::Result<bool> {
+        let _lock = FileLock::acquire(&layout.pool_lock(&self.name), LockKind::Exclusive)?;
+        let Some((local, size)) = self.image(layout, view) else {
+            return Ok(false);
+        };
+        if !self.id.is_empty() && !local.exists() {
+            return Err(io::Error::other(format!(
+                "pool {}: its image {} is missing (is its disk mounted?); a new one is made only for a new pool, so nothing was created",
+                self.name,
+                local.display()
+            )));
+        }
+        let fresh = image::ensure_image(&local, size, &format!("allspark-{}", self.name))?;
+        if fresh {
+            tracing::info!(pool = %self.name, image = %local.display(), size, "pool image created");
+        }
+        if self.check_root(layout, view).is_err() {
+            let root = Dir::open_anchor(&self.root_path(layout, view)).ok();
+            let has_marker = root
+                .as_ref()
+                .is_some_and(|r| matches!(read_marker(r), Ok(Some(_))));
+            if !has_marker {
+                self.mount_image(layout, view)?;
+            }
+        }
+        Ok(fresh)
     }
 }
 
